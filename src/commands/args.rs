@@ -1,0 +1,92 @@
+//! The one place command arguments are parsed: a cursor over a request's
+//! arguments (the command name excluded).
+
+use bytes::Bytes;
+
+use super::CommandError;
+use crate::protocol::parse_i64;
+
+pub struct Args<'a> {
+    args: &'a [Bytes],
+    position: usize,
+}
+
+impl<'a> Args<'a> {
+    pub fn new(args: &'a [Bytes]) -> Self {
+        Self { args, position: 0 }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.position >= self.args.len()
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.args.len().saturating_sub(self.position)
+    }
+
+    /// The rest of the arguments, consumed.
+    pub fn rest(&mut self) -> &'a [Bytes] {
+        let rest = &self.args[self.position.min(self.args.len())..];
+        self.position = self.args.len();
+        rest
+    }
+
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Option<&'a Bytes> {
+        let arg = self.args.get(self.position)?;
+        self.position += 1;
+        Some(arg)
+    }
+
+    /// The next argument; a missing one is a syntax error.
+    pub fn required(&mut self) -> Result<&'a Bytes, CommandError> {
+        self.next().ok_or(CommandError::Syntax)
+    }
+
+    /// The next argument as an integer, worded as Redis words a bad one.
+    pub fn integer(&mut self) -> Result<i64, CommandError> {
+        parse_i64(self.required()?).ok_or(CommandError::NotInteger)
+    }
+
+    /// The next argument, upper-cased for keyword matching (keywords are short
+    /// ASCII; anything else simply matches no keyword).
+    pub fn keyword(&mut self) -> Option<Keyword> {
+        self.next().map(|arg| Keyword::of(arg))
+    }
+
+    /// Fails with a syntax error unless every argument was consumed.
+    pub fn finish(&self) -> Result<(), CommandError> {
+        if self.is_empty() {
+            Ok(())
+        } else {
+            Err(CommandError::Syntax)
+        }
+    }
+}
+
+/// An argument upper-cased into a fixed buffer, compared without allocating.
+/// Arguments longer than any keyword match nothing.
+pub struct Keyword {
+    buf: [u8; 16],
+    len: Option<usize>,
+}
+
+impl Keyword {
+    pub fn of(arg: &[u8]) -> Keyword {
+        let mut buf = [0u8; 16];
+        if arg.len() > buf.len() {
+            return Keyword { buf, len: None };
+        }
+        buf[..arg.len()].copy_from_slice(arg);
+        buf.make_ascii_uppercase();
+        Keyword {
+            buf,
+            len: Some(arg.len()),
+        }
+    }
+
+    pub fn is(&self, keyword: &str) -> bool {
+        self.len
+            .is_some_and(|len| &self.buf[..len] == keyword.as_bytes())
+    }
+}

@@ -1,0 +1,168 @@
+//! Commands: one dispatcher, one argument cursor, one place errors are worded.
+//!
+//! Every request gets exactly one reply, written by [`execute`] before it
+//! returns (pub/sub commands write one reply per channel, as Redis does).
+
+mod args;
+mod connection;
+mod pubsub;
+pub use pubsub::unsubscribe_all;
+mod server;
+mod session;
+pub mod table;
+
+use bytes::Bytes;
+
+pub use args::Args;
+use table::Cmd;
+
+use crate::protocol::ReplyWriter;
+use crate::server::Shared;
+use crate::server::client::ClientState;
+use crate::store::StoreError;
+
+/// Why a command was refused; [`CommandError::message`] is its wire wording.
+#[derive(Debug)]
+pub enum CommandError {
+    Syntax,
+    NotInteger,
+    /// A complete message, code first (`ERR ...`, `NOSESSION ...`).
+    Message(String),
+    Store(StoreError),
+}
+
+impl CommandError {
+    pub fn message(&self) -> String {
+        match self {
+            CommandError::Syntax => "ERR syntax error".into(),
+            CommandError::NotInteger => "ERR value is not an integer or out of range".into(),
+            CommandError::Message(m) => m.clone(),
+            CommandError::Store(e) => e.message(),
+        }
+    }
+
+    pub fn err(message: impl Into<String>) -> Self {
+        CommandError::Message(message.into())
+    }
+}
+
+impl From<StoreError> for CommandError {
+    fn from(e: StoreError) -> Self {
+        CommandError::Store(e)
+    }
+}
+
+pub type CommandResult = Result<(), CommandError>;
+
+/// Runs one request and writes its reply.
+pub async fn execute(
+    shared: &Shared,
+    client: &mut ClientState,
+    argv: &[Bytes],
+    out: &mut ReplyWriter<'_>,
+) {
+    let Some(name) = argv.first() else {
+        return;
+    };
+    let Some(spec) = table::lookup(name) else {
+        shared.metrics.unknown_commands.inc();
+        out.error(&unknown_command(name, &argv[1..]));
+        return;
+    };
+    shared.metrics.command(spec.cmd);
+    client
+        .info
+        .last_command_ms
+        .store(crate::store::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    *client
+        .info
+        .last_command
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = spec.name;
+
+    if !spec.accepts(argv.len()) {
+        out.error(&format!(
+            "ERR wrong number of arguments for '{}' command",
+            spec.name
+        ));
+        return;
+    }
+    if !client.authenticated && !spec.no_auth() {
+        out.error("NOAUTH Authentication required.");
+        return;
+    }
+    if client.in_resp2_pubsub() && !spec.in_pubsub_context() {
+        out.error(&format!(
+            "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+            spec.name
+        ));
+        return;
+    }
+    let maxmemory = shared.config.maxmemory;
+    if maxmemory > 0 && spec.denies_oom() && shared.store.memory() as u64 > maxmemory {
+        shared.metrics.oom_rejections.inc();
+        out.error("OOM command not allowed when used memory > 'maxmemory'.");
+        return;
+    }
+    let mut args = Args::new(&argv[1..]);
+    let result = match spec.cmd {
+        Cmd::Ping => connection::ping(client, &mut args, out),
+        Cmd::Echo => connection::echo(&mut args, out),
+        Cmd::Hello => connection::hello(shared, client, &mut args, out),
+        Cmd::Auth => connection::auth(shared, client, &mut args, out),
+        Cmd::Quit => connection::quit(client, out),
+        Cmd::Reset => connection::reset(shared, client, out),
+        Cmd::Select => connection::select(&mut args, out),
+        Cmd::Client => connection::client(shared, client, &mut args, out),
+        Cmd::Info => server::info(shared, &mut args, out),
+        Cmd::Command => server::command(&mut args, out),
+        Cmd::Config => server::config(shared, &mut args, out),
+        Cmd::Time => server::time(out),
+        Cmd::Subscribe => pubsub::subscribe(shared, client, &mut args, out),
+        Cmd::Unsubscribe => pubsub::unsubscribe(shared, client, &mut args, out),
+        Cmd::Psubscribe => pubsub::psubscribe(shared, client, &mut args, out),
+        Cmd::Punsubscribe => pubsub::punsubscribe(shared, client, &mut args, out),
+        Cmd::Publish => pubsub::publish(shared, &mut args, out),
+        Cmd::SessionCreate => session::create(shared, &mut args, out),
+        Cmd::SessionGet => session::get(shared, &mut args, out),
+        Cmd::SessionExists => session::exists(shared, &mut args, out),
+        Cmd::SessionAttrSet => session::attr_set(shared, &mut args, out),
+        Cmd::SessionAttrGet => session::attr_get(shared, &mut args, out),
+        Cmd::SessionAttrDel => session::attr_del(shared, &mut args, out),
+        Cmd::SessionAttrIncrby => session::attr_incrby(shared, &mut args, out),
+        Cmd::SessionUpdate => session::update(shared, &mut args, out),
+        Cmd::SessionTouch => session::touch(shared, &mut args, out),
+        Cmd::SessionTtl => session::ttl(shared, &mut args, out),
+        Cmd::SessionExpire => session::expire(shared, &mut args, out),
+        Cmd::SessionDel => session::del(shared, &mut args, out),
+        Cmd::SessionBind => session::bind(shared, &mut args, out),
+        Cmd::SessionUnbind => session::unbind(shared, &mut args, out),
+        Cmd::SessionByconn => session::byconn(shared, &mut args, out),
+        Cmd::SessionByuser => session::byuser(shared, &mut args, out),
+        Cmd::SessionKilluser => session::killuser(shared, &mut args, out),
+        Cmd::SessionCount => session::count(shared, &mut args, out),
+        Cmd::SessionNodes => session::nodes(shared, out),
+    };
+    if let Err(error) = result {
+        shared.metrics.command_errors.inc();
+        out.error(&error.message());
+    }
+}
+
+/// Redis's wording for an unknown command.
+fn unknown_command(name: &[u8], args: &[Bytes]) -> String {
+    let mut listed = String::new();
+    for arg in args {
+        if listed.len() >= 128 {
+            break;
+        }
+        let text = String::from_utf8_lossy(arg);
+        let room = 128 - listed.len();
+        let text: String = text.chars().take(room).collect();
+        listed.push_str(&format!("'{text}' "));
+    }
+    format!(
+        "ERR unknown command '{}', with args beginning with: {listed}",
+        String::from_utf8_lossy(&name[..name.len().min(128)])
+    )
+}

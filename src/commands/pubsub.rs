@@ -1,0 +1,147 @@
+//! SUBSCRIBE, UNSUBSCRIBE, PSUBSCRIBE, PUNSUBSCRIBE and PUBLISH on the local
+//! broker. Each (un)subscription gets its own reply, as in Redis: a push frame
+//! in RESP3, an array in RESP2.
+
+use bytes::Bytes;
+
+use super::{Args, CommandResult};
+use crate::protocol::ReplyWriter;
+use crate::server::Shared;
+use crate::server::client::ClientState;
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Channel,
+    Pattern,
+}
+
+fn confirm(out: &mut ReplyWriter, what: &[u8], name: Option<&[u8]>, count: usize) {
+    out.push(3);
+    out.bulk(what);
+    out.bulk_or_null(name);
+    out.int(count as i64);
+}
+
+fn add(
+    shared: &Shared,
+    client: &mut ClientState,
+    kind: Kind,
+    names: &[Bytes],
+    out: &mut ReplyWriter,
+) {
+    let subscriber = client.subscriber();
+    for name in names {
+        let name = Bytes::copy_from_slice(name);
+        let reply: &[u8] = match kind {
+            Kind::Channel => {
+                shared
+                    .pubsub
+                    .subscribe(client.id(), name.clone(), &subscriber);
+                client.channels.insert(name.clone());
+                b"subscribe"
+            }
+            Kind::Pattern => {
+                shared
+                    .pubsub
+                    .psubscribe(client.id(), name.clone(), &subscriber);
+                client.patterns.insert(name.clone());
+                b"psubscribe"
+            }
+        };
+        confirm(out, reply, Some(&name), client.subscription_count());
+    }
+    client.sync_subscription_counts();
+}
+
+fn remove(
+    shared: &Shared,
+    client: &mut ClientState,
+    kind: Kind,
+    names: &[Bytes],
+    out: &mut ReplyWriter,
+) {
+    let (reply, current): (&[u8], Vec<Bytes>) = match kind {
+        Kind::Channel => (b"unsubscribe", client.channels.iter().cloned().collect()),
+        Kind::Pattern => (b"punsubscribe", client.patterns.iter().cloned().collect()),
+    };
+    let names = if names.is_empty() {
+        &current[..]
+    } else {
+        names
+    };
+    if names.is_empty() {
+        confirm(out, reply, None, client.subscription_count());
+    }
+    for name in names {
+        match kind {
+            Kind::Channel => {
+                shared.pubsub.unsubscribe(client.id(), name);
+                client.channels.remove(name);
+            }
+            Kind::Pattern => {
+                shared.pubsub.punsubscribe(client.id(), name);
+                client.patterns.remove(name);
+            }
+        }
+        confirm(out, reply, Some(name), client.subscription_count());
+    }
+    client.sync_subscription_counts();
+}
+
+pub fn subscribe(
+    shared: &Shared,
+    client: &mut ClientState,
+    args: &mut Args,
+    out: &mut ReplyWriter,
+) -> CommandResult {
+    add(shared, client, Kind::Channel, args.rest(), out);
+    Ok(())
+}
+
+pub fn psubscribe(
+    shared: &Shared,
+    client: &mut ClientState,
+    args: &mut Args,
+    out: &mut ReplyWriter,
+) -> CommandResult {
+    add(shared, client, Kind::Pattern, args.rest(), out);
+    Ok(())
+}
+
+pub fn unsubscribe(
+    shared: &Shared,
+    client: &mut ClientState,
+    args: &mut Args,
+    out: &mut ReplyWriter,
+) -> CommandResult {
+    remove(shared, client, Kind::Channel, args.rest(), out);
+    Ok(())
+}
+
+pub fn punsubscribe(
+    shared: &Shared,
+    client: &mut ClientState,
+    args: &mut Args,
+    out: &mut ReplyWriter,
+) -> CommandResult {
+    remove(shared, client, Kind::Pattern, args.rest(), out);
+    Ok(())
+}
+
+pub fn publish(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+    let channel = Bytes::copy_from_slice(args.required()?);
+    let message = Bytes::copy_from_slice(args.required()?);
+    out.int(shared.pubsub.publish(&channel, &message) as i64);
+    Ok(())
+}
+
+/// Drops every subscription of a client (RESET, disconnect).
+pub fn unsubscribe_all(shared: &Shared, client: &mut ClientState) {
+    for channel in client.channels.drain() {
+        shared.pubsub.unsubscribe(client.info.id, &channel);
+    }
+    for pattern in client.patterns.drain() {
+        shared.pubsub.punsubscribe(client.info.id, &pattern);
+    }
+    client.sync_subscription_counts();
+}

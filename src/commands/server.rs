@@ -1,0 +1,298 @@
+//! Server commands: INFO, COMMAND, CONFIG GET, TIME.
+
+use std::fmt::Write as _;
+
+use super::table::{Arg, ArgKind, COMMANDS, CommandSpec, lookup};
+use super::{Args, CommandError, CommandResult};
+use crate::protocol::ReplyWriter;
+use crate::pubsub::glob_match;
+use crate::server::Shared;
+use crate::store::now_ms;
+
+const SECTIONS: &[&str] = &["server", "clients", "sessions", "stats", "memory"];
+
+/// INFO [section ...]: Redis's `# Section` / `field:value` text.
+pub fn info(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+    let requested: Vec<String> = args
+        .rest()
+        .iter()
+        .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())
+        .collect();
+    let all = requested.is_empty()
+        || requested
+            .iter()
+            .any(|s| s == "all" || s == "everything" || s == "default");
+    let mut text = String::new();
+    for section in SECTIONS {
+        if all || requested.iter().any(|s| s == section) {
+            if !text.is_empty() {
+                text.push_str("\r\n");
+            }
+            write_section(shared, section, &mut text);
+        }
+    }
+    out.verbatim(&text);
+    Ok(())
+}
+
+fn write_section(shared: &Shared, section: &str, text: &mut String) {
+    let now = now_ms();
+    let mut title = section.to_string();
+    title[..1].make_ascii_uppercase();
+    let _ = write!(text, "# {title}\r\n");
+    let m = &shared.metrics;
+    let store = &shared.store;
+    let mut field = |name: &str, value: &dyn std::fmt::Display| {
+        let _ = write!(text, "{name}:{value}\r\n");
+    };
+    match section {
+        "server" => {
+            field("redis_version", &crate::server::REDIS_VERSION);
+            field("session_sidecar_version", &env!("CARGO_PKG_VERSION"));
+            field("redis_mode", &"standalone");
+            field("sidecar_mode", &"standalone");
+            field("os", &std::env::consts::OS);
+            field("arch_bits", &(usize::BITS));
+            field("process_id", &std::process::id());
+            field("node_id", &String::from_utf8_lossy(store.node()));
+            field("advertise", &shared.advertise);
+            field("tcp_port", &shared.listen_addr.port());
+            field(
+                "uptime_in_seconds",
+                &(now.saturating_sub(shared.started_ms) / 1000),
+            );
+            field(
+                "uptime_in_days",
+                &(now.saturating_sub(shared.started_ms) / 86_400_000),
+            );
+        }
+        "clients" => {
+            field("connected_clients", &shared.clients.len());
+            field("maxclients", &shared.config.maxclients);
+            field("blocked_clients", &0);
+            field("pubsub_clients", &shared.pubsub_clients());
+        }
+        "sessions" => {
+            field("sessions", &store.count(now));
+            field("sessions_local", &store.count(now));
+            field("sessions_created", &m.load(&store.stats.created));
+            field("sessions_deleted", &m.load(&store.stats.deleted));
+            field("sessions_expired", &m.load(&store.stats.expired));
+            field("sessions_evicted", &m.load(&store.stats.evicted));
+            field("default_ttl_ms", &store.default_ttl_ms());
+        }
+        "stats" => {
+            field("total_connections_received", &m.connections.get());
+            field("total_commands_processed", &m.commands_total());
+            field("rejected_connections", &m.rejected_connections.get());
+            field("total_error_replies", &m.command_errors.get());
+            field("unknown_commands", &m.unknown_commands.get());
+            field("protocol_errors", &m.protocol_errors.get());
+            field("auth_failures", &m.auth_failures.get());
+            field("oom_rejections", &m.oom_rejections.get());
+            field("expired_keys", &m.load(&store.stats.expired));
+            field("pubsub_channels", &shared.pubsub.channel_count());
+            field("pubsub_patterns", &shared.pubsub.pattern_count());
+        }
+        "memory" => {
+            field("used_memory", &store.memory());
+            field("used_memory_human", &human(store.memory() as u64));
+            field("maxmemory", &shared.config.maxmemory);
+            field("maxmemory_human", &human(shared.config.maxmemory));
+            field("maxmemory_policy", &"noeviction");
+        }
+        _ => {}
+    }
+}
+
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.2}G", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.2}M", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.2}K", b as f64 / 1024.0),
+        b => format!("{b}B"),
+    }
+}
+
+/// COMMAND [COUNT | LIST | INFO [name ...] | DOCS [name ...]]
+pub fn command(args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+    let Some(sub) = args.next() else {
+        out.array(COMMANDS.len());
+        COMMANDS.iter().for_each(|c| command_info(c, out));
+        return Ok(());
+    };
+    let keyword = super::args::Keyword::of(sub);
+    let named = |names: &[bytes::Bytes]| -> Vec<Option<&'static CommandSpec>> {
+        names.iter().map(|n| lookup(n)).collect()
+    };
+    if keyword.is("COUNT") {
+        out.int(COMMANDS.len() as i64);
+    } else if keyword.is("LIST") {
+        out.array(COMMANDS.len());
+        COMMANDS.iter().for_each(|c| out.bulk(c.name.as_bytes()));
+    } else if keyword.is("INFO") {
+        let specs: Vec<Option<&CommandSpec>> = if args.is_empty() {
+            COMMANDS.iter().map(Some).collect()
+        } else {
+            named(args.rest())
+        };
+        out.array(specs.len());
+        for spec in specs {
+            match spec {
+                Some(spec) => command_info(spec, out),
+                None => out.null_array(),
+            }
+        }
+    } else if keyword.is("DOCS") {
+        let specs: Vec<&CommandSpec> = if args.is_empty() {
+            COMMANDS.iter().collect()
+        } else {
+            named(args.rest()).into_iter().flatten().collect()
+        };
+        out.map(specs.len());
+        for spec in specs {
+            out.bulk(spec.name.as_bytes());
+            out.map(4);
+            out.bulk(b"summary");
+            out.bulk(spec.summary.as_bytes());
+            out.bulk(b"since");
+            out.bulk(b"1.0.0");
+            out.bulk(b"group");
+            out.bulk(spec.group.as_bytes());
+            out.bulk(b"arguments");
+            write_args(spec.args, out);
+        }
+    } else {
+        return Err(CommandError::err(format!(
+            "ERR unknown subcommand '{}'. Try COMMAND HELP.",
+            String::from_utf8_lossy(sub)
+        )));
+    }
+    Ok(())
+}
+
+/// One COMMAND INFO entry: name, arity, flags, first key, last key, step,
+/// ACL categories, tips, key specs, subcommands.
+fn command_info(spec: &CommandSpec, out: &mut ReplyWriter) {
+    out.array(10);
+    out.bulk(spec.name.as_bytes());
+    out.int(i64::from(spec.arity));
+    out.set(spec.flags.len());
+    spec.flags.iter().for_each(|f| out.simple(f));
+    out.int(0);
+    out.int(0);
+    out.int(0);
+    out.set(1);
+    out.simple(&format!("@{}", spec.group));
+    out.array(0);
+    out.array(0);
+    out.array(0);
+}
+
+fn write_args(args: &[Arg], out: &mut ReplyWriter) {
+    out.array(args.len());
+    for arg in args {
+        let nested = match &arg.kind {
+            ArgKind::OneOf(inner) | ArgKind::Block(inner) => Some(*inner),
+            _ => None,
+        };
+        let flags: Vec<&str> = [(arg.optional, "optional"), (arg.multiple, "multiple")]
+            .iter()
+            .filter(|f| f.0)
+            .map(|f| f.1)
+            .collect();
+        let fields = 2
+            + usize::from(arg.token.is_some())
+            + usize::from(!flags.is_empty())
+            + usize::from(nested.is_some());
+        out.map(fields);
+        out.bulk(b"name");
+        out.bulk(arg.name.as_bytes());
+        out.bulk(b"type");
+        out.bulk(arg.kind.as_str().as_bytes());
+        if let Some(token) = arg.token {
+            out.bulk(b"token");
+            out.bulk(token.as_bytes());
+        }
+        if !flags.is_empty() {
+            out.bulk(b"flags");
+            out.set(flags.len());
+            flags.iter().for_each(|f| out.simple(f));
+        }
+        if let Some(inner) = nested {
+            out.bulk(b"arguments");
+            write_args(inner, out);
+        }
+    }
+}
+
+/// CONFIG GET parameter [parameter ...]: a read-only view of the configuration.
+pub fn config(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+    let sub = args.required()?;
+    if !super::args::Keyword::of(sub).is("GET") {
+        if super::args::Keyword::of(sub).is("SET") {
+            return Err(CommandError::err(
+                "ERR CONFIG SET is not supported: the configuration is read-only",
+            ));
+        }
+        return Err(CommandError::err(format!(
+            "ERR unknown subcommand '{}'. Try CONFIG HELP.",
+            String::from_utf8_lossy(sub)
+        )));
+    }
+    if args.is_empty() {
+        return Err(CommandError::err(
+            "ERR wrong number of arguments for 'config|get' command",
+        ));
+    }
+    let c = &shared.config;
+    let params: Vec<(&str, String)> = vec![
+        ("bind", shared.listen_addr.ip().to_string()),
+        ("port", shared.listen_addr.port().to_string()),
+        ("maxclients", c.maxclients.to_string()),
+        ("maxmemory", c.maxmemory.to_string()),
+        ("maxmemory-policy", "noeviction".into()),
+        ("timeout", c.timeout.to_string()),
+        ("proto-max-bulk-len", c.proto_max_bulk_len.to_string()),
+        (
+            "client-query-buffer-limit",
+            c.client_query_buffer_limit.to_string(),
+        ),
+        ("databases", "1".into()),
+        ("save", String::new()),
+        ("appendonly", "no".into()),
+        ("prefix", c.prefix.clone()),
+        ("default-ttl", c.default_ttl.to_string()),
+        (
+            "node-id",
+            String::from_utf8_lossy(shared.store.node()).into_owned(),
+        ),
+        ("advertise", shared.advertise.clone()),
+        ("max-args", c.max_args.to_string()),
+        ("max-name-len", c.max_name_len.to_string()),
+        ("max-value-len", c.max_value_len.to_string()),
+        ("max-attrs", c.max_attrs.to_string()),
+    ];
+    let patterns: Vec<Vec<u8>> = args.rest().iter().map(|p| p.to_ascii_lowercase()).collect();
+    let matching: Vec<&(&str, String)> = params
+        .iter()
+        .filter(|(name, _)| patterns.iter().any(|p| glob_match(p, name.as_bytes())))
+        .collect();
+    out.map(matching.len());
+    for (name, value) in matching {
+        out.bulk(name.as_bytes());
+        out.bulk(value.as_bytes());
+    }
+    Ok(())
+}
+
+/// TIME: seconds and microseconds.
+pub fn time(out: &mut ReplyWriter) -> CommandResult {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    out.array(2);
+    out.bulk(now.as_secs().to_string().as_bytes());
+    out.bulk(now.subsec_micros().to_string().as_bytes());
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! SESSION.ATTR.SET / ATTR.GET / ATTR.DEL / ATTR.INCRBY
+
+use super::{attribute, name};
+use crate::commands::{Args, CommandError, CommandResult};
+use crate::protocol::ReplyWriter;
+use crate::server::Shared;
+use crate::store::now_ms;
+
+/// SESSION.ATTR.SET id name value [name value ...]
+pub fn attr_set(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+    let id = args.required()?;
+    if !args.remaining().is_multiple_of(2) {
+        return Err(CommandError::err(
+            "ERR wrong number of arguments for 'session.attr.set' command",
+        ));
+    }
+    let mut pairs = Vec::with_capacity(args.remaining() / 2);
+    while !args.is_empty() {
+        pairs.push(attribute(shared, args)?);
+    }
+    let version = shared.store.attr_set(id, &pairs, now_ms())?;
+    out.int(version as i64);
+    Ok(())
+}
+
+/// SESSION.ATTR.GET id name [name ...]
+pub fn attr_get(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+    let id = args.required()?;
+    let names = args.rest();
+    let found = shared.store.read(id, now_ms(), |s| {
+        out.array(names.len());
+        for name in names {
+            out.bulk_or_null(s.attr(name));
+        }
+    });
+    if found.is_none() {
+        out.null_array();
+    }
+    Ok(())
+}
+
+/// SESSION.ATTR.DEL id name [name ...]
+pub fn attr_del(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+    let id = args.required()?;
+    let removed = shared.store.attr_del(id, args.rest(), now_ms());
+    out.int(removed as i64);
+    Ok(())
+}
+
+/// SESSION.ATTR.INCRBY id name increment
+pub fn attr_incrby(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+    let id = args.required()?;
+    let attr = name(shared, args, "attribute name")?;
+    let increment = args.integer()?;
+    let value = shared.store.attr_incrby(id, attr, increment, now_ms())?;
+    out.int(value);
+    Ok(())
+}

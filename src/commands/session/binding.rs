@@ -1,0 +1,41 @@
+//! SESSION.BIND / UNBIND / BYCONN
+
+use super::name;
+use crate::commands::{Args, CommandError, CommandResult};
+use crate::protocol::ReplyWriter;
+use crate::server::Shared;
+use crate::store::now_ms;
+
+/// SESSION.BIND id conn: the new version.
+pub fn bind(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+    let id = args.required()?;
+    let conn = name(shared, args, "conn")?;
+    out.int(shared.store.bind(id, conn, now_ms())? as i64);
+    Ok(())
+}
+
+/// SESSION.UNBIND id [GRACE seconds]: the new version.
+pub fn unbind(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+    let id = args.required()?;
+    let grace = match args.keyword() {
+        None => None,
+        Some(k) if k.is("GRACE") => {
+            let seconds = args.integer()?;
+            let ms = u64::try_from(seconds)
+                .ok()
+                .and_then(|s| s.checked_mul(1000));
+            Some(ms.ok_or_else(|| CommandError::err("ERR invalid GRACE"))?)
+        }
+        Some(_) => return Err(CommandError::Syntax),
+    };
+    args.finish()?;
+    out.int(shared.store.unbind(id, grace, now_ms())? as i64);
+    Ok(())
+}
+
+/// SESSION.BYCONN conn: the bound session's id, or nil.
+pub fn byconn(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+    let conn = args.required()?;
+    out.bulk_or_null(shared.store.by_conn(conn, now_ms()).as_deref());
+    Ok(())
+}

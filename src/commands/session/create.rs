@@ -1,0 +1,46 @@
+//! SESSION.CREATE [ID id] [USER user] [CONN conn] [TTL s | PTTL ms] [MAXPERUSER n] [ATTR name value]...
+
+use super::{attribute, name, ttl_ms};
+use crate::commands::{Args, CommandError, CommandResult};
+use crate::protocol::ReplyWriter;
+use crate::server::Shared;
+use crate::store::{CreateSession, now_ms};
+
+pub fn create(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+    let mut request = CreateSession::default();
+    while let Some(keyword) = args.keyword() {
+        if keyword.is("ID") && request.id.is_none() {
+            request.id = Some(name(shared, args, "id")?.clone());
+        } else if keyword.is("USER") && request.user.is_none() {
+            request.user = Some(name(shared, args, "user")?.clone());
+        } else if keyword.is("CONN") && request.conn.is_none() {
+            request.conn = Some(name(shared, args, "conn")?.clone());
+        } else if keyword.is("TTL") && request.ttl_ms.is_none() {
+            request.ttl_ms = Some(ttl_ms(shared, args, 1000)?);
+        } else if keyword.is("PTTL") && request.ttl_ms.is_none() {
+            request.ttl_ms = Some(ttl_ms(shared, args, 1)?);
+        } else if keyword.is("MAXPERUSER") && request.max_per_user.is_none() {
+            let n = args.integer()?;
+            if n <= 0 {
+                return Err(CommandError::err("ERR MAXPERUSER must be positive"));
+            }
+            request.max_per_user = Some(n as usize);
+        } else if keyword.is("ATTR") {
+            request.attrs.push(attribute(shared, args)?);
+        } else {
+            return Err(CommandError::Syntax);
+        }
+    }
+    if request.max_per_user.is_some() && request.user.is_none() {
+        return Err(CommandError::err("ERR MAXPERUSER requires USER"));
+    }
+    let max_attrs = shared.store.limits().max_attrs;
+    if request.attrs.len() > max_attrs {
+        return Err(CommandError::err(format!(
+            "ERR too many attributes (max {max_attrs})"
+        )));
+    }
+    let id = shared.store.create(request, now_ms())?;
+    out.bulk(&id);
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! SESSION.* commands: parse the arguments, call the store, encode the reply.
+
+mod attrs;
+mod binding;
+mod create;
+mod delete;
+mod expiry;
+mod get;
+mod query;
+mod update;
+
+pub use attrs::{attr_del, attr_get, attr_incrby, attr_set};
+pub use binding::{bind, byconn, unbind};
+pub use create::create;
+pub use delete::{del, killuser};
+pub use expiry::{expire, touch, ttl};
+pub use get::get;
+pub use query::{byuser, count, exists, nodes};
+pub use update::update;
+
+use bytes::Bytes;
+
+use super::{Args, CommandError};
+use crate::protocol::ReplyWriter;
+use crate::server::Shared;
+use crate::store::{FIELD_COUNT, Session};
+
+/// Encodes a session as the map of SESSION.GET.
+fn write_session(out: &mut ReplyWriter, id: &[u8], s: &Session) {
+    out.map(FIELD_COUNT);
+    out.bulk(b"id");
+    out.bulk(id);
+    out.bulk(b"user");
+    out.bulk_or_null(s.user.as_deref());
+    out.bulk(b"conn");
+    out.bulk_or_null(s.conn.as_deref());
+    out.bulk(b"status");
+    out.bulk(s.status.as_str().as_bytes());
+    out.bulk(b"node");
+    out.bulk(&s.node);
+    out.bulk(b"created");
+    out.int(s.created as i64);
+    out.bulk(b"last_active");
+    out.int(s.last_active() as i64);
+    out.bulk(b"expires");
+    out.int(s.expires as i64);
+    out.bulk(b"ttl");
+    out.int(s.ttl as i64);
+    out.bulk(b"version");
+    out.int(s.version as i64);
+    out.bulk(b"attrs");
+    out.map(s.attrs.len());
+    for (name, value) in &s.attrs {
+        out.bulk(name);
+        out.bulk(value);
+    }
+}
+
+/// The next argument as an id, user, conn or attribute name within the limit.
+fn name<'a>(shared: &Shared, args: &mut Args<'a>, what: &str) -> Result<&'a Bytes, CommandError> {
+    let value = args.required()?;
+    check_name(shared, value, what)?;
+    Ok(value)
+}
+
+fn check_name(shared: &Shared, value: &[u8], what: &str) -> Result<(), CommandError> {
+    let max = shared.store.limits().max_name_len;
+    if value.len() > max {
+        return Err(CommandError::err(format!(
+            "ERR {what} is longer than {max} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The next two arguments as an attribute name and value within the limits.
+fn attribute(shared: &Shared, args: &mut Args) -> Result<(Bytes, Bytes), CommandError> {
+    let name = name(shared, args, "attribute name")?.clone();
+    let value = args.required()?.clone();
+    let max = shared.store.limits().max_value_len;
+    if value.len() > max {
+        return Err(CommandError::err(format!(
+            "ERR attribute value is longer than {max} bytes"
+        )));
+    }
+    Ok((name, value))
+}
+
+/// A TTL argument in seconds (`TTL`) or milliseconds (`PTTL`), as ms.
+fn ttl_ms(shared: &Shared, args: &mut Args, unit_ms: i64) -> Result<u64, CommandError> {
+    let value = args.integer()?;
+    let ms = value
+        .checked_mul(unit_ms)
+        .filter(|&ms| shared.store.valid_ttl(ms));
+    ms.map(|ms| ms as u64)
+        .ok_or_else(|| CommandError::err("ERR invalid TTL"))
+}

@@ -1,0 +1,39 @@
+//! SESSION.UPDATE id [IFVERSION v] [USER user] [CONN conn] [STATUS active|disconnected]
+//! [TTL s | PTTL ms] [ATTR name value]... [DELATTR name]...
+
+use super::{attribute, name, ttl_ms};
+use crate::commands::{Args, CommandError, CommandResult};
+use crate::protocol::ReplyWriter;
+use crate::server::Shared;
+use crate::store::{Status, UpdateSession, now_ms};
+
+pub fn update(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+    let id = args.required()?;
+    let mut request = UpdateSession::default();
+    while let Some(keyword) = args.keyword() {
+        if keyword.is("IFVERSION") && request.if_version.is_none() {
+            let version = args.integer()?;
+            request.if_version =
+                Some(u64::try_from(version).map_err(|_| CommandError::NotInteger)?);
+        } else if keyword.is("USER") && request.user.is_none() {
+            request.user = Some(name(shared, args, "user")?.clone());
+        } else if keyword.is("CONN") && request.conn.is_none() {
+            request.conn = Some(name(shared, args, "conn")?.clone());
+        } else if keyword.is("STATUS") && request.status.is_none() {
+            request.status = Some(Status::parse(args.required()?).ok_or(CommandError::Syntax)?);
+        } else if keyword.is("TTL") && request.ttl_ms.is_none() {
+            request.ttl_ms = Some(ttl_ms(shared, args, 1000)?);
+        } else if keyword.is("PTTL") && request.ttl_ms.is_none() {
+            request.ttl_ms = Some(ttl_ms(shared, args, 1)?);
+        } else if keyword.is("ATTR") {
+            request.set_attrs.push(attribute(shared, args)?);
+        } else if keyword.is("DELATTR") {
+            request.del_attrs.push(args.required()?.clone());
+        } else {
+            return Err(CommandError::Syntax);
+        }
+    }
+    let version = shared.store.update(id, &request, now_ms())?;
+    out.int(version as i64);
+    Ok(())
+}

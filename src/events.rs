@@ -1,0 +1,66 @@
+//! Lifecycle events: one JSON object per message on `<prefix>:events`.
+//!
+//! In standalone mode they go to the sidecar's own subscribers. Nothing is
+//! serialized while nobody listens.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use crate::pubsub::PubSub;
+use crate::store::{Event, EventSink};
+
+/// Publishes store events to local subscribers.
+pub struct LocalEvents {
+    channel: Bytes,
+    pubsub: Arc<PubSub>,
+}
+
+impl LocalEvents {
+    pub fn new(prefix: &str, pubsub: Arc<PubSub>) -> Self {
+        Self {
+            channel: Bytes::from(format!("{prefix}:events")),
+            pubsub,
+        }
+    }
+}
+
+impl EventSink for LocalEvents {
+    fn publish(&self, events: Vec<Event>) {
+        if !self.pubsub.has_subscribers() {
+            return;
+        }
+        for event in &events {
+            self.pubsub
+                .publish(&self.channel, &Bytes::from(to_json(event)));
+        }
+    }
+}
+
+/// The JSON form of an event: `event`, `id`, `user`, `conn`, `node`, `at`, and
+/// `reason` where one applies.
+pub fn to_json(event: &Event) -> Vec<u8> {
+    // Strings and integers into a Vec: serialization cannot fail.
+    serde_json::to_vec(&JsonEvent(event)).unwrap_or_default()
+}
+
+struct JsonEvent<'a>(&'a Event);
+
+impl Serialize for JsonEvent<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let e = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("event", e.kind.as_str())?;
+        map.serialize_entry("id", &text(&e.id))?;
+        map.serialize_entry("user", &e.user.as_deref().map(text))?;
+        map.serialize_entry("conn", &e.conn.as_deref().map(text))?;
+        map.serialize_entry("node", &text(&e.node))?;
+        map.serialize_entry("at", &e.at)?;
+        if let Some(reason) = e.reason {
+            map.serialize_entry("reason", reason)?;
+        }
+        map.end()
+    }
+}

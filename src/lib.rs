@@ -1,0 +1,18 @@
+//! session-sidecar: a Redis-protocol session store that runs beside each
+//! WebSocket gateway pod.
+//!
+//! Data flow: [`server`] accepts connections and reads bytes; [`protocol`]
+//! parses requests and encodes replies (RESP2/RESP3); [`commands`] turns a
+//! request into a call on the [`store`] (sessions and their indexes) or the
+//! local [`pubsub`] broker; the store reports lifecycle [`events`]. [`ops`]
+//! holds what operators touch: configuration, logs, metrics, health.
+#![deny(unsafe_code)]
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod commands;
+pub mod events;
+pub mod ops;
+pub mod protocol;
+pub mod pubsub;
+pub mod server;
+pub mod store;

@@ -1,0 +1,45 @@
+//! The `session-sidecar` binary: configuration, logging, then the server.
+
+use std::process::ExitCode;
+
+use session_sidecar::ops::config::{Config, ConfigError};
+use session_sidecar::ops::logging;
+
+fn main() -> ExitCode {
+    let config = match Config::load() {
+        Ok(config) => config,
+        // Prints --help/--version to stdout (exit 0) or the error to stderr (exit 2).
+        Err(ConfigError::Invalid(error)) => error.exit(),
+        Err(ConfigError::File(message)) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("error: {message}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(message) = logging::init(&config) {
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("{message}");
+        }
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(session_sidecar::server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "fatal");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Configuration: command-line flags, `SESSION_SIDECAR_<FLAG>` environment
+//! variables and an optional file, in that order of precedence.
+//!
+//! The file uses redis.conf's shape: one `name value` per line, names as the
+//! long flags without dashes, `#` comments. Its values become the flags'
+//! defaults, so the environment and the command line still win.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+
+/// Why the configuration could not be read.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// Flags or environment (including --help and --version, which clap prints).
+    Invalid(clap::Error),
+    /// The configuration file.
+    File(String),
+}
+
+impl From<clap::Error> for ConfigError {
+    fn from(error: clap::Error) -> Self {
+        ConfigError::Invalid(error)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A Redis-protocol session store sidecar for WebSocket gateways.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "session-sidecar", version, about, long_about = None)]
+pub struct Config {
+    /// RESP listener for applications, redis-cli and peers (port 0: any free port).
+    #[arg(long, env = "SESSION_SIDECAR_LISTEN", default_value = "127.0.0.1:6380")]
+    pub listen: SocketAddr,
+
+    /// HTTP listener for /metrics, /healthz and /readyz (port 0: any free port).
+    #[arg(
+        long,
+        env = "SESSION_SIDECAR_METRICS_LISTEN",
+        default_value = "127.0.0.1:9380"
+    )]
+    pub metrics_listen: SocketAddr,
+
+    /// Key prefix in the upstream and prefix of the event channel `<prefix>:events`.
+    #[arg(long, env = "SESSION_SIDECAR_PREFIX", default_value = "session")]
+    pub prefix: String,
+
+    /// TTL in seconds of sessions created without TTL or PTTL.
+    #[arg(long, env = "SESSION_SIDECAR_DEFAULT_TTL", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
+    pub default_ttl: u64,
+
+    /// This sidecar's node id [default: the hostname].
+    #[arg(long, env = "SESSION_SIDECAR_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Where peers reach this sidecar (host:port) [default: the listen address].
+    #[arg(long, env = "SESSION_SIDECAR_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Password clients must AUTH with (AUTH pass, AUTH default pass or HELLO ... AUTH).
+    #[arg(long, env = "SESSION_SIDECAR_REQUIREPASS", hide_env_values = true)]
+    pub requirepass: Option<String>,
+
+    /// Memory budget of the session map, in bytes or with a unit (100mb, 1gb); 0 = none.
+    /// Past it, writes get -OOM as in Redis.
+    #[arg(long, env = "SESSION_SIDECAR_MAXMEMORY", default_value = "0", value_parser = parse_memory)]
+    pub maxmemory: u64,
+
+    /// Most simultaneous client connections.
+    #[arg(long, env = "SESSION_SIDECAR_MAXCLIENTS", default_value_t = 10_000)]
+    pub maxclients: usize,
+
+    /// Close client connections idle for this many seconds (0 = never).
+    #[arg(long, env = "SESSION_SIDECAR_TIMEOUT", default_value_t = 0)]
+    pub timeout: u64,
+
+    /// Largest bulk string a client may send, in bytes or with a unit.
+    #[arg(long, env = "SESSION_SIDECAR_PROTO_MAX_BULK_LEN", default_value = "512mb", value_parser = parse_memory)]
+    pub proto_max_bulk_len: u64,
+
+    /// Most arguments in one command.
+    #[arg(long, env = "SESSION_SIDECAR_MAX_ARGS", default_value_t = 1024 * 1024)]
+    pub max_args: usize,
+
+    /// Largest unparsed input buffered per client, in bytes or with a unit.
+    #[arg(long, env = "SESSION_SIDECAR_CLIENT_QUERY_BUFFER_LIMIT", default_value = "1gb", value_parser = parse_memory)]
+    pub client_query_buffer_limit: u64,
+
+    /// Longest id, user, conn or attribute name, in bytes.
+    #[arg(long, env = "SESSION_SIDECAR_MAX_NAME_LEN", default_value_t = 512)]
+    pub max_name_len: usize,
+
+    /// Largest attribute value, in bytes or with a unit.
+    #[arg(long, env = "SESSION_SIDECAR_MAX_VALUE_LEN", default_value = "1mb", value_parser = parse_memory)]
+    pub max_value_len: u64,
+
+    /// Most attributes per session.
+    #[arg(long, env = "SESSION_SIDECAR_MAX_ATTRS", default_value_t = 1024)]
+    pub max_attrs: usize,
+
+    /// Seconds SIGTERM/SIGINT waits for in-flight work before exiting anyway.
+    #[arg(long, env = "SESSION_SIDECAR_SHUTDOWN_TIMEOUT", default_value_t = 25)]
+    pub shutdown_timeout: u64,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "SESSION_SIDECAR_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax: info, debug, session_sidecar=trace, ...).
+    #[arg(long, env = "SESSION_SIDECAR_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Optional configuration file (redis.conf style: `name value` per line).
+    #[arg(long, env = "SESSION_SIDECAR_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads flags, environment and the configuration file.
+    pub fn load() -> Result<Config, ConfigError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    pub fn load_from<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let first = Config::try_parse_from(&args)?;
+        let Some(path) = &first.config else {
+            return Ok(first);
+        };
+        let file_error =
+            |message: String| ConfigError::File(format!("{}: {message}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        let mut command = Config::command();
+        let known: Vec<String> = command
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        for (line_no, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (name, value) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            let id = name.replace('-', "_");
+            if !known.contains(&id) || id == "config" {
+                return Err(file_error(format!(
+                    "line {}: unknown option '{name}'",
+                    line_no + 1
+                )));
+            }
+            let value = value.trim().trim_matches('"').to_string();
+            command = command.mut_arg(id, |arg| arg.default_value(value));
+        }
+        let matches = command.try_get_matches_from(&args)?;
+        Ok(Config::from_arg_matches(&matches)?)
+    }
+
+    /// The node id: the flag, else the hostname.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(hostname)
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// A size in bytes, with an optional Redis unit: k, kb, m, mb, g, gb
+/// (k = 1000, kb = 1024, as redis.conf).
+pub fn parse_memory(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (digits, unit) = lower.split_at(split);
+    let multiplier: u64 = match unit {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        _ => return Err(format!("invalid memory size '{text}'")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("invalid memory size '{text}'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_units() {
+        assert_eq!(parse_memory("100"), Ok(100));
+        assert_eq!(parse_memory("1kb"), Ok(1024));
+        assert_eq!(parse_memory("2GB"), Ok(2 << 30));
+        assert!(parse_memory("12x").is_err());
+    }
+
+    #[test]
+    fn file_values_are_defaults_that_flags_override() {
+        let dir = std::env::temp_dir().join(format!("sidecar-config-{}", std::process::id()));
+        std::fs::write(&dir, "# comment\nprefix fromfile\ndefault-ttl 60\n").unwrap();
+        let path = dir.to_str().unwrap();
+        let config = Config::load_from(["x", "--config", path, "--default-ttl", "90"]).unwrap();
+        assert_eq!(config.prefix, "fromfile");
+        assert_eq!(config.default_ttl, 90);
+        std::fs::write(&dir, "bogus 1\n").unwrap();
+        assert!(Config::load_from(["x", "--config", path]).is_err());
+        std::fs::remove_file(&dir).unwrap();
+    }
+}

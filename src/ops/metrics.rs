@@ -1,0 +1,201 @@
+//! Counters an operator graphs, registered once as plain atomics in the
+//! structs that update them, and rendered in Prometheus's text format.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::commands::table::{COMMANDS, Cmd};
+use crate::server::Shared;
+use crate::store::now_ms;
+
+/// A monotonically increasing counter.
+#[derive(Default, Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub connections: Counter,
+    pub rejected_connections: Counter,
+    pub command_errors: Counter,
+    pub unknown_commands: Counter,
+    pub protocol_errors: Counter,
+    pub auth_failures: Counter,
+    pub oom_rejections: Counter,
+    /// Calls per command, indexed by [`Cmd`].
+    commands: Box<[Counter]>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            connections: Counter::default(),
+            rejected_connections: Counter::default(),
+            command_errors: Counter::default(),
+            unknown_commands: Counter::default(),
+            protocol_errors: Counter::default(),
+            auth_failures: Counter::default(),
+            oom_rejections: Counter::default(),
+            commands: COMMANDS.iter().map(|_| Counter::default()).collect(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn command(&self, cmd: Cmd) {
+        if let Some(counter) = self.commands.get(cmd as usize) {
+            counter.inc();
+        }
+    }
+
+    pub fn commands_total(&self) -> u64 {
+        self.commands.iter().map(Counter::get).sum()
+    }
+
+    pub fn load(&self, value: &AtomicU64) -> u64 {
+        value.load(Ordering::Relaxed)
+    }
+}
+
+/// The `/metrics` page.
+pub fn render(shared: &Shared) -> String {
+    let m = &shared.metrics;
+    let store = &shared.store;
+    let now = now_ms();
+    let mut out = String::with_capacity(4096);
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = write!(
+            out,
+            "# HELP session_sidecar_{name} {help}\n# TYPE session_sidecar_{name} {kind}\nsession_sidecar_{name} {value}\n"
+        );
+    };
+    metric("up", "gauge", "1 while the sidecar serves.", 1);
+    metric(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since start.",
+        now.saturating_sub(shared.started_ms) / 1000,
+    );
+    metric(
+        "ready",
+        "gauge",
+        "1 when /readyz answers 200.",
+        u64::from(shared.is_ready()),
+    );
+    metric(
+        "connected_clients",
+        "gauge",
+        "Client connections open.",
+        shared.clients.len() as u64,
+    );
+    metric(
+        "connections_total",
+        "counter",
+        "Client connections accepted.",
+        m.connections.get(),
+    );
+    metric(
+        "rejected_connections_total",
+        "counter",
+        "Connections refused at maxclients.",
+        m.rejected_connections.get(),
+    );
+    metric(
+        "command_errors_total",
+        "counter",
+        "Commands answered with an error.",
+        m.command_errors.get(),
+    );
+    metric(
+        "unknown_commands_total",
+        "counter",
+        "Unknown commands received.",
+        m.unknown_commands.get(),
+    );
+    metric(
+        "protocol_errors_total",
+        "counter",
+        "Connections closed for malformed input.",
+        m.protocol_errors.get(),
+    );
+    metric(
+        "auth_failures_total",
+        "counter",
+        "Failed AUTH attempts.",
+        m.auth_failures.get(),
+    );
+    metric(
+        "oom_rejections_total",
+        "counter",
+        "Writes refused past maxmemory.",
+        m.oom_rejections.get(),
+    );
+    metric(
+        "sessions",
+        "gauge",
+        "Live sessions held.",
+        store.count(now) as u64,
+    );
+    metric(
+        "sessions_created_total",
+        "counter",
+        "Sessions created.",
+        m.load(&store.stats.created),
+    );
+    metric(
+        "sessions_deleted_total",
+        "counter",
+        "Sessions deleted.",
+        m.load(&store.stats.deleted),
+    );
+    metric(
+        "sessions_expired_total",
+        "counter",
+        "Sessions expired.",
+        m.load(&store.stats.expired),
+    );
+    metric(
+        "sessions_evicted_total",
+        "counter",
+        "Sessions evicted by MAXPERUSER.",
+        m.load(&store.stats.evicted),
+    );
+    metric(
+        "memory_bytes",
+        "gauge",
+        "Approximate bytes held by sessions.",
+        store.memory() as u64,
+    );
+    metric(
+        "maxmemory_bytes",
+        "gauge",
+        "Configured memory budget (0 = none).",
+        shared.config.maxmemory,
+    );
+    metric(
+        "pubsub_channels",
+        "gauge",
+        "Channels with subscribers.",
+        shared.pubsub.channel_count() as u64,
+    );
+    out.push_str("# HELP session_sidecar_commands_total Commands processed, by command.\n");
+    out.push_str("# TYPE session_sidecar_commands_total counter\n");
+    for spec in COMMANDS {
+        let calls = m.commands.get(spec.cmd as usize).map_or(0, Counter::get);
+        let _ = writeln!(
+            out,
+            "session_sidecar_commands_total{{command=\"{}\"}} {calls}",
+            spec.name
+        );
+    }
+    out
+}

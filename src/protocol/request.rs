@@ -1,0 +1,414 @@
+//! Incremental parser for client requests: RESP multibulk arrays and inline commands.
+//!
+//! Clients only ever send arrays of bulk strings (or an inline line typed into
+//! telnet), so this is a request parser, not a general RESP decoder, written on
+//! the model of Redis's `processMultibulkBuffer`: it keeps its position across
+//! reads, so a large request that arrives a few bytes at a time is scanned once,
+//! not re-parsed from the start on every read; and it checks every length
+//! against the configured limits when it reads the header, before buffering a
+//! byte of the payload (a client announcing a 4 GB bulk string is refused at
+//! once). Arguments are zero-copy slices of the read buffer.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Longest header line (`*<n>`, `$<n>`) or inline request accepted, as Redis's
+/// `PROTO_INLINE_MAX_SIZE`.
+const MAX_INLINE: usize = 64 * 1024;
+
+/// Limits for unauthenticated clients when a password is required, as Redis.
+const UNAUTHENTICATED_MAX_ARGS: usize = 10;
+const UNAUTHENTICATED_MAX_BULK: usize = 16 * 1024;
+
+/// Size limits enforced while parsing.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest bulk string (`proto-max-bulk-len`).
+    pub max_bulk_len: usize,
+    /// Most arguments in one request.
+    pub max_args: usize,
+}
+
+/// A request the client must be told is malformed; the connection closes after
+/// the reply. The message follows `ERR Protocol error: ` on the wire.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ProtocolError(pub &'static str);
+
+#[derive(Debug, Default)]
+enum State {
+    /// Between requests.
+    #[default]
+    Idle,
+    /// Inside a multibulk of which `remaining` arguments are still to come; `bulk`
+    /// is the length of the next argument once its `$` header has been read.
+    Multibulk {
+        remaining: usize,
+        bulk: Option<usize>,
+    },
+}
+
+/// Parses requests out of a connection's read buffer, one at a time.
+#[derive(Debug, Default)]
+pub struct RequestParser {
+    state: State,
+}
+
+impl RequestParser {
+    /// Parses the next complete request from `buf` into `args` (cleared first).
+    /// Returns `Ok(true)` with a request in `args`, `Ok(false)` when more bytes
+    /// are needed (partial arguments stay in `args` until the next call), or a
+    /// protocol error. `restricted` applies the limits of a client that has not
+    /// authenticated yet.
+    pub fn parse(
+        &mut self,
+        buf: &mut BytesMut,
+        args: &mut Vec<Bytes>,
+        limits: Limits,
+        restricted: bool,
+    ) -> Result<bool, ProtocolError> {
+        let (max_args, max_bulk) = if restricted {
+            (UNAUTHENTICATED_MAX_ARGS, UNAUTHENTICATED_MAX_BULK)
+        } else {
+            (limits.max_args, limits.max_bulk_len)
+        };
+        loop {
+            match self.state {
+                State::Idle => {
+                    args.clear();
+                    let Some(&first) = buf.first() else {
+                        return Ok(false);
+                    };
+                    if first != b'*' {
+                        if !parse_inline(buf, args)? {
+                            return Ok(false);
+                        }
+                        if args.is_empty() {
+                            // An empty line is skipped, as Redis does.
+                            continue;
+                        }
+                        return Ok(true);
+                    }
+                    let Some(n) = read_header(buf, "too big mbulk count string")? else {
+                        return Ok(false);
+                    };
+                    if n > max_args as i64 {
+                        return Err(ProtocolError("invalid multibulk length"));
+                    }
+                    if n <= 0 {
+                        // `*0` and `*-1` are empty requests, skipped as Redis does.
+                        continue;
+                    }
+                    let n = n as usize;
+                    // Reserve for the pointers only up to a sane bound: the
+                    // client has not sent the arguments yet.
+                    args.reserve(n.min(1024));
+                    self.state = State::Multibulk {
+                        remaining: n,
+                        bulk: None,
+                    };
+                }
+                State::Multibulk { remaining, bulk } => {
+                    let len = match bulk {
+                        Some(len) => len,
+                        None => {
+                            let Some(&first) = buf.first() else {
+                                return Ok(false);
+                            };
+                            if first != b'$' {
+                                self.state = State::Idle;
+                                return Err(ProtocolError(expected_dollar(first)));
+                            }
+                            let Some(len) = read_header(buf, "too big bulk count string")? else {
+                                return Ok(false);
+                            };
+                            if len < 0 || len > max_bulk as i64 {
+                                self.state = State::Idle;
+                                return Err(ProtocolError("invalid bulk length"));
+                            }
+                            let len = len as usize;
+                            self.state = State::Multibulk {
+                                remaining,
+                                bulk: Some(len),
+                            };
+                            len
+                        }
+                    };
+                    if buf.len() < len + 2 {
+                        // Let the next read land in one allocation, but never
+                        // trust a length the client has not paid for yet.
+                        buf.reserve((len + 2 - buf.len()).min(1 << 20));
+                        return Ok(false);
+                    }
+                    if &buf[len..len + 2] != b"\r\n" {
+                        self.state = State::Idle;
+                        return Err(ProtocolError("bulk string not terminated by CRLF"));
+                    }
+                    args.push(buf.split_to(len).freeze());
+                    buf.advance(2);
+                    if remaining == 1 {
+                        self.state = State::Idle;
+                        return Ok(true);
+                    }
+                    self.state = State::Multibulk {
+                        remaining: remaining - 1,
+                        bulk: None,
+                    };
+                }
+            }
+        }
+    }
+}
+
+fn expected_dollar(got: u8) -> &'static str {
+    // Redis says "expected '$', got 'X'"; the byte is not worth an allocation.
+    match got {
+        b'*' => "expected '$', got '*'",
+        b':' => "expected '$', got ':'",
+        b'+' => "expected '$', got '+'",
+        b'-' => "expected '$', got '-'",
+        _ => "expected '$', got something else",
+    }
+}
+
+/// Reads a `*<n>\r\n` or `$<n>\r\n` header line, consuming it when complete.
+fn read_header(buf: &mut BytesMut, too_big: &'static str) -> Result<Option<i64>, ProtocolError> {
+    let Some(end) = find_crlf(buf) else {
+        if buf.len() > MAX_INLINE {
+            return Err(ProtocolError(too_big));
+        }
+        return Ok(None);
+    };
+    let value = parse_i64(&buf[1..end]).ok_or(if buf[0] == b'*' {
+        ProtocolError("invalid multibulk length")
+    } else {
+        ProtocolError("invalid bulk length")
+    })?;
+    buf.advance(end + 2);
+    Ok(Some(value))
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    let limit = buf.len().min(MAX_INLINE + 2);
+    buf[..limit].windows(2).position(|w| w == b"\r\n")
+}
+
+/// Parses a decimal integer the way Redis's `string2ll` does: no sign-less
+/// garbage, no leading `+`, no overflow.
+pub fn parse_i64(digits: &[u8]) -> Option<i64> {
+    let (negative, digits) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, digits),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let mut value: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        let digit = i64::from(d - b'0');
+        value = if negative {
+            value.checked_mul(10)?.checked_sub(digit)?
+        } else {
+            value.checked_mul(10)?.checked_add(digit)?
+        };
+    }
+    Some(value)
+}
+
+/// Parses one inline request (a line of space-separated words, with Redis's
+/// quoting rules), as typed into telnet or nc. `Ok(false)` when the line is not
+/// complete yet.
+fn parse_inline(buf: &mut BytesMut, args: &mut Vec<Bytes>) -> Result<bool, ProtocolError> {
+    let Some(newline) = buf.iter().take(MAX_INLINE + 1).position(|&b| b == b'\n') else {
+        if buf.len() > MAX_INLINE {
+            return Err(ProtocolError("too big inline request"));
+        }
+        return Ok(false);
+    };
+    let line = buf.split_to(newline + 1);
+    let line = line.strip_suffix(b"\n").unwrap_or(&line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    split_args(line, args)?;
+    Ok(true)
+}
+
+/// Redis's `sdssplitargs`: words separated by spaces; "double quotes" with
+/// backslash escapes (\n, \r, \t, \b, \a, \xHH, \\, \") and 'single quotes'
+/// (only \' escaped). A closing quote must be followed by a space or the end.
+fn split_args(line: &[u8], args: &mut Vec<Bytes>) -> Result<(), ProtocolError> {
+    const UNBALANCED: ProtocolError = ProtocolError("unbalanced quotes in request");
+    let mut i = 0;
+    loop {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= line.len() {
+            return Ok(());
+        }
+        let mut word = Vec::new();
+        let mut in_double = false;
+        let mut in_single = false;
+        loop {
+            if in_double {
+                let Some(&c) = line.get(i) else {
+                    return Err(UNBALANCED);
+                };
+                if c == b'\\' && i + 3 < line.len() && line[i + 1] == b'x'
+                    && let (Some(h), Some(l)) = (hex(line[i + 2]), hex(line[i + 3])) {
+                        word.push(h * 16 + l);
+                        i += 4;
+                        continue;
+                    }
+                if c == b'\\' && i + 1 < line.len() {
+                    word.push(match line[i + 1] {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 8,
+                        b'a' => 7,
+                        other => other,
+                    });
+                    i += 2;
+                    continue;
+                }
+                if c == b'"' {
+                    if line.get(i + 1).is_some_and(|c| !c.is_ascii_whitespace()) {
+                        return Err(UNBALANCED);
+                    }
+                    i += 1;
+                    break;
+                }
+                word.push(c);
+                i += 1;
+            } else if in_single {
+                let Some(&c) = line.get(i) else {
+                    return Err(UNBALANCED);
+                };
+                if c == b'\\' && line.get(i + 1) == Some(&b'\'') {
+                    word.push(b'\'');
+                    i += 2;
+                    continue;
+                }
+                if c == b'\'' {
+                    if line.get(i + 1).is_some_and(|c| !c.is_ascii_whitespace()) {
+                        return Err(UNBALANCED);
+                    }
+                    i += 1;
+                    break;
+                }
+                word.push(c);
+                i += 1;
+            } else {
+                match line.get(i) {
+                    None => break,
+                    Some(c) if c.is_ascii_whitespace() => break,
+                    Some(b'"') => in_double = true,
+                    Some(b'\'') => in_single = true,
+                    Some(&c) => word.push(c),
+                }
+                i += 1;
+            }
+        }
+        args.push(Bytes::from(word));
+    }
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_bulk_len: 1024,
+        max_args: 8,
+    };
+
+    fn parse_all(input: &[u8]) -> Result<Vec<Vec<Bytes>>, ProtocolError> {
+        let mut parser = RequestParser::default();
+        let mut buf = BytesMut::from(input);
+        let mut args = Vec::new();
+        let mut out = Vec::new();
+        while parser.parse(&mut buf, &mut args, LIMITS, false)? {
+            out.push(args.clone());
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn multibulk_and_inline() {
+        let got = parse_all(
+            b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n\r\nPING\r\nset \"a b\" 'c\\'d' \"\\x41\\n\"\r\n",
+        )
+        .unwrap();
+        assert_eq!(got[0], vec![Bytes::from("ECHO"), Bytes::from("hi")]);
+        assert_eq!(got[1], vec![Bytes::from("PING")]);
+        assert_eq!(
+            got[2],
+            vec![
+                Bytes::from("set"),
+                Bytes::from("a b"),
+                Bytes::from("c'd"),
+                Bytes::from("A\n")
+            ]
+        );
+    }
+
+    #[test]
+    fn byte_by_byte_equals_whole() {
+        let input = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nvalue\r\n";
+        let mut parser = RequestParser::default();
+        let mut buf = BytesMut::new();
+        let mut args = Vec::new();
+        let mut done = 0;
+        for &b in input.iter() {
+            buf.extend_from_slice(&[b]);
+            if parser.parse(&mut buf, &mut args, LIMITS, false).unwrap() {
+                done += 1;
+                assert_eq!(args[2], Bytes::from("value"));
+            }
+        }
+        assert_eq!(done, 1);
+    }
+
+    #[test]
+    fn limits_are_checked_at_the_header() {
+        assert_eq!(
+            parse_all(b"*1\r\n$4294967296\r\n"),
+            Err(ProtocolError("invalid bulk length"))
+        );
+        assert_eq!(
+            parse_all(b"*9\r\n"),
+            Err(ProtocolError("invalid multibulk length"))
+        );
+        assert_eq!(
+            parse_all(b"*x\r\n"),
+            Err(ProtocolError("invalid multibulk length"))
+        );
+        assert_eq!(
+            parse_all(b"*1\r\n:1\r\n"),
+            Err(ProtocolError("expected '$', got ':'"))
+        );
+        assert_eq!(
+            parse_all(b"set \"a\r\n"),
+            Err(ProtocolError("unbalanced quotes in request"))
+        );
+        assert_eq!(
+            parse_all(b"*1\r\n$1\r\nabc\r\n"),
+            Err(ProtocolError("bulk string not terminated by CRLF"))
+        );
+    }
+
+    #[test]
+    fn integers() {
+        assert_eq!(parse_i64(b"-12"), Some(-12));
+        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_i64(b"9223372036854775808"), None);
+        assert_eq!(parse_i64(b"+1"), None);
+        assert_eq!(parse_i64(b""), None);
+    }
+}

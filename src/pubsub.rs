@@ -1,0 +1,258 @@
+//! Local publish/subscribe: channels and glob patterns, delivered to each
+//! subscribed client's task through a bounded queue.
+//!
+//! A subscriber that stops reading is disconnected when its queue fills, as
+//! Redis does with `client-output-buffer-limit pubsub`: one slow client never
+//! slows a publisher down.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A message on its way to one subscriber.
+#[derive(Debug, Clone)]
+pub enum Message {
+    Message {
+        channel: Bytes,
+        payload: Bytes,
+    },
+    PMessage {
+        pattern: Bytes,
+        channel: Bytes,
+        payload: Bytes,
+    },
+}
+
+/// Queue depth per subscriber before it is dropped as too slow.
+pub const SUBSCRIBER_QUEUE: usize = 16 * 1024;
+
+pub type ClientId = u64;
+type Subscribers = HashMap<Bytes, HashMap<ClientId, Subscriber>>;
+
+/// One client's end of its subscriptions.
+#[derive(Clone)]
+pub struct Subscriber {
+    pub tx: mpsc::Sender<Message>,
+    /// Cancelled when the client's queue overflowed: its task disconnects it.
+    pub overflow: CancellationToken,
+}
+
+impl Subscriber {
+    fn deliver(&self, message: Message) -> bool {
+        match self.tx.try_send(message) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflow.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct PubSub {
+    channels: RwLock<Subscribers>,
+    patterns: RwLock<Subscribers>,
+    /// Subscriptions of either kind: lets publishers skip all work when zero.
+    subscriptions: AtomicUsize,
+}
+
+fn read(lock: &RwLock<Subscribers>) -> std::sync::RwLockReadGuard<'_, Subscribers> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write(lock: &RwLock<Subscribers>) -> std::sync::RwLockWriteGuard<'_, Subscribers> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PubSub {
+    /// Whether anybody is subscribed to anything.
+    pub fn has_subscribers(&self) -> bool {
+        self.subscriptions.load(Ordering::Relaxed) > 0
+    }
+
+    pub fn subscribe(&self, client: ClientId, channel: Bytes, subscriber: &Subscriber) {
+        Self::add(
+            &self.channels,
+            &self.subscriptions,
+            client,
+            channel,
+            subscriber,
+        );
+    }
+
+    pub fn psubscribe(&self, client: ClientId, pattern: Bytes, subscriber: &Subscriber) {
+        Self::add(
+            &self.patterns,
+            &self.subscriptions,
+            client,
+            pattern,
+            subscriber,
+        );
+    }
+
+    pub fn unsubscribe(&self, client: ClientId, channel: &[u8]) {
+        Self::remove(&self.channels, &self.subscriptions, client, channel);
+    }
+
+    pub fn punsubscribe(&self, client: ClientId, pattern: &[u8]) {
+        Self::remove(&self.patterns, &self.subscriptions, client, pattern);
+    }
+
+    fn add(
+        map: &RwLock<Subscribers>,
+        count: &AtomicUsize,
+        client: ClientId,
+        key: Bytes,
+        subscriber: &Subscriber,
+    ) {
+        if write(map)
+            .entry(key)
+            .or_default()
+            .insert(client, subscriber.clone())
+            .is_none()
+        {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn remove(map: &RwLock<Subscribers>, count: &AtomicUsize, client: ClientId, key: &[u8]) {
+        let mut map = write(map);
+        if let Some(subscribers) = map.get_mut(key) {
+            if subscribers.remove(&client).is_some() {
+                count.fetch_sub(1, Ordering::Relaxed);
+            }
+            if subscribers.is_empty() {
+                map.remove(key);
+            }
+        }
+    }
+
+    /// Publishes to the channel's subscribers and to matching patterns;
+    /// returns how many received it.
+    pub fn publish(&self, channel: &Bytes, payload: &Bytes) -> usize {
+        if !self.has_subscribers() {
+            return 0;
+        }
+        let mut receivers = 0;
+        if let Some(subscribers) = read(&self.channels).get(channel) {
+            for subscriber in subscribers.values() {
+                let message = Message::Message {
+                    channel: channel.clone(),
+                    payload: payload.clone(),
+                };
+                receivers += usize::from(subscriber.deliver(message));
+            }
+        }
+        for (pattern, subscribers) in read(&self.patterns).iter() {
+            if glob_match(pattern, channel) {
+                for subscriber in subscribers.values() {
+                    let message = Message::PMessage {
+                        pattern: pattern.clone(),
+                        channel: channel.clone(),
+                        payload: payload.clone(),
+                    };
+                    receivers += usize::from(subscriber.deliver(message));
+                }
+            }
+        }
+        receivers
+    }
+
+    /// Channels with at least one subscriber.
+    pub fn channel_count(&self) -> usize {
+        read(&self.channels).len()
+    }
+
+    /// Patterns with at least one subscriber.
+    pub fn pattern_count(&self) -> usize {
+        read(&self.patterns).len()
+    }
+}
+
+/// Redis's glob-style matching (`stringmatchlen`): `*`, `?`, `[abc]`, `[^a-z]`
+/// and `\` escapes.
+pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    // Where to resume after the last `*`: (pattern index, text index).
+    let mut backtrack: Option<(usize, usize)> = None;
+    while t < text.len() {
+        let matched = match pattern.get(p) {
+            Some(b'*') => {
+                backtrack = Some((p, t));
+                p += 1;
+                continue;
+            }
+            Some(b'?') => Some(p + 1),
+            Some(b'[') => match_class(pattern, p, text[t]),
+            Some(b'\\') if p + 1 < pattern.len() => (pattern[p + 1] == text[t]).then_some(p + 2),
+            Some(&c) => (c == text[t]).then_some(p + 1),
+            None => None,
+        };
+        match (matched, backtrack) {
+            (Some(next), _) => {
+                p = next;
+                t += 1;
+            }
+            (None, Some((star, from))) => {
+                p = star + 1;
+                t = from + 1;
+                backtrack = Some((star, from + 1));
+            }
+            (None, None) => return false,
+        }
+    }
+    pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*')
+}
+
+/// Matches `c` against the class starting at `pattern[start] == b'['`;
+/// returns the index after the class when it matches.
+fn match_class(pattern: &[u8], start: usize, c: u8) -> Option<usize> {
+    let mut i = start + 1;
+    let negate = pattern.get(i) == Some(&b'^');
+    if negate {
+        i += 1;
+    }
+    let mut found = false;
+    while i < pattern.len() && pattern[i] != b']' {
+        if pattern[i] == b'\\' && i + 1 < pattern.len() {
+            found |= pattern[i + 1] == c;
+            i += 2;
+        } else if i + 2 < pattern.len() && pattern[i + 1] == b'-' && pattern[i + 2] != b']' {
+            let (lo, hi) = (
+                pattern[i].min(pattern[i + 2]),
+                pattern[i].max(pattern[i + 2]),
+            );
+            found |= (lo..=hi).contains(&c);
+            i += 3;
+        } else {
+            found |= pattern[i] == c;
+            i += 1;
+        }
+    }
+    (found != negate).then_some((i + 1).min(pattern.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match(b"session:*", b"session:events"));
+        assert!(glob_match(b"*", b""));
+        assert!(glob_match(b"h?llo", b"hello"));
+        assert!(glob_match(b"h[ae]llo", b"hallo"));
+        assert!(!glob_match(b"h[^e]llo", b"hello"));
+        assert!(glob_match(b"h[a-c]llo", b"hbllo"));
+        assert!(glob_match(b"a*b*c", b"aXXbYYc"));
+        assert!(!glob_match(b"a*b*c", b"aXXbYY"));
+        assert!(glob_match(b"a\\*", b"a*"));
+        assert!(!glob_match(b"abc", b"ab"));
+    }
+}

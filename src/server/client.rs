@@ -1,0 +1,184 @@
+//! Per-client state: what the connection's own task keeps ([`ClientState`])
+//! and what other tasks may read for CLIENT LIST and INFO ([`ClientInfo`]).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::Protocol;
+use crate::pubsub::{Message, Subscriber};
+use crate::store::now_ms;
+
+/// What other tasks may see of a client.
+pub struct ClientInfo {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub local_addr: SocketAddr,
+    pub created_ms: u64,
+    pub last_command_ms: AtomicU64,
+    pub name: Mutex<Option<Bytes>>,
+    pub lib: Mutex<(Option<Bytes>, Option<Bytes>)>,
+    pub protocol: AtomicU64,
+    pub subscriptions: AtomicUsize,
+    pub patterns: AtomicUsize,
+    /// The last command's name, for CLIENT LIST's `cmd=`.
+    pub last_command: Mutex<&'static str>,
+}
+
+impl ClientInfo {
+    /// The CLIENT LIST / CLIENT INFO line, in Redis's format.
+    pub fn line(&self, now: u64) -> String {
+        let name = self
+            .name
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default();
+        let (lib_name, lib_ver) = self.lib.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let subscriptions = self.subscriptions.load(Ordering::Relaxed);
+        let patterns = self.patterns.load(Ordering::Relaxed);
+        let flags = if subscriptions + patterns > 0 {
+            "P"
+        } else {
+            "N"
+        };
+        format!(
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={flags} db=0 sub={subscriptions} psub={patterns} ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+            self.id,
+            self.addr,
+            self.local_addr,
+            String::from_utf8_lossy(&name),
+            now.saturating_sub(self.created_ms) / 1000,
+            now.saturating_sub(self.last_command_ms.load(Ordering::Relaxed)) / 1000,
+            self.last_command.lock().unwrap_or_else(|p| p.into_inner()),
+            self.protocol.load(Ordering::Relaxed),
+            String::from_utf8_lossy(lib_name.as_deref().unwrap_or_default()),
+            String::from_utf8_lossy(lib_ver.as_deref().unwrap_or_default()),
+        )
+    }
+}
+
+/// Every connected client, by id.
+#[derive(Default)]
+pub struct ClientRegistry {
+    clients: DashMap<u64, Arc<ClientInfo>>,
+    next_id: AtomicU64,
+}
+
+impl ClientRegistry {
+    pub fn register(&self, addr: SocketAddr, local_addr: SocketAddr) -> Arc<ClientInfo> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = now_ms();
+        let info = Arc::new(ClientInfo {
+            id,
+            addr,
+            local_addr,
+            created_ms: now,
+            last_command_ms: AtomicU64::new(now),
+            name: Mutex::new(None),
+            lib: Mutex::new((None, None)),
+            protocol: AtomicU64::new(2),
+            subscriptions: AtomicUsize::new(0),
+            patterns: AtomicUsize::new(0),
+            last_command: Mutex::new("NULL"),
+        });
+        self.clients.insert(id, info.clone());
+        info
+    }
+
+    pub fn unregister(&self, id: u64) {
+        self.clients.remove(&id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// Every client, ordered by id.
+    pub fn all(&self) -> Vec<Arc<ClientInfo>> {
+        let mut all: Vec<_> = self.clients.iter().map(|c| c.value().clone()).collect();
+        all.sort_by_key(|c| c.id);
+        all
+    }
+}
+
+/// The state a connection's task keeps for its client.
+pub struct ClientState {
+    pub info: Arc<ClientInfo>,
+    pub protocol: Protocol,
+    pub authenticated: bool,
+    pub channels: HashSet<Bytes>,
+    pub patterns: HashSet<Bytes>,
+    /// Created on the first SUBSCRIBE; the receiver is polled by the task.
+    pub subscriber: Option<(Subscriber, mpsc::Receiver<Message>)>,
+    /// Set by QUIT: close once the reply is written.
+    pub close: bool,
+}
+
+impl ClientState {
+    pub fn new(info: Arc<ClientInfo>, authenticated: bool) -> Self {
+        Self {
+            info,
+            protocol: Protocol::Resp2,
+            authenticated,
+            channels: HashSet::new(),
+            patterns: HashSet::new(),
+            subscriber: None,
+            close: false,
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.info.id
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.channels.len() + self.patterns.len()
+    }
+
+    /// In RESP2, a client with subscriptions may only run pub/sub commands.
+    pub fn in_resp2_pubsub(&self) -> bool {
+        self.protocol == Protocol::Resp2 && self.subscription_count() > 0
+    }
+
+    /// This client's subscriber handle, created on first use.
+    pub fn subscriber(&mut self) -> Subscriber {
+        let (subscriber, _) = self.subscriber.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(crate::pubsub::SUBSCRIBER_QUEUE);
+            (
+                Subscriber {
+                    tx,
+                    overflow: CancellationToken::new(),
+                },
+                rx,
+            )
+        });
+        subscriber.clone()
+    }
+
+    pub fn set_protocol(&mut self, protocol: Protocol) {
+        self.protocol = protocol;
+        self.info
+            .protocol
+            .store(protocol.number() as u64, Ordering::Relaxed);
+    }
+
+    pub fn sync_subscription_counts(&self) {
+        self.info
+            .subscriptions
+            .store(self.channels.len(), Ordering::Relaxed);
+        self.info
+            .patterns
+            .store(self.patterns.len(), Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,189 @@
+//! One client connection: read requests, run them, write replies.
+//!
+//! Invariant: every request gets exactly one reply, in order. Requests are
+//! executed as they are parsed from the read buffer and their replies are
+//! appended to one output buffer, written to the socket when the read buffer
+//! holds no further complete request (so a pipeline of N commands costs one
+//! write, not N) or when the output passes a size bound.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::client::{ClientInfo, ClientState};
+use crate::commands::{execute, unsubscribe_all};
+use crate::protocol::{ReplyWriter, RequestParser};
+use crate::pubsub::{Message, Subscriber};
+use tokio::sync::mpsc;
+
+/// Write the output buffer once it holds this much, even mid-pipeline.
+const FLUSH_AT: usize = 64 * 1024;
+/// Read at least this much room per read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Pub/sub messages encoded per write.
+const MESSAGE_BATCH: usize = 256;
+
+pub async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    info: Arc<ClientInfo>,
+    shutdown: CancellationToken,
+) {
+    let id = info.id;
+    let mut client = ClientState::new(info, shared.config.requirepass.is_none());
+    if let Err(error) = run(&shared, stream, &mut client, &shutdown).await {
+        tracing::debug!(client = id, %error, "client connection ended with an error");
+    }
+    unsubscribe_all(&shared, &mut client);
+    shared.clients.unregister(id);
+}
+
+/// Waits for the next pub/sub message, or forever when not subscribed.
+async fn next_message(
+    subscriber: &mut Option<(Subscriber, mpsc::Receiver<Message>)>,
+) -> Option<Message> {
+    match subscriber {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the subscriber's queue overflowed; never when not subscribed.
+async fn overflowed(overflow: Option<CancellationToken>) {
+    match overflow {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn encode_message(message: Message, out: &mut ReplyWriter) {
+    match message {
+        Message::Message { channel, payload } => {
+            out.push(3);
+            out.bulk(b"message");
+            out.bulk(&channel);
+            out.bulk(&payload);
+        }
+        Message::PMessage {
+            pattern,
+            channel,
+            payload,
+        } => {
+            out.push(4);
+            out.bulk(b"pmessage");
+            out.bulk(&pattern);
+            out.bulk(&channel);
+            out.bulk(&payload);
+        }
+    }
+}
+
+async fn run(
+    shared: &Shared,
+    mut stream: TcpStream,
+    client: &mut ClientState,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut parser = RequestParser::default();
+    let mut input = BytesMut::with_capacity(READ_CHUNK);
+    let mut output = BytesMut::with_capacity(READ_CHUNK);
+    let mut argv = Vec::new();
+    let query_limit =
+        usize::try_from(shared.config.client_query_buffer_limit).unwrap_or(usize::MAX);
+    let idle = (shared.config.timeout > 0).then(|| Duration::from_secs(shared.config.timeout));
+    loop {
+        // Run every complete request already buffered.
+        loop {
+            let restricted = !client.authenticated;
+            match parser.parse(&mut input, &mut argv, shared.limits, restricted) {
+                Ok(true) => {
+                    let mut out = ReplyWriter::new(&mut output, client.protocol);
+                    execute(shared, client, &argv, &mut out).await;
+                    if client.close {
+                        stream.write_all(&output).await?;
+                        return Ok(());
+                    }
+                    if output.len() >= FLUSH_AT {
+                        stream.write_all(&output).await?;
+                        output.clear();
+                    }
+                }
+                Ok(false) => break,
+                Err(error) => {
+                    shared.metrics.protocol_errors.inc();
+                    tracing::debug!(client = client.id(), error = error.0, "protocol error");
+                    ReplyWriter::new(&mut output, client.protocol)
+                        .error(&format!("ERR Protocol error: {}", error.0));
+                    stream.write_all(&output).await?;
+                    return Ok(());
+                }
+            }
+        }
+        if input.len() > query_limit {
+            shared.metrics.protocol_errors.inc();
+            tracing::warn!(
+                client = client.id(),
+                "closing client that reached max query buffer length"
+            );
+            ReplyWriter::new(&mut output, client.protocol)
+                .error("ERR Protocol error: query buffer limit reached");
+            stream.write_all(&output).await?;
+            return Ok(());
+        }
+        if !output.is_empty() {
+            stream.write_all(&output).await?;
+            output.clear();
+        }
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        if input.capacity() - input.len() < READ_CHUNK {
+            input.reserve(READ_CHUNK);
+        }
+        let idle_timeout = async {
+            match idle {
+                Some(idle) => tokio::time::sleep(idle).await,
+                None => std::future::pending().await,
+            }
+        };
+        let subscribed = client.subscription_count() > 0;
+        let overflow = client.subscriber.as_ref().map(|(s, _)| s.overflow.clone());
+        tokio::select! {
+            read = stream.read_buf(&mut input) => {
+                if read? == 0 {
+                    return Ok(());
+                }
+            }
+            message = next_message(&mut client.subscriber) => {
+                let mut out = ReplyWriter::new(&mut output, client.protocol);
+                if let Some(message) = message {
+                    encode_message(message, &mut out);
+                }
+                // Batch whatever else is already queued into the same write.
+                if let Some((_, rx)) = &mut client.subscriber {
+                    for _ in 0..MESSAGE_BATCH {
+                        match rx.try_recv() {
+                            Ok(message) => encode_message(message, &mut out),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            _ = overflowed(overflow) => {
+                tracing::warn!(client = client.id(), "closing subscriber that could not keep up");
+                return Ok(());
+            }
+            _ = idle_timeout, if !subscribed => {
+                tracing::debug!(client = client.id(), "closing idle client");
+                return Ok(());
+            }
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}

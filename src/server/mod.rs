@@ -1,0 +1,199 @@
+//! The server: shared state behind one handle ([`Shared`]), the accept loop
+//! with its connection cap, and shutdown on SIGTERM/SIGINT.
+
+pub mod client;
+mod connection;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::events::LocalEvents;
+use crate::ops::config::Config;
+use crate::ops::metrics::Metrics;
+use crate::protocol::Limits;
+use crate::pubsub::PubSub;
+use crate::store::{SessionLimits, SessionStore, now_ms};
+use client::ClientRegistry;
+
+/// The Redis version reported to clients (HELLO, INFO), for the clients that
+/// gate features on it; the sidecar's own version is in INFO server.
+pub const REDIS_VERSION: &str = "7.2.0";
+
+/// Everything the connection tasks share.
+pub struct Shared {
+    pub config: Config,
+    pub store: Arc<SessionStore>,
+    pub pubsub: Arc<PubSub>,
+    pub metrics: Metrics,
+    pub clients: ClientRegistry,
+    pub listen_addr: SocketAddr,
+    pub advertise: String,
+    pub limits: Limits,
+    pub started_ms: u64,
+    ready: AtomicBool,
+}
+
+impl Shared {
+    /// Serving and not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Clients with at least one subscription.
+    pub fn pubsub_clients(&self) -> usize {
+        self.clients
+            .all()
+            .iter()
+            .filter(|c| {
+                c.subscriptions.load(Ordering::Relaxed) + c.patterns.load(Ordering::Relaxed) > 0
+            })
+            .count()
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Binds the listeners, serves until SIGTERM or SIGINT, then shuts down.
+pub async fn run(config: Config) -> Result<(), BoxError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let metrics_listener = TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} (metrics): {e}", config.metrics_listen))?;
+    let listen_addr = listener.local_addr()?;
+    let metrics_addr = metrics_listener.local_addr()?;
+
+    let pubsub = Arc::new(PubSub::default());
+    let events = Arc::new(LocalEvents::new(&config.prefix, pubsub.clone()));
+    let limits = SessionLimits {
+        max_name_len: config.max_name_len,
+        max_value_len: usize::try_from(config.max_value_len).unwrap_or(usize::MAX),
+        max_attrs: config.max_attrs,
+        ..SessionLimits::default()
+    };
+    let store = Arc::new(SessionStore::new(
+        Bytes::from(config.node_id()),
+        config.default_ttl.saturating_mul(1000),
+        limits,
+        events,
+    ));
+    let shared = Arc::new(Shared {
+        advertise: config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| listen_addr.to_string()),
+        limits: Limits {
+            max_bulk_len: usize::try_from(config.proto_max_bulk_len).unwrap_or(usize::MAX),
+            max_args: config.max_args,
+        },
+        config,
+        store: store.clone(),
+        pubsub,
+        metrics: Metrics::default(),
+        clients: ClientRegistry::default(),
+        listen_addr,
+        started_ms: now_ms(),
+        ready: AtomicBool::new(false),
+    });
+
+    let shutdown = CancellationToken::new();
+    let sweeper = tokio::spawn(store.run_sweeper());
+    let http = tokio::spawn(crate::ops::http::serve(
+        metrics_listener,
+        shared.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(addr = %metrics_addr, "metrics listening");
+    shared.ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        addr = %listen_addr,
+        node = %String::from_utf8_lossy(shared.store.node()),
+        version = env!("CARGO_PKG_VERSION"),
+        "ready to accept connections"
+    );
+
+    let tracker = TaskTracker::new();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            name = &mut signal => {
+                tracing::info!(signal = name, "shutting down: no longer accepting connections");
+                break;
+            }
+        };
+        shared.metrics.connections.inc();
+        if shared.clients.len() >= shared.config.maxclients {
+            shared.metrics.rejected_connections.inc();
+            tracker.spawn(async move {
+                let mut stream = stream;
+                let _ = stream
+                    .write_all(b"-ERR max number of clients reached\r\n")
+                    .await;
+            });
+            continue;
+        }
+        let local_addr = stream.local_addr().unwrap_or(listen_addr);
+        let info = shared.clients.register(addr, local_addr);
+        tracker.spawn(connection::serve(
+            shared.clone(),
+            stream,
+            info,
+            shutdown.clone(),
+        ));
+    }
+
+    shared.ready.store(false, Ordering::Relaxed);
+    shutdown.cancel();
+    tracker.close();
+    let deadline = Duration::from_secs(shared.config.shutdown_timeout);
+    if tokio::time::timeout(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout_s = shared.config.shutdown_timeout,
+            "clients still busy at the shutdown deadline"
+        );
+    }
+    sweeper.abort();
+    http.abort();
+    tracing::info!("bye");
+    Ok(())
+}
+
+/// Resolves with the signal's name on SIGTERM or SIGINT.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending().await
+        }
+    }
+}

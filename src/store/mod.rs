@@ -1,0 +1,806 @@
+//! The session store: a sharded concurrent map of sessions with exact user,
+//! connection and expiry indexes.
+//!
+//! Locking, in the order locks may be taken:
+//! 1. `indexes` (one mutex) — only by operations that change which sessions
+//!    exist or which user/connection they belong to;
+//! 2. one shard of `sessions` (the dashmap's own lock) — never two at once;
+//! 3. one shard of `expiry`.
+//!
+//! Reads (GET, ATTR.GET, TTL, EXISTS) and heartbeats take only a shard read
+//! lock; attribute writes take only a shard write lock. Because every change of
+//! existence or membership holds the index mutex, the indexes always agree with
+//! the sessions ([`SessionStore::check_invariants`] states exactly how), and
+//! MAXPERUSER and connection moves are atomic. A session whose expiry has
+//! passed is treated as absent by every operation (lazy expiry) and removed by
+//! the sweeper, which is woken by the expiry index at the earliest deadline.
+
+mod expiry;
+mod indexes;
+mod session;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+
+pub use expiry::ExpiryIndex;
+pub use indexes::Indexes;
+pub use session::{FIELD_COUNT, Session, Status};
+
+/// Limits on what a session may hold (commands.md, configurable).
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    /// Longest id, user, conn or attribute name.
+    pub max_name_len: usize,
+    pub max_value_len: usize,
+    pub max_attrs: usize,
+    /// Longest TTL accepted, in ms.
+    pub max_ttl_ms: u64,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            max_name_len: 512,
+            max_value_len: 1024 * 1024,
+            max_attrs: 1024,
+            max_ttl_ms: 10 * 365 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// Why a store operation was refused; each maps to one wire error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    NoSession,
+    Exists,
+    Conflict(u64),
+    NotInteger,
+    Overflow,
+    TooManyAttrs(usize),
+}
+
+impl StoreError {
+    pub fn message(&self) -> String {
+        match self {
+            StoreError::NoSession => "NOSESSION no such session".into(),
+            StoreError::Exists => "EXISTS session already exists".into(),
+            StoreError::Conflict(v) => format!("CONFLICT version is {v}"),
+            StoreError::NotInteger => {
+                "ERR attribute value is not an integer or out of range".into()
+            }
+            StoreError::Overflow => "ERR increment or decrement would overflow".into(),
+            StoreError::TooManyAttrs(max) => format!("ERR too many attributes (max {max})"),
+        }
+    }
+}
+
+/// What a lifecycle event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Created,
+    Deleted,
+    Expired,
+    Bound,
+    Unbound,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Created => "created",
+            EventKind::Deleted => "deleted",
+            EventKind::Expired => "expired",
+            EventKind::Bound => "bound",
+            EventKind::Unbound => "unbound",
+        }
+    }
+}
+
+/// A lifecycle event, published after the change it describes.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub kind: EventKind,
+    pub id: Bytes,
+    pub user: Option<Bytes>,
+    pub conn: Option<Bytes>,
+    pub node: Bytes,
+    pub at: u64,
+    pub reason: Option<&'static str>,
+}
+
+impl Event {
+    fn of(
+        kind: EventKind,
+        id: &Bytes,
+        session: &Session,
+        at: u64,
+        reason: Option<&'static str>,
+    ) -> Event {
+        Event {
+            kind,
+            id: id.clone(),
+            user: session.user.clone(),
+            conn: session.conn.clone(),
+            node: session.node.clone(),
+            at,
+            reason,
+        }
+    }
+}
+
+/// Where the store sends its events.
+pub trait EventSink: Send + Sync {
+    fn publish(&self, events: Vec<Event>);
+}
+
+/// Counters an operator graphs.
+#[derive(Default, Debug)]
+pub struct StoreStats {
+    pub created: AtomicU64,
+    pub deleted: AtomicU64,
+    pub expired: AtomicU64,
+    pub evicted: AtomicU64,
+}
+
+/// The options of SESSION.CREATE.
+#[derive(Debug, Default, Clone)]
+pub struct CreateSession {
+    pub id: Option<Bytes>,
+    pub user: Option<Bytes>,
+    pub conn: Option<Bytes>,
+    pub ttl_ms: Option<u64>,
+    pub max_per_user: Option<usize>,
+    pub attrs: Vec<(Bytes, Bytes)>,
+}
+
+/// The options of SESSION.UPDATE.
+#[derive(Debug, Default, Clone)]
+pub struct UpdateSession {
+    pub if_version: Option<u64>,
+    pub user: Option<Bytes>,
+    pub conn: Option<Bytes>,
+    pub status: Option<Status>,
+    pub ttl_ms: Option<u64>,
+    pub set_attrs: Vec<(Bytes, Bytes)>,
+    pub del_attrs: Vec<Bytes>,
+}
+
+pub struct SessionStore {
+    sessions: DashMap<Bytes, Session>,
+    indexes: Mutex<Indexes>,
+    expiry: ExpiryIndex,
+    node: Bytes,
+    default_ttl_ms: u64,
+    limits: SessionLimits,
+    next_seq: AtomicU64,
+    memory: AtomicUsize,
+    events: Arc<dyn EventSink>,
+    pub stats: StoreStats,
+}
+
+/// A session removed from the store, with why.
+enum Removal {
+    Deleted(Option<&'static str>),
+    Expired,
+}
+
+impl SessionStore {
+    pub fn new(
+        node: Bytes,
+        default_ttl_ms: u64,
+        limits: SessionLimits,
+        events: Arc<dyn EventSink>,
+    ) -> Self {
+        Self {
+            sessions: DashMap::new(),
+            indexes: Mutex::default(),
+            expiry: ExpiryIndex::default(),
+            node,
+            default_ttl_ms,
+            limits,
+            next_seq: AtomicU64::new(1),
+            memory: AtomicUsize::new(0),
+            events,
+            stats: StoreStats::default(),
+        }
+    }
+
+    pub fn node(&self) -> &Bytes {
+        &self.node
+    }
+
+    pub fn limits(&self) -> &SessionLimits {
+        &self.limits
+    }
+
+    pub fn default_ttl_ms(&self) -> u64 {
+        self.default_ttl_ms
+    }
+
+    /// Approximate bytes held by sessions.
+    pub fn memory(&self) -> usize {
+        self.memory.load(Ordering::Relaxed)
+    }
+
+    fn lock_indexes(&self) -> MutexGuard<'_, Indexes> {
+        // The indexes are only mutated by code that cannot panic half-way
+        // through on valid state; a poisoned lock still holds usable data.
+        self.indexes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn account(&self, before: usize, after: usize) {
+        if after >= before {
+            self.memory.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.memory.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
+    // ----- reads -------------------------------------------------------
+
+    /// Runs `f` on a live session under its shard's read lock.
+    pub fn read<R>(&self, id: &[u8], now: u64, f: impl FnOnce(&Session) -> R) -> Option<R> {
+        let session = self.sessions.get(id)?;
+        session.is_live(now).then(|| f(&session))
+    }
+
+    pub fn exists(&self, id: &[u8], now: u64) -> bool {
+        self.read(id, now, |_| ()).is_some()
+    }
+
+    /// Milliseconds until expiry.
+    pub fn ttl(&self, id: &[u8], now: u64) -> Option<u64> {
+        self.read(id, now, |s| s.expires - now)
+    }
+
+    /// The live session bound to `conn`.
+    pub fn by_conn(&self, conn: &[u8], now: u64) -> Option<Bytes> {
+        let indexes = self.lock_indexes();
+        let id = indexes.by_conn.get(conn)?;
+        self.exists(id, now).then(|| id.clone())
+    }
+
+    /// The ids of the user's live sessions, oldest first.
+    pub fn by_user(&self, user: &[u8], now: u64) -> Vec<Bytes> {
+        let ids = self.lock_indexes().user_sessions(user);
+        ids.into_iter().filter(|id| self.exists(id, now)).collect()
+    }
+
+    /// Live sessions held.
+    pub fn count(&self, now: u64) -> usize {
+        self.sessions
+            .len()
+            .saturating_sub(self.expiry.count_due(now))
+    }
+
+    // ----- single-session writes (no index lock) -----------------------
+
+    /// Runs `f` on a live session under its shard's write lock, keeping the
+    /// memory account and the expiry index in step with what `f` changed.
+    fn write<R>(
+        &self,
+        id: &[u8],
+        now: u64,
+        f: impl FnOnce(&mut Session) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut entry = self.sessions.get_mut(id).ok_or(StoreError::NoSession)?;
+        if !entry.is_live(now) {
+            return Err(StoreError::NoSession);
+        }
+        let (key, session) = entry.pair_mut();
+        let before = session.memory(key);
+        let old_expires = session.expires;
+        let result = f(session)?;
+        self.expiry.reschedule(old_expires, session.expires, key);
+        self.account(before, session.memory(key));
+        Ok(result)
+    }
+
+    pub fn attr_set(
+        &self,
+        id: &[u8],
+        pairs: &[(Bytes, Bytes)],
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        let max = self.limits.max_attrs;
+        self.write(id, now, |s| {
+            let new_names = pairs
+                .iter()
+                .enumerate()
+                .filter(|(i, (n, _))| {
+                    s.attr(n).is_none() && !pairs[..*i].iter().any(|(m, _)| m == n)
+                })
+                .count();
+            if s.attrs.len() + new_names > max {
+                return Err(StoreError::TooManyAttrs(max));
+            }
+            for (name, value) in pairs {
+                s.set_attr(name, value);
+            }
+            s.mutated(now);
+            Ok(s.version)
+        })
+    }
+
+    pub fn attr_del(&self, id: &[u8], names: &[Bytes], now: u64) -> usize {
+        self.write(id, now, |s| {
+            let removed = names.iter().filter(|n| s.del_attr(n)).count();
+            if removed > 0 {
+                s.mutated(now);
+            }
+            Ok(removed)
+        })
+        .unwrap_or(0)
+    }
+
+    pub fn attr_incrby(
+        &self,
+        id: &[u8],
+        name: &Bytes,
+        increment: i64,
+        now: u64,
+    ) -> Result<i64, StoreError> {
+        let max = self.limits.max_attrs;
+        self.write(id, now, |s| {
+            let current = match s.attr(name) {
+                Some(value) => crate::protocol::parse_i64(value).ok_or(StoreError::NotInteger)?,
+                None if s.attrs.len() >= max => return Err(StoreError::TooManyAttrs(max)),
+                None => 0,
+            };
+            let new = current.checked_add(increment).ok_or(StoreError::Overflow)?;
+            s.set_attr(name, itoa::Buffer::new().format(new).as_bytes());
+            s.mutated(now);
+            Ok(new)
+        })
+    }
+
+    /// The heartbeat: `last_active` = now; the expiry slides to now + ttl only
+    /// when less than half the ttl remains. Returns the ms left after it.
+    pub fn touch(&self, id: &[u8], now: u64) -> Option<u64> {
+        // Most heartbeats do not extend: answer them under the read lock.
+        {
+            let session = self.sessions.get(id)?;
+            if !session.is_live(now) {
+                return None;
+            }
+            let left = session.expires - now;
+            if left >= session.ttl / 2 {
+                session.last_active.store(now, Ordering::Relaxed);
+                return Some(left);
+            }
+        }
+        self.write(id, now, |s| {
+            let left = s.expires - now;
+            if left >= s.ttl / 2 {
+                // Another heartbeat extended it between the two locks.
+                *s.last_active.get_mut() = now;
+                return Ok(left);
+            }
+            s.expires = now + s.ttl;
+            s.mutated(now);
+            Ok(s.ttl)
+        })
+        .ok()
+    }
+
+    /// SESSION.EXPIRE: a new ttl, and expires = now + ttl.
+    pub fn expire(&self, id: &[u8], ttl_ms: u64, now: u64) -> bool {
+        self.write(id, now, |s| {
+            s.ttl = ttl_ms;
+            s.expires = now + ttl_ms;
+            s.mutated(now);
+            Ok(())
+        })
+        .is_ok()
+    }
+
+    // ----- membership writes (index lock) ------------------------------
+
+    /// Removes a session under the index lock, cleaning every index, and
+    /// returns the event to publish. A session past its expiry is reported
+    /// as expired whatever removed it, so each expiry is published once.
+    fn remove_locked(
+        &self,
+        indexes: &mut Indexes,
+        id: &[u8],
+        now: u64,
+        removal: Removal,
+    ) -> Option<Event> {
+        let (id, session) = self.sessions.remove(id)?;
+        if let Some(user) = &session.user {
+            indexes.remove_user(user, (session.created, session.seq));
+        }
+        if let Some(conn) = &session.conn {
+            indexes.remove_conn(conn, &id);
+        }
+        self.expiry.remove(session.expires, &id);
+        self.account(session.memory(&id), 0);
+        let (kind, reason) = match removal {
+            _ if !session.is_live(now) => (EventKind::Expired, None),
+            Removal::Expired => (EventKind::Expired, None),
+            Removal::Deleted(reason) => (EventKind::Deleted, reason),
+        };
+        match kind {
+            EventKind::Expired => self.stats.expired.fetch_add(1, Ordering::Relaxed),
+            _ if reason == Some("evicted") => self.stats.evicted.fetch_add(1, Ordering::Relaxed),
+            _ => self.stats.deleted.fetch_add(1, Ordering::Relaxed),
+        };
+        Some(Event::of(kind, &id, &session, now, reason))
+    }
+
+    /// Takes `conn` away from whichever session holds it (not `except`):
+    /// that session keeps its data, with conn nil and status disconnected.
+    fn detach_conn_locked(
+        &self,
+        indexes: &mut Indexes,
+        conn: &[u8],
+        except: &[u8],
+        now: u64,
+        events: &mut Vec<Event>,
+    ) {
+        let Some(holder) = indexes.by_conn.get(conn).cloned() else {
+            return;
+        };
+        if holder == except {
+            return;
+        }
+        indexes.by_conn.remove(conn);
+        if let Some(mut session) = self.sessions.get_mut(&holder)
+            && session.conn.as_deref() == Some(conn) {
+                let live = session.is_live(now);
+                let event = live.then(|| {
+                    Event::of(EventKind::Unbound, &holder, &session, now, Some("rebound"))
+                });
+                session.conn = None;
+                session.status = Status::Disconnected;
+                if live {
+                    session.mutated(now);
+                }
+                events.extend(event);
+            }
+    }
+
+    /// Whether a TTL (ms) is positive and within the limit.
+    pub fn valid_ttl(&self, ttl_ms: i64) -> bool {
+        ttl_ms > 0 && ttl_ms as u64 <= self.limits.max_ttl_ms
+    }
+
+    pub fn create(&self, request: CreateSession, now: u64) -> Result<Bytes, StoreError> {
+        let id = match request.id {
+            Some(id) => Bytes::copy_from_slice(&id),
+            None => Bytes::from(uuid::Uuid::new_v4().to_string()),
+        };
+        let ttl = request.ttl_ms.unwrap_or(self.default_ttl_ms);
+        let mut events = Vec::new();
+        let mut indexes = self.lock_indexes();
+        if let Some(existing) = self.sessions.get(&id)
+            && existing.is_live(now) {
+                return Err(StoreError::Exists);
+            }
+        // A dead session under the same id is swept now, not later.
+        events.extend(self.remove_locked(&mut indexes, &id, now, Removal::Expired));
+
+        let user = request.user.map(|u| Bytes::copy_from_slice(&u));
+        if let (Some(user), Some(max)) = (&user, request.max_per_user) {
+            let live: Vec<Bytes> = indexes
+                .user_sessions(user)
+                .into_iter()
+                .filter(|id| self.exists(id, now))
+                .collect();
+            let excess = (live.len() + 1).saturating_sub(max);
+            for victim in &live[..excess.min(live.len())] {
+                events.extend(self.remove_locked(
+                    &mut indexes,
+                    victim,
+                    now,
+                    Removal::Deleted(Some("evicted")),
+                ));
+            }
+        }
+        let conn = request.conn.map(|c| Bytes::copy_from_slice(&c));
+        if let Some(conn) = &conn {
+            self.detach_conn_locked(&mut indexes, conn, &id, now, &mut events);
+            indexes.by_conn.insert(conn.clone(), id.clone());
+        }
+        let mut session = Session {
+            user,
+            conn,
+            node: self.node.clone(),
+            status: Status::Active,
+            created: now,
+            last_active: AtomicU64::new(now),
+            expires: now + ttl,
+            ttl,
+            version: 1,
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            attrs: Vec::with_capacity(request.attrs.len()),
+        };
+        for (name, value) in &request.attrs {
+            session.set_attr(name, value);
+        }
+        session.attrs.shrink_to_fit();
+        if let Some(user) = &session.user {
+            indexes.add_user(user, (session.created, session.seq), &id);
+        }
+        self.expiry.insert(session.expires, id.clone());
+        self.account(0, session.memory(&id));
+        events.push(Event::of(EventKind::Created, &id, &session, now, None));
+        self.sessions.insert(id.clone(), session);
+        drop(indexes);
+        self.stats.created.fetch_add(1, Ordering::Relaxed);
+        self.events.publish(events);
+        Ok(id)
+    }
+
+    /// Deletes the given sessions; returns how many were live.
+    pub fn delete(&self, ids: &[Bytes], now: u64, reason: Option<&'static str>) -> usize {
+        let mut events = Vec::new();
+        let mut indexes = self.lock_indexes();
+        for id in ids {
+            events.extend(self.remove_locked(&mut indexes, id, now, Removal::Deleted(reason)));
+        }
+        drop(indexes);
+        let deleted = events
+            .iter()
+            .filter(|e| e.kind == EventKind::Deleted)
+            .count();
+        self.events.publish(events);
+        deleted
+    }
+
+    /// Deletes every session of the user; returns how many were live.
+    pub fn kill_user(&self, user: &[u8], now: u64) -> usize {
+        let ids = self.lock_indexes().user_sessions(user);
+        // Sessions created between the two locks belong to a login after the
+        // logout; they are not part of it.
+        self.delete(&ids, now, Some("killuser"))
+    }
+
+    pub fn bind(&self, id: &[u8], conn: &Bytes, now: u64) -> Result<u64, StoreError> {
+        let mut events = Vec::new();
+        let mut indexes = self.lock_indexes();
+        if !self.exists(id, now) {
+            return Err(StoreError::NoSession);
+        }
+        self.detach_conn_locked(&mut indexes, conn, id, now, &mut events);
+        let conn = Bytes::copy_from_slice(conn);
+        let version = self.write(id, now, |s| {
+            if let Some(previous) = s.conn.take() {
+                indexes.remove_conn(&previous, id);
+            }
+            s.conn = Some(conn.clone());
+            s.status = Status::Active;
+            s.node = self.node.clone();
+            s.expires = now + s.ttl;
+            s.mutated(now);
+            events.push(Event::of(
+                EventKind::Bound,
+                &Bytes::copy_from_slice(id),
+                s,
+                now,
+                None,
+            ));
+            Ok(s.version)
+        })?;
+        indexes.by_conn.insert(conn, Bytes::copy_from_slice(id));
+        drop(indexes);
+        self.events.publish(events);
+        Ok(version)
+    }
+
+    pub fn unbind(&self, id: &[u8], grace_ms: Option<u64>, now: u64) -> Result<u64, StoreError> {
+        let mut events = Vec::new();
+        let mut indexes = self.lock_indexes();
+        let version = self.write(id, now, |s| {
+            events.push(Event::of(
+                EventKind::Unbound,
+                &Bytes::copy_from_slice(id),
+                s,
+                now,
+                None,
+            ));
+            if let Some(conn) = s.conn.take() {
+                indexes.remove_conn(&conn, id);
+            }
+            s.status = Status::Disconnected;
+            if let Some(grace) = grace_ms {
+                s.expires = s.expires.min(now.saturating_add(grace));
+            }
+            s.mutated(now);
+            Ok(s.version)
+        })?;
+        drop(indexes);
+        self.events.publish(events);
+        Ok(version)
+    }
+
+    /// SESSION.UPDATE: every change applied as one mutation, or none.
+    pub fn update(&self, id: &[u8], request: &UpdateSession, now: u64) -> Result<u64, StoreError> {
+        let max_attrs = self.limits.max_attrs;
+        let apply = |s: &mut Session| -> Result<(), StoreError> {
+            if let Some(expected) = request.if_version
+                && s.version != expected {
+                    return Err(StoreError::Conflict(s.version));
+                }
+            if !request.set_attrs.is_empty() || !request.del_attrs.is_empty() {
+                // Edit a copy so that a refused update changes nothing.
+                let mut attrs = s.attrs.clone();
+                for (name, value) in &request.set_attrs {
+                    session::set_attr(&mut attrs, name, value);
+                }
+                for name in &request.del_attrs {
+                    session::del_attr(&mut attrs, name);
+                }
+                if attrs.len() > max_attrs {
+                    return Err(StoreError::TooManyAttrs(max_attrs));
+                }
+                s.attrs = attrs;
+            }
+            if let Some(status) = request.status {
+                s.status = status;
+            }
+            if let Some(ttl) = request.ttl_ms {
+                s.ttl = ttl;
+                s.expires = now + ttl;
+            }
+            s.mutated(now);
+            Ok(())
+        };
+        if request.user.is_none() && request.conn.is_none() {
+            return self.write(id, now, |s| apply(s).map(|_| s.version));
+        }
+        // A change of owner or connection moves index entries: take the lock.
+        let mut events = Vec::new();
+        let mut indexes = self.lock_indexes();
+        let current = self
+            .read(id, now, |s| s.version)
+            .ok_or(StoreError::NoSession)?;
+        if request.if_version.is_some_and(|v| v != current) {
+            return Err(StoreError::Conflict(current));
+        }
+        if let Some(conn) = &request.conn {
+            self.detach_conn_locked(&mut indexes, conn, id, now, &mut events);
+        }
+        let key = Bytes::copy_from_slice(id);
+        let version = self.write(id, now, |s| {
+            apply(s)?;
+            if let Some(user) = &request.user {
+                if let Some(old) = s.user.take() {
+                    indexes.remove_user(&old, (s.created, s.seq));
+                }
+                let user = Bytes::copy_from_slice(user);
+                indexes.add_user(&user, (s.created, s.seq), &key);
+                s.user = Some(user);
+            }
+            if let Some(conn) = &request.conn {
+                if let Some(previous) = s.conn.take() {
+                    indexes.remove_conn(&previous, id);
+                }
+                let conn = Bytes::copy_from_slice(conn);
+                indexes.by_conn.insert(conn.clone(), key.clone());
+                s.conn = Some(conn);
+                s.node = self.node.clone();
+                if request.status.is_none() {
+                    s.status = Status::Active;
+                }
+                events.push(Event::of(EventKind::Bound, &key, s, now, None));
+            }
+            Ok(s.version)
+        })?;
+        drop(indexes);
+        self.events.publish(events);
+        Ok(version)
+    }
+
+    // ----- expiry --------------------------------------------------------
+
+    /// Removes up to `max` sessions whose expiry is due and publishes one
+    /// `expired` event each. Returns how many expired.
+    pub fn sweep(&self, now: u64, max: usize) -> usize {
+        let due = self.expiry.take_due(now, max);
+        if due.is_empty() {
+            return 0;
+        }
+        let mut events = Vec::with_capacity(due.len());
+        let mut indexes = self.lock_indexes();
+        for (expires, id) in due {
+            // The entry may be stale if the session was replaced meanwhile.
+            let current = self.sessions.get(&id).map(|s| s.expires);
+            if current == Some(expires) {
+                events.extend(self.remove_locked(&mut indexes, &id, now, Removal::Expired));
+            }
+        }
+        drop(indexes);
+        let expired = events.len();
+        self.events.publish(events);
+        expired
+    }
+
+    /// The sweeper: wakes at the earliest expiry (or when an earlier one is
+    /// scheduled), removes what is due, and sleeps again. Runs until dropped.
+    pub async fn run_sweeper(self: Arc<Self>) {
+        const BATCH: usize = 1000;
+        loop {
+            let now = now_ms();
+            if self.sweep(now, BATCH) == BATCH {
+                // More is due: yield, then continue without sleeping.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            self.expiry.wait_until(self.expiry.earliest(), now).await;
+        }
+    }
+
+    // ----- checks ----------------------------------------------------------
+
+    /// Verifies that every index agrees with the sessions: each session is in
+    /// its user's list and in the expiry index exactly at its expiry, each bound
+    /// connection points back at its session, and no index holds anything else.
+    /// Returns a description of the first disagreement.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let indexes = self.lock_indexes();
+        let mut user_entries = 0;
+        let mut conn_entries = 0;
+        let mut memory = 0;
+        for entry in self.sessions.iter() {
+            let (id, s) = entry.pair();
+            memory += s.memory(id);
+            if !self.expiry.contains(s.expires, id) {
+                return Err(format!("{id:?} missing from the expiry index"));
+            }
+            if let Some(user) = &s.user {
+                user_entries += 1;
+                if indexes
+                    .by_user
+                    .get(user)
+                    .and_then(|m| m.get(&(s.created, s.seq)))
+                    != Some(id)
+                {
+                    return Err(format!("{id:?} missing from user index of {user:?}"));
+                }
+            }
+            if let Some(conn) = &s.conn {
+                conn_entries += 1;
+                if indexes.by_conn.get(conn) != Some(id) {
+                    return Err(format!("{id:?} missing from conn index of {conn:?}"));
+                }
+            }
+        }
+        let indexed_users: usize = indexes.by_user.values().map(|m| m.len()).sum();
+        if indexed_users != user_entries {
+            return Err(format!(
+                "user index holds {indexed_users} entries for {user_entries} sessions"
+            ));
+        }
+        if indexes.by_conn.len() != conn_entries {
+            return Err(format!(
+                "conn index holds {} entries for {conn_entries} sessions",
+                indexes.by_conn.len()
+            ));
+        }
+        if self.expiry.len() != self.sessions.len() {
+            return Err(format!(
+                "expiry index holds {} entries for {} sessions",
+                self.expiry.len(),
+                self.sessions.len()
+            ));
+        }
+        if memory != self.memory() {
+            return Err(format!(
+                "memory account {} but sessions hold {memory}",
+                self.memory()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
