@@ -254,12 +254,15 @@ fn split_args(line: &[u8], args: &mut Vec<Bytes>) -> Result<(), ProtocolError> {
                 let Some(&c) = line.get(i) else {
                     return Err(UNBALANCED);
                 };
-                if c == b'\\' && i + 3 < line.len() && line[i + 1] == b'x'
-                    && let (Some(h), Some(l)) = (hex(line[i + 2]), hex(line[i + 3])) {
-                        word.push(h * 16 + l);
-                        i += 4;
-                        continue;
-                    }
+                if c == b'\\'
+                    && i + 3 < line.len()
+                    && line[i + 1] == b'x'
+                    && let (Some(h), Some(l)) = (hex(line[i + 2]), hex(line[i + 3]))
+                {
+                    word.push(h * 16 + l);
+                    i += 4;
+                    continue;
+                }
                 if c == b'\\' && i + 1 < line.len() {
                     word.push(match line[i + 1] {
                         b'n' => b'\n',

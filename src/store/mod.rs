@@ -449,18 +449,20 @@ impl SessionStore {
         }
         indexes.by_conn.remove(conn);
         if let Some(mut session) = self.sessions.get_mut(&holder)
-            && session.conn.as_deref() == Some(conn) {
-                let live = session.is_live(now);
-                let event = live.then(|| {
-                    Event::of(EventKind::Unbound, &holder, &session, now, Some("rebound"))
-                });
-                session.conn = None;
-                session.status = Status::Disconnected;
-                if live {
-                    session.mutated(now);
-                }
-                events.extend(event);
+            && session.conn.as_deref() == Some(conn)
+        {
+            let before = session.memory(&holder);
+            let live = session.is_live(now);
+            let event = live
+                .then(|| Event::of(EventKind::Unbound, &holder, &session, now, Some("rebound")));
+            session.conn = None;
+            session.status = Status::Disconnected;
+            if live {
+                session.mutated(now);
             }
+            self.account(before, session.memory(&holder));
+            events.extend(event);
+        }
     }
 
     /// Whether a TTL (ms) is positive and within the limit.
@@ -477,9 +479,10 @@ impl SessionStore {
         let mut events = Vec::new();
         let mut indexes = self.lock_indexes();
         if let Some(existing) = self.sessions.get(&id)
-            && existing.is_live(now) {
-                return Err(StoreError::Exists);
-            }
+            && existing.is_live(now)
+        {
+            return Err(StoreError::Exists);
+        }
         // A dead session under the same id is swept now, not later.
         events.extend(self.remove_locked(&mut indexes, &id, now, Removal::Expired));
 
@@ -622,9 +625,10 @@ impl SessionStore {
         let max_attrs = self.limits.max_attrs;
         let apply = |s: &mut Session| -> Result<(), StoreError> {
             if let Some(expected) = request.if_version
-                && s.version != expected {
-                    return Err(StoreError::Conflict(s.version));
-                }
+                && s.version != expected
+            {
+                return Err(StoreError::Conflict(s.version));
+            }
             if !request.set_attrs.is_empty() || !request.del_attrs.is_empty() {
                 // Edit a copy so that a refused update changes nothing.
                 let mut attrs = s.attrs.clone();

@@ -1,0 +1,185 @@
+//! Property tests for the store: after any random sequence of operations, at
+//! any clock, every index agrees with the sessions, and the queries built on
+//! the indexes agree with a scan of the sessions.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use session_sidecar::store::{
+    CreateSession, Event, EventKind, EventSink, SessionLimits, SessionStore, UpdateSession,
+};
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Event>>);
+
+impl EventSink for Recorder {
+    fn publish(&self, events: Vec<Event>) {
+        self.0.lock().unwrap().extend(events);
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create {
+        id: u8,
+        user: Option<u8>,
+        conn: Option<u8>,
+        ttl: u64,
+        max: Option<usize>,
+    },
+    Delete(u8),
+    Bind(u8, u8),
+    Unbind(u8, Option<u64>),
+    Touch(u8),
+    Expire(u8, u64),
+    Update {
+        id: u8,
+        user: Option<u8>,
+        conn: Option<u8>,
+        attr: bool,
+    },
+    AttrSet(u8),
+    KillUser(u8),
+    Advance(u64),
+    Sweep,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let small = 0u8..8;
+    prop_oneof![
+        4 => (small.clone(), proptest::option::of(0u8..3), proptest::option::of(0u8..4), 1u64..5_000, proptest::option::of(1usize..4))
+            .prop_map(|(id, user, conn, ttl, max)| Op::Create { id, user, conn, ttl, max }),
+        1 => small.clone().prop_map(Op::Delete),
+        2 => (small.clone(), 0u8..4).prop_map(|(id, conn)| Op::Bind(id, conn)),
+        1 => (small.clone(), proptest::option::of(0u64..3_000)).prop_map(|(id, grace)| Op::Unbind(id, grace)),
+        2 => small.clone().prop_map(Op::Touch),
+        1 => (small.clone(), 1u64..5_000).prop_map(|(id, ttl)| Op::Expire(id, ttl)),
+        2 => (small.clone(), proptest::option::of(0u8..3), proptest::option::of(0u8..4), any::<bool>())
+            .prop_map(|(id, user, conn, attr)| Op::Update { id, user, conn, attr }),
+        1 => small.clone().prop_map(Op::AttrSet),
+        1 => (0u8..3).prop_map(Op::KillUser),
+        2 => (0u64..3_000).prop_map(Op::Advance),
+        1 => Just(Op::Sweep),
+    ]
+}
+
+fn b(prefix: &str, n: u8) -> Bytes {
+    Bytes::from(format!("{prefix}{n}"))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn indexes_agree_with_sessions(ops in proptest::collection::vec(op(), 1..80)) {
+        let events = Arc::new(Recorder::default());
+        let store = SessionStore::new(Bytes::from("n1"), 1_000, SessionLimits::default(), events.clone());
+        let mut now = 1_000_000u64;
+        for op in ops {
+            match op {
+                Op::Create { id, user, conn, ttl, max } => {
+                    let request = CreateSession {
+                        id: Some(b("s", id)),
+                        user: user.map(|u| b("u", u)),
+                        conn: conn.map(|c| b("c", c)),
+                        ttl_ms: Some(ttl),
+                        max_per_user: max.filter(|_| user.is_some()),
+                        attrs: vec![(Bytes::from("a"), Bytes::from("1"))],
+                    };
+                    let created = store.create(request, now).is_ok();
+                    if let (true, Some(u), Some(max)) = (created, user, max) {
+                        prop_assert!(store.by_user(&b("u", u), now).len() <= max);
+                    }
+                }
+                Op::Delete(id) => { store.delete(&[b("s", id)], now, None); }
+                Op::Bind(id, conn) => {
+                    if store.bind(&b("s", id), &b("c", conn), now).is_ok() {
+                        prop_assert_eq!(store.by_conn(&b("c", conn), now), Some(b("s", id)));
+                    }
+                }
+                Op::Unbind(id, grace) => { let _ = store.unbind(&b("s", id), grace, now); }
+                Op::Touch(id) => { store.touch(&b("s", id), now); }
+                Op::Expire(id, ttl) => { store.expire(&b("s", id), ttl, now); }
+                Op::Update { id, user, conn, attr } => {
+                    let request = UpdateSession {
+                        user: user.map(|u| b("u", u)),
+                        conn: conn.map(|c| b("c", c)),
+                        set_attrs: if attr { vec![(Bytes::from("x"), Bytes::from("y"))] } else { vec![] },
+                        del_attrs: if attr { vec![] } else { vec![Bytes::from("a")] },
+                        ..UpdateSession::default()
+                    };
+                    let _ = store.update(&b("s", id), &request, now);
+                }
+                Op::AttrSet(id) => { let _ = store.attr_set(&b("s", id), &[(Bytes::from("k"), Bytes::from("v"))], now); }
+                Op::KillUser(u) => {
+                    store.kill_user(&b("u", u), now);
+                    prop_assert!(store.by_user(&b("u", u), now).is_empty());
+                }
+                Op::Advance(ms) => now += ms,
+                Op::Sweep => { store.sweep(now, usize::MAX); }
+            }
+            if let Err(disagreement) = store.check_invariants() {
+                prop_assert!(false, "{}", disagreement);
+            }
+            // Queries never show a dead session.
+            for u in 0..3 {
+                for id in store.by_user(&b("u", u), now) {
+                    prop_assert!(store.exists(&id, now));
+                    let owner = store.read(&id, now, |s| s.user.clone()).flatten();
+                    prop_assert_eq!(owner, Some(b("u", u)));
+                }
+            }
+            for c in 0..4 {
+                if let Some(id) = store.by_conn(&b("c", c), now) {
+                    let bound = store.read(&id, now, |s| s.conn.clone()).flatten();
+                    prop_assert_eq!(bound, Some(b("c", c)));
+                }
+            }
+        }
+        // Everything left expires exactly once.
+        now += 10_000_000;
+        store.sweep(now, usize::MAX);
+        prop_assert_eq!(store.count(now), 0);
+        store.check_invariants().map_err(TestCaseError::fail)?;
+        let recorded = events.0.lock().unwrap();
+        let created = recorded.iter().filter(|e| e.kind == EventKind::Created).count();
+        let ended = recorded.iter().filter(|e| matches!(e.kind, EventKind::Expired | EventKind::Deleted)).count();
+        prop_assert_eq!(created, ended, "every created session ends exactly once");
+    }
+}
+
+/// MAXPERUSER holds under concurrent logins from many threads.
+#[test]
+fn max_per_user_is_atomic_under_concurrency() {
+    let store = Arc::new(SessionStore::new(
+        Bytes::from("n1"),
+        60_000,
+        SessionLimits::default(),
+        Arc::new(Recorder::default()),
+    ));
+    let now = 1_000_000;
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..500 {
+                    let request = CreateSession {
+                        id: Some(Bytes::from(format!("t{t}-{i}"))),
+                        user: Some(Bytes::from("alice")),
+                        max_per_user: Some(3),
+                        ..CreateSession::default()
+                    };
+                    store.create(request, now).unwrap();
+                    assert!(store.by_user(b"alice", now).len() <= 3);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(store.by_user(b"alice", now).len(), 3);
+    assert_eq!(store.count(now), 3);
+    store.check_invariants().unwrap();
+}
