@@ -11,6 +11,8 @@ mod server;
 mod session;
 pub mod table;
 
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 
 pub use args::Args;
@@ -70,15 +72,11 @@ pub async fn execute(
         return;
     };
     shared.metrics.command(spec.cmd);
-    client
-        .info
-        .last_command_ms
-        .store(crate::store::now_ms(), std::sync::atomic::Ordering::Relaxed);
-    *client
-        .info
-        .last_command
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = spec.name;
+    let info = &client.info;
+    info.last_command_ms
+        .store(crate::store::now_ms(), Ordering::Relaxed);
+    info.last_command
+        .store(spec.cmd as usize, Ordering::Relaxed);
 
     if !spec.accepts(argv.len()) {
         out.error(&format!(

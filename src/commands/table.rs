@@ -2,6 +2,9 @@
 //! metadata COMMAND INFO/DOCS report (so redis-cli shows argument hints) and
 //! the arity the dispatcher checks.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
 /// Which handler runs a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cmd {
@@ -600,14 +603,21 @@ pub static COMMANDS: &[CommandSpec] = &[
     ),
 ];
 
+/// Longest command name.
+const MAX_NAME: usize = 32;
+
+/// Command names → specs, built once.
+static BY_NAME: LazyLock<HashMap<&'static [u8], &'static CommandSpec, foldhash::fast::FixedState>> =
+    LazyLock::new(|| COMMANDS.iter().map(|c| (c.name.as_bytes(), c)).collect());
+
 /// Finds a command by name, case-insensitively, without allocating.
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
-    if name.len() > 32 {
+    if name.len() > MAX_NAME {
         return None;
     }
-    let mut lower = [0u8; 32];
+    let mut lower = [0u8; MAX_NAME];
     let lower = &mut lower[..name.len()];
     lower.copy_from_slice(name);
     lower.make_ascii_lowercase();
-    COMMANDS.iter().find(|c| c.name.as_bytes() == lower)
+    BY_NAME.get(&*lower).copied()
 }

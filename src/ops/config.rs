@@ -108,6 +108,10 @@ pub struct Config {
     #[arg(long, env = "SESSION_SIDECAR_SHUTDOWN_TIMEOUT", default_value_t = 25)]
     pub shutdown_timeout: u64,
 
+    /// Worker threads serving clients [default: the number of CPUs].
+    #[arg(long, env = "SESSION_SIDECAR_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+
     /// Log format.
     #[arg(
         long,

@@ -11,6 +11,7 @@ use dashmap::DashMap;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::commands::table::COMMANDS;
 use crate::protocol::Protocol;
 use crate::pubsub::{Message, Subscriber};
 use crate::store::now_ms;
@@ -27,8 +28,9 @@ pub struct ClientInfo {
     pub protocol: AtomicU64,
     pub subscriptions: AtomicUsize,
     pub patterns: AtomicUsize,
-    /// The last command's name, for CLIENT LIST's `cmd=`.
-    pub last_command: Mutex<&'static str>,
+    /// The last command, as its [`Cmd`] number (`usize::MAX`: none yet), for
+    /// CLIENT LIST's `cmd=`.
+    pub last_command: AtomicUsize,
 }
 
 impl ClientInfo {
@@ -56,7 +58,10 @@ impl ClientInfo {
             String::from_utf8_lossy(&name),
             now.saturating_sub(self.created_ms) / 1000,
             now.saturating_sub(self.last_command_ms.load(Ordering::Relaxed)) / 1000,
-            self.last_command.lock().unwrap_or_else(|p| p.into_inner()),
+            COMMANDS
+                .iter()
+                .find(|c| c.cmd as usize == self.last_command.load(Ordering::Relaxed))
+                .map_or("NULL", |c| c.name),
             self.protocol.load(Ordering::Relaxed),
             String::from_utf8_lossy(lib_name.as_deref().unwrap_or_default()),
             String::from_utf8_lossy(lib_ver.as_deref().unwrap_or_default()),
@@ -86,7 +91,7 @@ impl ClientRegistry {
             protocol: AtomicU64::new(2),
             subscriptions: AtomicUsize::new(0),
             patterns: AtomicUsize::new(0),
-            last_command: Mutex::new("NULL"),
+            last_command: AtomicUsize::new(usize::MAX),
         });
         self.clients.insert(id, info.clone());
         info

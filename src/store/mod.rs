@@ -168,8 +168,15 @@ pub struct UpdateSession {
     pub del_attrs: Vec<Bytes>,
 }
 
+/// Session ids come from clients, so the map's hash is seeded per process
+/// (foldhash: the fast keyed hash hashbrown itself defaults to).
+type SessionMap = DashMap<Bytes, Session, foldhash::fast::RandomState>;
+
+/// Map shards: enough that two cores rarely meet on one shard's lock.
+const MAP_SHARDS: usize = 64;
+
 pub struct SessionStore {
-    sessions: DashMap<Bytes, Session>,
+    sessions: SessionMap,
     indexes: Mutex<Indexes>,
     expiry: ExpiryIndex,
     node: Bytes,
@@ -195,7 +202,10 @@ impl SessionStore {
         events: Arc<dyn EventSink>,
     ) -> Self {
         Self {
-            sessions: DashMap::new(),
+            sessions: DashMap::with_hasher_and_shard_amount(
+                foldhash::fast::RandomState::default(),
+                MAP_SHARDS,
+            ),
             indexes: Mutex::default(),
             expiry: ExpiryIndex::default(),
             node,

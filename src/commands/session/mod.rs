@@ -25,30 +25,31 @@ use crate::protocol::ReplyWriter;
 use crate::server::Shared;
 use crate::store::{FIELD_COUNT, Session};
 
-/// Encodes a session as the map of SESSION.GET.
+/// Encodes a session as the map of SESSION.GET. Field names are constant
+/// bulk strings, written as pre-encoded bytes.
 fn write_session(out: &mut ReplyWriter, id: &[u8], s: &Session) {
     out.map(FIELD_COUNT);
-    out.bulk(b"id");
+    out.raw(b"$2\r\nid\r\n");
     out.bulk(id);
-    out.bulk(b"user");
+    out.raw(b"$4\r\nuser\r\n");
     out.bulk_or_null(s.user.as_deref());
-    out.bulk(b"conn");
+    out.raw(b"$4\r\nconn\r\n");
     out.bulk_or_null(s.conn.as_deref());
-    out.bulk(b"status");
+    out.raw(b"$6\r\nstatus\r\n");
     out.bulk(s.status.as_str().as_bytes());
-    out.bulk(b"node");
+    out.raw(b"$4\r\nnode\r\n");
     out.bulk(&s.node);
-    out.bulk(b"created");
+    out.raw(b"$7\r\ncreated\r\n");
     out.int(s.created as i64);
-    out.bulk(b"last_active");
+    out.raw(b"$11\r\nlast_active\r\n");
     out.int(s.last_active() as i64);
-    out.bulk(b"expires");
+    out.raw(b"$7\r\nexpires\r\n");
     out.int(s.expires as i64);
-    out.bulk(b"ttl");
+    out.raw(b"$3\r\nttl\r\n");
     out.int(s.ttl as i64);
-    out.bulk(b"version");
+    out.raw(b"$7\r\nversion\r\n");
     out.int(s.version as i64);
-    out.bulk(b"attrs");
+    out.raw(b"$5\r\nattrs\r\n");
     out.map(s.attrs.len());
     for (name, value) in &s.attrs {
         out.bulk(name);
