@@ -183,3 +183,38 @@ fn max_per_user_is_atomic_under_concurrency() {
     assert_eq!(store.count(now), 3);
     store.check_invariants().unwrap();
 }
+
+/// A refused UPDATE (stale IFVERSION) changes nothing, not even the other
+/// session that holds the connection it names.
+#[test]
+fn conflicting_update_leaves_the_connection_where_it_was() {
+    let store = SessionStore::new(
+        Bytes::from("n1"),
+        60_000,
+        SessionLimits::default(),
+        Arc::new(Recorder::default()),
+    );
+    let now = 1_000_000;
+    let create = |id: &str, conn: Option<&str>| CreateSession {
+        id: Some(Bytes::from(id.to_string())),
+        conn: conn.map(|c| Bytes::from(c.to_string())),
+        ..CreateSession::default()
+    };
+    store.create(create("a", Some("c")), now).unwrap();
+    store.create(create("b", None), now).unwrap();
+    store
+        .attr_set(b"b", &[(Bytes::from("k"), Bytes::from("v"))], now)
+        .unwrap();
+    let stale = UpdateSession {
+        if_version: Some(1),
+        conn: Some(Bytes::from("c")),
+        ..UpdateSession::default()
+    };
+    assert_eq!(
+        store.update(b"b", &stale, now),
+        Err(session_sidecar::store::StoreError::Conflict(2))
+    );
+    assert_eq!(store.by_conn(b"c", now), Some(Bytes::from("a")));
+    assert_eq!(store.read(b"a", now, |s| s.version), Some(1));
+    store.check_invariants().unwrap();
+}

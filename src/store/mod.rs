@@ -441,23 +441,23 @@ impl SessionStore {
         Some(Event::of(kind, &id, &session, now, reason))
     }
 
-    /// Takes `conn` away from whichever session holds it (not `except`):
-    /// that session keeps its data, with conn nil and status disconnected.
-    fn detach_conn_locked(
+    /// Points `conn` at session `id` in the index, taking it away from
+    /// whichever other session held it: that session keeps its data, with
+    /// conn nil and status disconnected.
+    fn take_conn_locked(
         &self,
         indexes: &mut Indexes,
-        conn: &[u8],
-        except: &[u8],
+        conn: &Bytes,
+        id: &Bytes,
         now: u64,
         events: &mut Vec<Event>,
     ) {
-        let Some(holder) = indexes.by_conn.get(conn).cloned() else {
+        let Some(holder) = indexes.by_conn.insert(conn.clone(), id.clone()) else {
             return;
         };
-        if holder == except {
+        if holder == id {
             return;
         }
-        indexes.by_conn.remove(conn);
         if let Some(mut session) = self.sessions.get_mut(&holder)
             && session.conn.as_deref() == Some(conn)
         {
@@ -515,8 +515,7 @@ impl SessionStore {
         }
         let conn = request.conn.map(|c| Bytes::copy_from_slice(&c));
         if let Some(conn) = &conn {
-            self.detach_conn_locked(&mut indexes, conn, &id, now, &mut events);
-            indexes.by_conn.insert(conn.clone(), id.clone());
+            self.take_conn_locked(&mut indexes, conn, &id, now, &mut events);
         }
         let mut session = Session {
             user,
@@ -575,11 +574,8 @@ impl SessionStore {
     pub fn bind(&self, id: &[u8], conn: &Bytes, now: u64) -> Result<u64, StoreError> {
         let mut events = Vec::new();
         let mut indexes = self.lock_indexes();
-        if !self.exists(id, now) {
-            return Err(StoreError::NoSession);
-        }
-        self.detach_conn_locked(&mut indexes, conn, id, now, &mut events);
         let conn = Bytes::copy_from_slice(conn);
+        let key = Bytes::copy_from_slice(id);
         let version = self.write(id, now, |s| {
             if let Some(previous) = s.conn.take() {
                 indexes.remove_conn(&previous, id);
@@ -589,16 +585,10 @@ impl SessionStore {
             s.node = self.node.clone();
             s.expires = now + s.ttl;
             s.mutated(now);
-            events.push(Event::of(
-                EventKind::Bound,
-                &Bytes::copy_from_slice(id),
-                s,
-                now,
-                None,
-            ));
+            events.push(Event::of(EventKind::Bound, &key, s, now, None));
             Ok(s.version)
         })?;
-        indexes.by_conn.insert(conn, Bytes::copy_from_slice(id));
+        self.take_conn_locked(&mut indexes, &conn, &key, now, &mut events);
         drop(indexes);
         self.events.publish(events);
         Ok(version)
@@ -667,17 +657,10 @@ impl SessionStore {
             return self.write(id, now, |s| apply(s).map(|_| s.version));
         }
         // A change of owner or connection moves index entries: take the lock.
+        // The session is changed first (its IFVERSION check included); only
+        // when that succeeded is the connection taken from its other holder.
         let mut events = Vec::new();
         let mut indexes = self.lock_indexes();
-        let current = self
-            .read(id, now, |s| s.version)
-            .ok_or(StoreError::NoSession)?;
-        if request.if_version.is_some_and(|v| v != current) {
-            return Err(StoreError::Conflict(current));
-        }
-        if let Some(conn) = &request.conn {
-            self.detach_conn_locked(&mut indexes, conn, id, now, &mut events);
-        }
         let key = Bytes::copy_from_slice(id);
         let version = self.write(id, now, |s| {
             apply(s)?;
@@ -693,9 +676,7 @@ impl SessionStore {
                 if let Some(previous) = s.conn.take() {
                     indexes.remove_conn(&previous, id);
                 }
-                let conn = Bytes::copy_from_slice(conn);
-                indexes.by_conn.insert(conn.clone(), key.clone());
-                s.conn = Some(conn);
+                s.conn = Some(Bytes::copy_from_slice(conn));
                 s.node = self.node.clone();
                 if request.status.is_none() {
                     s.status = Status::Active;
@@ -704,6 +685,9 @@ impl SessionStore {
             }
             Ok(s.version)
         })?;
+        if let Some(conn) = &request.conn {
+            self.take_conn_locked(&mut indexes, conn, &key, now, &mut events);
+        }
         drop(indexes);
         self.events.publish(events);
         Ok(version)
