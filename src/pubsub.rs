@@ -1,13 +1,14 @@
 //! Local publish/subscribe: channels and glob patterns, delivered to each
 //! subscribed client's task through a bounded queue.
 //!
-//! A subscriber that stops reading is disconnected when its queue fills, as
-//! Redis does with `client-output-buffer-limit pubsub`: one slow client never
-//! slows a publisher down.
+//! A subscriber that stops reading is disconnected when its queue passes
+//! 32 MiB, as Redis does with `client-output-buffer-limit pubsub`: one slow
+//! client never slows a publisher down nor makes the sidecar buffer without
+//! bound.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -27,8 +28,26 @@ pub enum Message {
     },
 }
 
-/// Queue depth per subscriber before it is dropped as too slow.
+/// Queue depth per subscriber (messages) before it is dropped as too slow.
 pub const SUBSCRIBER_QUEUE: usize = 16 * 1024;
+
+/// Bytes queued per subscriber before it is dropped as too slow: Redis's
+/// `client-output-buffer-limit pubsub` hard limit.
+pub const SUBSCRIBER_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+impl Message {
+    /// Bytes this message holds, for the subscriber's budget.
+    pub fn size(&self) -> usize {
+        match self {
+            Message::Message { channel, payload } => channel.len() + payload.len(),
+            Message::PMessage {
+                pattern,
+                channel,
+                payload,
+            } => pattern.len() + channel.len() + payload.len(),
+        }
+    }
+}
 
 pub type ClientId = u64;
 type Subscribers = HashMap<Bytes, HashMap<ClientId, Subscriber>>;
@@ -39,17 +58,42 @@ pub struct Subscriber {
     pub tx: mpsc::Sender<Message>,
     /// Cancelled when the client's queue overflowed: its task disconnects it.
     pub overflow: CancellationToken,
+    /// Bytes sent but not yet taken by the client's task.
+    pub queued: Arc<AtomicUsize>,
 }
 
 impl Subscriber {
+    pub fn new(tx: mpsc::Sender<Message>) -> Self {
+        Self {
+            tx,
+            overflow: CancellationToken::new(),
+            queued: Arc::default(),
+        }
+    }
+
+    /// Called by the client's task for each message it takes off the queue.
+    pub fn taken(&self, message: &Message) {
+        self.queued.fetch_sub(message.size(), Ordering::Relaxed);
+    }
+
     fn deliver(&self, message: Message) -> bool {
+        let size = message.size();
+        if self.queued.fetch_add(size, Ordering::Relaxed) + size > SUBSCRIBER_MAX_BYTES {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
+            self.overflow.cancel();
+            return false;
+        }
         match self.tx.try_send(message) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
+                self.queued.fetch_sub(size, Ordering::Relaxed);
                 self.overflow.cancel();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.queued.fetch_sub(size, Ordering::Relaxed);
+                false
+            }
         }
     }
 }

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::commands::table::COMMANDS;
 use crate::protocol::Protocol;
@@ -160,13 +159,7 @@ impl ClientState {
     pub fn subscriber(&mut self) -> Subscriber {
         let (subscriber, _) = self.subscriber.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel(crate::pubsub::SUBSCRIBER_QUEUE);
-            (
-                Subscriber {
-                    tx,
-                    overflow: CancellationToken::new(),
-                },
-                rx,
-            )
+            (Subscriber::new(tx), rx)
         });
         subscriber.clone()
     }

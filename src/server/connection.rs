@@ -25,8 +25,6 @@ use tokio::sync::mpsc;
 const FLUSH_AT: usize = 64 * 1024;
 /// Read at least this much room per read.
 const READ_CHUNK: usize = 16 * 1024;
-/// Pub/sub messages encoded per write.
-const MESSAGE_BATCH: usize = 256;
 
 pub async fn serve(
     shared: Arc<Shared>,
@@ -162,16 +160,15 @@ async fn run(
             }
             message = next_message(&mut client.subscriber) => {
                 let mut out = ReplyWriter::new(&mut output, client.protocol);
-                if let Some(message) = message {
+                if let (Some(message), Some((subscriber, rx))) = (message, &mut client.subscriber) {
+                    subscriber.taken(&message);
                     encode_message(message, &mut out);
-                }
-                // Batch whatever else is already queued into the same write.
-                if let Some((_, rx)) = &mut client.subscriber {
-                    for _ in 0..MESSAGE_BATCH {
-                        match rx.try_recv() {
-                            Ok(message) => encode_message(message, &mut out),
-                            Err(_) => break,
-                        }
+                    // Batch whatever else is already queued into the same
+                    // write, up to the flush bound.
+                    while out.len() < FLUSH_AT {
+                        let Ok(message) = rx.try_recv() else { break };
+                        subscriber.taken(&message);
+                        encode_message(message, &mut out);
                     }
                 }
             }

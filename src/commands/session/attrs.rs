@@ -34,7 +34,7 @@ pub fn attr_get(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> Comm
         }
     });
     if found.is_none() {
-        out.null_array();
+        out.null();
     }
     Ok(())
 }

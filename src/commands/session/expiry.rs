@@ -19,10 +19,20 @@ pub fn ttl(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandRe
     Ok(())
 }
 
-/// SESSION.EXPIRE id seconds: 1, or 0 when missing.
+/// SESSION.EXPIRE id seconds: 1, or 0 when missing. A ttl of zero or less
+/// deletes the session, as Redis's EXPIRE does with a time in the past.
 pub fn expire(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
     let id = args.required()?;
-    let ttl = super::ttl_ms(shared, args, 1000)?;
-    out.int(i64::from(shared.store.expire(id, ttl, now_ms())));
+    let seconds = args.integer()?;
+    let now = now_ms();
+    if seconds <= 0 {
+        let deleted = shared
+            .store
+            .delete(std::slice::from_ref(id), now, Some("expire"));
+        out.int(deleted as i64);
+        return Ok(());
+    }
+    let ttl = super::checked_ttl(shared, seconds, 1000)?;
+    out.int(i64::from(shared.store.expire(id, ttl, now)));
     Ok(())
 }

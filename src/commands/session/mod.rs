@@ -89,7 +89,11 @@ fn attribute(shared: &Shared, args: &mut Args) -> Result<(Bytes, Bytes), Command
 
 /// A TTL argument in seconds (`TTL`) or milliseconds (`PTTL`), as ms.
 fn ttl_ms(shared: &Shared, args: &mut Args, unit_ms: i64) -> Result<u64, CommandError> {
-    let value = args.integer()?;
+    checked_ttl(shared, args.integer()?, unit_ms)
+}
+
+/// `value` units of `unit_ms`, as ms, if positive and within the limit.
+fn checked_ttl(shared: &Shared, value: i64, unit_ms: i64) -> Result<u64, CommandError> {
     let ms = value
         .checked_mul(unit_ms)
         .filter(|&ms| shared.store.valid_ttl(ms));

@@ -1,0 +1,411 @@
+#!/usr/bin/env bash
+# Measures the sidecar against a redis-server on the same machine, in one run,
+# and reports the ratios that the design brief's performance goals are stated
+# in (the machines are small and noisy, so absolute numbers mean little).
+#
+# Needs cargo, redis-server, redis-cli and redis-benchmark (installed by
+# scripts/ensure-redis.sh when missing). Every server it starts listens on
+# 127.0.0.1 on a free port and is stopped when the script exits.
+#
+# Environment:
+#   BENCH_CLIENTS             concurrent clients, redis-benchmark -c (50)
+#   BENCH_REQUESTS            requests per unpipelined run, -n (200000)
+#   BENCH_PIPELINED_REQUESTS  requests per 16-deep pipelined run, -n (2000000)
+#   BENCH_SIDECAR_BIN         benchmark this binary instead of building one
+#   BENCH_KEEP_LOGS=1         keep the servers' logs instead of deleting them
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+readonly CLIENTS=${BENCH_CLIENTS:-50}
+readonly REQUESTS=${BENCH_REQUESTS:-200000}
+readonly PIPELINED_REQUESTS=${BENCH_PIPELINED_REQUESTS:-2000000}
+readonly PIPELINE_DEPTH=16
+# redis-benchmark -r 10000 replaces __rand_int__ with a number in 0..9999
+# printed as %012d: the prefilled ids are exactly those.
+readonly SESSIONS=10000
+# Long enough that no SESSION.TOUCH during the run extends the expiry.
+readonly SESSION_TTL_SECONDS=3600
+readonly START_TIMEOUT_SECONDS=30
+readonly STOP_TIMEOUT_SECONDS=10
+
+WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/session-sidecar-bench.XXXXXX")
+readonly WORK_DIR
+SIDECAR_BIN=${BENCH_SIDECAR_BIN:-}
+REDIS_PORT=
+SIDECAR_PORT=
+# Length of one session as SESSION.GET ... JSON returns it.
+SESSION_PAYLOAD_BYTES=
+# Servers started by this script, stopped by cleanup.
+PIDS=()
+LAST_PID=
+# Ports handed out so far, so two servers never get the same one.
+CLAIMED_PORTS=()
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# --- lifecycle --------------------------------------------------------------
+
+cleanup() {
+  local status=$? pid deadline
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  deadline=$((SECONDS + STOP_TIMEOUT_SECONDS))
+  for pid in "${PIDS[@]}"; do
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+
+  if ((status != 0)); then
+    local log_file
+    for log_file in "$WORK_DIR"/*.log; do
+      [[ -e $log_file ]] || continue
+      printf '\n--- last lines of %s ---\n' "$log_file" >&2
+      tail -n 20 "$log_file" >&2 || true
+    done
+  fi
+  if [[ ${BENCH_KEEP_LOGS:-} == 1 ]]; then
+    log "logs kept in $WORK_DIR"
+  else
+    rm -rf "$WORK_DIR"
+  fi
+  exit "$status"
+}
+
+require_positive_integer() {
+  local name=$1 value=$2
+  [[ $value =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive integer, got '$value'"
+}
+
+check_setup() {
+  require_positive_integer BENCH_CLIENTS "$CLIENTS"
+  require_positive_integer BENCH_REQUESTS "$REQUESTS"
+  require_positive_integer BENCH_PIPELINED_REQUESTS "$PIPELINED_REQUESTS"
+  bash scripts/ensure-redis.sh
+  local command
+  for command in awk timeout; do
+    command -v "$command" >/dev/null 2>&1 || die "$command is required"
+  done
+  # The sidecar reads its configuration from SESSION_SIDECAR_* too: make sure
+  # the caller's environment cannot change what is measured.
+  local variable
+  while read -r variable; do
+    unset "$variable"
+  done < <(compgen -e | grep '^SESSION_SIDECAR_' || true)
+}
+
+build_sidecar() {
+  if [[ -n $SIDECAR_BIN ]]; then
+    [[ -x $SIDECAR_BIN ]] || die "BENCH_SIDECAR_BIN=$SIDECAR_BIN is not an executable"
+    return
+  fi
+  log "cargo build --release"
+  cargo build --release --bin session-sidecar
+  SIDECAR_BIN=${CARGO_TARGET_DIR:-target}/release/session-sidecar
+  [[ -x $SIDECAR_BIN ]] || die "no binary at $SIDECAR_BIN after the build"
+}
+
+# --- ports and processes ----------------------------------------------------
+
+# Prints a TCP port on 127.0.0.1 that nothing listens on right now.
+unused_port() {
+  if command -v python3 >/dev/null 2>&1; then
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    return
+  fi
+  # Without python3: a random port whose connection attempt is refused.
+  local port attempt
+  for ((attempt = 0; attempt < 1000; attempt++)); do
+    port=$((20000 + RANDOM % 30000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return
+    fi
+  done
+  return 1
+}
+
+# claim_port VAR: sets VAR to a free port that no other server here got.
+claim_port() {
+  local var=$1 candidate claimed attempt
+  for ((attempt = 0; attempt < 100; attempt++)); do
+    candidate=$(unused_port) || die "found no free port"
+    for claimed in "${CLAIMED_PORTS[@]}"; do
+      [[ $claimed == "$candidate" ]] && continue 2
+    done
+    CLAIMED_PORTS+=("$candidate")
+    printf -v "$var" '%s' "$candidate"
+    return
+  done
+  die "found no free port"
+}
+
+# start_process NAME COMMAND...: runs COMMAND in the background, its output in
+# $WORK_DIR/NAME.log, and sets LAST_PID.
+start_process() {
+  local name=$1
+  shift
+  "$@" >"$WORK_DIR/$name.log" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+# cli PORT ARGS...: one command to the server on PORT, never hanging.
+cli() {
+  local port=$1
+  shift
+  timeout 10 redis-cli -h 127.0.0.1 -p "$port" "$@"
+}
+
+wait_for_ping() {
+  local name=$1 pid=$2 port=$3
+  local deadline=$((SECONDS + START_TIMEOUT_SECONDS))
+  until [[ $(cli "$port" PING 2>/dev/null) == PONG ]]; do
+    kill -0 "$pid" 2>/dev/null || die "$name exited during startup"
+    ((SECONDS < deadline)) || die "$name did not answer PING on port $port within ${START_TIMEOUT_SECONDS}s"
+    sleep 0.1
+  done
+}
+
+# start_redis_server VAR NAME: starts an empty, non-persistent redis-server
+# and sets VAR to its port.
+start_redis_server() {
+  local var=$1 name=$2 port
+  claim_port port
+  start_process "$name" redis-server --bind 127.0.0.1 --port "$port" \
+    --save '' --appendonly no --dir "$WORK_DIR"
+  wait_for_ping "$name" "$LAST_PID" "$port"
+  printf -v "$var" '%s' "$port"
+}
+
+# start_sidecar VAR NAME [FLAG...]: starts the sidecar with NAME as node id
+# and the extra flags, and sets VAR to its port.
+start_sidecar() {
+  local var=$1 name=$2 port
+  shift 2
+  claim_port port
+  start_process "$name" "$SIDECAR_BIN" --listen "127.0.0.1:$port" \
+    --metrics-listen 127.0.0.1:0 --node-id "$name" "$@"
+  wait_for_ping "$name" "$LAST_PID" "$port"
+  printf -v "$var" '%s' "$port"
+}
+
+# --- data -------------------------------------------------------------------
+
+# Encodes each input line, a command of space-separated words, as RESP.
+resp_encode() {
+  LC_ALL=C awk '{
+    printf "*%d\r\n", NF
+    for (i = 1; i <= NF; i++) printf "$%d\r\n%s\r\n", length($i), $i
+  }'
+}
+
+# pipe_commands PORT: sends the commands read from stdin with redis-cli --pipe
+# and fails unless every one of them succeeded.
+pipe_commands() {
+  local port=$1 output
+  output=$(resp_encode | redis-cli -h 127.0.0.1 -p "$port" --pipe 2>&1) ||
+    die "redis-cli --pipe into port $port failed: $output"
+  [[ $output =~ errors:\ 0, ]] || die "redis-cli --pipe into port $port reported errors: $output"
+}
+
+session_create_commands() {
+  awk -v n="$SESSIONS" -v ttl="$SESSION_TTL_SECONDS" 'BEGIN {
+    for (i = 0; i < n; i++)
+      printf "SESSION.CREATE ID %012d USER u%d CONN c%d TTL %d ATTR locale en-US ATTR plan free ATTR gateway gw-%d\n", i, i, i, ttl, i % 8
+  }'
+}
+
+# The sessions as redis-server hashes with the same fields as SESSION.GET
+# replies, and their expiry.
+session_hash_commands() {
+  local now_ms
+  now_ms=$(date +%s%3N)
+  awk -v n="$SESSIONS" -v now="$now_ms" -v ttl_ms="$((SESSION_TTL_SECONDS * 1000))" 'BEGIN {
+    for (i = 0; i < n; i++) {
+      printf "HSET session:%012d id %012d user u%d conn c%d status active node sidecar created %s last_active %s expires %.0f ttl %d version 1 attr:locale en-US attr:plan free attr:gateway gw-%d\n", i, i, i, i, now, now, now + ttl_ms, ttl_ms, i % 8
+      printf "PEXPIREAT session:%012d %.0f\n", i, now + ttl_ms
+    }
+  }'
+}
+
+# string_commands SIZE: a SET of a SIZE-byte value for each session id.
+string_commands() {
+  awk -v n="$SESSIONS" -v size="$1" 'BEGIN {
+    value = ""
+    while (length(value) < size) value = value "x"
+    for (i = 0; i < n; i++) printf "SET %012d %s\n", i, value
+  }'
+}
+
+# info_field PORT SECTION FIELD: one field of INFO, empty when absent.
+info_field() {
+  { cli "$1" INFO "$2" || true; } | tr -d '\r' | awk -F: -v field="$3" '$1 == field { print $2 }'
+}
+
+prefill() {
+  log "prefilling $SESSIONS sessions into the sidecar"
+  session_create_commands | pipe_commands "$SIDECAR_PORT"
+  local count
+  count=$(cli "$SIDECAR_PORT" SESSION.COUNT) || die "SESSION.COUNT failed: $count"
+  [[ $count == "$SESSIONS" ]] || die "the sidecar holds '$count' sessions after the prefill, expected $SESSIONS"
+
+  # redis-server GETs a string about as long as the session the sidecar sends.
+  local json
+  json=$(cli "$SIDECAR_PORT" SESSION.GET 000000000000 JSON) || die "SESSION.GET ... JSON failed: $json"
+  [[ $json == '{'* ]] || die "SESSION.GET 000000000000 JSON did not return a JSON object: $json"
+  SESSION_PAYLOAD_BYTES=${#json}
+  log "prefilling $SESSIONS keys of $SESSION_PAYLOAD_BYTES bytes into redis-server"
+  string_commands "$SESSION_PAYLOAD_BYTES" | pipe_commands "$REDIS_PORT"
+}
+
+# Makes sure the benchmarked commands answer what they should: redis-benchmark
+# would happily measure how fast nil or an error comes back.
+check_replies() {
+  local id=000000004242 reply
+  reply=$(cli "$SIDECAR_PORT" SESSION.GET "$id") || die "SESSION.GET $id failed: $reply"
+  [[ $reply == *u4242* ]] || die "SESSION.GET $id did not return the session: $reply"
+  reply=$(cli "$SIDECAR_PORT" SESSION.TOUCH "$id") || die "SESSION.TOUCH $id failed: $reply"
+  [[ $reply =~ ^[1-9][0-9]*$ ]] || die "SESSION.TOUCH $id replied '$reply'"
+  reply=$(cli "$REDIS_PORT" STRLEN "$id") || die "STRLEN $id failed: $reply"
+  [[ $reply == "$SESSION_PAYLOAD_BYTES" ]] || die "redis-server GET $id has length '$reply'"
+}
+
+# --- measuring --------------------------------------------------------------
+
+# The requests per second of the last CSV row of redis-benchmark --csv.
+parse_rps() {
+  awk -F'","' '/^"/ {
+    rps = $2
+    gsub(/"/, "", rps)
+    if (rps ~ /^[0-9]+(\.[0-9]+)?$/) last = rps
+  }
+  END {
+    if (last == "") exit 1
+    print last
+  }'
+}
+
+# rps PORT PIPELINE COMMAND...: requests per second of COMMAND with
+# __rand_int__ over the prefilled ids.
+rps() {
+  local port=$1 pipeline=$2 requests=$REQUESTS output
+  shift 2
+  ((pipeline == 1)) || requests=$PIPELINED_REQUESTS
+  output=$(redis-benchmark -h 127.0.0.1 -p "$port" -c "$CLIENTS" -n "$requests" \
+    -r "$SESSIONS" -P "$pipeline" --csv "$@" 2>&1) ||
+    die "redis-benchmark $* (port $port, -P $pipeline) failed: $output"
+  parse_rps <<<"$output" || die "no requests per second in redis-benchmark's output: $output"
+}
+
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'
+}
+
+# verdict RATIO GOAL at-least|at-most
+verdict() {
+  awk -v r="$1" -v goal="$2" -v sense="$3" 'BEGIN {
+    if (r == "n/a") print "n/a"
+    else if ((sense == "at-least" && r + 0 >= goal) || (sense == "at-most" && r + 0 <= goal)) print "ok"
+    else print "BELOW GOAL"
+  }'
+}
+
+heading() {
+  printf '\n## %s\n\n' "$1"
+}
+
+# The commit the benchmarked binary was built from, as far as we know.
+sidecar_version() {
+  if [[ -n ${BENCH_SIDECAR_BIN:-} ]]; then
+    echo "$SIDECAR_BIN"
+  elif git rev-parse --verify --quiet HEAD >/dev/null; then
+    local dirty=
+    git diff --quiet HEAD -- || dirty=" with uncommitted changes"
+    echo "$(git rev-parse --short HEAD)$dirty"
+  else
+    echo "working tree without commits"
+  fi
+}
+
+print_environment() {
+  heading "Setup"
+  printf '%-22s %s\n' \
+    "machine" "$(uname -srm), $(nproc) cores" \
+    "redis-server" "$(redis-server --version | awk '{ print $3 }' | sed 's/^v=//')" \
+    "sidecar" "$(sidecar_version)" \
+    "clients" "$CLIENTS" \
+    "requests" "$REQUESTS unpipelined, $PIPELINED_REQUESTS with -P $PIPELINE_DEPTH" \
+    "sessions" "$SESSIONS, $SESSION_PAYLOAD_BYTES bytes as JSON"
+}
+
+# Hot SESSION.GET and non-extending SESSION.TOUCH against redis-server GET.
+section_hot_reads() {
+  heading "Hot reads and heartbeats vs redis-server GET (goal: ratio >= 1.00)"
+  local row='%-15s %8s %14s %14s %7s  %s\n'
+  # shellcheck disable=SC2059 # the format is the row layout above
+  printf "$row" command pipeline sidecar_rps redis_get_rps ratio verdict
+  local pipeline command redis_rps sidecar_rps r
+  for pipeline in 1 "$PIPELINE_DEPTH"; do
+    redis_rps=$(rps "$REDIS_PORT" "$pipeline" GET __rand_int__)
+    for command in SESSION.GET SESSION.TOUCH; do
+      sidecar_rps=$(rps "$SIDECAR_PORT" "$pipeline" "$command" __rand_int__)
+      r=$(ratio "$sidecar_rps" "$redis_rps")
+      # shellcheck disable=SC2059
+      printf "$row" "$command" "$pipeline" "$sidecar_rps" "$redis_rps" "$r" "$(verdict "$r" 1 at-least)"
+    done
+  done
+}
+
+# The sidecar's hot-map bytes per session against what redis-server spends on
+# the same sessions stored as hashes with their expiry.
+section_memory() {
+  heading "Memory per session vs redis-server hash (goal: ratio <= 1.00)"
+  local sidecar_bytes sidecar_sessions redis_before redis_after
+  sidecar_bytes=$(info_field "$SIDECAR_PORT" memory used_memory)
+  sidecar_sessions=$(cli "$SIDECAR_PORT" SESSION.COUNT LOCAL) || sidecar_sessions=
+  redis_before=$(info_field "$REDIS_PORT" memory used_memory)
+  session_hash_commands | pipe_commands "$REDIS_PORT"
+  redis_after=$(info_field "$REDIS_PORT" memory used_memory)
+
+  local sidecar_per_session=n/a redis_per_session=n/a
+  if [[ $sidecar_bytes =~ ^[0-9]+$ && $sidecar_sessions =~ ^[1-9][0-9]*$ ]]; then
+    sidecar_per_session=$((sidecar_bytes / sidecar_sessions))
+  fi
+  if [[ $redis_before =~ ^[0-9]+$ && $redis_after =~ ^[0-9]+$ ]]; then
+    redis_per_session=$(((redis_after - redis_before) / SESSIONS))
+  fi
+  local r=n/a
+  if [[ $sidecar_per_session != n/a && $redis_per_session != n/a ]]; then
+    r=$(ratio "$sidecar_per_session" "$redis_per_session")
+  fi
+  printf '%-48s %s\n' \
+    "sidecar bytes/session (INFO used_memory)" "$sidecar_per_session" \
+    "redis-server bytes/session (used_memory delta)" "$redis_per_session" \
+    "ratio" "$r" \
+    "verdict" "$(verdict "$r" 1 at-most)"
+}
+
+main() {
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+
+  check_setup
+  build_sidecar
+  start_redis_server REDIS_PORT redis-server
+  start_sidecar SIDECAR_PORT sidecar
+  prefill
+  check_replies
+
+  print_environment
+  section_hot_reads
+  section_memory
+}
+
+main "$@"

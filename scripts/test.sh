@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The project's one test command: formatting, lints, build, then the test
+# suite. Extra arguments go to the test runner (cargo nextest run when
+# installed, cargo test otherwise), e.g. `scripts/test.sh session_get`.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+has_cargo_subcommand() {
+  cargo "$1" --version >/dev/null 2>&1
+}
+
+main() {
+  # The integration tests start their own redis-server processes.
+  bash scripts/ensure-redis.sh
+
+  if has_cargo_subcommand fmt; then
+    log "cargo fmt --check"
+    cargo fmt --check
+  else
+    log "rustfmt is not installed; skipping the format check"
+  fi
+
+  if has_cargo_subcommand clippy; then
+    log "cargo clippy --all-targets -- -D warnings"
+    cargo clippy --all-targets -- -D warnings
+  else
+    log "clippy is not installed; skipping the lints"
+  fi
+
+  log "cargo build"
+  cargo build
+
+  # In CI, report every failing test rather than stop at the first one.
+  local runner_args=("$@")
+  if [[ ${CI:-} == true ]]; then
+    runner_args=(--no-fail-fast "${runner_args[@]}")
+  fi
+
+  if has_cargo_subcommand nextest; then
+    log "cargo nextest run ${runner_args[*]}"
+    cargo nextest run "${runner_args[@]}"
+    # nextest does not run doctests; cargo test does, for library crates only.
+    if [[ $# -eq 0 && -f src/lib.rs ]]; then
+      log "cargo test --doc"
+      cargo test --doc
+    fi
+  else
+    log "cargo test ${runner_args[*]}"
+    cargo test "${runner_args[@]}"
+  fi
+}
+
+main "$@"

@@ -1,0 +1,451 @@
+//! Operations: metrics and health endpoints, signals, configuration through
+//! flags and environment variables, password protection, logs, and the
+//! redis-cli quickstart.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use redis::Value;
+
+/// The value of the first sample of `metric` (any labels) in Prometheus text.
+fn metric_value(body: &str, metric: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Sum of every sample of `metric` (all label sets).
+fn metric_sum(body: &str, metric: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[test]
+fn metrics_endpoint_serves_prometheus_text() {
+    let sc = Sidecar::start(&[]);
+    let mut c = sc.client();
+    for i in 0..3 {
+        call(&mut c, &["SESSION.CREATE", "ID", &format!("m{i}")]);
+    }
+    let (status, head, body) = sc.http_get("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain"),
+        "{head}"
+    );
+    assert!(body.contains("# TYPE session_sidecar_sessions "), "{body}");
+    assert_eq!(
+        metric_value(&body, "session_sidecar_sessions"),
+        Some(3.0),
+        "{body}"
+    );
+    let commands_before = metric_sum(&body, "session_sidecar_commands_total");
+    assert!(
+        commands_before >= 3.0,
+        "commands_total {commands_before}\n{body}"
+    );
+
+    for _ in 0..10 {
+        call(&mut c, &["SESSION.EXISTS", "m0"]);
+    }
+    call(&mut c, &["SESSION.DEL", "m0"]);
+    let (_, _, body) = sc.http_get("/metrics");
+    assert_eq!(
+        metric_value(&body, "session_sidecar_sessions"),
+        Some(2.0),
+        "{body}"
+    );
+    let commands_after = metric_sum(&body, "session_sidecar_commands_total");
+    assert!(
+        commands_after >= commands_before + 11.0,
+        "{commands_before} -> {commands_after}"
+    );
+}
+
+#[test]
+fn health_and_readiness_endpoints() {
+    let sc = Sidecar::start(&[]);
+    assert_eq!(sc.http_get("/healthz").0, 200);
+    assert_eq!(sc.http_get("/readyz").0, 200);
+    assert_eq!(sc.http_get("/no-such-page").0, 404);
+}
+
+#[test]
+fn sigterm_exits_zero_with_idle_clients_connected() {
+    let mut sc = Sidecar::start(&[]);
+    let mut idle = sc.raw();
+    assert_eq!(idle.cmd(&["PING"]), Resp::Simple("PONG".into()));
+    let mut c = sc.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "s"]);
+    sc.sigterm();
+    let status = sc.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status:?}; logs:\n{}",
+        sc.logs().join("\n")
+    );
+    // The idle client sees its connection closed rather than hanging.
+    let (_, closed) = idle.read_until_closed(Duration::from_secs(2));
+    assert!(closed);
+    assert!(std::net::TcpStream::connect_timeout(&sc.addr, Duration::from_millis(500)).is_err());
+}
+
+#[test]
+fn sigterm_exits_zero_with_a_subscriber_and_a_half_sent_command() {
+    let mut sc = Sidecar::start(&[]);
+    let _events = EventSubscriber::new(&sc, "session:events", true);
+    let mut partial = sc.raw();
+    partial.send(b"*2\r\n$4\r\nECHO\r\n$10\r\nhal").unwrap();
+    sc.sigterm();
+    let status = sc.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+}
+
+#[test]
+fn sigint_exits_zero() {
+    let mut sc = Sidecar::start(&[]);
+    sc.assert_serving();
+    sc.sigint();
+    let status = sc.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+}
+
+#[test]
+fn sigterm_answers_commands_already_received() {
+    let mut sc = Sidecar::start(&[]);
+    let mut raw = sc.raw();
+    // A pipeline whose first reply has arrived is being executed: the rest
+    // must still be answered before the connection closes.
+    let batch: Vec<u8> = (0..2000)
+        .flat_map(|i| encode_cmd(&["SESSION.CREATE", "ID", &format!("in-flight-{i}")]))
+        .collect();
+    raw.send(&batch).unwrap();
+    assert_eq!(raw.read_reply(), Resp::bulk("in-flight-0"));
+    sc.sigterm();
+    let (rest, closed) = raw.read_until_closed(Duration::from_secs(10));
+    let mut buf = rest.as_slice();
+    let mut answered = 1;
+    while let Ok(Some((reply, used))) = parse_resp(buf) {
+        assert_eq!(reply, Resp::bulk(format!("in-flight-{answered}")));
+        answered += 1;
+        buf = &buf[used..];
+    }
+    assert!(
+        buf.is_empty(),
+        "a reply was cut short: {:?}",
+        String::from_utf8_lossy(buf)
+    );
+    assert!(closed);
+    let status = sc.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn the_metrics_listener_closes_on_exit() {
+    let mut sc = Sidecar::start(&[]);
+    assert_eq!(sc.http_get("/readyz").0, 200);
+    sc.sigterm();
+    sc.wait_exit(Duration::from_secs(10));
+    assert!(
+        std::net::TcpStream::connect_timeout(&sc.metrics_addr, Duration::from_millis(500)).is_err()
+    );
+}
+
+#[test]
+fn environment_variables_configure_the_sidecar() {
+    let sc = Sidecar::start_with_env(
+        &[],
+        &[
+            ("SESSION_SIDECAR_LISTEN", "127.0.0.1:0"),
+            ("SESSION_SIDECAR_METRICS_LISTEN", "127.0.0.1:0"),
+            ("SESSION_SIDECAR_NODE_ID", "from-env"),
+            ("SESSION_SIDECAR_DEFAULT_TTL", "77"),
+            ("SESSION_SIDECAR_PREFIX", "envp"),
+            ("SESSION_SIDECAR_MAXCLIENTS", "55"),
+        ],
+    );
+    let mut events = EventSubscriber::new(&sc, "envp:events", false);
+    let mut c = sc.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "e"]);
+    let s = get_session(&mut c, "e", false).unwrap();
+    assert_eq!(s.node, "from-env");
+    assert_eq!(s.ttl, 77_000);
+    assert!(
+        events
+            .wait_for(Duration::from_secs(3), |e| e["id"] == "e")
+            .is_some()
+    );
+    assert_eq!(
+        call(&mut c, &["CONFIG", "GET", "maxclients"]),
+        Value::Array(vec![bulk("maxclients"), bulk("55")])
+    );
+}
+
+#[test]
+fn flags_win_over_environment_variables() {
+    let sc = Sidecar::start_with_env(
+        &["--node-id", "from-flag", "--default-ttl", "5"],
+        &[
+            ("SESSION_SIDECAR_NODE_ID", "from-env"),
+            ("SESSION_SIDECAR_DEFAULT_TTL", "77"),
+        ],
+    );
+    let mut c = sc.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "f"]);
+    let s = get_session(&mut c, "f", false).unwrap();
+    assert_eq!(s.node, "from-flag");
+    assert_eq!(s.ttl, 5000);
+}
+
+#[test]
+fn requirepass_from_the_environment() {
+    let sc = Sidecar::start_with_env(&[], &[("SESSION_SIDECAR_REQUIREPASS", "envpw")]);
+    let mut raw = sc.raw();
+    raw.send_cmd(&["SESSION.COUNT"]);
+    raw.expect_bytes(b"-NOAUTH Authentication required.\r\n");
+    raw.send_cmd(&["AUTH", "envpw"]);
+    raw.expect_bytes(b"+OK\r\n");
+    let mut c = sc.client();
+    assert_eq!(call(&mut c, &["SESSION.COUNT"]), Value::Int(0));
+}
+
+#[test]
+fn requirepass_protects_every_client_kind() {
+    let sc = Sidecar::start(&["--requirepass", "hunter2"]);
+    // redis crate, both protocols, with the password in the URL.
+    let mut c2 = sc.client();
+    assert_eq!(call(&mut c2, &["SESSION.CREATE", "ID", "pw"]), bulk("pw"));
+    let mut c3 = sc.client_resp3();
+    assert_eq!(call(&mut c3, &["SESSION.EXISTS", "pw"]), Value::Int(1));
+    // Without the password.
+    let anon = redis::Client::open(format!("redis://{}/", sc.addr)).unwrap();
+    let mut anon = anon.get_connection().unwrap();
+    let v = call(&mut anon, &["SESSION.EXISTS", "pw"]);
+    assert_err(&v, "NOAUTH Authentication required.");
+    // A wrong password fails the redis crate's connection setup.
+    let wrong = redis::Client::open(format!("redis://:nope@{}/", sc.addr)).unwrap();
+    assert!(wrong.get_connection().is_err());
+    // redis-cli.
+    assert_eq!(
+        sc.redis_cli(&["--no-auth-warning", "-a", "hunter2", "SESSION.EXISTS", "pw"]),
+        "1\n"
+    );
+    assert_eq!(
+        sc.redis_cli(&["SESSION.EXISTS", "pw"]).trim_end(),
+        "NOAUTH Authentication required."
+    );
+    // The metrics endpoint has no password (it is for the pod's probes).
+    assert_eq!(sc.http_get("/healthz").0, 200);
+}
+
+#[test]
+fn redis_cli_quickstart() {
+    let sc = Sidecar::start(&["--node-id", "quick"]);
+    assert_eq!(sc.redis_cli(&["PING"]), "PONG\n");
+    assert_eq!(
+        sc.redis_cli(&[
+            "SESSION.CREATE",
+            "ID",
+            "demo",
+            "USER",
+            "alice",
+            "CONN",
+            "ws-1",
+            "TTL",
+            "60",
+            "ATTR",
+            "role",
+            "admin"
+        ]),
+        "demo\n"
+    );
+    let get = sc.redis_cli(&["SESSION.GET", "demo"]);
+    let lines: Vec<&str> = get.lines().collect();
+    assert_eq!(
+        lines.len(),
+        22 + 1,
+        "11 fields with a 2-line attrs map: {get}"
+    );
+    let at = |key: &str| {
+        lines
+            .iter()
+            .position(|l| *l == key)
+            .unwrap_or_else(|| panic!("{key} in {get}"))
+    };
+    assert_eq!(lines[at("user") + 1], "alice");
+    assert_eq!(lines[at("status") + 1], "active");
+    assert_eq!(lines[at("node") + 1], "quick");
+    assert_eq!(lines[at("version") + 1], "1");
+    assert_eq!(lines[at("attrs") + 1..at("attrs") + 3], ["role", "admin"]);
+
+    let json = sc.redis_cli(&["SESSION.GET", "demo", "JSON"]);
+    let parsed: serde_json::Value =
+        serde_json::from_str(json.trim_end()).expect("JSON from redis-cli");
+    assert_eq!(parsed["attrs"]["role"], "admin");
+
+    assert_eq!(
+        sc.redis_cli(&["SESSION.ATTR.SET", "demo", "theme", "dark"]),
+        "2\n"
+    );
+    assert_eq!(
+        sc.redis_cli(&["SESSION.ATTR.GET", "demo", "role", "theme"]),
+        "admin\ndark\n"
+    );
+    let touch: i64 = sc
+        .redis_cli(&["SESSION.TOUCH", "demo"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(touch > 50_000 && touch <= 60_000);
+    assert_eq!(sc.redis_cli(&["SESSION.BYCONN", "ws-1"]), "demo\n");
+    assert_eq!(sc.redis_cli(&["SESSION.BYUSER", "alice"]), "demo\n");
+    assert_eq!(
+        sc.redis_cli(&["SESSION.UNBIND", "demo", "GRACE", "30"]),
+        "3\n"
+    );
+    assert_eq!(sc.redis_cli(&["SESSION.BIND", "demo", "ws-2"]), "4\n");
+    assert_eq!(sc.redis_cli(&["SESSION.COUNT"]), "1\n");
+    assert_eq!(sc.redis_cli(&["SESSION.KILLUSER", "alice"]), "1\n");
+    assert_eq!(sc.redis_cli(&["SESSION.GET", "demo"]), "\n");
+
+    // Several commands through one redis-cli session on stdin.
+    let out = sc.redis_cli_with_stdin(
+        &[],
+        Some(b"SESSION.CREATE ID piped\nSESSION.EXISTS piped\nSESSION.DEL piped\n"),
+    );
+    assert_eq!(out, "piped\n1\n1\n");
+    // RESP3 mode.
+    sc.redis_cli(&["SESSION.CREATE", "ID", "r3", "ATTR", "a", "b"]);
+    let r3 = sc.redis_cli(&["-3", "SESSION.GET", "r3"]);
+    assert!(r3.contains("r3") && r3.contains("attrs"), "{r3}");
+}
+
+#[test]
+fn ready_log_line_carries_the_bound_address_without_ansi_colours() {
+    let sc = Sidecar::start(&[]);
+    let logs = sc.logs();
+    let ready = logs
+        .iter()
+        .find(|l| l.contains("ready to accept connections"))
+        .expect("ready line");
+    assert_eq!(addr_field(ready), Some(sc.addr));
+    assert_ne!(sc.addr.port(), 0);
+    assert!(
+        logs.iter().all(|l| !l.contains('\x1b')),
+        "ANSI escapes in piped logs: {logs:?}"
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let sc = Sidecar::start(&["--log-format", "json"]);
+    sc.assert_serving();
+    let logs = sc.logs();
+    assert!(!logs.is_empty());
+    for line in logs.iter().filter(|l| !l.is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.is_object(), "{line}");
+    }
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("ready to accept connections"))
+    );
+}
+
+#[test]
+fn no_log_line_per_request_at_the_default_level() {
+    let sc = Sidecar::start(&[]);
+    let before = sc.logs().len();
+    let mut c = sc.client();
+    for i in 0..200 {
+        call(&mut c, &["SESSION.CREATE", "ID", &format!("q{i}")]);
+        call(&mut c, &["SESSION.GET", &format!("q{i}")]);
+    }
+    sc.assert_serving();
+    let after = sc.logs().len();
+    assert!(
+        after - before < 20,
+        "{} log lines for 400 commands",
+        after - before
+    );
+}
+
+fn help_text() -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-sidecar"))
+        .arg("--help")
+        .output()
+        .expect("run --help");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn help_lists_every_standalone_flag() {
+    let help = help_text();
+    for flag in [
+        "--listen",
+        "--prefix",
+        "--default-ttl",
+        "--node-id",
+        "--advertise",
+        "--requirepass",
+        "--metrics-listen",
+        "--maxmemory",
+        "--maxclients",
+        "--timeout",
+        "--proto-max-bulk-len",
+        "--max-args",
+        "--client-query-buffer-limit",
+        "--log-format",
+        "--log-level",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn an_unknown_flag_is_a_startup_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-sidecar"))
+        .args(["--listen", "127.0.0.1:0", "--no-such-flag"])
+        .output()
+        .expect("run with a bad flag");
+    assert!(!out.status.success());
+}
+
+#[test]
+fn a_taken_listen_port_is_a_startup_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_session-sidecar"))
+        .args(["--listen", addr.as_str(), "--metrics-listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        }),
+        "sidecar kept running although its port was taken"
+    );
+    let _ = child.kill();
+    assert!(!status.unwrap().success());
+}
