@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -81,7 +80,7 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
         ..SessionLimits::default()
     };
     let store = Arc::new(SessionStore::new(
-        Bytes::from(config.node_id()),
+        config.node_id().as_bytes(),
         config.default_ttl.saturating_mul(1000),
         limits,
         events,

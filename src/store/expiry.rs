@@ -11,13 +11,14 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
 use tokio::sync::Notify;
+
+use super::session::Key;
 
 const SHARDS: usize = 16;
 
 /// One shard: `(expires, id)` in time order.
-type Shard = Mutex<BTreeSet<(u64, Bytes)>>;
+type Shard = Mutex<BTreeSet<(u64, Key)>>;
 
 pub struct ExpiryIndex {
     shards: Box<[Shard]>,
@@ -39,7 +40,7 @@ impl Default for ExpiryIndex {
 }
 
 impl ExpiryIndex {
-    fn shard(&self, id: &[u8]) -> std::sync::MutexGuard<'_, BTreeSet<(u64, Bytes)>> {
+    fn shard(&self, id: &[u8]) -> std::sync::MutexGuard<'_, BTreeSet<(u64, Key)>> {
         let i = self.hasher.hash_one(id) as usize % self.shards.len();
         // A poisoned shard only means another thread panicked mid-update of a
         // BTreeSet, which leaves it valid; keep serving.
@@ -48,7 +49,7 @@ impl ExpiryIndex {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn insert(&self, expires: u64, id: Bytes) {
+    pub fn insert(&self, expires: u64, id: Key) {
         self.shard(&id).insert((expires, id));
         if expires < self.next_wake.load(Ordering::Relaxed) {
             self.next_wake.store(expires, Ordering::Relaxed);
@@ -56,12 +57,12 @@ impl ExpiryIndex {
         }
     }
 
-    pub fn remove(&self, expires: u64, id: &Bytes) {
+    pub fn remove(&self, expires: u64, id: &Key) {
         self.shard(id).remove(&(expires, id.clone()));
     }
 
     /// Moves a session's entry from `old` to `new`.
-    pub fn reschedule(&self, old: u64, new: u64, id: &Bytes) {
+    pub fn reschedule(&self, old: u64, new: u64, id: &Key) {
         if old != new {
             self.remove(old, id);
             self.insert(new, id.clone());
@@ -69,7 +70,7 @@ impl ExpiryIndex {
     }
 
     /// Removes and returns up to `max` entries due at `now`.
-    pub fn take_due(&self, now: u64, max: usize) -> Vec<(u64, Bytes)> {
+    pub fn take_due(&self, now: u64, max: usize) -> Vec<(u64, Key)> {
         let mut due = Vec::new();
         for shard in self.shards.iter() {
             let mut set = shard.lock().unwrap_or_else(|p| p.into_inner());
@@ -126,7 +127,7 @@ impl ExpiryIndex {
     }
 
     /// Whether the index holds exactly this entry (for invariant checks).
-    pub fn contains(&self, expires: u64, id: &Bytes) -> bool {
+    pub fn contains(&self, expires: u64, id: &Key) -> bool {
         self.shard(id).contains(&(expires, id.clone()))
     }
 

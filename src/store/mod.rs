@@ -15,6 +15,7 @@
 //! passed is treated as absent by every operation (lazy expiry) and removed by
 //! the sweeper, which is woken by the expiry index at the earliest deadline.
 
+mod attributes;
 mod expiry;
 mod indexes;
 mod session;
@@ -25,9 +26,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use dashmap::DashMap;
 
+pub use attributes::Attributes;
 pub use expiry::ExpiryIndex;
 pub use indexes::Indexes;
-pub use session::{FIELD_COUNT, Session, Status};
+pub use session::{FIELD_COUNT, Key, Session, Status};
 
 /// Limits on what a session may hold (commands.md, configurable).
 #[derive(Clone, Copy, Debug)]
@@ -103,10 +105,10 @@ impl EventKind {
 #[derive(Debug, Clone)]
 pub struct Event {
     pub kind: EventKind,
-    pub id: Bytes,
-    pub user: Option<Bytes>,
-    pub conn: Option<Bytes>,
-    pub node: Bytes,
+    pub id: Key,
+    pub user: Option<Key>,
+    pub conn: Option<Key>,
+    pub node: Key,
     pub at: u64,
     pub reason: Option<&'static str>,
 }
@@ -114,7 +116,7 @@ pub struct Event {
 impl Event {
     fn of(
         kind: EventKind,
-        id: &Bytes,
+        id: &Key,
         session: &Session,
         at: u64,
         reason: Option<&'static str>,
@@ -170,7 +172,7 @@ pub struct UpdateSession {
 
 /// Session ids come from clients, so the map's hash is seeded per process
 /// (foldhash: the fast keyed hash hashbrown itself defaults to).
-type SessionMap = DashMap<Bytes, Session, foldhash::fast::RandomState>;
+type SessionMap = DashMap<Key, Session, foldhash::fast::RandomState>;
 
 /// Map shards: enough that two cores rarely meet on one shard's lock.
 const MAP_SHARDS: usize = 64;
@@ -179,7 +181,7 @@ pub struct SessionStore {
     sessions: SessionMap,
     indexes: Mutex<Indexes>,
     expiry: ExpiryIndex,
-    node: Bytes,
+    node: Key,
     default_ttl_ms: u64,
     limits: SessionLimits,
     next_seq: AtomicU64,
@@ -196,7 +198,7 @@ enum Removal {
 
 impl SessionStore {
     pub fn new(
-        node: Bytes,
+        node: &[u8],
         default_ttl_ms: u64,
         limits: SessionLimits,
         events: Arc<dyn EventSink>,
@@ -208,7 +210,7 @@ impl SessionStore {
             ),
             indexes: Mutex::default(),
             expiry: ExpiryIndex::default(),
-            node,
+            node: Key::from(node),
             default_ttl_ms,
             limits,
             next_seq: AtomicU64::new(1),
@@ -218,7 +220,7 @@ impl SessionStore {
         }
     }
 
-    pub fn node(&self) -> &Bytes {
+    pub fn node(&self) -> &Key {
         &self.node
     }
 
@@ -267,14 +269,14 @@ impl SessionStore {
     }
 
     /// The live session bound to `conn`.
-    pub fn by_conn(&self, conn: &[u8], now: u64) -> Option<Bytes> {
+    pub fn by_conn(&self, conn: &[u8], now: u64) -> Option<Key> {
         let indexes = self.lock_indexes();
         let id = indexes.by_conn.get(conn)?;
         self.exists(id, now).then(|| id.clone())
     }
 
     /// The ids of the user's live sessions, oldest first.
-    pub fn by_user(&self, user: &[u8], now: u64) -> Vec<Bytes> {
+    pub fn by_user(&self, user: &[u8], now: u64) -> Vec<Key> {
         let ids = self.lock_indexes().user_sessions(user);
         ids.into_iter().filter(|id| self.exists(id, now)).collect()
     }
@@ -294,7 +296,7 @@ impl SessionStore {
         &self,
         id: &[u8],
         now: u64,
-        f: impl FnOnce(&mut Session) -> Result<R, StoreError>,
+        f: impl FnOnce(&Key, &mut Session) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let mut entry = self.sessions.get_mut(id).ok_or(StoreError::NoSession)?;
         if !entry.is_live(now) {
@@ -303,7 +305,7 @@ impl SessionStore {
         let (key, session) = entry.pair_mut();
         let before = session.memory(key);
         let old_expires = session.expires;
-        let result = f(session)?;
+        let result = f(key, session)?;
         self.expiry.reschedule(old_expires, session.expires, key);
         self.account(before, session.memory(key));
         Ok(result)
@@ -316,7 +318,7 @@ impl SessionStore {
         now: u64,
     ) -> Result<u64, StoreError> {
         let max = self.limits.max_attrs;
-        self.write(id, now, |s| {
+        self.write(id, now, |_, s| {
             let new_names = pairs
                 .iter()
                 .enumerate()
@@ -327,17 +329,18 @@ impl SessionStore {
             if s.attrs.len() + new_names > max {
                 return Err(StoreError::TooManyAttrs(max));
             }
-            for (name, value) in pairs {
-                s.set_attr(name, value);
-            }
+            s.attrs.edit(
+                pairs.iter().map(|(n, v)| (&n[..], &v[..])),
+                std::iter::empty(),
+            );
             s.mutated(now);
             Ok(s.version)
         })
     }
 
     pub fn attr_del(&self, id: &[u8], names: &[Bytes], now: u64) -> usize {
-        self.write(id, now, |s| {
-            let removed = names.iter().filter(|n| s.del_attr(n)).count();
+        self.write(id, now, |_, s| {
+            let removed = s.attrs.remove(names.iter().map(|n| &n[..]));
             if removed > 0 {
                 s.mutated(now);
             }
@@ -349,19 +352,20 @@ impl SessionStore {
     pub fn attr_incrby(
         &self,
         id: &[u8],
-        name: &Bytes,
+        name: &[u8],
         increment: i64,
         now: u64,
     ) -> Result<i64, StoreError> {
         let max = self.limits.max_attrs;
-        self.write(id, now, |s| {
+        self.write(id, now, |_, s| {
             let current = match s.attr(name) {
                 Some(value) => crate::protocol::parse_i64(value).ok_or(StoreError::NotInteger)?,
                 None if s.attrs.len() >= max => return Err(StoreError::TooManyAttrs(max)),
                 None => 0,
             };
             let new = current.checked_add(increment).ok_or(StoreError::Overflow)?;
-            s.set_attr(name, itoa::Buffer::new().format(new).as_bytes());
+            s.attrs
+                .set(name, itoa::Buffer::new().format(new).as_bytes());
             s.mutated(now);
             Ok(new)
         })
@@ -382,7 +386,7 @@ impl SessionStore {
                 return Some(left);
             }
         }
-        self.write(id, now, |s| {
+        self.write(id, now, |_, s| {
             let left = s.expires - now;
             if left >= s.ttl / 2 {
                 // Another heartbeat extended it between the two locks.
@@ -398,7 +402,7 @@ impl SessionStore {
 
     /// SESSION.EXPIRE: a new ttl, and expires = now + ttl.
     pub fn expire(&self, id: &[u8], ttl_ms: u64, now: u64) -> bool {
-        self.write(id, now, |s| {
+        self.write(id, now, |_, s| {
             s.ttl = ttl_ms;
             s.expires = now + ttl_ms;
             s.mutated(now);
@@ -447,15 +451,15 @@ impl SessionStore {
     fn take_conn_locked(
         &self,
         indexes: &mut Indexes,
-        conn: &Bytes,
-        id: &Bytes,
+        conn: &Key,
+        id: &Key,
         now: u64,
         events: &mut Vec<Event>,
     ) {
         let Some(holder) = indexes.by_conn.insert(conn.clone(), id.clone()) else {
             return;
         };
-        if holder == id {
+        if holder == *id {
             return;
         }
         if let Some(mut session) = self.sessions.get_mut(&holder)
@@ -480,10 +484,10 @@ impl SessionStore {
         ttl_ms > 0 && ttl_ms as u64 <= self.limits.max_ttl_ms
     }
 
-    pub fn create(&self, request: CreateSession, now: u64) -> Result<Bytes, StoreError> {
-        let id = match request.id {
-            Some(id) => Bytes::copy_from_slice(&id),
-            None => Bytes::from(uuid::Uuid::new_v4().to_string()),
+    pub fn create(&self, request: CreateSession, now: u64) -> Result<Key, StoreError> {
+        let id: Key = match &request.id {
+            Some(id) => Key::from(&id[..]),
+            None => Key::from(uuid::Uuid::new_v4().to_string().as_bytes()),
         };
         let ttl = request.ttl_ms.unwrap_or(self.default_ttl_ms);
         let mut events = Vec::new();
@@ -496,9 +500,9 @@ impl SessionStore {
         // A dead session under the same id is swept now, not later.
         events.extend(self.remove_locked(&mut indexes, &id, now, Removal::Expired));
 
-        let user = request.user.map(|u| Bytes::copy_from_slice(&u));
+        let user = request.user.as_deref().map(Key::from);
         if let (Some(user), Some(max)) = (&user, request.max_per_user) {
-            let live: Vec<Bytes> = indexes
+            let live: Vec<Key> = indexes
                 .user_sessions(user)
                 .into_iter()
                 .filter(|id| self.exists(id, now))
@@ -513,11 +517,11 @@ impl SessionStore {
                 ));
             }
         }
-        let conn = request.conn.map(|c| Bytes::copy_from_slice(&c));
+        let conn = request.conn.as_deref().map(Key::from);
         if let Some(conn) = &conn {
             self.take_conn_locked(&mut indexes, conn, &id, now, &mut events);
         }
-        let mut session = Session {
+        let session = Session {
             user,
             conn,
             node: self.node.clone(),
@@ -528,12 +532,8 @@ impl SessionStore {
             ttl,
             version: 1,
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
-            attrs: Vec::with_capacity(request.attrs.len()),
+            attrs: Attributes::from_pairs(request.attrs.iter().map(|(n, v)| (&n[..], &v[..]))),
         };
-        for (name, value) in &request.attrs {
-            session.set_attr(name, value);
-        }
-        session.attrs.shrink_to_fit();
         if let Some(user) = &session.user {
             indexes.add_user(user, (session.created, session.seq), &id);
         }
@@ -548,11 +548,21 @@ impl SessionStore {
     }
 
     /// Deletes the given sessions; returns how many were live.
-    pub fn delete(&self, ids: &[Bytes], now: u64, reason: Option<&'static str>) -> usize {
+    pub fn delete<K: AsRef<[u8]>>(
+        &self,
+        ids: &[K],
+        now: u64,
+        reason: Option<&'static str>,
+    ) -> usize {
         let mut events = Vec::new();
         let mut indexes = self.lock_indexes();
         for id in ids {
-            events.extend(self.remove_locked(&mut indexes, id, now, Removal::Deleted(reason)));
+            events.extend(self.remove_locked(
+                &mut indexes,
+                id.as_ref(),
+                now,
+                Removal::Deleted(reason),
+            ));
         }
         drop(indexes);
         let deleted = events
@@ -571,12 +581,11 @@ impl SessionStore {
         self.delete(&ids, now, Some("killuser"))
     }
 
-    pub fn bind(&self, id: &[u8], conn: &Bytes, now: u64) -> Result<u64, StoreError> {
+    pub fn bind(&self, id: &[u8], conn: &[u8], now: u64) -> Result<u64, StoreError> {
         let mut events = Vec::new();
         let mut indexes = self.lock_indexes();
-        let conn = Bytes::copy_from_slice(conn);
-        let key = Bytes::copy_from_slice(id);
-        let version = self.write(id, now, |s| {
+        let conn = Key::from(conn);
+        let (key, version) = self.write(id, now, |key, s| {
             if let Some(previous) = s.conn.take() {
                 indexes.remove_conn(&previous, id);
             }
@@ -585,8 +594,8 @@ impl SessionStore {
             s.node = self.node.clone();
             s.expires = now + s.ttl;
             s.mutated(now);
-            events.push(Event::of(EventKind::Bound, &key, s, now, None));
-            Ok(s.version)
+            events.push(Event::of(EventKind::Bound, key, s, now, None));
+            Ok((key.clone(), s.version))
         })?;
         self.take_conn_locked(&mut indexes, &conn, &key, now, &mut events);
         drop(indexes);
@@ -597,14 +606,8 @@ impl SessionStore {
     pub fn unbind(&self, id: &[u8], grace_ms: Option<u64>, now: u64) -> Result<u64, StoreError> {
         let mut events = Vec::new();
         let mut indexes = self.lock_indexes();
-        let version = self.write(id, now, |s| {
-            events.push(Event::of(
-                EventKind::Unbound,
-                &Bytes::copy_from_slice(id),
-                s,
-                now,
-                None,
-            ));
+        let version = self.write(id, now, |key, s| {
+            events.push(Event::of(EventKind::Unbound, key, s, now, None));
             if let Some(conn) = s.conn.take() {
                 indexes.remove_conn(&conn, id);
             }
@@ -632,12 +635,10 @@ impl SessionStore {
             if !request.set_attrs.is_empty() || !request.del_attrs.is_empty() {
                 // Edit a copy so that a refused update changes nothing.
                 let mut attrs = s.attrs.clone();
-                for (name, value) in &request.set_attrs {
-                    session::set_attr(&mut attrs, name, value);
-                }
-                for name in &request.del_attrs {
-                    session::del_attr(&mut attrs, name);
-                }
+                attrs.edit(
+                    request.set_attrs.iter().map(|(n, v)| (&n[..], &v[..])),
+                    request.del_attrs.iter().map(|n| &n[..]),
+                );
                 if attrs.len() > max_attrs {
                     return Err(StoreError::TooManyAttrs(max_attrs));
                 }
@@ -654,39 +655,38 @@ impl SessionStore {
             Ok(())
         };
         if request.user.is_none() && request.conn.is_none() {
-            return self.write(id, now, |s| apply(s).map(|_| s.version));
+            return self.write(id, now, |_, s| apply(s).map(|_| s.version));
         }
         // A change of owner or connection moves index entries: take the lock.
         // The session is changed first (its IFVERSION check included); only
         // when that succeeded is the connection taken from its other holder.
         let mut events = Vec::new();
         let mut indexes = self.lock_indexes();
-        let key = Bytes::copy_from_slice(id);
-        let version = self.write(id, now, |s| {
+        let (key, version) = self.write(id, now, |key, s| {
             apply(s)?;
             if let Some(user) = &request.user {
                 if let Some(old) = s.user.take() {
                     indexes.remove_user(&old, (s.created, s.seq));
                 }
-                let user = Bytes::copy_from_slice(user);
-                indexes.add_user(&user, (s.created, s.seq), &key);
+                let user = Key::from(&user[..]);
+                indexes.add_user(&user, (s.created, s.seq), key);
                 s.user = Some(user);
             }
             if let Some(conn) = &request.conn {
                 if let Some(previous) = s.conn.take() {
                     indexes.remove_conn(&previous, id);
                 }
-                s.conn = Some(Bytes::copy_from_slice(conn));
+                s.conn = Some(Key::from(&conn[..]));
                 s.node = self.node.clone();
                 if request.status.is_none() {
                     s.status = Status::Active;
                 }
-                events.push(Event::of(EventKind::Bound, &key, s, now, None));
+                events.push(Event::of(EventKind::Bound, key, s, now, None));
             }
-            Ok(s.version)
+            Ok((key.clone(), s.version))
         })?;
         if let Some(conn) = &request.conn {
-            self.take_conn_locked(&mut indexes, conn, &key, now, &mut events);
+            self.take_conn_locked(&mut indexes, &Key::from(&conn[..]), &key, now, &mut events);
         }
         drop(indexes);
         self.events.publish(events);
@@ -751,12 +751,7 @@ impl SessionStore {
             }
             if let Some(user) = &s.user {
                 user_entries += 1;
-                if indexes
-                    .by_user
-                    .get(user)
-                    .and_then(|m| m.get(&(s.created, s.seq)))
-                    != Some(id)
-                {
+                if !indexes.has_user_entry(user, (s.created, s.seq), id) {
                     return Err(format!("{id:?} missing from user index of {user:?}"));
                 }
             }

@@ -1,8 +1,9 @@
 //! One session: its fields, its size, and its JSON form.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
+use super::attributes::Attributes;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 /// `active` (new, or bound to a connection) or `disconnected` (kept for resume).
@@ -31,12 +32,16 @@ impl Status {
     }
 }
 
+/// An id, user, conn or node name: one allocation, shared by the map and
+/// every index that refers to it.
+pub type Key = Arc<[u8]>;
+
 /// A session as held in memory. Its id is the map key.
 #[derive(Debug)]
 pub struct Session {
-    pub user: Option<Bytes>,
-    pub conn: Option<Bytes>,
-    pub node: Bytes,
+    pub user: Option<Key>,
+    pub conn: Option<Key>,
+    pub node: Key,
     pub status: Status,
     pub created: u64,
     /// Updated by heartbeats under the map's read lock, hence atomic.
@@ -47,35 +52,6 @@ pub struct Session {
     /// Creation order within this store, the tie-break for "oldest first".
     pub seq: u64,
     pub attrs: Attributes,
-}
-
-/// Attributes in insertion order; small, so a vector beats a hash map in both
-/// memory and lookup time (as Redis's listpack-encoded hashes).
-pub type Attributes = Vec<(Box<[u8]>, Box<[u8]>)>;
-
-/// Sets an attribute; true when it is new.
-pub fn set_attr(attrs: &mut Attributes, name: &[u8], value: &[u8]) -> bool {
-    match attrs.iter_mut().find(|(n, _)| &**n == name) {
-        Some((_, v)) => {
-            *v = value.into();
-            false
-        }
-        None => {
-            attrs.push((name.into(), value.into()));
-            true
-        }
-    }
-}
-
-/// Removes an attribute; true when it was there.
-pub fn del_attr(attrs: &mut Attributes, name: &[u8]) -> bool {
-    match attrs.iter().position(|(n, _)| &**n == name) {
-        Some(i) => {
-            attrs.remove(i);
-            true
-        }
-        None => false,
-    }
 }
 
 impl Session {
@@ -94,36 +70,25 @@ impl Session {
     }
 
     pub fn attr(&self, name: &[u8]) -> Option<&[u8]> {
-        self.attrs
-            .iter()
-            .find(|(n, _)| &**n == name)
-            .map(|(_, v)| &**v)
+        self.attrs.get(name)
     }
 
-    /// Sets an attribute; true when it is new.
-    pub fn set_attr(&mut self, name: &[u8], value: &[u8]) -> bool {
-        set_attr(&mut self.attrs, name, value)
-    }
-
-    pub fn del_attr(&mut self, name: &[u8]) -> bool {
-        del_attr(&mut self.attrs, name)
-    }
-
-    /// Approximate bytes this session costs in the map, its key included:
-    /// the struct, the heap parts, and the map's per-entry overhead.
+    /// Approximate bytes this session costs, its key and its index entries
+    /// included: the map entry, the heap parts (each shared key counted once,
+    /// with its reference count), one entry in the expiry index, and one each
+    /// in the user and connection indexes when it has them. The allocator's
+    /// own overhead is not counted (the resident size is the honest total).
     pub fn memory(&self, id: &[u8]) -> usize {
-        const ENTRY_OVERHEAD: usize = std::mem::size_of::<Bytes>() + 16;
-        std::mem::size_of::<Session>()
-            + ENTRY_OVERHEAD
-            + id.len()
-            + self.user.as_ref().map_or(0, |u| u.len())
-            + self.conn.as_ref().map_or(0, |c| c.len())
-            + self.attrs.capacity() * std::mem::size_of::<(Box<[u8]>, Box<[u8]>)>()
-            + self
-                .attrs
-                .iter()
-                .map(|(n, v)| n.len() + v.len())
-                .sum::<usize>()
+        const ARC_HEADER: usize = 2 * std::mem::size_of::<usize>();
+        const MAP_ENTRY: usize = std::mem::size_of::<(Key, Session)>() + 8;
+        const INDEX_ENTRY: usize = 2 * std::mem::size_of::<Key>() + 8;
+        let key = |k: &[u8]| ARC_HEADER + k.len();
+        MAP_ENTRY
+            + key(id)
+            + INDEX_ENTRY
+            + self.user.as_deref().map_or(0, |u| key(u) + INDEX_ENTRY)
+            + self.conn.as_deref().map_or(0, |c| key(c) + INDEX_ENTRY)
+            + self.attrs.heap_size()
     }
 
     /// The JSON object of `SESSION.GET id JSON`.
@@ -150,8 +115,8 @@ impl Serialize for JsonView<'_> {
         struct Attrs<'a>(&'a Attributes);
         impl Serialize for Attrs<'_> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let mut map = serializer.serialize_map(Some(self.0.len()))?;
-                for (name, value) in self.0 {
+                let mut map = serializer.serialize_map(None)?;
+                for (name, value) in self.0.iter() {
                     map.serialize_entry(&text(name), &text(value))?;
                 }
                 map.end()

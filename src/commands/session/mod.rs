@@ -51,7 +51,7 @@ fn write_session(out: &mut ReplyWriter, id: &[u8], s: &Session) {
     out.int(s.version as i64);
     out.raw(b"$5\r\nattrs\r\n");
     out.map(s.attrs.len());
-    for (name, value) in &s.attrs {
+    for (name, value) in s.attrs.iter() {
         out.bulk(name);
         out.bulk(value);
     }
