@@ -9,18 +9,23 @@
 #
 # Environment:
 #   BENCH_CLIENTS             concurrent clients, redis-benchmark -c (50)
-#   BENCH_REQUESTS            requests per unpipelined run, -n (200000)
-#   BENCH_PIPELINED_REQUESTS  requests per 16-deep pipelined run, -n (2000000)
+#   BENCH_REQUESTS            requests per unpipelined run, -n (150000)
+#   BENCH_PIPELINED_REQUESTS  requests per 16-deep pipelined run, -n (1000000)
+#   BENCH_ROUNDS              alternating rounds per comparison, medians kept (3)
 #   BENCH_SIDECAR_BIN         benchmark this binary instead of building one
+#   BENCH_SIDECAR_ARGS        extra flags for the sidecar, e.g. "--threads 1"
 #   BENCH_KEEP_LOGS=1         keep the servers' logs instead of deleting them
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 readonly CLIENTS=${BENCH_CLIENTS:-50}
-readonly REQUESTS=${BENCH_REQUESTS:-200000}
-readonly PIPELINED_REQUESTS=${BENCH_PIPELINED_REQUESTS:-2000000}
+readonly REQUESTS=${BENCH_REQUESTS:-150000}
+readonly PIPELINED_REQUESTS=${BENCH_PIPELINED_REQUESTS:-1000000}
 readonly PIPELINE_DEPTH=16
+# Each comparison is measured this many times, alternating between the
+# servers, and the medians are compared: one noisy run cannot decide it.
+readonly ROUNDS=${BENCH_ROUNDS:-3}
 # redis-benchmark -r 10000 replaces __rand_int__ with a number in 0..9999
 # printed as %012d: the prefilled ids are exactly those.
 readonly SESSIONS=10000
@@ -93,6 +98,7 @@ check_setup() {
   require_positive_integer BENCH_CLIENTS "$CLIENTS"
   require_positive_integer BENCH_REQUESTS "$REQUESTS"
   require_positive_integer BENCH_PIPELINED_REQUESTS "$PIPELINED_REQUESTS"
+  require_positive_integer BENCH_ROUNDS "$ROUNDS"
   bash scripts/ensure-redis.sh
   local command
   for command in awk timeout; do
@@ -370,35 +376,59 @@ print_environment() {
     "sessions" "$SESSIONS, $SESSION_PAYLOAD_BYTES bytes as JSON"
 }
 
+# median VALUE...: the middle value (the lower middle for an even count).
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
 # Hot SESSION.GET and non-extending SESSION.TOUCH against redis-server GET of
 # a value as long as the session, and SESSION.GET against HGETALL of the same
-# session stored as a hash (the same data, the same reply shape).
+# session stored as a hash (the same data, the same reply shape). Each is
+# measured ROUNDS times, alternating, and the medians are compared.
 section_hot_reads() {
-  heading "Hot reads and heartbeats vs redis-server (goal: ratio >= 1.00 against GET)"
+  heading "Hot reads and heartbeats vs redis-server (goal: ratio >= 1.00 against GET; medians of $ROUNDS rounds)"
   local row='%-15s %8s %12s %12s %7s %-11s %14s %12s\n'
   # shellcheck disable=SC2059 # the format is the row layout above
   printf "$row" command pipeline sidecar_rps redis_rps ratio verdict "sidecar_us/req" "redis_us/req"
-  local pipeline command redis_rps redis_us sidecar_rps sidecar_us r
+  local pipeline round name r
+  local -A rps_runs cpu_runs rps cpu
+  local -a names=(get session_get session_touch hgetall)
   for pipeline in 1 "$PIPELINE_DEPTH"; do
-    measure "$REDIS_PORT" "$REDIS_PID" "$pipeline" GET __rand_int__
-    redis_rps=$RPS redis_us=$CPU_US
-    for command in SESSION.GET SESSION.TOUCH; do
-      measure "$SIDECAR_PORT" "$SIDECAR_PID" "$pipeline" "$command" __rand_int__
-      sidecar_rps=$RPS sidecar_us=$CPU_US
-      r=$(ratio "$sidecar_rps" "$redis_rps")
-      # shellcheck disable=SC2059
-      printf "$row" "$command" "$pipeline" "$sidecar_rps" "$redis_rps" "$r" "$(verdict "$r" 1 at-least)" \
-        "$sidecar_us" "$redis_us"
-      if [[ $command == SESSION.GET ]]; then
-        measure "$REDIS_PORT" "$REDIS_PID" "$pipeline" HGETALL "session:__rand_int__"
-        r=$(ratio "$sidecar_rps" "$RPS")
-        # shellcheck disable=SC2059
-        printf "$row" "  vs HGETALL" "$pipeline" "$sidecar_rps" "$RPS" "$r" "" "$sidecar_us" "$CPU_US"
-      fi
+    for name in "${names[@]}"; do
+      rps_runs[$name]='' cpu_runs[$name]=''
     done
+    for ((round = 0; round < ROUNDS; round++)); do
+      for name in "${names[@]}"; do
+        case $name in
+          get) measure "$REDIS_PORT" "$REDIS_PID" "$pipeline" GET __rand_int__ ;;
+          session_get) measure "$SIDECAR_PORT" "$SIDECAR_PID" "$pipeline" SESSION.GET __rand_int__ ;;
+          session_touch) measure "$SIDECAR_PORT" "$SIDECAR_PID" "$pipeline" SESSION.TOUCH __rand_int__ ;;
+          hgetall) measure "$REDIS_PORT" "$REDIS_PID" "$pipeline" HGETALL "session:__rand_int__" ;;
+        esac
+        rps_runs[$name]+=" $RPS" cpu_runs[$name]+=" $CPU_US"
+      done
+    done
+    for name in "${names[@]}"; do
+      # shellcheck disable=SC2086 # the runs are space-separated numbers
+      rps[$name]=$(median ${rps_runs[$name]})
+      # shellcheck disable=SC2086
+      cpu[$name]=$(median ${cpu_runs[$name]})
+    done
+    r=$(ratio "${rps[session_get]}" "${rps[get]}")
+    # shellcheck disable=SC2059
+    printf "$row" SESSION.GET "$pipeline" "${rps[session_get]}" "${rps[get]}" "$r" "$(verdict "$r" 1 at-least)" \
+      "${cpu[session_get]}" "${cpu[get]}"
+    r=$(ratio "${rps[session_get]}" "${rps[hgetall]}")
+    # shellcheck disable=SC2059
+    printf "$row" "  vs HGETALL" "$pipeline" "${rps[session_get]}" "${rps[hgetall]}" "$r" "" \
+      "${cpu[session_get]}" "${cpu[hgetall]}"
+    r=$(ratio "${rps[session_touch]}" "${rps[get]}")
+    # shellcheck disable=SC2059
+    printf "$row" SESSION.TOUCH "$pipeline" "${rps[session_touch]}" "${rps[get]}" "$r" "$(verdict "$r" 1 at-least)" \
+      "${cpu[session_touch]}" "${cpu[get]}"
   done
   printf '\nus/req: microseconds of CPU the server spent per request. redis-benchmark\n'
-  printf 'shares the 2 cores and parses the 11-field session reply too, which bounds\n'
+  printf 'shares the cores and parses the 11-field session reply too, which bounds\n'
   printf 'pipelined SESSION.GET rps whatever the server does.\n'
 }
 
@@ -449,7 +479,8 @@ main() {
   check_setup
   build_sidecar
   start_redis_server REDIS_PORT redis-server
-  start_sidecar SIDECAR_PORT sidecar
+  # shellcheck disable=SC2086 # the extra flags are meant to be split
+  start_sidecar SIDECAR_PORT sidecar ${BENCH_SIDECAR_ARGS:-}
   prefill
   check_replies
 
