@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Makes sure redis-server, redis-cli and redis-benchmark are installed.
+# Makes sure redis-server, redis-cli and redis-benchmark are installed, and
+# redis-py, which the Python client test drives the sidecar with.
 #
 # The integration tests and the benchmark start their own redis-server on free
 # ports, so on a fresh Debian machine this installs the packages with apt-get
@@ -48,7 +49,20 @@ stop_packaged_service() {
   fi
 }
 
+# redis-py from PyPI, for the test that checks the contract as a Python user
+# meets it.
+ensure_redis_py() {
+  command -v python3 >/dev/null 2>&1 || die "python3 is required (for the redis-py test)"
+  python3 -c 'import redis' 2>/dev/null && return 0
+  log "installing redis-py"
+  local user_flag=()
+  [[ $(id -u) -eq 0 ]] || user_flag=(--user)
+  python3 -m pip install --quiet --disable-pip-version-check "${user_flag[@]}" 'redis>=5' ||
+    die "could not install redis-py with pip"
+}
+
 main() {
+  ensure_redis_py
   local missing
   missing=$(missing_commands)
   if [[ -z $missing ]]; then
