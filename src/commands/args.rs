@@ -54,6 +54,18 @@ impl<'a> Args<'a> {
         self.next().map(|arg| Keyword::of(arg))
     }
 
+    /// An optional trailing flag (`JSON`, `LOCAL`, `WITHSESSIONS`): true when
+    /// it is there; anything else, or anything after it, is a syntax error.
+    pub fn trailing_flag(&mut self, flag: &str) -> Result<bool, CommandError> {
+        let present = match self.keyword() {
+            None => false,
+            Some(keyword) if keyword.is(flag) => true,
+            Some(_) => return Err(CommandError::Syntax),
+        };
+        self.finish()?;
+        Ok(present)
+    }
+
     /// Fails with a syntax error unless every argument was consumed.
     pub fn finish(&self) -> Result<(), CommandError> {
         if self.is_empty() {

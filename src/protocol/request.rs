@@ -276,10 +276,7 @@ fn split_args(line: &[u8], args: &mut Vec<Bytes>) -> Result<(), ProtocolError> {
                     continue;
                 }
                 if c == b'"' {
-                    if line.get(i + 1).is_some_and(|c| !c.is_ascii_whitespace()) {
-                        return Err(UNBALANCED);
-                    }
-                    i += 1;
+                    i = after_closing_quote(line, i)?;
                     break;
                 }
                 word.push(c);
@@ -294,10 +291,7 @@ fn split_args(line: &[u8], args: &mut Vec<Bytes>) -> Result<(), ProtocolError> {
                     continue;
                 }
                 if c == b'\'' {
-                    if line.get(i + 1).is_some_and(|c| !c.is_ascii_whitespace()) {
-                        return Err(UNBALANCED);
-                    }
-                    i += 1;
+                    i = after_closing_quote(line, i)?;
                     break;
                 }
                 word.push(c);
@@ -315,6 +309,14 @@ fn split_args(line: &[u8], args: &mut Vec<Bytes>) -> Result<(), ProtocolError> {
         }
         args.push(Bytes::from(word));
     }
+}
+
+/// The position after a closing quote at `i`, which must end the word.
+fn after_closing_quote(line: &[u8], i: usize) -> Result<usize, ProtocolError> {
+    if line.get(i + 1).is_some_and(|c| !c.is_ascii_whitespace()) {
+        return Err(ProtocolError("unbalanced quotes in request"));
+    }
+    Ok(i + 1)
 }
 
 fn hex(c: u8) -> Option<u8> {

@@ -1,19 +1,14 @@
 //! SESSION.GET id [JSON]
 
 use super::write_session;
-use crate::commands::{Args, CommandError, CommandResult};
+use crate::commands::{Args, CommandResult};
 use crate::protocol::ReplyWriter;
 use crate::server::Shared;
 use crate::store::now_ms;
 
 pub fn get(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
     let id = args.required()?;
-    let json = match args.keyword() {
-        None => false,
-        Some(k) if k.is("JSON") => true,
-        Some(_) => return Err(CommandError::Syntax),
-    };
-    args.finish()?;
+    let json = args.trailing_flag("JSON")?;
     let found = shared.store.read(id, now_ms(), |s| {
         if json {
             out.bulk(&s.to_json(id));

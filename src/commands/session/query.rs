@@ -1,7 +1,7 @@
 //! SESSION.EXISTS / BYUSER / COUNT / NODES
 
 use super::write_session;
-use crate::commands::{Args, CommandError, CommandResult};
+use crate::commands::{Args, CommandResult};
 use crate::protocol::ReplyWriter;
 use crate::server::Shared;
 use crate::store::now_ms;
@@ -21,12 +21,7 @@ pub fn exists(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> Comman
 /// SESSION.BYUSER user [WITHSESSIONS]: ids (or sessions), oldest first.
 pub fn byuser(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
     let user = args.required()?;
-    let with_sessions = match args.keyword() {
-        None => false,
-        Some(k) if k.is("WITHSESSIONS") => true,
-        Some(_) => return Err(CommandError::Syntax),
-    };
-    args.finish()?;
+    let with_sessions = args.trailing_flag("WITHSESSIONS")?;
     let now = now_ms();
     let ids = shared.store.by_user(user, now);
     if !with_sessions {
@@ -59,12 +54,8 @@ pub fn byuser(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> Comman
 
 /// SESSION.COUNT [LOCAL]: live sessions (standalone: the store is local).
 pub fn count(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
-    match args.keyword() {
-        None => {}
-        Some(k) if k.is("LOCAL") => {}
-        Some(_) => return Err(CommandError::Syntax),
-    }
-    args.finish()?;
+    // Standalone, the local store is the whole store: LOCAL changes nothing.
+    args.trailing_flag("LOCAL")?;
     out.int(shared.store.count(now_ms()) as i64);
     Ok(())
 }
