@@ -15,4 +15,6 @@ pub mod ops;
 pub mod protocol;
 pub mod pubsub;
 pub mod server;
+pub mod sessions;
 pub mod store;
+pub mod upstream;

@@ -97,7 +97,11 @@ pub async fn execute(
         return;
     }
     let maxmemory = shared.config.maxmemory;
-    if maxmemory > 0 && spec.denies_oom() && shared.store.memory() as u64 > maxmemory {
+    if maxmemory > 0
+        && spec.denies_oom()
+        && shared.sessions.refuses_writes_past_maxmemory()
+        && shared.sessions.memory() as u64 > maxmemory
+    {
         shared.metrics.oom_rejections.inc();
         out.error("OOM command not allowed when used memory > 'maxmemory'.");
         return;
@@ -112,7 +116,7 @@ pub async fn execute(
         Cmd::Reset => connection::reset(shared, client, out),
         Cmd::Select => connection::select(&mut args, out),
         Cmd::Client => connection::client(shared, client, &mut args, out),
-        Cmd::Info => server::info(shared, &mut args, out),
+        Cmd::Info => server::info(shared, &mut args, out).await,
         Cmd::Command => server::command(&mut args, out),
         Cmd::Config => server::config(shared, &mut args, out),
         Cmd::Time => server::time(out),
@@ -121,24 +125,24 @@ pub async fn execute(
         Cmd::Psubscribe => pubsub::psubscribe(shared, client, &mut args, out),
         Cmd::Punsubscribe => pubsub::punsubscribe(shared, client, &mut args, out),
         Cmd::Publish => pubsub::publish(shared, &mut args, out),
-        Cmd::SessionCreate => session::create(shared, &mut args, out),
-        Cmd::SessionGet => session::get(shared, &mut args, out),
-        Cmd::SessionExists => session::exists(shared, &mut args, out),
-        Cmd::SessionAttrSet => session::attr_set(shared, &mut args, out),
-        Cmd::SessionAttrGet => session::attr_get(shared, &mut args, out),
-        Cmd::SessionAttrDel => session::attr_del(shared, &mut args, out),
-        Cmd::SessionAttrIncrby => session::attr_incrby(shared, &mut args, out),
-        Cmd::SessionUpdate => session::update(shared, &mut args, out),
-        Cmd::SessionTouch => session::touch(shared, &mut args, out),
-        Cmd::SessionTtl => session::ttl(shared, &mut args, out),
-        Cmd::SessionExpire => session::expire(shared, &mut args, out),
-        Cmd::SessionDel => session::del(shared, &mut args, out),
-        Cmd::SessionBind => session::bind(shared, &mut args, out),
-        Cmd::SessionUnbind => session::unbind(shared, &mut args, out),
-        Cmd::SessionByconn => session::byconn(shared, &mut args, out),
-        Cmd::SessionByuser => session::byuser(shared, &mut args, out),
-        Cmd::SessionKilluser => session::killuser(shared, &mut args, out),
-        Cmd::SessionCount => session::count(shared, &mut args, out),
+        Cmd::SessionCreate => session::create(shared, &mut args, out).await,
+        Cmd::SessionGet => session::get(shared, &mut args, out).await,
+        Cmd::SessionExists => session::exists(shared, &mut args, out).await,
+        Cmd::SessionAttrSet => session::attr_set(shared, &mut args, out).await,
+        Cmd::SessionAttrGet => session::attr_get(shared, &mut args, out).await,
+        Cmd::SessionAttrDel => session::attr_del(shared, &mut args, out).await,
+        Cmd::SessionAttrIncrby => session::attr_incrby(shared, &mut args, out).await,
+        Cmd::SessionUpdate => session::update(shared, &mut args, out).await,
+        Cmd::SessionTouch => session::touch(shared, &mut args, out).await,
+        Cmd::SessionTtl => session::ttl(shared, &mut args, out).await,
+        Cmd::SessionExpire => session::expire(shared, &mut args, out).await,
+        Cmd::SessionDel => session::del(shared, &mut args, out).await,
+        Cmd::SessionBind => session::bind(shared, &mut args, out).await,
+        Cmd::SessionUnbind => session::unbind(shared, &mut args, out).await,
+        Cmd::SessionByconn => session::byconn(shared, &mut args, out).await,
+        Cmd::SessionByuser => session::byuser(shared, &mut args, out).await,
+        Cmd::SessionKilluser => session::killuser(shared, &mut args, out).await,
+        Cmd::SessionCount => session::count(shared, &mut args, out).await,
         Cmd::SessionNodes => session::nodes(shared, out),
     };
     if let Err(error) = result {

@@ -9,10 +9,16 @@ use crate::pubsub::glob_match;
 use crate::server::Shared;
 use crate::store::now_ms;
 
-const SECTIONS: &[&str] = &["server", "clients", "sessions", "stats", "memory"];
+const SECTIONS: &[&str] = &[
+    "server", "clients", "sessions", "upstream", "stats", "memory",
+];
 
 /// INFO [section ...]: Redis's `# Section` / `field:value` text.
-pub fn info(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+pub async fn info(
+    shared: &Shared,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
     let requested: Vec<String> = args
         .rest()
         .iter()
@@ -22,26 +28,38 @@ pub fn info(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandR
         || requested
             .iter()
             .any(|s| s == "all" || s == "everything" || s == "default");
+    let wanted = |section: &str| all || requested.iter().any(|s| s == section);
+    // The store-wide count is the upstream's in write-through mode: ask only
+    // when the section is wanted, and report -1 when it cannot be had.
+    let total = match wanted("sessions") {
+        true => shared
+            .sessions
+            .count(now_ms())
+            .await
+            .map_or(-1, |n| n as i64),
+        false => -1,
+    };
     let mut text = String::new();
     for section in SECTIONS {
-        if all || requested.iter().any(|s| s == section) {
+        if wanted(section) && (*section != "upstream" || shared.upstream().is_some()) {
             if !text.is_empty() {
                 text.push_str("\r\n");
             }
-            write_section(shared, section, &mut text);
+            write_section(shared, section, total, &mut text);
         }
     }
     out.verbatim(&text);
     Ok(())
 }
 
-fn write_section(shared: &Shared, section: &str, text: &mut String) {
+fn write_section(shared: &Shared, section: &str, sessions_total: i64, text: &mut String) {
     let now = now_ms();
     let mut title = section.to_string();
     title[..1].make_ascii_uppercase();
     let _ = write!(text, "# {title}\r\n");
     let m = &shared.metrics;
-    let store = &shared.store;
+    let sessions = &shared.sessions;
+    let stats = sessions.stats();
     let mut field = |name: &str, value: &dyn std::fmt::Display| {
         let _ = write!(text, "{name}:{value}\r\n");
     };
@@ -50,11 +68,11 @@ fn write_section(shared: &Shared, section: &str, text: &mut String) {
             field("redis_version", &crate::server::REDIS_VERSION);
             field("session_sidecar_version", &env!("CARGO_PKG_VERSION"));
             field("redis_mode", &"standalone");
-            field("sidecar_mode", &"standalone");
             field("os", &std::env::consts::OS);
             field("arch_bits", &(usize::BITS));
             field("process_id", &std::process::id());
-            field("node_id", &String::from_utf8_lossy(store.node()));
+            field("node_id", &String::from_utf8_lossy(sessions.node()));
+            field("mode", &shared.mode());
             field("advertise", &shared.advertise);
             field("tcp_port", &shared.listen_addr.port());
             field(
@@ -73,13 +91,36 @@ fn write_section(shared: &Shared, section: &str, text: &mut String) {
             field("pubsub_clients", &shared.pubsub_clients());
         }
         "sessions" => {
-            field("sessions", &store.count(now));
-            field("sessions_local", &store.count(now));
-            field("sessions_created", &m.load(&store.stats.created));
-            field("sessions_deleted", &m.load(&store.stats.deleted));
-            field("sessions_expired", &m.load(&store.stats.expired));
-            field("sessions_evicted", &m.load(&store.stats.evicted));
-            field("default_ttl_ms", &store.default_ttl_ms());
+            field("sessions", &sessions_total);
+            field("sessions_local", &sessions.count_local(now));
+            field("sessions_created", &m.load(&stats.created));
+            field("sessions_deleted", &m.load(&stats.deleted));
+            field("sessions_expired", &m.load(&stats.expired));
+            field("sessions_evicted", &m.load(&stats.evicted));
+            field("default_ttl_ms", &sessions.default_ttl_ms());
+        }
+        "upstream" => {
+            if let Some(store) = shared.upstream() {
+                let u = &store.upstream;
+                let w = &store.stats;
+                field("upstream_address", &u.address());
+                field("upstream_state", &u.state().as_str());
+                field(
+                    "upstream_last_latency_us",
+                    &m.load(&u.stats.last_latency_us),
+                );
+                field("upstream_commands", &u.stats.commands.get());
+                field("upstream_errors", &u.stats.errors.get());
+                field("upstream_unavailable", &u.stats.unavailable.get());
+                field("upstream_reconnects", &u.stats.reconnects.get());
+                field("upstream_invalidations", &u.stats.invalidations.get());
+                field("cache_trusted", &u8::from(store.cache.is_trusted()));
+                field("cache_hits", &m.load(&w.hits));
+                field("cache_misses", &m.load(&w.misses));
+                field("cache_evictions", &m.load(&store.cache.evictions));
+                field("heartbeats_absorbed", &m.load(&w.heartbeats_absorbed));
+                field("heartbeat_flushes", &m.load(&w.heartbeat_flushes));
+            }
         }
         "stats" => {
             field("total_connections_received", &m.connections.get());
@@ -90,16 +131,21 @@ fn write_section(shared: &Shared, section: &str, text: &mut String) {
             field("protocol_errors", &m.protocol_errors.get());
             field("auth_failures", &m.auth_failures.get());
             field("oom_rejections", &m.oom_rejections.get());
-            field("expired_keys", &m.load(&store.stats.expired));
+            field("expired_keys", &m.load(&stats.expired));
             field("pubsub_channels", &shared.pubsub.channel_count());
             field("pubsub_patterns", &shared.pubsub.pattern_count());
         }
         "memory" => {
-            field("used_memory", &store.memory());
-            field("used_memory_human", &human(store.memory() as u64));
+            field("used_memory", &sessions.memory());
+            field("used_memory_human", &human(sessions.memory() as u64));
             field("maxmemory", &shared.config.maxmemory);
             field("maxmemory_human", &human(shared.config.maxmemory));
-            field("maxmemory_policy", &"noeviction");
+            let policy = if sessions.refuses_writes_past_maxmemory() {
+                "noeviction"
+            } else {
+                "allkeys-random"
+            };
+            field("maxmemory_policy", &policy);
         }
         _ => {}
     }
@@ -265,7 +311,7 @@ pub fn config(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> Comman
         ("default-ttl", c.default_ttl.to_string()),
         (
             "node-id",
-            String::from_utf8_lossy(shared.store.node()).into_owned(),
+            String::from_utf8_lossy(shared.sessions.node()).into_owned(),
         ),
         ("advertise", shared.advertise.clone()),
         ("max-args", c.max_args.to_string()),

@@ -39,6 +39,48 @@ pub struct Config {
     #[arg(long, env = "SESSION_SIDECAR_LISTEN", default_value = "127.0.0.1:6380")]
     pub listen: SocketAddr,
 
+    /// Upstream Redis, the source of truth (write-through mode): redis://[user:pass@]host:port[/db].
+    /// Without it the sidecar runs standalone, its memory the whole store.
+    #[arg(long, env = "SESSION_SIDECAR_UPSTREAM", hide_env_values = true)]
+    pub upstream: Option<String>,
+
+    /// Milliseconds to wait for the upstream connection to open.
+    #[arg(
+        long,
+        env = "SESSION_SIDECAR_UPSTREAM_CONNECT_TIMEOUT_MS",
+        default_value_t = 500
+    )]
+    pub upstream_connect_timeout_ms: u64,
+
+    /// Milliseconds to wait for an upstream reply before failing the command.
+    #[arg(
+        long,
+        env = "SESSION_SIDECAR_UPSTREAM_TIMEOUT_MS",
+        default_value_t = 500
+    )]
+    pub upstream_timeout_ms: u64,
+
+    /// Seconds upstream keys outlive their session's expiry (the upstream cleans
+    /// itself even when every sidecar is gone).
+    #[arg(long, env = "SESSION_SIDECAR_KEY_MARGIN", default_value_t = 300)]
+    pub key_margin: u64,
+
+    /// Approximate length cap of the `<prefix>:events` stream (XADD MAXLEN ~).
+    #[arg(long, env = "SESSION_SIDECAR_EVENTS_MAXLEN", default_value_t = 100_000)]
+    pub events_maxlen: u64,
+
+    /// Milliseconds between batched writes of heartbeats answered from memory.
+    #[arg(
+        long,
+        env = "SESSION_SIDECAR_HEARTBEAT_FLUSH_MS",
+        default_value_t = 1000
+    )]
+    pub heartbeat_flush_ms: u64,
+
+    /// Milliseconds between claims of due expiries from the upstream.
+    #[arg(long, env = "SESSION_SIDECAR_SWEEP_INTERVAL_MS", default_value_t = 100)]
+    pub sweep_interval_ms: u64,
+
     /// HTTP listener for /metrics, /healthz and /readyz (port 0: any free port).
     #[arg(
         long,

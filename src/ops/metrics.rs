@@ -69,7 +69,8 @@ impl Metrics {
 /// The `/metrics` page.
 pub fn render(shared: &Shared) -> String {
     let m = &shared.metrics;
-    let store = &shared.store;
+    let sessions = &shared.sessions;
+    let stats = sessions.stats();
     let now = now_ms();
     let mut out = String::with_capacity(4096);
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
@@ -143,37 +144,37 @@ pub fn render(shared: &Shared) -> String {
         "sessions",
         "gauge",
         "Live sessions held.",
-        store.count(now) as u64,
+        sessions.count_local(now) as u64,
     );
     metric(
         "sessions_created_total",
         "counter",
         "Sessions created.",
-        m.load(&store.stats.created),
+        m.load(&stats.created),
     );
     metric(
         "sessions_deleted_total",
         "counter",
         "Sessions deleted.",
-        m.load(&store.stats.deleted),
+        m.load(&stats.deleted),
     );
     metric(
         "sessions_expired_total",
         "counter",
         "Sessions expired.",
-        m.load(&store.stats.expired),
+        m.load(&stats.expired),
     );
     metric(
         "sessions_evicted_total",
         "counter",
         "Sessions evicted by MAXPERUSER.",
-        m.load(&store.stats.evicted),
+        m.load(&stats.evicted),
     );
     metric(
         "memory_bytes",
         "gauge",
         "Approximate bytes held by sessions.",
-        store.memory() as u64,
+        sessions.memory() as u64,
     );
     metric(
         "maxmemory_bytes",

@@ -19,7 +19,9 @@ use crate::ops::config::Config;
 use crate::ops::metrics::Metrics;
 use crate::protocol::Limits;
 use crate::pubsub::PubSub;
-use crate::store::{SessionLimits, SessionStore, now_ms};
+use crate::sessions::Sessions;
+use crate::store::{Key, SessionLimits, SessionStore, now_ms};
+use crate::upstream::{Coherence, Timeouts, Upstream, WriteThrough, WriteThroughConfig};
 use client::ClientRegistry;
 
 /// The Redis version reported to clients (HELLO, INFO), for the clients that
@@ -29,7 +31,7 @@ pub const REDIS_VERSION: &str = "7.2.0";
 /// Everything the connection tasks share.
 pub struct Shared {
     pub config: Config,
-    pub store: Arc<SessionStore>,
+    pub sessions: Sessions,
     pub pubsub: Arc<PubSub>,
     pub metrics: Metrics,
     pub clients: ClientRegistry,
@@ -44,6 +46,22 @@ impl Shared {
     /// Serving and not shutting down.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// `standalone` or `write-through`.
+    pub fn mode(&self) -> &'static str {
+        match self.sessions {
+            Sessions::Standalone(_) => "standalone",
+            Sessions::WriteThrough(_) => "write-through",
+        }
+    }
+
+    /// The write-through store, when there is an upstream.
+    pub fn upstream(&self) -> Option<&WriteThrough> {
+        match &self.sessions {
+            Sessions::WriteThrough(store) => Some(store),
+            Sessions::Standalone(_) => None,
+        }
     }
 
     /// Clients with at least one subscription.
@@ -72,19 +90,12 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     let metrics_addr = metrics_listener.local_addr()?;
 
     let pubsub = Arc::new(PubSub::default());
-    let events = Arc::new(LocalEvents::new(&config.prefix, pubsub.clone()));
-    let limits = SessionLimits {
-        max_name_len: config.max_name_len,
-        max_value_len: usize::try_from(config.max_value_len).unwrap_or(usize::MAX),
-        max_attrs: config.max_attrs,
-        ..SessionLimits::default()
-    };
-    let store = Arc::new(SessionStore::new(
-        config.node_id().as_bytes(),
-        config.default_ttl.saturating_mul(1000),
-        limits,
-        events,
-    ));
+    let shutdown = CancellationToken::new();
+    // The upstream outlives the client connections: pending heartbeats are
+    // flushed through it after the last client is gone.
+    let upstream_shutdown = CancellationToken::new();
+    let background = TaskTracker::new();
+    let sessions = start_sessions(&config, &pubsub, &background, &upstream_shutdown)?;
     let shared = Arc::new(Shared {
         advertise: config
             .advertise
@@ -95,7 +106,7 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
             max_args: config.max_args,
         },
         config,
-        store: store.clone(),
+        sessions,
         pubsub,
         metrics: Metrics::default(),
         clients: ClientRegistry::default(),
@@ -104,8 +115,6 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
         ready: AtomicBool::new(false),
     });
 
-    let shutdown = CancellationToken::new();
-    let sweeper = tokio::spawn(store.run_sweeper());
     let http = tokio::spawn(crate::ops::http::serve(
         metrics_listener,
         shared.clone(),
@@ -115,7 +124,8 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     shared.ready.store(true, Ordering::Relaxed);
     tracing::info!(
         addr = %listen_addr,
-        node = %String::from_utf8_lossy(shared.store.node()),
+        node = %String::from_utf8_lossy(shared.sessions.node()),
+        mode = shared.mode(),
         version = env!("CARGO_PKG_VERSION"),
         "ready to accept connections"
     );
@@ -173,10 +183,87 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
             "clients still busy at the shutdown deadline"
         );
     }
-    sweeper.abort();
+    upstream_shutdown.cancel();
+    background.close();
+    if tokio::time::timeout(Duration::from_secs(2), background.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks did not stop in time");
+    }
     http.abort();
     tracing::info!("bye");
     Ok(())
+}
+
+/// The session store of the configured mode, with its background tasks
+/// (sweeper; or upstream connection, heartbeat flusher and expiry claims).
+fn start_sessions(
+    config: &Config,
+    pubsub: &Arc<PubSub>,
+    background: &TaskTracker,
+    upstream_shutdown: &CancellationToken,
+) -> Result<Sessions, BoxError> {
+    let limits = SessionLimits {
+        max_name_len: config.max_name_len,
+        max_value_len: usize::try_from(config.max_value_len).unwrap_or(usize::MAX),
+        max_attrs: config.max_attrs,
+        ..SessionLimits::default()
+    };
+    let node = config.node_id();
+    let default_ttl_ms = config.default_ttl.saturating_mul(1000);
+    let Some(url) = &config.upstream else {
+        let events = Arc::new(LocalEvents::new(&config.prefix, pubsub.clone()));
+        let store = Arc::new(SessionStore::new(
+            node.as_bytes(),
+            default_ttl_ms,
+            limits,
+            events,
+        ));
+        let sweeper = store.clone();
+        let stop = upstream_shutdown.clone();
+        background.spawn(async move {
+            tokio::select! {
+                _ = sweeper.run_sweeper() => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+        return Ok(Sessions::Standalone(store));
+    };
+    let timeouts = Timeouts {
+        connect: Duration::from_millis(config.upstream_connect_timeout_ms),
+        command: Duration::from_millis(config.upstream_timeout_ms),
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_secs(2),
+    };
+    let upstream = Arc::new(Upstream::new(url, timeouts)?);
+    let store = Arc::new(WriteThrough::new(
+        upstream.clone(),
+        WriteThroughConfig {
+            prefix: config.prefix.clone(),
+            node: Key::from(node.as_bytes()),
+            default_ttl_ms,
+            limits,
+            stream_maxlen: config.events_maxlen,
+            key_margin_ms: config.key_margin.saturating_mul(1000),
+            heartbeat_interval: Duration::from_millis(config.heartbeat_flush_ms.max(1)),
+            sweep_interval: Duration::from_millis(config.sweep_interval_ms.max(1)),
+            maxmemory: usize::try_from(config.maxmemory).unwrap_or(usize::MAX),
+        },
+        pubsub.clone(),
+    ));
+    let handler = Arc::new(Coherence {
+        store: store.clone(),
+    });
+    background.spawn(upstream.clone().supervise(
+        store.tracking_setup(),
+        vec![store.events_channel()],
+        handler,
+        upstream_shutdown.clone(),
+    ));
+    background.spawn(store.clone().run_background(upstream_shutdown.clone()));
+    tracing::info!(upstream = %upstream.address(), "write-through mode");
+    Ok(Sessions::WriteThrough(store))
 }
 
 /// Resolves with the signal's name on SIGTERM or SIGINT.

@@ -62,6 +62,10 @@ pub enum StoreError {
     NotInteger,
     Overflow,
     TooManyAttrs(usize),
+    /// Write-through mode: the upstream cannot be reached.
+    Unavailable,
+    /// Write-through mode: the upstream's own error, passed on verbatim.
+    Upstream(String),
 }
 
 impl StoreError {
@@ -75,6 +79,8 @@ impl StoreError {
             }
             StoreError::Overflow => "ERR increment or decrement would overflow".into(),
             StoreError::TooManyAttrs(max) => format!("ERR too many attributes (max {max})"),
+            StoreError::Unavailable => "TRYAGAIN upstream unavailable".into(),
+            StoreError::Upstream(message) => message.clone(),
         }
     }
 }

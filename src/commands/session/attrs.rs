@@ -7,7 +7,11 @@ use crate::server::Shared;
 use crate::store::now_ms;
 
 /// SESSION.ATTR.SET id name value [name value ...]
-pub fn attr_set(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+pub async fn attr_set(
+    shared: &Shared,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
     let id = args.required()?;
     if !args.remaining().is_multiple_of(2) {
         return Err(CommandError::err(
@@ -18,21 +22,28 @@ pub fn attr_set(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> Comm
     while !args.is_empty() {
         pairs.push(attribute(shared, args)?);
     }
-    let version = shared.store.attr_set(id, &pairs, now_ms())?;
+    let version = shared.sessions.attr_set(id, &pairs, now_ms()).await?;
     out.int(version as i64);
     Ok(())
 }
 
 /// SESSION.ATTR.GET id name [name ...]
-pub fn attr_get(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+pub async fn attr_get(
+    shared: &Shared,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
     let id = args.required()?;
     let names = args.rest();
-    let found = shared.store.read(id, now_ms(), |s| {
-        out.array(names.len());
-        for name in names {
-            out.bulk_or_null(s.attr(name));
-        }
-    });
+    let found = shared
+        .sessions
+        .read(id, now_ms(), |s| {
+            out.array(names.len());
+            for name in names {
+                out.bulk_or_null(s.attr(name));
+            }
+        })
+        .await?;
     if found.is_none() {
         out.null();
     }
@@ -40,19 +51,30 @@ pub fn attr_get(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> Comm
 }
 
 /// SESSION.ATTR.DEL id name [name ...]
-pub fn attr_del(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+pub async fn attr_del(
+    shared: &Shared,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
     let id = args.required()?;
-    let removed = shared.store.attr_del(id, args.rest(), now_ms());
+    let removed = shared.sessions.attr_del(id, args.rest(), now_ms()).await?;
     out.int(removed as i64);
     Ok(())
 }
 
 /// SESSION.ATTR.INCRBY id name increment
-pub fn attr_incrby(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+pub async fn attr_incrby(
+    shared: &Shared,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
     let id = args.required()?;
     let attr = name(shared, args, "attribute name")?;
     let increment = args.integer()?;
-    let value = shared.store.attr_incrby(id, attr, increment, now_ms())?;
+    let value = shared
+        .sessions
+        .attr_incrby(id, attr, increment, now_ms())
+        .await?;
     out.int(value);
     Ok(())
 }

@@ -7,15 +7,23 @@ use crate::server::Shared;
 use crate::store::now_ms;
 
 /// SESSION.BIND id conn: the new version.
-pub fn bind(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+pub async fn bind(
+    shared: &Shared,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
     let id = args.required()?;
     let conn = name(shared, args, "conn")?;
-    out.int(shared.store.bind(id, conn, now_ms())? as i64);
+    out.int(shared.sessions.bind(id, conn, now_ms()).await? as i64);
     Ok(())
 }
 
 /// SESSION.UNBIND id [GRACE seconds]: the new version.
-pub fn unbind(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+pub async fn unbind(
+    shared: &Shared,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
     let id = args.required()?;
     let grace = match args.keyword() {
         None => None,
@@ -29,13 +37,18 @@ pub fn unbind(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> Comman
         Some(_) => return Err(CommandError::Syntax),
     };
     args.finish()?;
-    out.int(shared.store.unbind(id, grace, now_ms())? as i64);
+    out.int(shared.sessions.unbind(id, grace, now_ms()).await? as i64);
     Ok(())
 }
 
 /// SESSION.BYCONN conn: the bound session's id, or nil.
-pub fn byconn(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+pub async fn byconn(
+    shared: &Shared,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
     let conn = args.required()?;
-    out.bulk_or_null(shared.store.by_conn(conn, now_ms()).as_deref());
+    let id = shared.sessions.by_conn(conn, now_ms()).await?;
+    out.bulk_or_null(id.as_deref());
     Ok(())
 }

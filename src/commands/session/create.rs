@@ -6,7 +6,11 @@ use crate::protocol::ReplyWriter;
 use crate::server::Shared;
 use crate::store::{CreateSession, now_ms};
 
-pub fn create(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+pub async fn create(
+    shared: &Shared,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
     let mut request = CreateSession::default();
     while let Some(keyword) = args.keyword() {
         if keyword.is("ID") && request.id.is_none() {
@@ -34,13 +38,13 @@ pub fn create(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> Comman
     if request.max_per_user.is_some() && request.user.is_none() {
         return Err(CommandError::err("ERR MAXPERUSER requires USER"));
     }
-    let max_attrs = shared.store.limits().max_attrs;
+    let max_attrs = shared.sessions.limits().max_attrs;
     if request.attrs.len() > max_attrs {
         return Err(CommandError::err(format!(
             "ERR too many attributes (max {max_attrs})"
         )));
     }
-    let id = shared.store.create(request, now_ms())?;
+    let id = shared.sessions.create(request, now_ms()).await?;
     out.bulk(&id);
     Ok(())
 }

@@ -6,33 +6,44 @@ use crate::server::Shared;
 use crate::store::now_ms;
 
 /// SESSION.TOUCH id: ms left after the heartbeat, or -2.
-pub fn touch(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+pub async fn touch(
+    shared: &Shared,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
     let id = args.required()?;
-    out.int(shared.store.touch(id, now_ms()).map_or(-2, |ms| ms as i64));
+    let left = shared.sessions.touch(id, now_ms()).await?;
+    out.int(left.map_or(-2, |ms| ms as i64));
     Ok(())
 }
 
 /// SESSION.TTL id: ms left, or -2.
-pub fn ttl(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+pub async fn ttl(shared: &Shared, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let id = args.required()?;
-    out.int(shared.store.ttl(id, now_ms()).map_or(-2, |ms| ms as i64));
+    let left = shared.sessions.ttl(id, now_ms()).await?;
+    out.int(left.map_or(-2, |ms| ms as i64));
     Ok(())
 }
 
 /// SESSION.EXPIRE id seconds: 1, or 0 when missing. A ttl of zero or less
 /// deletes the session, as Redis's EXPIRE does with a time in the past.
-pub fn expire(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+pub async fn expire(
+    shared: &Shared,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
     let id = args.required()?;
     let seconds = args.integer()?;
     let now = now_ms();
     if seconds <= 0 {
         let deleted = shared
-            .store
-            .delete(std::slice::from_ref(id), now, Some("expire"));
+            .sessions
+            .delete(std::slice::from_ref(id), now, Some("expire"))
+            .await?;
         out.int(deleted as i64);
         return Ok(());
     }
     let ttl = super::checked_ttl(shared, seconds, 1000)?;
-    out.int(i64::from(shared.store.expire(id, ttl, now)));
+    out.int(i64::from(shared.sessions.expire(id, ttl, now).await?));
     Ok(())
 }

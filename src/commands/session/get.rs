@@ -6,16 +6,19 @@ use crate::protocol::ReplyWriter;
 use crate::server::Shared;
 use crate::store::now_ms;
 
-pub fn get(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+pub async fn get(shared: &Shared, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let id = args.required()?;
     let json = args.trailing_flag("JSON")?;
-    let found = shared.store.read(id, now_ms(), |s| {
-        if json {
-            out.bulk(&s.to_json(id));
-        } else {
-            write_session(out, id, s);
-        }
-    });
+    let found = shared
+        .sessions
+        .read(id, now_ms(), |s| {
+            if json {
+                out.bulk(&s.to_json(id));
+            } else {
+                write_session(out, id, s);
+            }
+        })
+        .await?;
     if found.is_none() {
         out.null();
     }

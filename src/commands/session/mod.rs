@@ -65,7 +65,7 @@ fn name<'a>(shared: &Shared, args: &mut Args<'a>, what: &str) -> Result<&'a Byte
 }
 
 fn check_name(shared: &Shared, value: &[u8], what: &str) -> Result<(), CommandError> {
-    let max = shared.store.limits().max_name_len;
+    let max = shared.sessions.limits().max_name_len;
     if value.len() > max {
         return Err(CommandError::err(format!(
             "ERR {what} is longer than {max} bytes"
@@ -78,7 +78,7 @@ fn check_name(shared: &Shared, value: &[u8], what: &str) -> Result<(), CommandEr
 fn attribute(shared: &Shared, args: &mut Args) -> Result<(Bytes, Bytes), CommandError> {
     let name = name(shared, args, "attribute name")?.clone();
     let value = args.required()?.clone();
-    let max = shared.store.limits().max_value_len;
+    let max = shared.sessions.limits().max_value_len;
     if value.len() > max {
         return Err(CommandError::err(format!(
             "ERR attribute value is longer than {max} bytes"
@@ -96,7 +96,7 @@ fn ttl_ms(shared: &Shared, args: &mut Args, unit_ms: i64) -> Result<u64, Command
 fn checked_ttl(shared: &Shared, value: i64, unit_ms: i64) -> Result<u64, CommandError> {
     let ms = value
         .checked_mul(unit_ms)
-        .filter(|&ms| shared.store.valid_ttl(ms));
+        .filter(|&ms| shared.sessions.valid_ttl(ms));
     ms.map(|ms| ms as u64)
         .ok_or_else(|| CommandError::err("ERR invalid TTL"))
 }

@@ -7,23 +7,26 @@ use crate::server::Shared;
 use crate::store::now_ms;
 
 /// SESSION.EXISTS id [id ...]: how many are live.
-pub fn exists(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
-    let now = now_ms();
-    let live = args
-        .rest()
-        .iter()
-        .filter(|id| shared.store.exists(id, now))
-        .count();
+pub async fn exists(
+    shared: &Shared,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
+    let live = shared.sessions.exists(args.rest(), now_ms()).await?;
     out.int(live as i64);
     Ok(())
 }
 
 /// SESSION.BYUSER user [WITHSESSIONS]: ids (or sessions), oldest first.
-pub fn byuser(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+pub async fn byuser(
+    shared: &Shared,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
     let user = args.required()?;
     let with_sessions = args.trailing_flag("WITHSESSIONS")?;
     let now = now_ms();
-    let ids = shared.store.by_user(user, now);
+    let ids = shared.sessions.by_user(user, now).await?;
     if !with_sessions {
         out.array(ids.len());
         for id in &ids {
@@ -38,13 +41,11 @@ pub fn byuser(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> Comman
     {
         let mut scratch = ReplyWriter::new(&mut sessions, out.protocol());
         for id in &ids {
-            if shared
-                .store
+            let found = shared
+                .sessions
                 .read(id, now, |s| write_session(&mut scratch, id, s))
-                .is_some()
-            {
-                written += 1;
-            }
+                .await?;
+            written += usize::from(found.is_some());
         }
     }
     out.array(written);
@@ -52,25 +53,34 @@ pub fn byuser(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> Comman
     Ok(())
 }
 
-/// SESSION.COUNT [LOCAL]: live sessions (standalone: the store is local).
-pub fn count(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
-    // Standalone, the local store is the whole store: LOCAL changes nothing.
-    args.trailing_flag("LOCAL")?;
-    out.int(shared.store.count(now_ms()) as i64);
+/// SESSION.COUNT [LOCAL]: live sessions in the store, or (LOCAL) held in
+/// this sidecar's memory.
+pub async fn count(
+    shared: &Shared,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
+    let now = now_ms();
+    let count = if args.trailing_flag("LOCAL")? {
+        shared.sessions.count_local(now)
+    } else {
+        shared.sessions.count(now).await?
+    };
+    out.int(count as i64);
     Ok(())
 }
 
-/// SESSION.NODES: the live sidecars known to this one (standalone: itself).
+/// SESSION.NODES: the live sidecars known to this one (for now: itself).
 pub fn nodes(shared: &Shared, out: &mut ReplyWriter) -> CommandResult {
     let now = now_ms();
     out.array(1);
     out.map(5);
     out.bulk(b"node");
-    out.bulk(shared.store.node());
+    out.bulk(shared.sessions.node());
     out.bulk(b"addr");
     out.bulk(shared.advertise.as_bytes());
     out.bulk(b"sessions");
-    out.int(shared.store.count(now) as i64);
+    out.int(shared.sessions.count_local(now) as i64);
     out.bulk(b"last_seen");
     out.int(now as i64);
     out.bulk(b"self");

@@ -7,7 +7,11 @@ use crate::protocol::ReplyWriter;
 use crate::server::Shared;
 use crate::store::{Status, UpdateSession, now_ms};
 
-pub fn update(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+pub async fn update(
+    shared: &Shared,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
     let id = args.required()?;
     let mut request = UpdateSession::default();
     while let Some(keyword) = args.keyword() {
@@ -33,7 +37,7 @@ pub fn update(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> Comman
             return Err(CommandError::Syntax);
         }
     }
-    let version = shared.store.update(id, &request, now_ms())?;
+    let version = shared.sessions.update(id, &request, now_ms()).await?;
     out.int(version as i64);
     Ok(())
 }

@@ -1,0 +1,311 @@
+//! The one place the sidecar talks to the upstream Redis: a supervised RESP3
+//! connection (redis-rs's multiplexed connection: concurrent requests are
+//! pipelined on it), its state, and its counters.
+//!
+//! The supervisor connects with a timeout, sets the connection up (client-side
+//! caching in broadcast mode on the session prefix, the events channel), and
+//! hands every push (invalidations, events, the library's own disconnection
+//! notice) to the [`PushHandler`]. When the connection drops it is marked down
+//! at once, so that calls fail fast instead of queueing, and it reconnects with
+//! jittered exponential backoff.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, RedisError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ops::metrics::Counter;
+
+/// What happens to pushes and reconnections.
+pub trait PushHandler: Send + Sync + 'static {
+    /// The connection is up and set up again: whatever was cached before
+    /// cannot be trusted (invalidations may have been missed).
+    fn connected(&self);
+    /// The connection dropped.
+    fn disconnected(&self);
+    /// Keys changed by another client (`None`: everything, e.g. FLUSHALL).
+    fn invalidate(&self, keys: Option<Vec<Vec<u8>>>);
+    /// A message on a subscribed channel.
+    fn message(&self, channel: Vec<u8>, payload: Vec<u8>);
+}
+
+/// Timeouts and the backoff of the upstream connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub command: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    Connecting = 0,
+    Up = 1,
+    Down = 2,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Up => "up",
+            State::Down => "down",
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct UpstreamStats {
+    pub commands: Counter,
+    pub errors: Counter,
+    pub unavailable: Counter,
+    pub reconnects: Counter,
+    pub invalidations: Counter,
+    /// Latency of the last command, in microseconds.
+    pub last_latency_us: AtomicU64,
+}
+
+pub struct Upstream {
+    client: Client,
+    address: String,
+    connection: RwLock<Option<MultiplexedConnection>>,
+    state: AtomicU8,
+    timeouts: Timeouts,
+    pub stats: UpstreamStats,
+}
+
+/// Why an upstream call failed.
+#[derive(Debug)]
+pub enum CallError {
+    /// Not connected, or the connection failed under the call.
+    Unavailable,
+    /// The upstream answered with an error (verbatim).
+    Reply(String),
+}
+
+impl Upstream {
+    /// Parses the URL; connecting is the supervisor's job.
+    pub fn new(url: &str, timeouts: Timeouts) -> Result<Upstream, String> {
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(|e| format!("invalid --upstream: {e}"))?;
+        let address = info.addr().to_string();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(settings))
+            .map_err(|e| format!("invalid --upstream: {e}"))?;
+        Ok(Upstream {
+            client,
+            address,
+            connection: RwLock::new(None),
+            state: AtomicU8::new(State::Connecting as u8),
+            timeouts,
+            stats: UpstreamStats::default(),
+        })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub fn state(&self) -> State {
+        match self.state.load(Ordering::Relaxed) {
+            1 => State::Up,
+            2 => State::Down,
+            _ => State::Connecting,
+        }
+    }
+
+    fn set_connection(&self, connection: Option<MultiplexedConnection>, state: State) {
+        *self.connection.write().unwrap_or_else(|p| p.into_inner()) = connection;
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// The live connection, or `Unavailable` at once when there is none.
+    fn connection(&self) -> Result<MultiplexedConnection, CallError> {
+        let connection = self
+            .connection
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        connection.ok_or_else(|| {
+            self.stats.unavailable.inc();
+            CallError::Unavailable
+        })
+    }
+
+    /// Runs a command (or a script invocation) on the upstream.
+    pub async fn call<T: redis::FromRedisValue>(
+        &self,
+        run: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
+    ) -> Result<T, CallError> {
+        let mut connection = self.connection()?;
+        let started = Instant::now();
+        self.stats.commands.inc();
+        let result = run(&mut connection).await;
+        self.stats
+            .last_latency_us
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        result.map_err(|error| self.classify(error))
+    }
+
+    fn classify(&self, error: RedisError) -> CallError {
+        if error.is_io_error()
+            || error.is_timeout()
+            || error.is_connection_dropped()
+            || error.is_unrecoverable_error()
+        {
+            self.stats.unavailable.inc();
+            tracing::debug!(%error, "upstream call failed");
+            return CallError::Unavailable;
+        }
+        self.stats.errors.inc();
+        let message = match (error.code(), error.detail()) {
+            (Some(code), Some(detail)) => format!("{code} {detail}"),
+            (Some(code), None) => code.to_string(),
+            _ => format!("ERR upstream: {error}"),
+        };
+        CallError::Reply(message)
+    }
+
+    /// Keeps the connection up until `shutdown`: connect, set up, serve pushes,
+    /// and reconnect with jittered exponential backoff when it drops.
+    pub async fn supervise(
+        self: Arc<Self>,
+        setup: Vec<redis::Cmd>,
+        subscribe: Vec<Vec<u8>>,
+        handler: Arc<dyn PushHandler>,
+        shutdown: CancellationToken,
+    ) {
+        let mut attempt: u32 = 0;
+        loop {
+            let (tx, mut rx) = mpsc::unbounded_channel::<PushInfo>();
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(self.timeouts.connect))
+                .set_response_timeout(Some(self.timeouts.command))
+                .set_push_sender(tx);
+            let connected = tokio::select! {
+                connected = self.connect(&config, &setup, &subscribe) => connected,
+                _ = shutdown.cancelled() => return,
+            };
+            match connected {
+                Ok(connection) => {
+                    if attempt > 0 || self.state() == State::Down {
+                        self.stats.reconnects.inc();
+                    }
+                    attempt = 0;
+                    self.set_connection(Some(connection), State::Up);
+                    handler.connected();
+                    tracing::info!(upstream = %self.address, "upstream connected");
+                    let dropped = tokio::select! {
+                        _ = Self::serve_pushes(&mut rx, handler.as_ref(), &self.stats) => true,
+                        _ = shutdown.cancelled() => false,
+                    };
+                    self.set_connection(None, State::Down);
+                    handler.disconnected();
+                    if !dropped {
+                        return;
+                    }
+                    tracing::warn!(upstream = %self.address, "upstream connection lost; reconnecting");
+                }
+                Err(error) => {
+                    if self.state() != State::Down {
+                        tracing::warn!(upstream = %self.address, %error, "cannot reach the upstream; retrying");
+                    }
+                    self.set_connection(None, State::Down);
+                    handler.disconnected();
+                }
+            }
+            let delay = self.backoff(attempt);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn connect(
+        &self,
+        config: &AsyncConnectionConfig,
+        setup: &[redis::Cmd],
+        subscribe: &[Vec<u8>],
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        let span = tracing::debug_span!("upstream_connect", upstream = %self.address);
+        let _entered = span.enter();
+        let mut connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(config)
+            .await?;
+        for command in setup {
+            command.exec_async(&mut connection).await?;
+        }
+        for channel in subscribe {
+            connection.subscribe(channel).await?;
+        }
+        Ok(connection)
+    }
+
+    /// Serves pushes until the connection reports its end.
+    async fn serve_pushes(
+        rx: &mut mpsc::UnboundedReceiver<PushInfo>,
+        handler: &dyn PushHandler,
+        stats: &UpstreamStats,
+    ) {
+        while let Some(push) = rx.recv().await {
+            match push.kind {
+                PushKind::Disconnection => return,
+                PushKind::Invalidate => {
+                    stats.invalidations.inc();
+                    handler.invalidate(invalidated_keys(push.data));
+                }
+                PushKind::Message => {
+                    let mut data = push.data.into_iter();
+                    if let (Some(channel), Some(payload)) = (data.next(), data.next())
+                        && let (Some(channel), Some(payload)) =
+                            (bytes_of(channel), bytes_of(payload))
+                    {
+                        handler.message(channel, payload);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Full jitter: a random delay up to min(max, min * 2^attempt).
+    fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .timeouts
+            .backoff_min
+            .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+            .min(self.timeouts.backoff_max);
+        let random = RandomState::new().hash_one(attempt);
+        let millis = ceiling.as_millis().max(1) as u64;
+        Duration::from_millis(self.timeouts.backoff_min.as_millis() as u64 / 2 + random % millis)
+    }
+}
+
+/// The keys of an `invalidate` push: an array of keys, or nil for "all".
+fn invalidated_keys(data: Vec<redis::Value>) -> Option<Vec<Vec<u8>>> {
+    match data.into_iter().next()? {
+        redis::Value::Array(keys) => Some(keys.into_iter().filter_map(bytes_of).collect()),
+        _ => None,
+    }
+}
+
+fn bytes_of(value: redis::Value) -> Option<Vec<u8>> {
+    match value {
+        redis::Value::BulkString(bytes) => Some(bytes),
+        redis::Value::SimpleString(text) => Some(text.into_bytes()),
+        _ => None,
+    }
+}

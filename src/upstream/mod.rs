@@ -1,0 +1,11 @@
+//! Write-through to an upstream Redis: the connection ([`connection`]), the
+//! server-side script that applies every change atomically
+//! (`sessions.lua`), the coherent hot cache ([`cache`]) and the store that
+//! puts them together ([`store`]).
+
+pub mod cache;
+pub mod connection;
+pub mod store;
+
+pub use connection::{Timeouts, Upstream};
+pub use store::{Coherence, WriteThrough, WriteThroughConfig};

@@ -1,0 +1,445 @@
+-- session-sidecar's server-side library: every change to a session and its
+-- indexes happens in one call of this script, atomically, on the upstream.
+--
+-- Call: EVALSHA <sha> <numkeys> <keys...> <op> <prefix> <now> <node> <stream-maxlen> <margin> <args...>
+-- The keys are the ones the operation touches (declared for Redis), the
+-- operation reads the rest of its arguments itself. Key layout (prefix P):
+--   P:s:{id}      hash    the session: id user conn status node created
+--                         last_active expires ttl version, attributes as a:<name>
+--   P:u:{user}    zset    the user's session ids, score = created (ms)
+--   P:c:{conn}    string  the id of the session bound to the connection
+--   P:x           zset    every session id, score = expires (ms): the expiry index
+--   P:events      stream  lifecycle events (and the pub/sub channel of that name)
+-- Every key carries a PEXPIREAT of its session's expiry plus a margin, so the
+-- upstream cleans itself if every sidecar is gone.
+
+local op = ARGV[1]
+local P = ARGV[2]
+local now = tonumber(ARGV[3])
+local node = ARGV[4]
+local maxlen = tonumber(ARGV[5])
+local margin = tonumber(ARGV[6])
+local argi = 7
+
+local function arg()
+  local v = ARGV[argi]
+  argi = argi + 1
+  return v
+end
+
+local function skey(id) return P .. ':s:{' .. id .. '}' end
+local function ukey(user) return P .. ':u:{' .. user .. '}' end
+local function ckey(conn) return P .. ':c:{' .. conn .. '}' end
+local xkey = P .. ':x'
+local events = P .. ':events'
+
+-- Every session this call changed or removed: the caller drops its copies
+-- of them (its own writes send it no invalidations).
+local touched = {}
+local function done(result) return { result, touched } end
+
+-- The session as a table of fields, or nil.
+local function load(id)
+  local flat = redis.call('HGETALL', skey(id))
+  if #flat == 0 then return nil end
+  local s = {}
+  for i = 1, #flat, 2 do s[flat[i]] = flat[i + 1] end
+  return s
+end
+
+local function live(s) return s ~= nil and tonumber(s.expires) > now end
+
+local function publish(kind, id, s, reason)
+  local fields = { 'event', kind, 'id', id }
+  local message = { event = kind, id = id, user = cjson.null, conn = cjson.null, node = s.node, at = now }
+  if s.user then table.insert(fields, 'user'); table.insert(fields, s.user); message.user = s.user end
+  if s.conn then table.insert(fields, 'conn'); table.insert(fields, s.conn); message.conn = s.conn end
+  table.insert(fields, 'node'); table.insert(fields, s.node)
+  table.insert(fields, 'at'); table.insert(fields, tostring(now))
+  if reason then table.insert(fields, 'reason'); table.insert(fields, reason); message.reason = reason end
+  redis.call('PUBLISH', events, cjson.encode(message))
+  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+end
+
+-- Keeps a key alive at least until `at` + margin.
+local function keep(key, at)
+  local deadline = at + margin
+  if redis.call('PTTL', key) == -1 then
+    redis.call('PEXPIREAT', key, deadline)
+  else
+    redis.call('PEXPIREAT', key, deadline, 'GT')
+  end
+end
+
+-- Removes a session and its index entries; publishes `kind` (deleted or expired).
+local function remove(id, s, kind, reason)
+  table.insert(touched, id)
+  redis.call('DEL', skey(id))
+  redis.call('ZREM', xkey, id)
+  if s.user then redis.call('ZREM', ukey(s.user), id) end
+  if s.conn and redis.call('GET', ckey(s.conn)) == id then redis.call('DEL', ckey(s.conn)) end
+  publish(kind, id, s, reason)
+end
+
+-- Removes a session found dead (expired) if it is there: each expiry is
+-- acted on, and published, once.
+local function reap(id, s)
+  if s ~= nil and not live(s) then remove(id, s, 'expired', nil) end
+end
+
+local function bump(id, s)
+  table.insert(touched, id)
+  s.version = tostring(tonumber(s.version) + 1)
+  s.last_active = tostring(now)
+  redis.call('HSET', skey(id), 'version', s.version, 'last_active', s.last_active)
+end
+
+local function set_expiry(id, s, expires)
+  s.expires = tostring(expires)
+  redis.call('HSET', skey(id), 'expires', s.expires)
+  redis.call('ZADD', xkey, expires, id)
+  keep(skey(id), expires)
+  if s.user then keep(ukey(s.user), expires) end
+  if s.conn then keep(ckey(s.conn), expires) end
+end
+
+-- Takes `conn` from whichever other session holds it.
+local function take_conn(conn, id)
+  local holder = redis.call('GET', ckey(conn))
+  if holder and holder ~= id then
+    local other = load(holder)
+    if other and other.conn == conn then
+      table.insert(touched, holder)
+      redis.call('HDEL', skey(holder), 'conn')
+      redis.call('HSET', skey(holder), 'status', 'disconnected')
+      if live(other) then
+        bump(holder, other)
+        publish('unbound', holder, other, 'rebound')
+      end
+    end
+  end
+end
+
+local function bind_conn(id, s, conn)
+  take_conn(conn, id)
+  if s.conn and s.conn ~= conn and redis.call('GET', ckey(s.conn)) == id then
+    redis.call('DEL', ckey(s.conn))
+  end
+  s.conn = conn
+  redis.call('HSET', skey(id), 'conn', conn)
+  redis.call('SET', ckey(conn), id)
+  keep(ckey(conn), tonumber(s.expires))
+end
+
+local function must_load(id)
+  local s = load(id)
+  if not live(s) then
+    reap(id, s)
+    return nil
+  end
+  return s
+end
+
+local function nosession() return redis.error_reply('NOSESSION no such session') end
+
+local function reply(id) return redis.call('HGETALL', skey(id)) end
+
+local function attr_count(id)
+  local n = 0
+  for _, field in ipairs(redis.call('HKEYS', skey(id))) do
+    if string.sub(field, 1, 2) == 'a:' then n = n + 1 end
+  end
+  return n
+end
+
+if op == 'create' then
+  local id, user, conn = arg(), arg(), arg()
+  local ttl, max_per_user, max_attrs = tonumber(arg()), tonumber(arg()), tonumber(arg())
+  local existing = load(id)
+  if live(existing) then return redis.error_reply('EXISTS session already exists') end
+  reap(id, existing)
+  if user ~= '' and max_per_user > 0 then
+    local ids = redis.call('ZRANGE', ukey(user), 0, -1)
+    local alive = {}
+    for _, other in ipairs(ids) do
+      local s = load(other)
+      if live(s) then table.insert(alive, other) else
+        reap(other, s)
+        redis.call('ZREM', ukey(user), other)
+      end
+    end
+    for i = 1, #alive + 1 - max_per_user do
+      remove(alive[i], load(alive[i]), 'deleted', 'evicted')
+    end
+  end
+  local expires = now + ttl
+  local fields = { 'id', id, 'status', 'active', 'node', node, 'created', now,
+    'last_active', now, 'expires', expires, 'ttl', ttl, 'version', 1 }
+  if user ~= '' then table.insert(fields, 'user'); table.insert(fields, user) end
+  while argi <= #ARGV do
+    table.insert(fields, 'a:' .. arg())
+    table.insert(fields, arg())
+  end
+  redis.call('HSET', skey(id), unpack(fields))
+  if attr_count(id) > max_attrs then
+    redis.call('DEL', skey(id))
+    return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')')
+  end
+  local s = load(id)
+  if user ~= '' then redis.call('ZADD', ukey(user), now, id) end
+  if conn ~= '' then bind_conn(id, s, conn) end
+  set_expiry(id, s, expires)
+  publish('created', id, s, nil)
+  return done(reply(id))
+
+elseif op == 'attr_set' then
+  local id, max_attrs = arg(), tonumber(arg())
+  local s = must_load(id)
+  if not s then return nosession() end
+  local fields = {}
+  while argi <= #ARGV do
+    table.insert(fields, 'a:' .. arg())
+    table.insert(fields, arg())
+  end
+  local before = redis.call('HMGET', skey(id), unpack(fields))
+  redis.call('HSET', skey(id), unpack(fields))
+  if attr_count(id) > max_attrs then
+    -- Put back what was there: a refused write changes nothing.
+    for i = 1, #fields, 2 do
+      local old = before[(i + 1) / 2]
+      if old then redis.call('HSET', skey(id), fields[i], old) else redis.call('HDEL', skey(id), fields[i]) end
+    end
+    return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')')
+  end
+  bump(id, s)
+  return done(reply(id))
+
+elseif op == 'attr_del' then
+  local id = arg()
+  local s = must_load(id)
+  if not s then return done({ 0, false }) end
+  local fields = {}
+  while argi <= #ARGV do table.insert(fields, 'a:' .. arg()) end
+  local removed = redis.call('HDEL', skey(id), unpack(fields))
+  if removed > 0 then bump(id, s) end
+  return done({ removed, reply(id) })
+
+elseif op == 'attr_incrby' then
+  local id, name, increment, max_attrs = arg(), arg(), tonumber(arg()), tonumber(arg())
+  local s = must_load(id)
+  if not s then return nosession() end
+  local current = redis.call('HGET', skey(id), 'a:' .. name)
+  if not current and attr_count(id) >= max_attrs then
+    return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')')
+  end
+  if current and not string.match(current, '^%-?%d+$') then
+    return redis.error_reply('ERR attribute value is not an integer or out of range')
+  end
+  local ok, value = pcall(redis.call, 'HINCRBY', skey(id), 'a:' .. name, increment)
+  if not ok then
+    if string.find(tostring(value.err or value), 'overflow') then
+      return redis.error_reply('ERR increment or decrement would overflow')
+    end
+    return redis.error_reply('ERR attribute value is not an integer or out of range')
+  end
+  bump(id, s)
+  return done({ value, reply(id) })
+
+elseif op == 'update' then
+  local id, if_version, user, conn, status, ttl = arg(), arg(), arg(), arg(), arg(), arg()
+  local has_user, has_conn = arg() == '1', arg() == '1'
+  local max_attrs, nsets = tonumber(arg()), tonumber(arg())
+  local s = must_load(id)
+  if not s then return nosession() end
+  if if_version ~= '' and if_version ~= s.version then
+    return redis.error_reply('CONFLICT version is ' .. s.version)
+  end
+  local sets = {}
+  for _ = 1, nsets do
+    table.insert(sets, 'a:' .. arg())
+    table.insert(sets, arg())
+  end
+  local dels = {}
+  while argi <= #ARGV do table.insert(dels, 'a:' .. arg()) end
+  -- The attribute limit is checked before anything changes.
+  local names = {}
+  for _, field in ipairs(redis.call('HKEYS', skey(id))) do
+    if string.sub(field, 1, 2) == 'a:' then names[field] = true end
+  end
+  for i = 1, #sets, 2 do names[sets[i]] = true end
+  for _, field in ipairs(dels) do names[field] = nil end
+  local n = 0
+  for _ in pairs(names) do n = n + 1 end
+  if n > max_attrs then return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')') end
+  if #sets > 0 then redis.call('HSET', skey(id), unpack(sets)) end
+  if #dels > 0 then redis.call('HDEL', skey(id), unpack(dels)) end
+  if status ~= '' then
+    s.status = status
+    redis.call('HSET', skey(id), 'status', status)
+  end
+  if has_user then
+    if s.user then redis.call('ZREM', ukey(s.user), id) end
+    s.user = user
+    redis.call('HSET', skey(id), 'user', user)
+    redis.call('ZADD', ukey(user), tonumber(s.created), id)
+  end
+  if ttl ~= '' then
+    redis.call('HSET', skey(id), 'ttl', ttl)
+    s.ttl = ttl
+    set_expiry(id, s, now + tonumber(ttl))
+  else
+    set_expiry(id, s, tonumber(s.expires))
+  end
+  if has_conn then
+    bind_conn(id, s, conn)
+    s.node = node
+    redis.call('HSET', skey(id), 'node', node)
+    if status == '' then redis.call('HSET', skey(id), 'status', 'active'); s.status = 'active' end
+  end
+  bump(id, s)
+  if has_conn then publish('bound', id, s, nil) end
+  return done(reply(id))
+
+elseif op == 'touch' then
+  -- The heartbeat that may extend: slides the expiry only when less than
+  -- half the ttl remains; otherwise only last_active moves.
+  local id = arg()
+  local s = must_load(id)
+  if not s then return done(false) end
+  local left, ttl = tonumber(s.expires) - now, tonumber(s.ttl)
+  if left * 2 < ttl then
+    set_expiry(id, s, now + ttl)
+    bump(id, s)
+  elseif tonumber(s.last_active) < now then
+    redis.call('HSET', skey(id), 'last_active', now)
+  end
+  return done(reply(id))
+
+elseif op == 'expire' then
+  local id, ttl = arg(), tonumber(arg())
+  local s = must_load(id)
+  if not s then return done(false) end
+  redis.call('HSET', skey(id), 'ttl', ttl)
+  set_expiry(id, s, now + ttl)
+  bump(id, s)
+  return done(reply(id))
+
+elseif op == 'delete' then
+  local reason = arg()
+  if reason == '' then reason = nil end
+  local deleted = 0
+  while argi <= #ARGV do
+    local id = arg()
+    local s = load(id)
+    if live(s) then
+      remove(id, s, 'deleted', reason)
+      deleted = deleted + 1
+    else
+      reap(id, s)
+    end
+  end
+  return done(deleted)
+
+elseif op == 'killuser' then
+  local user = arg()
+  local deleted = 0
+  for _, id in ipairs(redis.call('ZRANGE', ukey(user), 0, -1)) do
+    local s = load(id)
+    if live(s) and s.user == user then
+      remove(id, s, 'deleted', 'killuser')
+      deleted = deleted + 1
+    else
+      reap(id, s)
+      redis.call('ZREM', ukey(user), id)
+    end
+  end
+  return done(deleted)
+
+elseif op == 'bind' then
+  local id, conn = arg(), arg()
+  local s = must_load(id)
+  if not s then return nosession() end
+  bind_conn(id, s, conn)
+  s.status, s.node = 'active', node
+  redis.call('HSET', skey(id), 'status', 'active', 'node', node)
+  set_expiry(id, s, now + tonumber(s.ttl))
+  bump(id, s)
+  publish('bound', id, s, nil)
+  return done(reply(id))
+
+elseif op == 'unbind' then
+  local id, grace = arg(), arg()
+  local s = must_load(id)
+  if not s then return nosession() end
+  publish('unbound', id, s, nil)
+  if s.conn and redis.call('GET', ckey(s.conn)) == id then redis.call('DEL', ckey(s.conn)) end
+  s.conn = nil
+  redis.call('HDEL', skey(id), 'conn')
+  redis.call('HSET', skey(id), 'status', 'disconnected')
+  if grace ~= '' then
+    set_expiry(id, s, math.min(tonumber(s.expires), now + tonumber(grace)))
+  end
+  bump(id, s)
+  return done(reply(id))
+
+elseif op == 'byconn' then
+  -- Never shows a dead or moved binding; repairs one it finds.
+  local conn = arg()
+  local id = redis.call('GET', ckey(conn))
+  if not id then return done(false) end
+  local s = load(id)
+  if live(s) and s.conn == conn then return done(id) end
+  reap(id, s)
+  if redis.call('GET', ckey(conn)) == id then redis.call('DEL', ckey(conn)) end
+  return done(false)
+
+elseif op == 'byuser' then
+  local user = arg()
+  local ids = {}
+  for _, id in ipairs(redis.call('ZRANGE', ukey(user), 0, -1)) do
+    local s = load(id)
+    if live(s) and s.user == user then
+      table.insert(ids, id)
+    else
+      reap(id, s)
+      redis.call('ZREM', ukey(user), id)
+    end
+  end
+  return done(ids)
+
+elseif op == 'count' then
+  return done(redis.call('ZCOUNT', xkey, '(' .. now, '+inf'))
+
+elseif op == 'sweep' then
+  -- Claims what is due and removes it, publishing one `expired` event each:
+  -- atomic, so across all sidecars each expiry is acted on once.
+  local limit = tonumber(arg())
+  local due = redis.call('ZRANGEBYSCORE', xkey, '-inf', now, 'LIMIT', 0, limit)
+  local expired = 0
+  for _, id in ipairs(due) do
+    local s = load(id)
+    if s == nil then
+      -- The key expired by itself (every sidecar was gone past the margin).
+      redis.call('ZREM', xkey, id)
+    elseif live(s) then
+      redis.call('ZADD', xkey, tonumber(s.expires), id)
+    else
+      remove(id, s, 'expired', nil)
+      expired = expired + 1
+    end
+  end
+  return done(expired)
+
+elseif op == 'heartbeat' then
+  -- Batched last_active of heartbeats answered from memory: never moves it back.
+  while argi <= #ARGV do
+    local id, at = arg(), arg()
+    local current = redis.call('HGET', skey(id), 'last_active')
+    if current and tonumber(current) < tonumber(at) then
+      redis.call('HSET', skey(id), 'last_active', at)
+    end
+  end
+  return done(1)
+end
+
+return redis.error_reply('ERR unknown session-sidecar script operation ' .. tostring(op))

@@ -1,0 +1,680 @@
+//! Write-through mode: the upstream is the source of truth, the hot cache a
+//! coherent copy of it.
+//!
+//! Every mutation is one call of the session script (`sessions.lua`), which
+//! applies it with its index changes and events atomically on the upstream
+//! and replies the session's new state; the sidecar acknowledges the client
+//! only after that reply, and installs the new state in its hot cache. Reads
+//! are answered from the cache when it holds a trusted, live copy, and read
+//! through otherwise. Heartbeats that do not extend the expiry are answered
+//! from memory; their `last_active` reaches the upstream in batches.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use redis::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::cache::{HotCache, Ticket};
+use super::connection::{CallError, PushHandler, Upstream};
+use crate::pubsub::PubSub;
+use crate::store::{
+    Attributes, CreateSession, Key, Session, SessionLimits, Status, StoreError, StoreStats,
+    UpdateSession,
+};
+
+/// The session script, loaded once and run by its SHA (redis-rs reloads it
+/// when the upstream answers NOSCRIPT).
+static SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("sessions.lua")));
+
+/// Settings of write-through mode.
+#[derive(Clone, Debug)]
+pub struct WriteThroughConfig {
+    pub prefix: String,
+    pub node: Key,
+    pub default_ttl_ms: u64,
+    pub limits: SessionLimits,
+    /// Approximate cap of the events stream (XADD MAXLEN ~).
+    pub stream_maxlen: u64,
+    /// How long upstream keys outlive their session's expiry.
+    pub key_margin_ms: u64,
+    pub heartbeat_interval: Duration,
+    pub sweep_interval: Duration,
+    pub maxmemory: usize,
+}
+
+#[derive(Default, Debug)]
+pub struct WriteThroughStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub heartbeats_absorbed: AtomicU64,
+    pub heartbeat_flushes: AtomicU64,
+}
+
+pub struct WriteThrough {
+    pub upstream: Arc<Upstream>,
+    pub cache: HotCache,
+    config: WriteThroughConfig,
+    /// `last_active` of heartbeats answered from memory, not yet written.
+    heartbeats: DashMap<Key, u64, foldhash::fast::RandomState>,
+    pubsub: Arc<PubSub>,
+    pub stats: WriteThroughStats,
+    /// Lifecycle counts of the changes this sidecar made.
+    pub counts: StoreStats,
+}
+
+impl From<CallError> for StoreError {
+    fn from(error: CallError) -> Self {
+        match error {
+            CallError::Unavailable => StoreError::Unavailable,
+            CallError::Reply(message) => StoreError::Upstream(message),
+        }
+    }
+}
+
+/// What a script call replied: its result and the sessions it changed.
+struct Reply {
+    result: Value,
+    touched: Vec<Vec<u8>>,
+}
+
+impl WriteThrough {
+    pub fn new(upstream: Arc<Upstream>, config: WriteThroughConfig, pubsub: Arc<PubSub>) -> Self {
+        Self {
+            upstream,
+            cache: HotCache::new(config.maxmemory),
+            heartbeats: DashMap::default(),
+            config,
+            pubsub,
+            stats: WriteThroughStats::default(),
+            counts: StoreStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &WriteThroughConfig {
+        &self.config
+    }
+
+    /// The key of a session's hash.
+    pub fn session_key(&self, id: &[u8]) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.config.prefix.len() + id.len() + 5);
+        key.extend_from_slice(self.config.prefix.as_bytes());
+        key.extend_from_slice(b":s:{");
+        key.extend_from_slice(id);
+        key.push(b'}');
+        key
+    }
+
+    /// The id inside a session key, if it is one.
+    fn id_of_key<'a>(&self, key: &'a [u8]) -> Option<&'a [u8]> {
+        let rest = key
+            .strip_prefix(self.config.prefix.as_bytes())?
+            .strip_prefix(b":s:{")?;
+        rest.strip_suffix(b"}")
+    }
+
+    /// The connection set-up: client-side caching of session keys in
+    /// broadcast mode, without invalidations for our own writes.
+    pub fn tracking_setup(&self) -> Vec<redis::Cmd> {
+        let mut tracking = redis::cmd("CLIENT");
+        tracking
+            .arg("TRACKING")
+            .arg("ON")
+            .arg("BCAST")
+            .arg("PREFIX");
+        tracking
+            .arg(format!("{}:s:", self.config.prefix))
+            .arg("NOLOOP");
+        vec![tracking]
+    }
+
+    pub fn events_channel(&self) -> Vec<u8> {
+        format!("{}:events", self.config.prefix).into_bytes()
+    }
+
+    /// Runs one script operation; `args` follow the common header.
+    async fn run(
+        &self,
+        op: &str,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+        now: u64,
+    ) -> Result<Reply, StoreError> {
+        let mut invocation = SCRIPT.prepare_invoke();
+        for key in keys {
+            invocation.key(*key);
+        }
+        invocation
+            .arg(op)
+            .arg(&self.config.prefix)
+            .arg(now)
+            .arg(&self.config.node[..])
+            .arg(self.config.stream_maxlen)
+            .arg(self.config.key_margin_ms);
+        for value in args {
+            invocation.arg(*value);
+        }
+        let value: Value = self
+            .upstream
+            .call(async |c| invocation.invoke_async(c).await)
+            .await?;
+        let Value::Array(mut parts) = value else {
+            return Err(StoreError::Upstream(
+                "ERR unexpected reply from the session script".into(),
+            ));
+        };
+        let touched = match parts.pop() {
+            Some(Value::Array(ids)) => ids.into_iter().filter_map(bulk).collect(),
+            _ => Vec::new(),
+        };
+        let result = parts.pop().unwrap_or(Value::Nil);
+        Ok(Reply { result, touched })
+    }
+
+    /// Drops our copies of what a script call changed, then installs the
+    /// main session's new state when the call replied it.
+    fn absorb(&self, id: &[u8], state: &Value, touched: &[Vec<u8>], ticket: Ticket) -> Option<u64> {
+        for other in touched {
+            self.cache.invalidate(other);
+        }
+        let (key, session) = parse_session(state)?;
+        let version = session.version;
+        if &*key == id {
+            self.cache.install(key, session, ticket);
+        }
+        Some(version)
+    }
+
+    fn ticket(&self, id: &[u8]) -> Ticket {
+        self.cache.ticket(id)
+    }
+
+    /// Applies a mutation that replies the new session; returns its version.
+    async fn mutate(
+        &self,
+        op: &str,
+        id: &[u8],
+        args: &[&[u8]],
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        let ticket = self.ticket(id);
+        let key = self.session_key(id);
+        let reply = self.run(op, &[&key], args, now).await?;
+        self.absorb(id, &reply.result, &reply.touched, ticket)
+            .ok_or(StoreError::NoSession)
+    }
+
+    // ----- reads -----------------------------------------------------------
+
+    /// Runs `f` on the live session: the hot copy, or one read through.
+    pub async fn read<R>(
+        &self,
+        id: &[u8],
+        now: u64,
+        f: impl FnOnce(&Session) -> R,
+    ) -> Result<Option<R>, StoreError> {
+        // The closure is used once, either here or after the read-through.
+        let mut f = Some(f);
+        if let Some(result) = self.cache.read(id, now, |s| f.take().map(|f| f(s))) {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(result);
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let ticket = self.ticket(id);
+        let key = self.session_key(id);
+        let value: Value = self
+            .upstream
+            .call(async |c| redis::cmd("HGETALL").arg(&key).query_async(c).await)
+            .await?;
+        let Some((key, session)) = parse_session(&value) else {
+            return Ok(None);
+        };
+        if !session.is_live(now) {
+            return Ok(None);
+        }
+        let result = f.take().map(|f| f(&session));
+        self.cache.install(key, session, ticket);
+        Ok(result)
+    }
+
+    pub async fn exists(&self, ids: &[Bytes], now: u64) -> Result<usize, StoreError> {
+        let mut live = 0;
+        for id in ids {
+            live += usize::from(self.read(id, now, |_| ()).await?.is_some());
+        }
+        Ok(live)
+    }
+
+    pub async fn by_conn(&self, conn: &[u8], now: u64) -> Result<Option<Key>, StoreError> {
+        let reply = self.run("byconn", &[], &[conn], now).await?;
+        Ok(bulk(reply.result).map(Key::from))
+    }
+
+    pub async fn by_user(&self, user: &[u8], now: u64) -> Result<Vec<Key>, StoreError> {
+        let reply = self.run("byuser", &[], &[user], now).await?;
+        Ok(match reply.result {
+            Value::Array(ids) => ids.into_iter().filter_map(bulk).map(Key::from).collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    /// Live sessions in the upstream.
+    pub async fn count(&self, now: u64) -> Result<usize, StoreError> {
+        let reply = self.run("count", &[], &[], now).await?;
+        Ok(integer(&reply.result).unwrap_or(0).max(0) as usize)
+    }
+
+    // ----- writes ------------------------------------------------------------
+
+    pub async fn create(&self, request: CreateSession, now: u64) -> Result<Key, StoreError> {
+        let id = match &request.id {
+            Some(id) => id.to_vec(),
+            None => uuid::Uuid::new_v4().to_string().into_bytes(),
+        };
+        let ttl = request
+            .ttl_ms
+            .unwrap_or(self.config.default_ttl_ms)
+            .to_string();
+        let max_per_user = request.max_per_user.unwrap_or(0).to_string();
+        let max_attrs = self.config.limits.max_attrs.to_string();
+        let user = request.user.as_deref().unwrap_or_default();
+        let conn = request.conn.as_deref().unwrap_or_default();
+        let mut args: Vec<&[u8]> = vec![
+            &id,
+            user,
+            conn,
+            ttl.as_bytes(),
+            max_per_user.as_bytes(),
+            max_attrs.as_bytes(),
+        ];
+        for (name, value) in &request.attrs {
+            args.push(name);
+            args.push(value);
+        }
+        self.mutate("create", &id, &args, now).await?;
+        self.counts.created.fetch_add(1, Ordering::Relaxed);
+        Ok(Key::from(id))
+    }
+
+    pub async fn attr_set(
+        &self,
+        id: &[u8],
+        pairs: &[(Bytes, Bytes)],
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        let max_attrs = self.config.limits.max_attrs.to_string();
+        let mut args: Vec<&[u8]> = vec![id, max_attrs.as_bytes()];
+        for (name, value) in pairs {
+            args.push(name);
+            args.push(value);
+        }
+        self.mutate("attr_set", id, &args, now).await
+    }
+
+    pub async fn attr_del(
+        &self,
+        id: &[u8],
+        names: &[Bytes],
+        now: u64,
+    ) -> Result<usize, StoreError> {
+        let ticket = self.ticket(id);
+        let mut args: Vec<&[u8]> = vec![id];
+        args.extend(names.iter().map(|n| &n[..]));
+        let reply = self
+            .run("attr_del", &[&self.session_key(id)], &args, now)
+            .await?;
+        let (removed, state) = pair(reply.result);
+        if let Some(state) = state {
+            self.absorb(id, &state, &reply.touched, ticket);
+        }
+        Ok(removed.as_ref().and_then(integer).unwrap_or(0).max(0) as usize)
+    }
+
+    pub async fn attr_incrby(
+        &self,
+        id: &[u8],
+        name: &[u8],
+        increment: i64,
+        now: u64,
+    ) -> Result<i64, StoreError> {
+        let ticket = self.ticket(id);
+        let increment = increment.to_string();
+        let max_attrs = self.config.limits.max_attrs.to_string();
+        let args: Vec<&[u8]> = vec![id, name, increment.as_bytes(), max_attrs.as_bytes()];
+        let reply = self
+            .run("attr_incrby", &[&self.session_key(id)], &args, now)
+            .await?;
+        let (value, state) = pair(reply.result);
+        if let Some(state) = state {
+            self.absorb(id, &state, &reply.touched, ticket);
+        }
+        value
+            .as_ref()
+            .and_then(integer)
+            .ok_or(StoreError::NoSession)
+    }
+
+    pub async fn update(
+        &self,
+        id: &[u8],
+        request: &UpdateSession,
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        let if_version = request
+            .if_version
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        let status = request.status.map(|s| s.as_str()).unwrap_or_default();
+        let ttl = request.ttl_ms.map(|t| t.to_string()).unwrap_or_default();
+        let max_attrs = self.config.limits.max_attrs.to_string();
+        let sets = request.set_attrs.len().to_string();
+        let flag = |present: bool| -> &[u8] { if present { b"1" } else { b"0" } };
+        let mut args: Vec<&[u8]> = vec![
+            id,
+            if_version.as_bytes(),
+            request.user.as_deref().unwrap_or_default(),
+            request.conn.as_deref().unwrap_or_default(),
+            status.as_bytes(),
+            ttl.as_bytes(),
+            flag(request.user.is_some()),
+            flag(request.conn.is_some()),
+            max_attrs.as_bytes(),
+            sets.as_bytes(),
+        ];
+        for (name, value) in &request.set_attrs {
+            args.push(name);
+            args.push(value);
+        }
+        args.extend(request.del_attrs.iter().map(|n| &n[..]));
+        self.mutate("update", id, &args, now).await
+    }
+
+    /// The heartbeat. When the hot copy shows that it will not extend the
+    /// expiry, it is answered from memory and its `last_active` queued for
+    /// the next batch; otherwise it goes through the upstream.
+    pub async fn touch(&self, id: &[u8], now: u64) -> Result<Option<u64>, StoreError> {
+        let absorbed = self.cache.read(id, now, |s| {
+            let left = s.expires - now;
+            (left >= s.ttl / 2).then(|| {
+                s.last_active.store(now, Ordering::Relaxed);
+                left
+            })
+        });
+        if let Some(Some(left)) = absorbed {
+            self.stats
+                .heartbeats_absorbed
+                .fetch_add(1, Ordering::Relaxed);
+            self.heartbeats.insert(Key::from(id), now);
+            return Ok(Some(left));
+        }
+        let ticket = self.ticket(id);
+        let reply = self
+            .run("touch", &[&self.session_key(id)], &[id], now)
+            .await?;
+        self.absorb(id, &reply.result, &reply.touched, ticket);
+        Ok(parse_session(&reply.result).map(|(_, s)| s.expires.saturating_sub(now)))
+    }
+
+    pub async fn expire(&self, id: &[u8], ttl_ms: u64, now: u64) -> Result<bool, StoreError> {
+        let ttl = ttl_ms.to_string();
+        match self.mutate("expire", id, &[id, ttl.as_bytes()], now).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::NoSession) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    pub async fn delete<K: AsRef<[u8]>>(
+        &self,
+        ids: &[K],
+        now: u64,
+        reason: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        let mut args: Vec<&[u8]> = vec![reason.unwrap_or_default().as_bytes()];
+        args.extend(ids.iter().map(|id| id.as_ref()));
+        let reply = self.run("delete", &[], &args, now).await?;
+        for id in ids {
+            self.cache.invalidate(id.as_ref());
+        }
+        for id in &reply.touched {
+            self.cache.invalidate(id);
+        }
+        let deleted = integer(&reply.result).unwrap_or(0).max(0) as usize;
+        self.counts
+            .deleted
+            .fetch_add(deleted as u64, Ordering::Relaxed);
+        Ok(deleted)
+    }
+
+    pub async fn kill_user(&self, user: &[u8], now: u64) -> Result<usize, StoreError> {
+        let reply = self.run("killuser", &[], &[user], now).await?;
+        for id in &reply.touched {
+            self.cache.invalidate(id);
+        }
+        let deleted = integer(&reply.result).unwrap_or(0).max(0) as usize;
+        self.counts
+            .deleted
+            .fetch_add(deleted as u64, Ordering::Relaxed);
+        Ok(deleted)
+    }
+
+    pub async fn bind(&self, id: &[u8], conn: &[u8], now: u64) -> Result<u64, StoreError> {
+        self.mutate("bind", id, &[id, conn], now).await
+    }
+
+    pub async fn unbind(
+        &self,
+        id: &[u8],
+        grace_ms: Option<u64>,
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        let grace = grace_ms.map(|g| g.to_string()).unwrap_or_default();
+        self.mutate("unbind", id, &[id, grace.as_bytes()], now)
+            .await
+    }
+
+    // ----- background work ---------------------------------------------------
+
+    /// Writes the queued `last_active` of absorbed heartbeats, one script call
+    /// per batch, every `heartbeat_interval`; and claims due expiries every
+    /// `sweep_interval`. Runs until `shutdown`, then flushes once more.
+    pub async fn run_background(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        let mut sweep = tokio::time::interval(self.config.sweep_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => self.flush_heartbeats().await,
+                _ = sweep.tick() => self.sweep().await,
+                _ = shutdown.cancelled() => {
+                    self.flush_heartbeats().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn flush_heartbeats(&self) {
+        const BATCH: usize = 512;
+        if self.heartbeats.is_empty() {
+            return;
+        }
+        let pending: Vec<(Key, u64)> = self
+            .heartbeats
+            .iter()
+            .map(|entry| (entry.key().clone(), *entry.value()))
+            .collect();
+        for chunk in pending.chunks(BATCH) {
+            let stamps: Vec<String> = chunk.iter().map(|(_, at)| at.to_string()).collect();
+            let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() * 2);
+            for ((id, _), at) in chunk.iter().zip(&stamps) {
+                args.push(id);
+                args.push(at.as_bytes());
+            }
+            let now = crate::store::now_ms();
+            match self.run("heartbeat", &[], &args, now).await {
+                Ok(_) => {
+                    self.stats.heartbeat_flushes.fetch_add(1, Ordering::Relaxed);
+                    for (id, at) in chunk {
+                        // A newer heartbeat since the snapshot stays queued.
+                        self.heartbeats.remove_if(id, |_, queued| queued == at);
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(?error, "heartbeat flush failed; will retry");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn sweep(&self) {
+        const BATCH: &[u8] = b"1000";
+        let span = tracing::trace_span!("sweep");
+        let _entered = span.enter();
+        if let Ok(reply) = self
+            .run("sweep", &[], &[BATCH], crate::store::now_ms())
+            .await
+        {
+            let expired = integer(&reply.result).unwrap_or(0).max(0) as u64;
+            self.counts.expired.fetch_add(expired, Ordering::Relaxed);
+            for id in &reply.touched {
+                self.cache.invalidate(id);
+            }
+        }
+    }
+}
+
+/// The sidecar's reactions to the upstream connection's events.
+pub struct Coherence {
+    pub store: Arc<WriteThrough>,
+}
+
+impl PushHandler for Coherence {
+    fn connected(&self) {
+        // Invalidations may have been missed while we were away.
+        self.store.cache.flush(true);
+    }
+
+    fn disconnected(&self) {
+        self.store.cache.flush(false);
+    }
+
+    fn invalidate(&self, keys: Option<Vec<Vec<u8>>>) {
+        match keys {
+            Some(keys) => {
+                for key in keys {
+                    if let Some(id) = self.store.id_of_key(&key) {
+                        self.store.cache.invalidate(id);
+                    }
+                }
+            }
+            None => self.store.cache.flush(true),
+        }
+    }
+
+    fn message(&self, channel: Vec<u8>, payload: Vec<u8>) {
+        // Lifecycle events published by any sidecar, relayed to ours.
+        self.store
+            .pubsub
+            .publish(&Bytes::from(channel), &Bytes::from(payload));
+    }
+}
+
+fn bulk(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) => Some(text.into_bytes()),
+        _ => None,
+    }
+}
+
+fn integer(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        _ => None,
+    }
+}
+
+/// A `{ value, session }` reply.
+fn pair(value: Value) -> (Option<Value>, Option<Value>) {
+    match value {
+        Value::Array(parts) => {
+            let mut parts = parts.into_iter();
+            (parts.next(), parts.next())
+        }
+        _ => (None, None),
+    }
+}
+
+/// A session from the flat field/value array of HGETALL.
+pub fn parse_session(value: &Value) -> Option<(Key, Session)> {
+    let fields = match value {
+        Value::Array(fields) if !fields.is_empty() => fields,
+        Value::Map(pairs) if !pairs.is_empty() => {
+            let flat: Vec<Value> = pairs
+                .iter()
+                .flat_map(|(k, v)| [k.clone(), v.clone()])
+                .collect();
+            return parse_session(&Value::Array(flat));
+        }
+        _ => return None,
+    };
+    fn text(value: &Value) -> Option<&[u8]> {
+        match value {
+            Value::BulkString(bytes) => Some(bytes),
+            Value::SimpleString(text) => Some(text.as_bytes()),
+            _ => None,
+        }
+    }
+    let number = |v: &[u8]| {
+        std::str::from_utf8(v)
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok())
+    };
+    let mut id = None;
+    let mut session = Session {
+        user: None,
+        conn: None,
+        node: Key::from(&b""[..]),
+        status: Status::Active,
+        created: 0,
+        last_active: AtomicU64::new(0),
+        expires: 0,
+        ttl: 0,
+        version: 0,
+        seq: 0,
+        attrs: Attributes::default(),
+    };
+    let mut attrs: Vec<(&[u8], &[u8])> = Vec::new();
+    for pair in fields.chunks(2) {
+        let (Some(name), Some(value)) = (pair.first().and_then(text), pair.get(1).and_then(text))
+        else {
+            continue;
+        };
+        match name {
+            b"id" => id = Some(Key::from(value)),
+            b"user" => session.user = Some(Key::from(value)),
+            b"conn" => session.conn = Some(Key::from(value)),
+            b"node" => session.node = Key::from(value),
+            b"status" => session.status = Status::parse(value).unwrap_or(Status::Active),
+            b"created" => session.created = number(value)?,
+            b"last_active" => *session.last_active.get_mut() = number(value)?,
+            b"expires" => session.expires = number(value)?,
+            b"ttl" => session.ttl = number(value)?,
+            b"version" => session.version = number(value)?,
+            _ => {
+                if let Some(attr) = name.strip_prefix(b"a:") {
+                    attrs.push((attr, value));
+                }
+            }
+        }
+    }
+    session.attrs = Attributes::from_pairs(attrs);
+    Some((id?, session))
+}
