@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Makes sure redis-server, redis-cli and redis-benchmark are installed, and
-# redis-py, which the Python client test drives the sidecar with.
+# Makes sure redis-server, redis-cli and redis-benchmark are installed,
+# openssl (the TLS test makes its certificates with it), and redis-py, which
+# the Python client test drives the sidecar with.
 #
 # The integration tests and the benchmark start their own redis-server on free
 # ports, so on a fresh Debian machine this installs the packages with apt-get
 # and stops the system service that the package may have started.
 set -euo pipefail
 
-readonly REQUIRED_COMMANDS=(redis-server redis-cli redis-benchmark)
+readonly REQUIRED_COMMANDS=(redis-server redis-cli redis-benchmark openssl)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -71,9 +72,9 @@ main() {
   command -v apt-get >/dev/null 2>&1 ||
     die "missing ${missing% }; install redis-server and redis-tools (Redis 7 or newer)"
 
-  log "installing redis-server and redis-tools (missing: ${missing% })"
+  log "installing redis-server, redis-tools and openssl (missing: ${missing% })"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server redis-tools
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server redis-tools openssl
   stop_packaged_service
 
   missing=$(missing_commands)

@@ -44,6 +44,11 @@ pub struct Config {
     #[arg(long, env = "SESSION_SIDECAR_UPSTREAM", hide_env_values = true)]
     pub upstream: Option<String>,
 
+    /// PEM file of the certificate authority that signed the upstream's TLS
+    /// certificate (rediss://), instead of the system's trust store.
+    #[arg(long, env = "SESSION_SIDECAR_UPSTREAM_TLS_CA")]
+    pub upstream_tls_ca: Option<PathBuf>,
+
     /// Milliseconds to wait for the upstream connection to open.
     #[arg(
         long,

@@ -188,6 +188,83 @@ pub fn render(shared: &Shared) -> String {
         "Channels with subscribers.",
         shared.pubsub.channel_count() as u64,
     );
+    if let Some(store) = shared.upstream() {
+        let u = &store.upstream.stats;
+        let w = &store.stats;
+        let up = store.upstream.state() == crate::upstream::connection::State::Up;
+        metric(
+            "upstream_up",
+            "gauge",
+            "1 while the upstream connection is up.",
+            u64::from(up),
+        );
+        metric(
+            "upstream_commands_total",
+            "counter",
+            "Commands sent to the upstream.",
+            u.commands.get(),
+        );
+        metric(
+            "upstream_errors_total",
+            "counter",
+            "Error replies from the upstream.",
+            u.errors.get(),
+        );
+        metric(
+            "upstream_unavailable_total",
+            "counter",
+            "Calls failed fast: upstream unreachable.",
+            u.unavailable.get(),
+        );
+        metric(
+            "upstream_reconnects_total",
+            "counter",
+            "Upstream reconnections.",
+            u.reconnects.get(),
+        );
+        metric(
+            "upstream_invalidations_total",
+            "counter",
+            "Invalidation pushes received.",
+            u.invalidations.get(),
+        );
+        metric(
+            "upstream_latency_microseconds",
+            "gauge",
+            "Latency of the last upstream command.",
+            m.load(&u.last_latency_us),
+        );
+        metric(
+            "cache_hits_total",
+            "counter",
+            "Reads answered from a hot copy.",
+            m.load(&w.hits),
+        );
+        metric(
+            "cache_misses_total",
+            "counter",
+            "Reads that went to the upstream.",
+            m.load(&w.misses),
+        );
+        metric(
+            "cache_evictions_total",
+            "counter",
+            "Hot copies evicted for maxmemory.",
+            m.load(&store.cache.evictions),
+        );
+        metric(
+            "heartbeats_absorbed_total",
+            "counter",
+            "Heartbeats answered from memory.",
+            m.load(&w.heartbeats_absorbed),
+        );
+        metric(
+            "heartbeat_flushes_total",
+            "counter",
+            "Batched last_active writes.",
+            m.load(&w.heartbeat_flushes),
+        );
+    }
     out.push_str("# HELP session_sidecar_commands_total Commands processed, by command.\n");
     out.push_str("# TYPE session_sidecar_commands_total counter\n");
     for spec in COMMANDS {

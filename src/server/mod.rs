@@ -43,9 +43,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Serving and not shutting down.
+    /// Serving, not shutting down, and (write-through) connected upstream:
+    /// without it no session command can be answered.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+            && self.upstream().is_none_or(|store| {
+                store.upstream.state() == crate::upstream::connection::State::Up
+            })
     }
 
     /// `standalone` or `write-through`.
@@ -236,7 +240,13 @@ fn start_sessions(
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_secs(2),
     };
-    let upstream = Arc::new(Upstream::new(url, timeouts)?);
+    let ca = match &config.upstream_tls_ca {
+        Some(path) => {
+            Some(std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?)
+        }
+        None => None,
+    };
+    let upstream = Arc::new(Upstream::new(url, ca, timeouts)?);
     let store = Arc::new(WriteThrough::new(
         upstream.clone(),
         WriteThroughConfig {

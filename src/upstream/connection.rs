@@ -91,17 +91,28 @@ pub enum CallError {
 }
 
 impl Upstream {
-    /// Parses the URL; connecting is the supervisor's job.
-    pub fn new(url: &str, timeouts: Timeouts) -> Result<Upstream, String> {
-        let info = redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(|e| format!("invalid --upstream: {e}"))?;
+    /// Parses the URL (`redis://` or `rediss://`; for TLS, `ca_pem` is the
+    /// certificate authority to verify the upstream with, instead of the
+    /// system's); connecting is the supervisor's job.
+    pub fn new(url: &str, ca_pem: Option<Vec<u8>>, timeouts: Timeouts) -> Result<Upstream, String> {
+        let invalid = |e: RedisError| format!("invalid --upstream: {e}");
+        let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(invalid)?;
         let address = info.addr().to_string();
         let settings = info
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(settings))
-            .map_err(|e| format!("invalid --upstream: {e}"))?;
+        let info = info.set_redis_settings(settings);
+        let client = match ca_pem {
+            Some(root_cert) => {
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                Client::build_with_tls(info, certificates).map_err(invalid)?
+            }
+            None => Client::open(info).map_err(invalid)?,
+        };
         Ok(Upstream {
             client,
             address,
