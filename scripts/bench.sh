@@ -12,6 +12,8 @@
 #   BENCH_REQUESTS            requests per unpipelined run, -n (150000)
 #   BENCH_PIPELINED_REQUESTS  requests per 16-deep pipelined run, -n (1000000)
 #   BENCH_ROUNDS              alternating rounds per comparison, medians kept (3)
+#   BENCH_WRITE_REQUESTS      requests per unpipelined write run (50000)
+#   BENCH_PIPELINED_WRITE_REQUESTS  the same with -P 16 (200000)
 #   BENCH_SIDECAR_BIN         benchmark this binary instead of building one
 #   BENCH_SIDECAR_ARGS        extra flags for the sidecar, e.g. "--threads 1"
 #   BENCH_KEEP_LOGS=1         keep the servers' logs instead of deleting them
@@ -26,6 +28,9 @@ readonly PIPELINE_DEPTH=16
 # Each comparison is measured this many times, alternating between the
 # servers, and the medians are compared: one noisy run cannot decide it.
 readonly ROUNDS=${BENCH_ROUNDS:-3}
+# Write-through CREATEs add a session each: fewer of them.
+readonly WRITE_REQUESTS=${BENCH_WRITE_REQUESTS:-50000}
+readonly PIPELINED_WRITE_REQUESTS=${BENCH_PIPELINED_WRITE_REQUESTS:-200000}
 # redis-benchmark -r 10000 replaces __rand_int__ with a number in 0..9999
 # printed as %012d: the prefilled ids are exactly those.
 readonly SESSIONS=10000
@@ -41,6 +46,9 @@ REDIS_PORT=
 SIDECAR_PORT=
 REDIS_PID=
 SIDECAR_PID=
+# The write-through sidecar, on the same redis-server.
+WRITE_THROUGH_PORT=
+WRITE_THROUGH_PID=
 # The sidecar's resident memory before the prefill, in KiB.
 SIDECAR_RSS_EMPTY_KB=
 # Set by measure: requests per second, and the server's CPU time per request.
@@ -322,9 +330,9 @@ parse_rps() {
 # server (PID) spent per request, a figure the benchmark client's own cost
 # does not distort.
 measure() {
-  local port=$1 pid=$2 pipeline=$3 requests=$REQUESTS output before after
+  local port=$1 pid=$2 pipeline=$3 requests=${MEASURE_REQUESTS:-$REQUESTS} output before after
   shift 3
-  ((pipeline == 1)) || requests=$PIPELINED_REQUESTS
+  ((pipeline == 1)) || requests=${MEASURE_PIPELINED_REQUESTS:-$PIPELINED_REQUESTS}
   before=$(cpu_ticks "$pid")
   output=$(redis-benchmark -h 127.0.0.1 -p "$port" -c "$CLIENTS" -n "$requests" \
     -r "$SESSIONS" -P "$pipeline" --csv "$@" 2>&1) ||
@@ -432,6 +440,65 @@ section_hot_reads() {
   printf 'pipelined SESSION.GET rps whatever the server does.\n'
 }
 
+# compare TITLE GOAL NAME_A PORT_A PID_A NAME_B PORT_B PID_B -- COMMAND_A -- COMMAND_B:
+# ROUNDS alternating runs of each at both depths; prints the medians' ratio
+# A/B and each server's CPU per request.
+compare() {
+  local goal=$1 name_a=$2 port_a=$3 pid_a=$4 name_b=$5 port_b=$6 pid_b=$7
+  shift 8
+  local -a command_a=() command_b=()
+  while [[ $1 != -- ]]; do command_a+=("$1"); shift; done
+  shift
+  command_b=("$@")
+  local row='%-28s %8s %12s %12s %7s %-11s %10s %10s\n' pipeline round r
+  for pipeline in 1 "$PIPELINE_DEPTH"; do
+    local rps_a=() rps_b=() cpu_a=() cpu_b=()
+    for ((round = 0; round < ROUNDS; round++)); do
+      measure "$port_a" "$pid_a" "$pipeline" "${command_a[@]}"
+      rps_a+=("$RPS") cpu_a+=("$CPU_US")
+      measure "$port_b" "$pid_b" "$pipeline" "${command_b[@]}"
+      rps_b+=("$RPS") cpu_b+=("$CPU_US")
+    done
+    local a b
+    a=$(median "${rps_a[@]}") b=$(median "${rps_b[@]}")
+    r=$(ratio "$a" "$b")
+    # shellcheck disable=SC2059 # the format is the row layout above
+    printf "$row" "$name_a / $name_b" "$pipeline" "$a" "$b" "$r" "$(verdict "$r" "$goal" at-least)" \
+      "$(median "${cpu_a[@]}")" "$(median "${cpu_b[@]}")"
+  done
+}
+
+# Write-through: a second sidecar with --upstream on the same redis-server.
+# Hot SESSION.GET (every session read once, so held in the hot cache) against
+# redis-server GET, and SESSION.CREATE, acknowledged only once the upstream
+# has applied it, against redis-server SET.
+section_write_through() {
+  heading "Write-through vs redis-server (goals: GET ratio >= 1.00, CREATE ratio >= 0.50; medians of $ROUNDS rounds)"
+  start_sidecar WRITE_THROUGH_PORT write-through --upstream "redis://127.0.0.1:$REDIS_PORT"
+  WRITE_THROUGH_PID=$LAST_PID
+  local deadline=$((SECONDS + START_TIMEOUT_SECONDS))
+  until [[ $(info_field "$WRITE_THROUGH_PORT" upstream upstream_state) == up ]]; do
+    ((SECONDS < deadline)) || die "the write-through sidecar did not connect to its upstream"
+    sleep 0.1
+  done
+  log "prefilling $SESSIONS sessions through the write-through sidecar"
+  session_create_commands | pipe_commands "$WRITE_THROUGH_PORT"
+  awk -v n="$SESSIONS" 'BEGIN { for (i = 0; i < n; i++) printf "SESSION.GET %012d\n", i }' |
+    pipe_commands "$WRITE_THROUGH_PORT"
+  local hot
+  hot=$(cli "$WRITE_THROUGH_PORT" SESSION.COUNT LOCAL)
+  ((hot >= SESSIONS * 9 / 10)) || die "only $hot of $SESSIONS sessions are hot in the write-through sidecar"
+
+  local row='%-28s %8s %12s %12s %7s %-11s %10s %10s\n'
+  # shellcheck disable=SC2059 # the format is the row layout above
+  printf "$row" comparison pipeline sidecar_rps redis_rps ratio verdict "sc_us/req" "redis_us/req"
+  compare 1 "SESSION.GET (hot)" "$WRITE_THROUGH_PORT" "$WRITE_THROUGH_PID" "GET" "$REDIS_PORT" "$REDIS_PID" \
+    -- SESSION.GET __rand_int__ -- GET __rand_int__
+  MEASURE_REQUESTS=$WRITE_REQUESTS MEASURE_PIPELINED_REQUESTS=$PIPELINED_WRITE_REQUESTS \
+    compare 0.5 "SESSION.CREATE" "$WRITE_THROUGH_PORT" "$WRITE_THROUGH_PID" "SET" "$REDIS_PORT" "$REDIS_PID" \
+    -- SESSION.CREATE USER bench TTL 3600 ATTR locale en-US -- SET "set:__rand_int__" "$(printf 'x%.0s' {1..64})"
+}
+
 # The sidecar's hot-map bytes per session against what redis-server spends on
 # the same sessions stored as hashes with their expiry.
 section_memory() {
@@ -489,6 +556,7 @@ main() {
   # the hot-read section then reads with HGETALL.
   section_memory
   section_hot_reads
+  section_write_through
 }
 
 main "$@"

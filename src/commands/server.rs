@@ -120,6 +120,7 @@ fn write_section(shared: &Shared, section: &str, sessions_total: i64, text: &mut
                 field("cache_evictions", &m.load(&store.cache.evictions));
                 field("heartbeats_absorbed", &m.load(&w.heartbeats_absorbed));
                 field("heartbeat_flushes", &m.load(&w.heartbeat_flushes));
+                field("cache_verified", &m.load(&w.verified));
             }
         }
         "stats" => {

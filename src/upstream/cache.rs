@@ -1,14 +1,23 @@
 //! The hot cache of write-through mode: copies of upstream sessions, kept
 //! coherent by the upstream's invalidation pushes.
 //!
-//! An invalidation can race a read: the reply to our HGETALL (old data) and
-//! the push announcing another sidecar's write reach different tasks, and the
-//! push may be handled first. Each install therefore carries a ticket taken
-//! before the upstream call: the invalidation counter of the key's bucket and
-//! the cache's epoch. An invalidation bumps the counter before it removes the
-//! entry, so a copy read before it can never be installed after it. A flush
-//! (connection lost or regained) bumps the epoch, and while the connection is
-//! down nothing is trusted at all.
+//! An invalidation names a key, not a version, and on Redis 7.0 it also comes
+//! for our own writes (NOLOOP is not honoured for writes made by scripts) and
+//! for `last_active` flushes that change no version. So an invalidated copy
+//! is not dropped at once: it becomes *suspect*, is checked against the
+//! upstream's version in the next batch (one pipelined round trip), and is
+//! either cleared or dropped. A suspect copy is served for at most
+//! [`SUSPECT_GRACE_MS`] after the invalidation — the coherence bound — and not
+//! at all after that until it checks out.
+//!
+//! An invalidation can also race a read: the reply to our HGETALL (old data)
+//! and the push announcing another sidecar's write reach different tasks, and
+//! the push may be handled first. Each install therefore carries a ticket
+//! taken before the upstream call: the invalidation counter of the key's
+//! bucket and the cache's epoch. A copy whose bucket was invalidated since its
+//! ticket is installed as suspect; one from before a flush (connection lost
+//! or regained) is not installed at all, and while the connection is down
+//! nothing is trusted.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -19,10 +28,31 @@ use crate::store::{Key, Session};
 
 const GUARDS: usize = 4096;
 
+/// How long a suspect copy may still be served, in ms.
+pub const SUSPECT_GRACE_MS: u64 = 10;
+
+struct Entry {
+    session: Session,
+    /// 0: trusted. Otherwise the mark of the invalidation that made it
+    /// suspect: its time in ms, shifted, with a sequence number below, so
+    /// that every mark is different.
+    suspect: AtomicU64,
+}
+
+const MARK_SEQUENCE_BITS: u32 = 20;
+
+impl Entry {
+    fn servable(&self, now: u64) -> bool {
+        let mark = self.suspect.load(Ordering::Acquire);
+        mark == 0 || now.saturating_sub(mark >> MARK_SEQUENCE_BITS) <= SUSPECT_GRACE_MS
+    }
+}
+
 pub struct HotCache {
-    map: DashMap<Key, Session, foldhash::fast::RandomState>,
+    map: DashMap<Key, Entry, foldhash::fast::RandomState>,
     guards: Box<[AtomicU64]>,
     epoch: AtomicU64,
+    marks: AtomicU64,
     trusted: AtomicBool,
     memory: AtomicUsize,
     /// Budget in bytes (0: none); past it, installs evict other copies.
@@ -37,12 +67,20 @@ pub struct Ticket {
     guard: u64,
 }
 
+/// A suspect copy to check: its id, version and mark.
+pub struct Suspect {
+    pub id: Key,
+    pub version: u64,
+    mark: u64,
+}
+
 impl HotCache {
     pub fn new(maxmemory: usize) -> Self {
         Self {
             map: DashMap::with_hasher_and_shard_amount(foldhash::fast::RandomState::default(), 64),
             guards: (0..GUARDS).map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(0),
+            marks: AtomicU64::new(0),
             trusted: AtomicBool::new(false),
             memory: AtomicUsize::new(0),
             maxmemory,
@@ -53,6 +91,11 @@ impl HotCache {
     fn guard(&self, id: &[u8]) -> &AtomicU64 {
         let i = self.map.hasher().hash_one(id) as usize % GUARDS;
         &self.guards[i]
+    }
+
+    fn mark(&self, at: u64) -> u64 {
+        let sequence = self.marks.fetch_add(1, Ordering::Relaxed) & ((1 << MARK_SEQUENCE_BITS) - 1);
+        (at.max(1) << MARK_SEQUENCE_BITS) | sequence
     }
 
     pub fn is_trusted(&self) -> bool {
@@ -66,62 +109,104 @@ impl HotCache {
         }
     }
 
-    /// Runs `f` on a trusted, live hot copy.
+    /// Runs `f` on a servable, live hot copy.
     pub fn read<R>(&self, id: &[u8], now: u64, f: impl FnOnce(&Session) -> R) -> Option<R> {
         if !self.is_trusted() {
             return None;
         }
-        let session = self.map.get(id)?;
-        session.is_live(now).then(|| f(&session))
+        let entry = self.map.get(id)?;
+        (entry.session.is_live(now) && entry.servable(now)).then(|| f(&entry.session))
     }
 
-    /// Runs `f` on a trusted, live hot copy under its write lock.
-    pub fn write<R>(&self, id: &[u8], now: u64, f: impl FnOnce(&mut Session) -> R) -> Option<R> {
+    /// Installs a copy read or written under `ticket`; not at all across a
+    /// flush or over a newer copy. When its key was invalidated since the
+    /// ticket, the copy is installed unservable and returned as a suspect to
+    /// check: it may be the upstream's latest (the invalidation was for the
+    /// very write that produced it) or not.
+    pub fn install(&self, id: Key, session: Session, ticket: Ticket) -> Option<Suspect> {
         if !self.is_trusted() {
             return None;
         }
-        let mut session = self.map.get_mut(id)?;
-        session.is_live(now).then(|| f(&mut session))
-    }
-
-    /// Installs a copy read or written under `ticket`, unless an invalidation
-    /// or flush came in between, or a newer copy is already there.
-    pub fn install(&self, id: Key, session: Session, ticket: Ticket) {
-        if !self.is_trusted() {
-            return;
-        }
         let size = session.memory(&id);
         let entry = self.map.entry(id);
-        // Checked under the shard lock the invalidation's removal also takes.
-        if self.epoch.load(Ordering::Acquire) != ticket.epoch
-            || self.guard(entry.key()).load(Ordering::Acquire) != ticket.guard
-        {
-            return;
+        // Checked under the shard lock the invalidation's marking also takes.
+        if self.epoch.load(Ordering::Acquire) != ticket.epoch {
+            return None;
         }
+        let invalidated = self.guard(entry.key()).load(Ordering::Acquire) != ticket.guard;
+        // A mark from the epoch's dawn: past its grace, so never served as is.
+        let mark = if invalidated { self.mark(1) } else { 0 };
+        let suspect = invalidated.then(|| Suspect {
+            id: entry.key().clone(),
+            version: session.version,
+            mark,
+        });
+        let fresh = Entry {
+            session,
+            suspect: AtomicU64::new(mark),
+        };
         match entry {
             dashmap::Entry::Occupied(mut occupied) => {
-                if occupied.get().version > session.version {
-                    return;
+                if occupied.get().session.version > fresh.session.version {
+                    return None;
                 }
-                let old = occupied.get().memory(occupied.key());
-                occupied.insert(session);
+                let old = occupied.get().session.memory(occupied.key());
+                occupied.insert(fresh);
                 self.memory.fetch_sub(old, Ordering::Relaxed);
             }
             dashmap::Entry::Vacant(vacant) => {
-                vacant.insert(session);
+                vacant.insert(fresh);
             }
         }
         self.memory.fetch_add(size, Ordering::Relaxed);
         self.enforce_budget();
+        suspect
     }
 
-    /// Drops the copy of `id` (changed elsewhere, or by us in a way we do not
-    /// mirror).
+    /// An invalidation of `id`: copies read before it can only be installed as
+    /// suspect, and the copy held becomes suspect. Returns what to check.
+    pub fn suspect(&self, id: &[u8], now: u64) -> Option<Suspect> {
+        self.guard(id).fetch_add(1, Ordering::AcqRel);
+        let entry = self.map.get(id)?;
+        let mark = self.mark(now);
+        entry.suspect.store(mark, Ordering::Release);
+        Some(Suspect {
+            id: entry.key().clone(),
+            version: entry.session.version,
+            mark,
+        })
+    }
+
+    /// The upstream's version of a suspect, checked: the copy is trusted again
+    /// if it is still the upstream's and no later invalidation marked it;
+    /// dropped if the upstream has moved on.
+    pub fn settle(&self, suspect: &Suspect, upstream_version: Option<u64>) -> bool {
+        if upstream_version == Some(suspect.version) {
+            if let Some(entry) = self.map.get(&suspect.id) {
+                return entry.session.version == suspect.version
+                    && entry
+                        .suspect
+                        .compare_exchange(suspect.mark, 0, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok();
+            }
+            return false;
+        }
+        self.remove_if(&suspect.id, |entry| {
+            entry.suspect.load(Ordering::Acquire) == suspect.mark
+        });
+        false
+    }
+
+    /// Drops the copy of `id` (changed or removed by this sidecar).
     pub fn invalidate(&self, id: &[u8]) {
         self.guard(id).fetch_add(1, Ordering::AcqRel);
-        if let Some((key, session)) = self.map.remove(id) {
+        self.remove_if(id, |_| true);
+    }
+
+    fn remove_if(&self, id: &[u8], condition: impl FnOnce(&Entry) -> bool) {
+        if let Some((key, entry)) = self.map.remove_if(id, |_, entry| condition(entry)) {
             self.memory
-                .fetch_sub(session.memory(&key), Ordering::Relaxed);
+                .fetch_sub(entry.session.memory(&key), Ordering::Relaxed);
         }
     }
 

@@ -127,8 +127,7 @@ local function bind_conn(id, s, conn)
   end
   s.conn = conn
   redis.call('HSET', skey(id), 'conn', conn)
-  redis.call('SET', ckey(conn), id)
-  keep(ckey(conn), tonumber(s.expires))
+  redis.call('SET', ckey(conn), id, 'PXAT', tonumber(s.expires) + margin)
 end
 
 local function must_load(id)
@@ -154,11 +153,14 @@ end
 
 if op == 'create' then
   local id, user, conn = arg(), arg(), arg()
+  local has_user, has_conn = arg() == '1', arg() == '1'
   local ttl, max_per_user, max_attrs = tonumber(arg()), tonumber(arg()), tonumber(arg())
-  local existing = load(id)
-  if live(existing) then return redis.error_reply('EXISTS session already exists') end
-  reap(id, existing)
-  if user ~= '' and max_per_user > 0 then
+  if redis.call('EXISTS', skey(id)) == 1 then
+    local existing = load(id)
+    if live(existing) then return redis.error_reply('EXISTS session already exists') end
+    reap(id, existing)
+  end
+  if has_user and max_per_user > 0 then
     local ids = redis.call('ZRANGE', ukey(user), 0, -1)
     local alive = {}
     for _, other in ipairs(ids) do
@@ -173,24 +175,34 @@ if op == 'create' then
     end
   end
   local expires = now + ttl
-  local fields = { 'id', id, 'status', 'active', 'node', node, 'created', now,
-    'last_active', now, 'expires', expires, 'ttl', ttl, 'version', 1 }
-  if user ~= '' then table.insert(fields, 'user'); table.insert(fields, user) end
+  local s = { id = id, status = 'active', node = node, created = tostring(now), last_active = tostring(now),
+    expires = tostring(expires), ttl = tostring(ttl), version = '1' }
+  local fields = { 'id', id, 'status', 'active', 'node', node, 'created', s.created,
+    'last_active', s.created, 'expires', s.expires, 'ttl', s.ttl, 'version', '1' }
+  if has_user then
+    s.user = user
+    table.insert(fields, 'user'); table.insert(fields, user)
+  end
+  local names, attrs = {}, 0
   while argi <= #ARGV do
-    table.insert(fields, 'a:' .. arg())
-    table.insert(fields, arg())
+    local name, value = 'a:' .. arg(), arg()
+    if not names[name] then attrs = attrs + 1; names[name] = true end
+    table.insert(fields, name); table.insert(fields, value)
   end
+  if attrs > max_attrs then return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')') end
   redis.call('HSET', skey(id), unpack(fields))
-  if attr_count(id) > max_attrs then
-    redis.call('DEL', skey(id))
-    return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')')
+  redis.call('PEXPIREAT', skey(id), expires + margin)
+  redis.call('ZADD', xkey, expires, id)
+  if has_user then
+    redis.call('ZADD', ukey(user), now, id)
+    keep(ukey(user), expires)
   end
-  local s = load(id)
-  if user ~= '' then redis.call('ZADD', ukey(user), now, id) end
-  if conn ~= '' then bind_conn(id, s, conn) end
-  set_expiry(id, s, expires)
+  if has_conn then
+    bind_conn(id, s, conn)
+    table.insert(fields, 'conn'); table.insert(fields, conn)
+  end
   publish('created', id, s, nil)
-  return done(reply(id))
+  return done(fields)
 
 elseif op == 'attr_set' then
   local id, max_attrs = arg(), tonumber(arg())
@@ -429,6 +441,21 @@ elseif op == 'sweep' then
     end
   end
   return done(expired)
+
+elseif op == 'audit' then
+  -- Walks the expiry index a page at a time and drops entries whose session
+  -- hash is gone (deleted behind the sidecars' back), so COUNT converges.
+  local cursor, page = arg(), arg()
+  local scanned = redis.call('ZSCAN', xkey, cursor, 'COUNT', page)
+  local members = scanned[2]
+  local repaired = 0
+  for i = 1, #members, 2 do
+    if redis.call('EXISTS', skey(members[i])) == 0 then
+      redis.call('ZREM', xkey, members[i])
+      repaired = repaired + 1
+    end
+  end
+  return done({ scanned[1], repaired })
 
 elseif op == 'heartbeat' then
   -- Batched last_active of heartbeats answered from memory: never moves it back.

@@ -18,7 +18,7 @@ use dashmap::DashMap;
 use redis::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::cache::{HotCache, Ticket};
+use super::cache::{HotCache, Suspect, Ticket};
 use super::connection::{CallError, PushHandler, Upstream};
 use crate::pubsub::PubSub;
 use crate::store::{
@@ -53,7 +53,12 @@ pub struct WriteThroughStats {
     pub misses: AtomicU64,
     pub heartbeats_absorbed: AtomicU64,
     pub heartbeat_flushes: AtomicU64,
+    /// Invalidated copies put back after their version checked out.
+    pub verified: AtomicU64,
 }
+
+/// How often a page of the expiry index is audited for dangling entries.
+const AUDIT_INTERVAL: Duration = Duration::from_millis(200);
 
 pub struct WriteThrough {
     pub upstream: Arc<Upstream>,
@@ -61,6 +66,10 @@ pub struct WriteThrough {
     config: WriteThroughConfig,
     /// `last_active` of heartbeats answered from memory, not yet written.
     heartbeats: DashMap<Key, u64, foldhash::fast::RandomState>,
+    /// Invalidated copies waiting to be checked against the upstream's
+    /// version (see the cache's documentation).
+    suspects: std::sync::Mutex<Vec<Suspect>>,
+    suspects_added: tokio::sync::Notify,
     pubsub: Arc<PubSub>,
     pub stats: WriteThroughStats,
     /// Lifecycle counts of the changes this sidecar made.
@@ -88,6 +97,8 @@ impl WriteThrough {
             upstream,
             cache: HotCache::new(config.maxmemory),
             heartbeats: DashMap::default(),
+            suspects: std::sync::Mutex::default(),
+            suspects_added: tokio::sync::Notify::new(),
             config,
             pubsub,
             stats: WriteThroughStats::default(),
@@ -184,7 +195,7 @@ impl WriteThrough {
         let (key, session) = parse_session(state)?;
         let version = session.version;
         if &*key == id {
-            self.cache.install(key, session, ticket);
+            self.install(key, session, ticket);
         }
         Some(version)
     }
@@ -237,7 +248,7 @@ impl WriteThrough {
             return Ok(None);
         }
         let result = f.take().map(|f| f(&session));
-        self.cache.install(key, session, ticket);
+        self.install(key, session, ticket);
         Ok(result)
     }
 
@@ -287,6 +298,8 @@ impl WriteThrough {
             &id,
             user,
             conn,
+            flag(request.user.is_some()),
+            flag(request.conn.is_some()),
             ttl.as_bytes(),
             max_per_user.as_bytes(),
             max_attrs.as_bytes(),
@@ -372,7 +385,6 @@ impl WriteThrough {
         let ttl = request.ttl_ms.map(|t| t.to_string()).unwrap_or_default();
         let max_attrs = self.config.limits.max_attrs.to_string();
         let sets = request.set_attrs.len().to_string();
-        let flag = |present: bool| -> &[u8] { if present { b"1" } else { b"0" } };
         let mut args: Vec<&[u8]> = vec![
             id,
             if_version.as_bytes(),
@@ -487,10 +499,15 @@ impl WriteThrough {
         let mut sweep = tokio::time::interval(self.config.sweep_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut audit = tokio::time::interval(AUDIT_INTERVAL);
+        audit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut audit_cursor = String::from("0");
         loop {
             tokio::select! {
+                _ = self.suspects_added.notified() => self.verify_suspects().await,
                 _ = heartbeat.tick() => self.flush_heartbeats().await,
                 _ = sweep.tick() => self.sweep().await,
+                _ = audit.tick() => audit_cursor = self.audit(audit_cursor).await,
                 _ = shutdown.cancelled() => {
                     self.flush_heartbeats().await;
                     return;
@@ -533,6 +550,89 @@ impl WriteThrough {
         }
     }
 
+    /// An invalidation of `id`: its copy, if any, is checked in the next batch.
+    pub fn suspect(&self, id: &[u8]) {
+        if let Some(suspect) = self.cache.suspect(id, crate::store::now_ms()) {
+            self.check_later(suspect);
+        }
+    }
+
+    fn check_later(&self, suspect: Suspect) {
+        self.suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(suspect);
+        self.suspects_added.notify_one();
+    }
+
+    /// Installs a copy in the hot cache, to be checked if it may be stale.
+    fn install(&self, key: Key, session: Session, ticket: Ticket) {
+        if let Some(suspect) = self.cache.install(key, session, ticket) {
+            self.check_later(suspect);
+        }
+    }
+
+    /// Checks the suspects against the upstream's versions, one pipelined
+    /// round trip per batch.
+    async fn verify_suspects(&self) {
+        const BATCH: usize = 1024;
+        loop {
+            let batch: Vec<Suspect> = {
+                let mut suspects = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
+                let take = suspects.len().min(BATCH);
+                suspects.drain(..take).collect()
+            };
+            if batch.is_empty() {
+                return;
+            }
+            let mut pipeline = redis::pipe();
+            for suspect in &batch {
+                pipeline
+                    .cmd("HGET")
+                    .arg(self.session_key(&suspect.id))
+                    .arg("version");
+            }
+            // Unreachable: the cache is flushed anyway and the marks expire.
+            let Ok(versions) = self
+                .upstream
+                .call(async |c| pipeline.query_async::<Vec<Option<u64>>>(c).await)
+                .await
+            else {
+                return;
+            };
+            for (suspect, version) in batch.iter().zip(versions) {
+                if self.cache.settle(suspect, version) {
+                    self.stats.verified.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// One page of the expiry-index audit; returns the next cursor.
+    async fn audit(&self, cursor: String) -> String {
+        const PAGE: &[u8] = b"500";
+        match self
+            .run(
+                "audit",
+                &[],
+                &[cursor.as_bytes(), PAGE],
+                crate::store::now_ms(),
+            )
+            .await
+        {
+            Ok(reply) => match reply.result {
+                Value::Array(parts) => parts
+                    .into_iter()
+                    .next()
+                    .and_then(bulk)
+                    .and_then(|c| String::from_utf8(c).ok()),
+                _ => None,
+            }
+            .unwrap_or_else(|| "0".into()),
+            Err(_) => cursor,
+        }
+    }
+
     async fn sweep(&self) {
         const BATCH: &[u8] = b"1000";
         let span = tracing::trace_span!("sweep");
@@ -563,6 +663,11 @@ impl PushHandler for Coherence {
 
     fn disconnected(&self) {
         self.store.cache.flush(false);
+        self.store
+            .suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     fn invalidate(&self, keys: Option<Vec<Vec<u8>>>) {
@@ -570,7 +675,7 @@ impl PushHandler for Coherence {
             Some(keys) => {
                 for key in keys {
                     if let Some(id) = self.store.id_of_key(&key) {
-                        self.store.cache.invalidate(id);
+                        self.store.suspect(id);
                     }
                 }
             }
@@ -599,6 +704,11 @@ fn integer(value: &Value) -> Option<i64> {
         Value::Int(n) => Some(*n),
         _ => None,
     }
+}
+
+/// A presence flag for the script.
+fn flag(present: bool) -> &'static [u8] {
+    if present { b"1" } else { b"0" }
 }
 
 /// A `{ value, session }` reply.

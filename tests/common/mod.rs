@@ -1256,3 +1256,119 @@ impl EventSubscriber {
         out
     }
 }
+
+// ---------------------------------------------------------------------------
+// Write-through fixtures: restartable redis-server, hard kills, INFO parsing
+// ---------------------------------------------------------------------------
+
+impl RedisServer {
+    /// Starts redis-server on exactly `port` (e.g. to restart an upstream on
+    /// the port its clients know) and waits until it answers PING. Panics if
+    /// it cannot bind the port within the startup deadline.
+    pub fn start_on_port(port: u16, extra: &[&str]) -> RedisServer {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let end = Instant::now() + STARTUP_DEADLINE;
+        loop {
+            let mut child = Command::new(REDIS_SERVER)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server");
+            let up = wait_until(end.saturating_duration_since(Instant::now()), || {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return true;
+                }
+                ping_raw(addr)
+            });
+            if up && child.try_wait().unwrap().is_none() {
+                return RedisServer { child, addr };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            if Instant::now() >= end {
+                panic!("could not start redis-server on port {port}");
+            }
+            // The port may still be held by a dying process: retry shortly.
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The port this server listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// SIGKILL (no shutdown, no final save) and wait for the process to go.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sidecar {
+    /// SIGKILL (kill -9: nothing flushed, nothing drained) and wait for the
+    /// process to go.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// `INFO <section>` as field → value.
+    pub fn info(&self, section: &str) -> BTreeMap<String, String> {
+        parse_info(&text(&call(&mut self.client(), &["INFO", section])))
+    }
+}
+
+/// Parses Redis's INFO text (`# Section` headers, `name:value` lines).
+pub fn parse_info(info: &str) -> BTreeMap<String, String> {
+    info.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The sum of `calls=` over every command of redis-server's
+/// `INFO commandstats` (commands run inside scripts included).
+pub fn commandstats_calls(con: &mut redis::Connection) -> u64 {
+    let info = text(&call(con, &["INFO", "commandstats"]));
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_"))
+        .filter_map(|l| {
+            l.split([':', ','])
+                .find_map(|f| f.strip_prefix("calls="))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// A fresh, empty directory under the system temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "session-sidecar-{tag}-{}-{n}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 temp path")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

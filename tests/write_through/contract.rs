@@ -1,0 +1,1774 @@
+//! The SESSION.* contract of commands.md in write-through mode: the
+//! standalone suite (`tests/session_commands.rs`) ported check by check, each
+//! against sidecar A of its own fleet (a fresh redis-server and two sidecars
+//! on it), so the replies and errors must be exactly those of standalone.
+//! Where standalone runs concurrent clients on one sidecar, they are spread
+//! over both sidecars here. NODES is checked in `main.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use redis::Value;
+
+use crate::common::*;
+use crate::fleet::{Fleet, NODE};
+
+fn sidecar() -> Fleet {
+    Fleet::start(&[])
+}
+
+fn client(sc: &Sidecar, resp3: bool) -> redis::Connection {
+    if resp3 {
+        sc.client_resp3()
+    } else {
+        sc.client()
+    }
+}
+
+fn attrs(pairs: &[(&str, &str)]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// The session's version, whichever protocol the connection speaks.
+fn version(con: &mut redis::Connection, id: &str) -> i64 {
+    let v = call(con, &["SESSION.GET", id]);
+    session(&v, matches!(v, Value::Map(_))).version
+}
+
+fn is_uuid_v4(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
+        && b.iter()
+            .enumerate()
+            .filter(|(i, _)| ![8, 13, 18, 23].contains(i))
+            .all(|(_, c)| c.is_ascii_hexdigit())
+        && b[14] == b'4'
+        && matches!(b[19].to_ascii_lowercase(), b'8' | b'9' | b'a' | b'b')
+}
+
+// ---------------------------------------------------------------------------
+// SESSION.CREATE and SESSION.GET
+// ---------------------------------------------------------------------------
+
+#[test]
+fn create_without_id_returns_a_fresh_uuid_v4() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    let first = text(&call(&mut c, &["SESSION.CREATE"]));
+    let second = text(&call(&mut c, &["SESSION.CREATE", "USER", "u"]));
+    assert!(is_uuid_v4(&first), "not a UUID v4: {first}");
+    assert!(is_uuid_v4(&second), "not a UUID v4: {second}");
+    assert_ne!(first, second);
+    assert_eq!(
+        call(&mut c, &["SESSION.EXISTS", &first, &second]),
+        Value::Int(2)
+    );
+}
+
+fn check_create_then_get(resp3: bool) {
+    let sc = sidecar();
+    let mut c = client(&sc, resp3);
+    let before = now_ms();
+    let reply = call(
+        &mut c,
+        &[
+            "SESSION.CREATE",
+            "ID",
+            "s1",
+            "USER",
+            "alice",
+            "CONN",
+            "c1",
+            "TTL",
+            "60",
+            "ATTR",
+            "role",
+            "admin",
+            "ATTR",
+            "lang",
+            "fr",
+        ],
+    );
+    let after = now_ms();
+    assert_eq!(reply, bulk("s1"));
+
+    let s = get_session(&mut c, "s1", resp3).expect("created session");
+    assert_eq!(s.id, b"s1");
+    assert_eq!(s.user.as_deref(), Some(&b"alice"[..]));
+    assert_eq!(s.conn.as_deref(), Some(&b"c1"[..]));
+    assert_eq!(s.status, "active");
+    assert_eq!(s.node, NODE);
+    assert!(
+        (before..=after).contains(&s.created),
+        "created {} not in [{before}, {after}]",
+        s.created
+    );
+    assert_eq!(s.last_active, s.created);
+    assert_eq!(s.ttl, 60_000);
+    assert!(
+        (before + 60_000..=after + 60_000).contains(&s.expires),
+        "expires {} not now+60s",
+        s.expires
+    );
+    assert_eq!(s.version, 1);
+    assert_eq!(s.attrs, attrs(&[("role", "admin"), ("lang", "fr")]));
+}
+
+#[test]
+fn create_then_get_resp2_flat_arrays() {
+    check_create_then_get(false);
+}
+
+#[test]
+fn create_then_get_resp3_maps() {
+    check_create_then_get(true);
+}
+
+#[test]
+fn get_session_without_user_or_conn_has_nil_fields_and_default_ttl() {
+    for resp3 in [false, true] {
+        let sc = Fleet::start(&["--default-ttl", "90"]);
+        let mut c = client(&sc, resp3);
+        assert_eq!(
+            call(&mut c, &["SESSION.CREATE", "ID", "bare"]),
+            bulk("bare")
+        );
+        let s = get_session(&mut c, "bare", resp3).unwrap();
+        assert_eq!(s.user, None);
+        assert_eq!(s.conn, None);
+        assert_eq!(s.ttl, 90_000);
+        assert!(s.attrs.is_empty());
+        // Nil is the protocol's null inside the map, not an empty string.
+        let raw = call(&mut c, &["SESSION.GET", "bare"]);
+        let fields = map_of(&raw, resp3);
+        assert_eq!(fields["user"], Value::Nil);
+        assert_eq!(fields["conn"], Value::Nil);
+    }
+}
+
+#[test]
+fn get_missing_is_null_bulk_in_resp2_and_null_in_resp3() {
+    let sc = sidecar();
+    let mut raw = sc.raw();
+    raw.send_cmd(&["SESSION.GET", "nope"]);
+    raw.expect_bytes(b"$-1\r\n");
+    raw.send_cmd(&["SESSION.GET", "nope", "JSON"]);
+    raw.expect_bytes(b"$-1\r\n");
+    assert!(matches!(raw.cmd(&["HELLO", "3"]), Resp::Map(_)));
+    raw.send_cmd(&["SESSION.GET", "nope"]);
+    raw.expect_bytes(b"_\r\n");
+    raw.send_cmd(&["SESSION.GET", "nope", "JSON"]);
+    raw.expect_bytes(b"_\r\n");
+
+    let mut c = sc.client();
+    assert_eq!(call(&mut c, &["SESSION.GET", "nope"]), Value::Nil);
+    let mut c3 = sc.client_resp3();
+    assert_eq!(call(&mut c3, &["SESSION.GET", "nope"]), Value::Nil);
+}
+
+#[test]
+fn get_on_the_wire_resp3_is_a_map_with_nested_attrs_map() {
+    let sc = sidecar();
+    let mut raw = sc.raw();
+    raw.cmd(&["HELLO", "3"]);
+    raw.cmd(&["SESSION.CREATE", "ID", "w", "ATTR", "k", "v"]);
+    let Resp::Map(pairs) = raw.cmd(&["SESSION.GET", "w"]) else {
+        panic!("RESP3 GET must be a map");
+    };
+    assert_eq!(pairs.len(), 11);
+    let attrs = pairs
+        .iter()
+        .find(|(k, _)| k.text() == "attrs")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert_eq!(attrs, Resp::Map(vec![(Resp::bulk("k"), Resp::bulk("v"))]));
+    let user = pairs.iter().find(|(k, _)| k.text() == "user").unwrap();
+    assert_eq!(user.1, Resp::Null);
+}
+
+#[test]
+fn get_on_the_wire_resp2_is_a_flat_array_with_nested_flat_attrs() {
+    let sc = sidecar();
+    let mut raw = sc.raw();
+    raw.cmd(&["SESSION.CREATE", "ID", "w", "ATTR", "k", "v"]);
+    let Resp::Array(items) = raw.cmd(&["SESSION.GET", "w"]) else {
+        panic!("RESP2 GET must be an array");
+    };
+    assert_eq!(items.len(), 22);
+    let pos = items
+        .iter()
+        .position(|i| *i == Resp::bulk("attrs"))
+        .unwrap();
+    assert_eq!(pos % 2, 0, "attrs must be a key");
+    assert_eq!(items[pos + 1], Resp::bulks(&["k", "v"]));
+    let pos = items.iter().position(|i| *i == Resp::bulk("conn")).unwrap();
+    assert_eq!(items[pos + 1], Resp::NullBulk);
+    let pos = items
+        .iter()
+        .position(|i| *i == Resp::bulk("version"))
+        .unwrap();
+    assert_eq!(items[pos + 1], Resp::Int(1));
+}
+
+#[test]
+fn get_json_is_one_json_object_with_the_same_fields() {
+    for resp3 in [false, true] {
+        let sc = sidecar();
+        let mut c = client(&sc, resp3);
+        call(
+            &mut c,
+            &[
+                "SESSION.CREATE",
+                "ID",
+                "j1",
+                "USER",
+                "bob",
+                "TTL",
+                "30",
+                "ATTR",
+                "n",
+                "7",
+                "ATTR",
+                "q",
+                "say \"hi\"",
+            ],
+        );
+        let from_map = get_session(&mut c, "j1", resp3).unwrap();
+        let reply = call(&mut c, &["session.get", "j1", "json"]);
+        assert!(
+            matches!(reply, Value::BulkString(_)),
+            "JSON must be one bulk string: {reply:?}"
+        );
+        let json: serde_json::Value = serde_json::from_slice(&bytes(&reply)).expect("valid JSON");
+        let obj = json.as_object().expect("a JSON object");
+        let keys: Vec<&str> = obj
+            .keys()
+            .map(String::as_str)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(keys, SESSION_FIELDS);
+        assert_eq!(obj["id"], "j1");
+        assert_eq!(obj["user"], "bob");
+        assert_eq!(obj["conn"], serde_json::Value::Null);
+        assert_eq!(obj["status"], "active");
+        assert_eq!(obj["node"], NODE);
+        for field in ["created", "last_active", "expires", "ttl", "version"] {
+            assert!(
+                obj[field].is_i64() || obj[field].is_u64(),
+                "{field} must be a JSON number: {obj:?}"
+            );
+        }
+        assert_eq!(obj["created"].as_i64(), Some(from_map.created));
+        assert_eq!(obj["expires"].as_i64(), Some(from_map.expires));
+        assert_eq!(obj["ttl"].as_i64(), Some(30_000));
+        assert_eq!(obj["version"].as_i64(), Some(1));
+        assert_eq!(
+            obj["attrs"],
+            serde_json::json!({"n": "7", "q": "say \"hi\""})
+        );
+    }
+}
+
+#[test]
+fn keywords_and_command_names_are_case_insensitive() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    assert_eq!(
+        call(
+            &mut c,
+            &[
+                "session.create",
+                "id",
+                "lc",
+                "user",
+                "u",
+                "pttl",
+                "50000",
+                "attr",
+                "a",
+                "b",
+                "maxperuser",
+                "5"
+            ]
+        ),
+        bulk("lc")
+    );
+    assert_eq!(call(&mut c, &["SeSsIoN.ExIsTs", "lc"]), Value::Int(1));
+    let s = get_session(&mut c, "lc", false).unwrap();
+    assert_eq!(s.user.as_deref(), Some(&b"u"[..]));
+    assert_eq!(s.ttl, 50_000);
+    assert_eq!(
+        call(
+            &mut c,
+            &[
+                "session.update",
+                "lc",
+                "ifversion",
+                "1",
+                "status",
+                "DISCONNECTED"
+            ]
+        ),
+        Value::Int(2)
+    );
+    assert_eq!(
+        get_session(&mut c, "lc", false).unwrap().status,
+        "disconnected"
+    );
+    assert_eq!(
+        array(&call(&mut c, &["session.byuser", "u", "withsessions"])).len(),
+        1
+    );
+    assert_eq!(call(&mut c, &["session.count", "local"]), Value::Int(1));
+}
+
+#[test]
+fn values_are_binary_safe() {
+    for resp3 in [false, true] {
+        let sc = sidecar();
+        let mut c = client(&sc, resp3);
+        let id: &[u8] = b"id\x00\xff\r\n end";
+        let user: &[u8] = b"u\x00\r\n";
+        let conn: &[u8] = b"\xfe\xffconn";
+        let name: &[u8] = b"n\x00\r\na";
+        let value: Vec<u8> = (0u8..=255).collect();
+        let created = call(
+            &mut c,
+            &[
+                b"SESSION.CREATE".as_slice(),
+                b"ID",
+                id,
+                b"USER",
+                user,
+                b"CONN",
+                conn,
+                b"ATTR",
+                name,
+                &value,
+            ],
+        );
+        assert_eq!(created, bulk(id));
+        assert_eq!(
+            call(&mut c, &[b"SESSION.ATTR.GET".as_slice(), id, name]),
+            Value::Array(vec![bulk(&value)])
+        );
+        let v = call(&mut c, &[b"SESSION.GET".as_slice(), id]);
+        let s = session(&v, resp3);
+        assert_eq!(s.id, id);
+        assert_eq!(s.user.as_deref(), Some(user));
+        assert_eq!(s.conn.as_deref(), Some(conn));
+        assert_eq!(s.attrs.get(name), Some(&value));
+        assert_eq!(
+            call(&mut c, &[b"SESSION.BYCONN".as_slice(), conn]),
+            bulk(id)
+        );
+        assert_eq!(
+            call(&mut c, &[b"SESSION.BYUSER".as_slice(), user]),
+            Value::Array(vec![bulk(id)])
+        );
+        // The same id minus the NUL byte is another session.
+        assert_eq!(
+            call(&mut c, &[b"SESSION.EXISTS".as_slice(), b"id\xff\r\n end"]),
+            Value::Int(0)
+        );
+        assert_eq!(
+            call(&mut c, &[b"SESSION.DEL".as_slice(), id]),
+            Value::Int(1)
+        );
+    }
+}
+
+#[test]
+fn create_refuses_a_live_id_with_exists() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "dup", "ATTR", "a", "1"]);
+    let v = call(&mut c, &["SESSION.CREATE", "ID", "dup", "ATTR", "a", "2"]);
+    assert_err(&v, "EXISTS session already exists");
+    // Nothing changed.
+    let s = get_session(&mut c, "dup", false).unwrap();
+    assert_eq!(s.version, 1);
+    assert_eq!(s.attrs, attrs(&[("a", "1")]));
+    // Once deleted, the id can be reused.
+    assert_eq!(call(&mut c, &["SESSION.DEL", "dup"]), Value::Int(1));
+    assert_eq!(call(&mut c, &["SESSION.CREATE", "ID", "dup"]), bulk("dup"));
+}
+
+#[test]
+fn create_rejects_invalid_ttls() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    for (opt, value) in [
+        ("TTL", "0"),
+        ("TTL", "-1"),
+        ("PTTL", "0"),
+        ("PTTL", "-100"),
+        ("TTL", "9223372036854775807"),
+        ("PTTL", "9223372036854775807"),
+        ("TTL", "9223372036854775"),
+    ] {
+        let v = call(&mut c, &["SESSION.CREATE", "ID", "bad", opt, value]);
+        assert_err(&v, "ERR invalid TTL");
+    }
+    assert_eq!(call(&mut c, &["SESSION.EXISTS", "bad"]), Value::Int(0));
+    assert_eq!(call(&mut c, &["SESSION.COUNT"]), Value::Int(0));
+    // Not a number at all: an error as well (Redis: not an integer).
+    let v = call(&mut c, &["SESSION.CREATE", "ID", "bad", "TTL", "ten"]);
+    assert_err_code(&v, "ERR");
+}
+
+#[test]
+fn create_rejects_bad_syntax() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    for args in [
+        vec!["SESSION.CREATE", "ID"],
+        vec!["SESSION.CREATE", "BOGUS"],
+        vec!["SESSION.CREATE", "ID", "x", "USER"],
+        vec!["SESSION.CREATE", "ID", "x", "ATTR", "only-name"],
+        vec!["SESSION.CREATE", "ID", "x", "TTL", "5", "PTTL", "5000"],
+        vec!["SESSION.CREATE", "ID", "x", "TTL"],
+    ] {
+        let v = call(&mut c, &args);
+        assert_err(&v, "ERR syntax error");
+    }
+    assert_eq!(call(&mut c, &["SESSION.COUNT"]), Value::Int(0));
+}
+
+#[test]
+fn create_with_pttl_sets_millisecond_ttl() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    let before = now_ms();
+    call(&mut c, &["SESSION.CREATE", "ID", "p", "PTTL", "12345"]);
+    let s = get_session(&mut c, "p", false).unwrap();
+    assert_eq!(s.ttl, 12_345);
+    assert!(s.expires >= before + 12_345 && s.expires <= now_ms() + 12_345);
+    let left = int(&call(&mut c, &["SESSION.TTL", "p"]));
+    assert!((1..=12_345).contains(&left) && left > 11_000, "TTL {left}");
+}
+
+// ---------------------------------------------------------------------------
+// Arity and syntax errors
+// ---------------------------------------------------------------------------
+
+#[test]
+fn wrong_number_of_arguments_is_worded_as_redis() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "s"]);
+    let cases: &[&[&str]] = &[
+        &["SESSION.GET"],
+        &["SESSION.EXISTS"],
+        &["SESSION.ATTR.SET", "s"],
+        &["SESSION.ATTR.SET", "s", "name"],
+        &["SESSION.ATTR.SET", "s", "a", "1", "b"],
+        &["SESSION.ATTR.GET", "s"],
+        &["SESSION.ATTR.DEL", "s"],
+        &["SESSION.ATTR.INCRBY", "s", "n"],
+        &["SESSION.ATTR.INCRBY", "s", "n", "1", "2"],
+        &["SESSION.UPDATE"],
+        &["SESSION.TOUCH"],
+        &["SESSION.TOUCH", "s", "extra"],
+        &["SESSION.TTL"],
+        &["SESSION.TTL", "s", "extra"],
+        &["SESSION.EXPIRE", "s"],
+        &["SESSION.EXPIRE", "s", "10", "extra"],
+        &["SESSION.DEL"],
+        &["SESSION.BIND", "s"],
+        &["SESSION.BIND", "s", "c", "extra"],
+        &["SESSION.UNBIND"],
+        &["SESSION.BYCONN"],
+        &["SESSION.BYCONN", "c", "extra"],
+        &["SESSION.BYUSER"],
+        &["SESSION.KILLUSER"],
+        &["SESSION.KILLUSER", "u", "extra"],
+    ];
+    for args in cases {
+        let v = call(&mut c, args);
+        let name = args[0].to_ascii_lowercase();
+        assert_err(
+            &v,
+            &format!("ERR wrong number of arguments for '{name}' command"),
+        );
+    }
+    // The name is lower-case whatever case the client used.
+    let v = call(&mut c, &["Session.Get"]);
+    assert_err(
+        &v,
+        "ERR wrong number of arguments for 'session.get' command",
+    );
+    // Nothing was changed by any of them.
+    assert_eq!(version(&mut c, "s"), 1);
+}
+
+#[test]
+fn unknown_options_are_syntax_errors() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "s", "USER", "u"]);
+    let cases: &[&[&str]] = &[
+        &["SESSION.GET", "s", "XML"],
+        &["SESSION.GET", "s", "JSON", "extra"],
+        &["SESSION.UPDATE", "s", "BOGUS"],
+        &["SESSION.UPDATE", "s", "ATTR", "a"],
+        &["SESSION.UPDATE", "s", "IFVERSION"],
+        &["SESSION.UPDATE", "s", "STATUS"],
+        &["SESSION.UPDATE", "s", "TTL", "5", "PTTL", "5000"],
+        &["SESSION.UNBIND", "s", "LATER"],
+        &["SESSION.UNBIND", "s", "GRACE"],
+        &["SESSION.BYUSER", "u", "WITHOUT"],
+        &["SESSION.COUNT", "GLOBAL"],
+    ];
+    for args in cases {
+        let v = call(&mut c, args);
+        assert_err(&v, "ERR syntax error");
+    }
+    assert_eq!(version(&mut c, "s"), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Limits
+// ---------------------------------------------------------------------------
+
+#[test]
+fn id_user_conn_and_attribute_names_are_limited_to_512_bytes() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    let ok = "i".repeat(512);
+    let long = "i".repeat(513);
+
+    assert_eq!(call(&mut c, &["SESSION.CREATE", "ID", &ok]), bulk(&ok));
+    assert_err_code(&call(&mut c, &["SESSION.CREATE", "ID", &long]), "ERR");
+    assert_eq!(call(&mut c, &["SESSION.EXISTS", &long]), Value::Int(0));
+
+    let id = text(&call(
+        &mut c,
+        &["SESSION.CREATE", "USER", &ok, "CONN", &ok, "ATTR", &ok, "v"],
+    ));
+    assert_eq!(call(&mut c, &["SESSION.BYCONN", &ok]), bulk(&id));
+    let before = int(&call(&mut c, &["SESSION.COUNT"]));
+    assert_err_code(&call(&mut c, &["SESSION.CREATE", "USER", &long]), "ERR");
+    assert_err_code(&call(&mut c, &["SESSION.CREATE", "CONN", &long]), "ERR");
+    assert_err_code(
+        &call(&mut c, &["SESSION.CREATE", "ATTR", &long, "v"]),
+        "ERR",
+    );
+    assert_eq!(call(&mut c, &["SESSION.COUNT"]), Value::Int(before));
+
+    // Updates obey the same limits and change nothing when refused.
+    assert_err_code(&call(&mut c, &["SESSION.ATTR.SET", &id, &long, "v"]), "ERR");
+    assert_err_code(
+        &call(&mut c, &["SESSION.UPDATE", &id, "USER", &long]),
+        "ERR",
+    );
+    assert_err_code(
+        &call(&mut c, &["SESSION.UPDATE", &id, "CONN", &long]),
+        "ERR",
+    );
+    assert_err_code(&call(&mut c, &["SESSION.BIND", &id, &long]), "ERR");
+    assert_eq!(version(&mut c, &id), 1);
+}
+
+#[test]
+fn attribute_values_are_limited_to_one_mib() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    let mib = vec![b'x'; 1024 * 1024];
+    let over = vec![b'x'; 1024 * 1024 + 1];
+    let created = call(
+        &mut c,
+        &[
+            b"SESSION.CREATE".as_slice(),
+            b"ID",
+            b"big",
+            b"ATTR",
+            b"v",
+            &mib,
+        ],
+    );
+    assert_eq!(created, bulk("big"));
+    assert_eq!(
+        call(&mut c, &["SESSION.ATTR.GET", "big", "v"]),
+        Value::Array(vec![bulk(&mib)])
+    );
+
+    let refused = call(
+        &mut c,
+        &[
+            b"SESSION.CREATE".as_slice(),
+            b"ID",
+            b"bigger",
+            b"ATTR",
+            b"v",
+            &over,
+        ],
+    );
+    assert_err_code(&refused, "ERR");
+    assert_eq!(call(&mut c, &["SESSION.EXISTS", "bigger"]), Value::Int(0));
+
+    let refused = call(
+        &mut c,
+        &[b"SESSION.ATTR.SET".as_slice(), b"big", b"w", &over],
+    );
+    assert_err_code(&refused, "ERR");
+    let refused = call(
+        &mut c,
+        &[b"SESSION.UPDATE".as_slice(), b"big", b"ATTR", b"w", &over],
+    );
+    assert_err_code(&refused, "ERR");
+    let s = get_session(&mut c, "big", false).unwrap();
+    assert_eq!(s.version, 1);
+    assert_eq!(s.attrs.len(), 1);
+}
+
+#[test]
+fn sessions_hold_at_most_1024_attributes() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    let mut args: Vec<String> = vec!["SESSION.CREATE".into(), "ID".into(), "many".into()];
+    for i in 0..1024 {
+        args.extend(["ATTR".into(), format!("a{i}"), "v".into()]);
+    }
+    assert_eq!(call(&mut c, &args), bulk("many"));
+    assert_eq!(
+        get_session(&mut c, "many", false).unwrap().attrs.len(),
+        1024
+    );
+
+    // A 1025th attribute is refused whichever command tries to add it...
+    assert_err_code(
+        &call(&mut c, &["SESSION.ATTR.SET", "many", "extra", "v"]),
+        "ERR",
+    );
+    assert_err_code(
+        &call(&mut c, &["SESSION.UPDATE", "many", "ATTR", "extra", "v"]),
+        "ERR",
+    );
+    assert_err_code(
+        &call(&mut c, &["SESSION.ATTR.INCRBY", "many", "extra", "1"]),
+        "ERR",
+    );
+    assert_eq!(version(&mut c, "many"), 1);
+    // ...but overwriting an existing one, or replacing one in the same step, is fine.
+    assert_eq!(
+        call(&mut c, &["SESSION.ATTR.SET", "many", "a0", "w"]),
+        Value::Int(2)
+    );
+    assert_eq!(
+        call(
+            &mut c,
+            &[
+                "SESSION.UPDATE",
+                "many",
+                "DELATTR",
+                "a1",
+                "ATTR",
+                "extra",
+                "v"
+            ]
+        ),
+        Value::Int(3)
+    );
+
+    args[2] = "too-many".into();
+    args.extend(["ATTR".into(), "a1024".into(), "v".into()]);
+    assert_err_code(&call(&mut c, &args), "ERR");
+    assert_eq!(call(&mut c, &["SESSION.EXISTS", "too-many"]), Value::Int(0));
+}
+
+#[test]
+fn limits_are_configurable() {
+    let sc = Fleet::start(&[
+        "--max-name-len",
+        "8",
+        "--max-value-len",
+        "16",
+        "--max-attrs",
+        "2",
+    ]);
+    let mut c = sc.client();
+    let v16 = "v".repeat(16);
+    let v17 = "v".repeat(17);
+    assert_eq!(
+        call(
+            &mut c,
+            &[
+                "SESSION.CREATE",
+                "ID",
+                "12345678",
+                "USER",
+                "uuuuuuuu",
+                "ATTR",
+                "a",
+                &v16,
+                "ATTR",
+                "b",
+                "1"
+            ]
+        ),
+        bulk("12345678")
+    );
+    assert_err_code(&call(&mut c, &["SESSION.CREATE", "ID", "123456789"]), "ERR");
+    assert_err_code(
+        &call(&mut c, &["SESSION.CREATE", "USER", "uuuuuuuuu"]),
+        "ERR",
+    );
+    assert_err_code(
+        &call(&mut c, &["SESSION.ATTR.SET", "12345678", "a", &v17]),
+        "ERR",
+    );
+    assert_err_code(
+        &call(&mut c, &["SESSION.ATTR.SET", "12345678", "c", "1"]),
+        "ERR",
+    );
+    assert_eq!(call(&mut c, &["SESSION.COUNT"]), Value::Int(1));
+    assert_eq!(version(&mut c, "12345678"), 1);
+}
+
+// ---------------------------------------------------------------------------
+// EXISTS, ATTR.*
+// ---------------------------------------------------------------------------
+
+#[test]
+fn exists_counts_live_ids() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "a"]);
+    call(&mut c, &["SESSION.CREATE", "ID", "b"]);
+    assert_eq!(call(&mut c, &["SESSION.EXISTS", "a"]), Value::Int(1));
+    assert_eq!(call(&mut c, &["SESSION.EXISTS", "nope"]), Value::Int(0));
+    assert_eq!(
+        call(&mut c, &["SESSION.EXISTS", "a", "b", "nope"]),
+        Value::Int(2)
+    );
+    // As Redis EXISTS: a repeated id counts each time.
+    assert_eq!(call(&mut c, &["SESSION.EXISTS", "a", "a"]), Value::Int(2));
+}
+
+#[test]
+fn attr_set_get_del() {
+    for resp3 in [false, true] {
+        let sc = sidecar();
+        let mut c = client(&sc, resp3);
+        call(&mut c, &["SESSION.CREATE", "ID", "s", "ATTR", "keep", "1"]);
+        assert_eq!(
+            call(&mut c, &["SESSION.ATTR.SET", "s", "a", "x", "b", "y"]),
+            Value::Int(2)
+        );
+        assert_eq!(
+            call(&mut c, &["SESSION.ATTR.SET", "s", "a", "z"]),
+            Value::Int(3)
+        );
+        assert_eq!(
+            call(&mut c, &["SESSION.ATTR.GET", "s", "a", "missing", "b"]),
+            Value::Array(vec![bulk("z"), Value::Nil, bulk("y")])
+        );
+        assert_eq!(call(&mut c, &["SESSION.ATTR.GET", "nope", "a"]), Value::Nil);
+
+        assert_eq!(
+            call(&mut c, &["SESSION.ATTR.DEL", "s", "a", "missing", "b"]),
+            Value::Int(2)
+        );
+        assert_eq!(version(&mut c, "s"), 4);
+        assert_eq!(
+            call(&mut c, &["SESSION.ATTR.GET", "s", "a"]),
+            Value::Array(vec![Value::Nil])
+        );
+        assert_eq!(
+            call(&mut c, &["SESSION.ATTR.DEL", "nope", "a"]),
+            Value::Int(0)
+        );
+        assert_eq!(
+            get_session(&mut c, "s", resp3).unwrap().attrs,
+            attrs(&[("keep", "1")])
+        );
+
+        assert_err(
+            &call(&mut c, &["SESSION.ATTR.SET", "nope", "a", "1"]),
+            "NOSESSION no such session",
+        );
+        assert_eq!(call(&mut c, &["SESSION.EXISTS", "nope"]), Value::Int(0));
+    }
+}
+
+#[test]
+fn attr_get_missing_session_is_null_on_the_wire() {
+    let sc = sidecar();
+    let mut raw = sc.raw();
+    raw.send_cmd(&["SESSION.ATTR.GET", "nope", "a", "b"]);
+    raw.expect_bytes(b"$-1\r\n");
+    raw.cmd(&["SESSION.CREATE", "ID", "s", "ATTR", "a", "1"]);
+    raw.send_cmd(&["SESSION.ATTR.GET", "s", "a", "b"]);
+    raw.expect_bytes(b"*2\r\n$1\r\n1\r\n$-1\r\n");
+    raw.cmd(&["HELLO", "3"]);
+    raw.send_cmd(&["SESSION.ATTR.GET", "nope", "a"]);
+    raw.expect_bytes(b"_\r\n");
+    raw.send_cmd(&["SESSION.ATTR.GET", "s", "a", "b"]);
+    raw.expect_bytes(b"*2\r\n$1\r\n1\r\n_\r\n");
+}
+
+#[test]
+fn attr_incrby_behaves_as_hincrby() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    call(
+        &mut c,
+        &[
+            "SESSION.CREATE",
+            "ID",
+            "s",
+            "ATTR",
+            "word",
+            "abc",
+            "ATTR",
+            "max",
+            "9223372036854775807",
+        ],
+    );
+    assert_eq!(
+        call(&mut c, &["SESSION.ATTR.INCRBY", "s", "n", "5"]),
+        Value::Int(5)
+    );
+    assert_eq!(
+        call(&mut c, &["SESSION.ATTR.INCRBY", "s", "n", "-7"]),
+        Value::Int(-2)
+    );
+    assert_eq!(
+        call(&mut c, &["SESSION.ATTR.GET", "s", "n"]),
+        Value::Array(vec![bulk("-2")])
+    );
+    assert_eq!(version(&mut c, "s"), 3);
+
+    assert_err(
+        &call(&mut c, &["SESSION.ATTR.INCRBY", "s", "word", "1"]),
+        "ERR attribute value is not an integer or out of range",
+    );
+    let v = call(&mut c, &["SESSION.ATTR.INCRBY", "s", "n", "one"]);
+    let e = err_text(&v);
+    assert!(
+        e.starts_with("ERR ") && e.contains("not an integer or out of range"),
+        "{e}"
+    );
+    // Overflow is refused and leaves the value as it was.
+    assert_err_code(
+        &call(&mut c, &["SESSION.ATTR.INCRBY", "s", "max", "1"]),
+        "ERR",
+    );
+    assert_eq!(
+        call(&mut c, &["SESSION.ATTR.GET", "s", "max", "word"]),
+        Value::Array(vec![bulk("9223372036854775807"), bulk("abc")])
+    );
+    assert_eq!(version(&mut c, "s"), 3);
+
+    assert_err(
+        &call(&mut c, &["SESSION.ATTR.INCRBY", "nope", "n", "1"]),
+        "NOSESSION no such session",
+    );
+}
+
+#[test]
+fn attr_incrby_from_many_connections_loses_nothing() {
+    let sc = sidecar();
+    call(&mut sc.client(), &["SESSION.CREATE", "ID", "ctr"]);
+    let threads: Vec<_> = (0..8)
+        .map(|k| {
+            let mut c = if k % 2 == 0 {
+                sc.client()
+            } else {
+                sc.b.client()
+            };
+            thread::spawn(move || {
+                for _ in 0..100 {
+                    int(&call(&mut c, &["SESSION.ATTR.INCRBY", "ctr", "n", "1"]));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut c = sc.client();
+    assert!(wait_until(crate::fleet::WAIT, || version(&mut c, "ctr") == 801));
+    assert_eq!(
+        call(&mut c, &["SESSION.ATTR.GET", "ctr", "n"]),
+        Value::Array(vec![bulk("800")])
+    );
+    assert_eq!(version(&mut c, "ctr"), 801);
+}
+
+// ---------------------------------------------------------------------------
+// UPDATE and IFVERSION
+// ---------------------------------------------------------------------------
+
+#[test]
+fn update_applies_every_change_as_one_mutation() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    call(
+        &mut c,
+        &[
+            "SESSION.CREATE",
+            "ID",
+            "s",
+            "USER",
+            "u1",
+            "CONN",
+            "c1",
+            "ATTR",
+            "a",
+            "1",
+            "ATTR",
+            "b",
+            "2",
+        ],
+    );
+    let before = now_ms();
+    let v = call(
+        &mut c,
+        &[
+            "SESSION.UPDATE",
+            "s",
+            "USER",
+            "u2",
+            "CONN",
+            "c2",
+            "STATUS",
+            "disconnected",
+            "TTL",
+            "100",
+            "ATTR",
+            "c",
+            "3",
+            "ATTR",
+            "a",
+            "10",
+            "DELATTR",
+            "b",
+        ],
+    );
+    assert_eq!(v, Value::Int(2));
+    let s = get_session(&mut c, "s", false).unwrap();
+    assert_eq!(s.version, 2);
+    assert_eq!(s.user.as_deref(), Some(&b"u2"[..]));
+    assert_eq!(s.conn.as_deref(), Some(&b"c2"[..]));
+    assert_eq!(s.status, "disconnected");
+    assert_eq!(s.ttl, 100_000);
+    assert!(
+        s.expires >= before + 100_000 && s.expires <= now_ms() + 100_000,
+        "expires {}",
+        s.expires
+    );
+    assert_eq!(s.attrs, attrs(&[("a", "10"), ("c", "3")]));
+    // Indexes follow the update.
+    assert_eq!(
+        call(&mut c, &["SESSION.BYUSER", "u1"]),
+        Value::Array(vec![])
+    );
+    assert_eq!(byuser(&mut c, "u2"), ["s"]);
+    assert_eq!(call(&mut c, &["SESSION.BYCONN", "c1"]), Value::Nil);
+    assert_eq!(call(&mut c, &["SESSION.BYCONN", "c2"]), bulk("s"));
+
+    assert_eq!(
+        call(
+            &mut c,
+            &["SESSION.UPDATE", "s", "PTTL", "4000", "STATUS", "active"]
+        ),
+        Value::Int(3)
+    );
+    let s = get_session(&mut c, "s", false).unwrap();
+    assert_eq!((s.ttl, s.status.as_str()), (4000, "active"));
+
+    assert_err(
+        &call(&mut c, &["SESSION.UPDATE", "nope", "ATTR", "a", "1"]),
+        "NOSESSION no such session",
+    );
+    assert_err_code(
+        &call(&mut c, &["SESSION.UPDATE", "s", "STATUS", "sleeping"]),
+        "ERR",
+    );
+    assert_err(
+        &call(&mut c, &["SESSION.UPDATE", "s", "TTL", "0"]),
+        "ERR invalid TTL",
+    );
+    assert_eq!(version(&mut c, "s"), 3);
+}
+
+#[test]
+fn update_ifversion_applies_only_on_the_current_version() {
+    for resp3 in [false, true] {
+        let sc = sidecar();
+        let mut c = client(&sc, resp3);
+        call(&mut c, &["SESSION.CREATE", "ID", "s", "ATTR", "a", "1"]);
+        assert_eq!(
+            call(
+                &mut c,
+                &["SESSION.UPDATE", "s", "IFVERSION", "1", "ATTR", "a", "2"]
+            ),
+            Value::Int(2)
+        );
+        let v = call(
+            &mut c,
+            &[
+                "SESSION.UPDATE",
+                "s",
+                "IFVERSION",
+                "1",
+                "ATTR",
+                "a",
+                "3",
+                "USER",
+                "x",
+            ],
+        );
+        assert_err(&v, "CONFLICT version is 2");
+        let v = call(
+            &mut c,
+            &["SESSION.UPDATE", "s", "IFVERSION", "7", "DELATTR", "a"],
+        );
+        assert_err(&v, "CONFLICT version is 2");
+        let s = get_session(&mut c, "s", resp3).unwrap();
+        assert_eq!(s.version, 2);
+        assert_eq!(s.user, None);
+        assert_eq!(s.attrs, attrs(&[("a", "2")]));
+        assert_eq!(
+            call(
+                &mut c,
+                &["SESSION.UPDATE", "s", "IFVERSION", "2", "DELATTR", "a"]
+            ),
+            Value::Int(3)
+        );
+        assert_err(
+            &call(
+                &mut c,
+                &["SESSION.UPDATE", "nope", "IFVERSION", "1", "ATTR", "a", "1"],
+            ),
+            "NOSESSION no such session",
+        );
+        assert_err_code(
+            &call(&mut c, &["SESSION.UPDATE", "s", "IFVERSION", "three"]),
+            "ERR",
+        );
+    }
+}
+
+#[test]
+fn concurrent_ifversion_updates_are_never_lost_or_doubled() {
+    let sc = sidecar();
+    call(
+        &mut sc.client(),
+        &["SESSION.CREATE", "ID", "cas", "ATTR", "n", "0"],
+    );
+    const WORKERS: usize = 6;
+    const EACH: i64 = 40;
+    let barrier = Arc::new(Barrier::new(WORKERS));
+    let threads: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            // Workers alternate between the two sidecars.
+            let mut c = if w % 2 == 0 {
+                sc.client()
+            } else {
+                sc.b.client()
+            };
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                let mut done = 0;
+                let mut conflicts = 0;
+                while done < EACH {
+                    let s = get_session(&mut c, "cas", false).unwrap();
+                    let n: i64 = String::from_utf8(s.attrs[&b"n"[..]].clone())
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    let v = call(
+                        &mut c,
+                        &[
+                            "SESSION.UPDATE",
+                            "cas",
+                            "IFVERSION",
+                            &s.version.to_string(),
+                            "ATTR",
+                            "n",
+                            &(n + 1).to_string(),
+                        ],
+                    );
+                    match v {
+                        Value::Int(new) => {
+                            assert_eq!(new, s.version + 1);
+                            done += 1;
+                        }
+                        other => {
+                            let e = err_text(&other);
+                            assert!(e.starts_with("CONFLICT version is "), "{e}");
+                            conflicts += 1;
+                        }
+                    }
+                }
+                conflicts
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut c = sc.client();
+    let total = WORKERS as i64 * EACH;
+    // A's hot copy may trail B's last write by the invalidation's flight.
+    assert!(wait_until(crate::fleet::WAIT, || get_session(
+        &mut c, "cas", false
+    )
+    .unwrap()
+    .version
+        == 1 + total));
+    let s = get_session(&mut c, "cas", false).unwrap();
+    assert_eq!(s.attrs[&b"n"[..]], total.to_string().into_bytes());
+    assert_eq!(s.version, 1 + total);
+}
+
+// ---------------------------------------------------------------------------
+// TOUCH, TTL, EXPIRE
+// ---------------------------------------------------------------------------
+
+#[test]
+fn touch_extends_only_when_less_than_half_the_ttl_remains() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "t", "PTTL", "2000"]);
+    let created = get_session(&mut c, "t", false).unwrap();
+
+    // Plenty left: no extension, no version change, but last_active moves.
+    assert!(wait_until(Duration::from_secs(1), || now_ms() >= created.created + 20));
+    let touch_at = now_ms();
+    let left = int(&call(&mut c, &["SESSION.TOUCH", "t"]));
+    assert!(left > 1000 && left <= 2000, "left {left}");
+    let s = get_session(&mut c, "t", false).unwrap();
+    assert_eq!(
+        s.version, 1,
+        "a non-extending TOUCH is not a version change"
+    );
+    assert_eq!(
+        s.expires, created.expires,
+        "a non-extending TOUCH keeps expires"
+    );
+    assert!(
+        s.last_active >= touch_at,
+        "last_active {} < {touch_at}",
+        s.last_active
+    );
+    assert!(left <= s.expires - touch_at, "reply must be the ms left");
+
+    // Less than half left: the touch slides the expiry to now + ttl.
+    assert!(wait_until(Duration::from_secs(3), || int(&call(
+        &mut c,
+        &["SESSION.TTL", "t"]
+    )) < 900));
+    let touch_at = now_ms();
+    let left = int(&call(&mut c, &["SESSION.TOUCH", "t"]));
+    let after = now_ms();
+    assert!(
+        left > 1900 && left <= 2000,
+        "left after extending touch {left}"
+    );
+    let s = get_session(&mut c, "t", false).unwrap();
+    assert!(
+        s.expires >= touch_at + 2000 && s.expires <= after + 2000,
+        "expires {}",
+        s.expires
+    );
+    assert_eq!(s.version, 2, "an extending TOUCH is a mutation");
+    assert_eq!(s.ttl, 2000);
+
+    assert_eq!(call(&mut c, &["SESSION.TOUCH", "nope"]), Value::Int(-2));
+}
+
+#[test]
+fn ttl_reports_milliseconds_left_or_minus_two() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "s", "TTL", "100"]);
+    let left = int(&call(&mut c, &["SESSION.TTL", "s"]));
+    assert!(left > 99_000 && left <= 100_000, "left {left}");
+    assert_eq!(call(&mut c, &["SESSION.TTL", "nope"]), Value::Int(-2));
+    // TTL is a read: no version change.
+    assert_eq!(version(&mut c, "s"), 1);
+}
+
+#[test]
+fn expire_resets_ttl_and_expiry() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "s", "TTL", "1000"]);
+    let before = now_ms();
+    assert_eq!(call(&mut c, &["SESSION.EXPIRE", "s", "30"]), Value::Int(1));
+    let s = get_session(&mut c, "s", false).unwrap();
+    assert_eq!(s.ttl, 30_000);
+    assert!(s.expires >= before + 30_000 && s.expires <= now_ms() + 30_000);
+    assert_eq!(s.version, 2);
+    let left = int(&call(&mut c, &["SESSION.TTL", "s"]));
+    assert!(left > 29_000 && left <= 30_000, "left {left}");
+    assert_eq!(
+        call(&mut c, &["SESSION.EXPIRE", "nope", "30"]),
+        Value::Int(0)
+    );
+    assert_err_code(&call(&mut c, &["SESSION.EXPIRE", "s", "soon"]), "ERR");
+}
+
+// ---------------------------------------------------------------------------
+// DEL, BIND, UNBIND, BYCONN
+// ---------------------------------------------------------------------------
+
+#[test]
+fn del_removes_sessions_and_their_index_entries() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    call(
+        &mut c,
+        &["SESSION.CREATE", "ID", "a", "USER", "u", "CONN", "ca"],
+    );
+    call(
+        &mut c,
+        &["SESSION.CREATE", "ID", "b", "USER", "u", "CONN", "cb"],
+    );
+    call(&mut c, &["SESSION.CREATE", "ID", "c", "USER", "u"]);
+    assert_eq!(
+        call(&mut c, &["SESSION.DEL", "a", "b", "nope", "a"]),
+        Value::Int(2)
+    );
+    assert_eq!(
+        call(&mut c, &["SESSION.EXISTS", "a", "b", "c"]),
+        Value::Int(1)
+    );
+    assert_eq!(call(&mut c, &["SESSION.GET", "a"]), Value::Nil);
+    assert_eq!(call(&mut c, &["SESSION.BYCONN", "ca"]), Value::Nil);
+    assert_eq!(call(&mut c, &["SESSION.BYCONN", "cb"]), Value::Nil);
+    assert_eq!(byuser(&mut c, "u"), ["c"]);
+    assert_eq!(call(&mut c, &["SESSION.COUNT"]), Value::Int(1));
+    assert_eq!(call(&mut c, &["SESSION.DEL", "nope"]), Value::Int(0));
+}
+
+#[test]
+fn bind_resumes_a_session_with_its_full_ttl() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    call(
+        &mut c,
+        &["SESSION.CREATE", "ID", "s", "CONN", "c1", "TTL", "60"],
+    );
+    assert_eq!(
+        call(&mut c, &["SESSION.UNBIND", "s", "GRACE", "5"]),
+        Value::Int(2)
+    );
+    let unbound = get_session(&mut c, "s", false).unwrap();
+    assert!(unbound.expires <= now_ms() + 5000);
+
+    let before = now_ms();
+    assert_eq!(call(&mut c, &["SESSION.BIND", "s", "c2"]), Value::Int(3));
+    let after = now_ms();
+    let s = get_session(&mut c, "s", false).unwrap();
+    assert_eq!(s.conn.as_deref(), Some(&b"c2"[..]));
+    assert_eq!(s.status, "active");
+    assert_eq!(s.node, NODE);
+    assert!(
+        (before..=after).contains(&s.last_active),
+        "last_active {}",
+        s.last_active
+    );
+    assert!(
+        s.expires >= before + 60_000 && s.expires <= after + 60_000,
+        "BIND must give back the full ttl: expires {}",
+        s.expires
+    );
+    assert_eq!(s.version, 3);
+    assert_eq!(call(&mut c, &["SESSION.BYCONN", "c2"]), bulk("s"));
+    assert_eq!(call(&mut c, &["SESSION.BYCONN", "c1"]), Value::Nil);
+
+    assert_err(
+        &call(&mut c, &["SESSION.BIND", "nope", "c9"]),
+        "NOSESSION no such session",
+    );
+    assert_eq!(call(&mut c, &["SESSION.BYCONN", "c9"]), Value::Nil);
+}
+
+#[test]
+fn bind_moves_a_connection_from_its_previous_session() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    call(
+        &mut c,
+        &[
+            "SESSION.CREATE",
+            "ID",
+            "old",
+            "CONN",
+            "conn-1",
+            "ATTR",
+            "k",
+            "v",
+        ],
+    );
+    call(&mut c, &["SESSION.CREATE", "ID", "new"]);
+    assert_eq!(
+        call(&mut c, &["SESSION.BIND", "new", "conn-1"]),
+        Value::Int(2)
+    );
+    assert_eq!(call(&mut c, &["SESSION.BYCONN", "conn-1"]), bulk("new"));
+    let old = get_session(&mut c, "old", false).unwrap();
+    assert_eq!(old.conn, None);
+    assert_eq!(old.status, "disconnected");
+    assert_eq!(old.attrs, attrs(&[("k", "v")]));
+    let new = get_session(&mut c, "new", false).unwrap();
+    assert_eq!(new.conn.as_deref(), Some(&b"conn-1"[..]));
+    assert_eq!(new.status, "active");
+}
+
+#[test]
+fn create_with_a_bound_conn_moves_the_connection_index() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    call(
+        &mut c,
+        &[
+            "SESSION.CREATE",
+            "ID",
+            "first",
+            "USER",
+            "u",
+            "CONN",
+            "ws-9",
+            "ATTR",
+            "cart",
+            "3",
+        ],
+    );
+    assert_eq!(
+        call(&mut c, &["SESSION.CREATE", "ID", "second", "CONN", "ws-9"]),
+        bulk("second")
+    );
+    assert_eq!(call(&mut c, &["SESSION.BYCONN", "ws-9"]), bulk("second"));
+    let first = get_session(&mut c, "first", false).unwrap();
+    assert_eq!(first.conn, None);
+    assert_eq!(first.status, "disconnected");
+    assert_eq!(first.user.as_deref(), Some(&b"u"[..]));
+    assert_eq!(first.attrs, attrs(&[("cart", "3")]));
+    assert_eq!(byuser(&mut c, "u"), ["first"]);
+    // The old session no longer claims the connection: unbinding it leaves the index alone.
+    call(&mut c, &["SESSION.UNBIND", "first"]);
+    assert_eq!(call(&mut c, &["SESSION.BYCONN", "ws-9"]), bulk("second"));
+}
+
+#[test]
+fn unbind_disconnects_and_grace_only_shortens() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    call(
+        &mut c,
+        &["SESSION.CREATE", "ID", "s", "CONN", "c1", "TTL", "60"],
+    );
+    let created = get_session(&mut c, "s", false).unwrap();
+    assert_eq!(call(&mut c, &["SESSION.UNBIND", "s"]), Value::Int(2));
+    let s = get_session(&mut c, "s", false).unwrap();
+    assert_eq!(s.conn, None);
+    assert_eq!(s.status, "disconnected");
+    assert_eq!(
+        s.expires, created.expires,
+        "UNBIND without GRACE keeps expires"
+    );
+    assert_eq!(call(&mut c, &["SESSION.BYCONN", "c1"]), Value::Nil);
+
+    // A grace longer than what is left does not extend.
+    assert_eq!(
+        call(&mut c, &["SESSION.UNBIND", "s", "GRACE", "600"]),
+        Value::Int(3)
+    );
+    assert_eq!(
+        get_session(&mut c, "s", false).unwrap().expires,
+        created.expires
+    );
+
+    // A shorter grace brings the expiry in to now + grace.
+    let before = now_ms();
+    assert_eq!(
+        call(&mut c, &["SESSION.UNBIND", "s", "GRACE", "2"]),
+        Value::Int(4)
+    );
+    let s = get_session(&mut c, "s", false).unwrap();
+    assert!(
+        s.expires >= before + 2000 && s.expires <= now_ms() + 2000,
+        "expires {}",
+        s.expires
+    );
+    let left = int(&call(&mut c, &["SESSION.TTL", "s"]));
+    assert!(left <= 2000 && left > 1000, "left {left}");
+
+    assert_err(
+        &call(&mut c, &["SESSION.UNBIND", "nope"]),
+        "NOSESSION no such session",
+    );
+    assert_err(
+        &call(&mut c, &["SESSION.UNBIND", "nope", "GRACE", "5"]),
+        "NOSESSION no such session",
+    );
+}
+
+#[test]
+fn byconn_returns_the_bound_id_or_nil() {
+    let sc = sidecar();
+    let mut raw = sc.raw();
+    raw.cmd(&["SESSION.CREATE", "ID", "s", "CONN", "c"]);
+    assert_eq!(raw.cmd(&["SESSION.BYCONN", "c"]), Resp::bulk("s"));
+    raw.send_cmd(&["SESSION.BYCONN", "other"]);
+    raw.expect_bytes(b"$-1\r\n");
+    raw.cmd(&["HELLO", "3"]);
+    raw.send_cmd(&["SESSION.BYCONN", "other"]);
+    raw.expect_bytes(b"_\r\n");
+}
+
+#[test]
+fn update_conn_takes_the_connection_from_its_previous_session() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "holder", "CONN", "c1"]);
+    call(&mut c, &["SESSION.CREATE", "ID", "taker"]);
+    assert_eq!(
+        call(&mut c, &["SESSION.UPDATE", "taker", "CONN", "c1"]),
+        Value::Int(2)
+    );
+    assert_eq!(call(&mut c, &["SESSION.BYCONN", "c1"]), bulk("taker"));
+    // Indexes never lie: no other session may still claim the connection.
+    let holder = get_session(&mut c, "holder", false).unwrap();
+    assert_ne!(
+        holder.conn.as_deref(),
+        Some(&b"c1"[..]),
+        "two sessions claim conn c1"
+    );
+}
+
+#[test]
+fn concurrent_binds_of_one_connection_leave_exactly_one_owner() {
+    const SESSIONS: usize = 12;
+    let sc = sidecar();
+    let mut c = sc.client();
+    for i in 0..SESSIONS {
+        call(&mut c, &["SESSION.CREATE", "ID", &format!("b{i}")]);
+    }
+    let barrier = Arc::new(Barrier::new(SESSIONS));
+    let threads: Vec<_> = (0..SESSIONS)
+        .map(|i| {
+            let mut c = sc.client();
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                for _ in 0..20 {
+                    let v = call(&mut c, &["SESSION.BIND", &format!("b{i}"), "shared"]);
+                    assert!(matches!(v, Value::Int(_)), "{v:?}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let owner = text(&call(&mut c, &["SESSION.BYCONN", "shared"]));
+    let claimants: Vec<String> = (0..SESSIONS)
+        .map(|i| format!("b{i}"))
+        .filter(|id| {
+            get_session(&mut c, id, false).unwrap().conn.as_deref() == Some(&b"shared"[..])
+        })
+        .collect();
+    assert_eq!(
+        claimants,
+        std::slice::from_ref(&owner),
+        "BYCONN says {owner}"
+    );
+    let active: Vec<String> = (0..SESSIONS)
+        .map(|i| format!("b{i}"))
+        .filter(|id| get_session(&mut c, id, false).unwrap().status == "active")
+        .collect();
+    assert_eq!(active, [owner]);
+}
+
+#[test]
+fn attr_set_with_a_repeated_name_keeps_the_last_value() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "r"]);
+    assert_eq!(
+        call(&mut c, &["SESSION.ATTR.SET", "r", "a", "1", "a", "2"]),
+        Value::Int(2)
+    );
+    assert_eq!(
+        call(&mut c, &["SESSION.ATTR.GET", "r", "a"]),
+        Value::Array(vec![bulk("2")])
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Users: MAXPERUSER, BYUSER, KILLUSER
+// ---------------------------------------------------------------------------
+
+/// Creates `ids` for `user` in this order with distinct creation times.
+fn create_in_order(c: &mut redis::Connection, user: &str, ids: &[&str]) {
+    for id in ids {
+        let start = now_ms();
+        assert_eq!(
+            call(c, &["SESSION.CREATE", "ID", id, "USER", user]),
+            bulk(id)
+        );
+        assert!(wait_until(Duration::from_secs(1), || now_ms() >= start + 2));
+    }
+}
+
+#[test]
+fn byuser_lists_oldest_first() {
+    for resp3 in [false, true] {
+        let sc = sidecar();
+        let mut c = client(&sc, resp3);
+        create_in_order(&mut c, "u", &["zeta", "alpha", "mid"]);
+        call(&mut c, &["SESSION.CREATE", "ID", "other", "USER", "v"]);
+        assert_eq!(byuser(&mut c, "u"), ["zeta", "alpha", "mid"]);
+        // Touching or updating does not reorder: age is creation.
+        call(&mut c, &["SESSION.ATTR.SET", "zeta", "a", "1"]);
+        assert_eq!(byuser(&mut c, "u"), ["zeta", "alpha", "mid"]);
+
+        let with = array(&call(&mut c, &["SESSION.BYUSER", "u", "WITHSESSIONS"]));
+        let ids: Vec<Vec<u8>> = with.iter().map(|v| session(v, resp3).id).collect();
+        assert_eq!(ids, [b"zeta".to_vec(), b"alpha".to_vec(), b"mid".to_vec()]);
+        assert_eq!(session(&with[0], resp3).attrs, attrs(&[("a", "1")]));
+
+        assert_eq!(
+            call(&mut c, &["SESSION.BYUSER", "nobody"]),
+            Value::Array(vec![])
+        );
+        assert_eq!(
+            call(&mut c, &["SESSION.BYUSER", "nobody", "WITHSESSIONS"]),
+            Value::Array(vec![])
+        );
+        call(&mut c, &["SESSION.DEL", "alpha"]);
+        assert_eq!(byuser(&mut c, "u"), ["zeta", "mid"]);
+        call(&mut c, &["SESSION.UPDATE", "mid", "USER", "v"]);
+        assert_eq!(byuser(&mut c, "u"), ["zeta"]);
+        // "mid" was created before "other": age is creation, not index order.
+        assert_eq!(byuser(&mut c, "v"), ["mid", "other"]);
+    }
+}
+
+#[test]
+fn maxperuser_evicts_the_oldest_sessions() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    create_in_order(&mut c, "u", &["s1", "s2", "s3"]);
+    call(
+        &mut c,
+        &["SESSION.CREATE", "ID", "x", "USER", "someone-else"],
+    );
+    assert_eq!(
+        call(
+            &mut c,
+            &["SESSION.CREATE", "ID", "s4", "USER", "u", "MAXPERUSER", "3"]
+        ),
+        bulk("s4")
+    );
+    assert_eq!(byuser(&mut c, "u"), ["s2", "s3", "s4"]);
+    assert_eq!(call(&mut c, &["SESSION.EXISTS", "s1"]), Value::Int(0));
+
+    assert_eq!(
+        call(
+            &mut c,
+            &["SESSION.CREATE", "ID", "s5", "USER", "u", "MAXPERUSER", "1"]
+        ),
+        bulk("s5")
+    );
+    assert_eq!(byuser(&mut c, "u"), ["s5"]);
+    assert_eq!(
+        call(&mut c, &["SESSION.EXISTS", "s2", "s3", "s4"]),
+        Value::Int(0)
+    );
+    // Other users are untouched.
+    assert_eq!(byuser(&mut c, "someone-else"), ["x"]);
+    assert_eq!(call(&mut c, &["SESSION.COUNT"]), Value::Int(2));
+    // Under the limit nothing is evicted.
+    assert_eq!(
+        call(
+            &mut c,
+            &["SESSION.CREATE", "ID", "s6", "USER", "u", "MAXPERUSER", "5"]
+        ),
+        bulk("s6")
+    );
+    assert_eq!(byuser(&mut c, "u"), ["s5", "s6"]);
+}
+
+#[test]
+fn maxperuser_eviction_cleans_the_connection_index() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    create_in_order(&mut c, "u", &["first"]);
+    call(&mut c, &["SESSION.UPDATE", "first", "CONN", "ws-first"]);
+    assert_eq!(call(&mut c, &["SESSION.BYCONN", "ws-first"]), bulk("first"));
+    call(
+        &mut c,
+        &[
+            "SESSION.CREATE",
+            "ID",
+            "second",
+            "USER",
+            "u",
+            "MAXPERUSER",
+            "1",
+        ],
+    );
+    assert_eq!(call(&mut c, &["SESSION.BYCONN", "ws-first"]), Value::Nil);
+    assert_eq!(call(&mut c, &["SESSION.GET", "first"]), Value::Nil);
+}
+
+#[test]
+fn concurrent_creates_never_leave_more_than_maxperuser() {
+    const CLIENTS: usize = 16;
+    const ROUNDS: usize = 10;
+    let sc = sidecar();
+    let barrier = Arc::new(Barrier::new(CLIENTS + 1));
+    let creators: Vec<_> = (0..CLIENTS)
+        .map(|k| {
+            // Logins alternate between the two sidecars.
+            let mut c = if k % 2 == 0 {
+                sc.client()
+            } else {
+                sc.b.client()
+            };
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                for _ in 0..ROUNDS {
+                    let id = call(
+                        &mut c,
+                        &["SESSION.CREATE", "USER", "popular", "MAXPERUSER", "3"],
+                    );
+                    assert!(matches!(id, Value::BulkString(_)), "{id:?}");
+                }
+            })
+        })
+        .collect();
+    let mut observer = sc.client();
+    barrier.wait();
+    let mut max_seen = 0;
+    while !creators.iter().all(|t| t.is_finished()) {
+        let n = byuser(&mut observer, "popular").len();
+        max_seen = max_seen.max(n);
+        let count = int(&call(&mut observer, &["SESSION.COUNT"]));
+        assert!(
+            count <= 3,
+            "SESSION.COUNT saw {count} sessions for a MAXPERUSER 3 user"
+        );
+    }
+    for t in creators {
+        t.join().unwrap();
+    }
+    assert!(max_seen <= 3, "BYUSER saw {max_seen} sessions");
+    let ids = byuser(&mut observer, "popular");
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert_eq!(call(&mut observer, &["SESSION.COUNT"]), Value::Int(3));
+    let live: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut args = vec!["SESSION.EXISTS"];
+    args.extend(live);
+    assert_eq!(call(&mut observer, &args), Value::Int(3));
+}
+
+#[test]
+fn killuser_deletes_every_session_of_the_user() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    call(
+        &mut c,
+        &["SESSION.CREATE", "ID", "a", "USER", "u", "CONN", "ca"],
+    );
+    call(&mut c, &["SESSION.CREATE", "ID", "b", "USER", "u"]);
+    call(&mut c, &["SESSION.CREATE", "ID", "c", "USER", "v"]);
+    assert_eq!(call(&mut c, &["SESSION.KILLUSER", "u"]), Value::Int(2));
+    assert_eq!(
+        call(&mut c, &["SESSION.EXISTS", "a", "b", "c"]),
+        Value::Int(1)
+    );
+    assert_eq!(call(&mut c, &["SESSION.BYUSER", "u"]), Value::Array(vec![]));
+    assert_eq!(call(&mut c, &["SESSION.BYCONN", "ca"]), Value::Nil);
+    assert_eq!(call(&mut c, &["SESSION.KILLUSER", "u"]), Value::Int(0));
+    assert_eq!(call(&mut c, &["SESSION.KILLUSER", "nobody"]), Value::Int(0));
+    assert_eq!(byuser(&mut c, "v"), ["c"]);
+}
+
+// ---------------------------------------------------------------------------
+// COUNT
+// ---------------------------------------------------------------------------
+
+#[test]
+fn count_counts_the_upstream_and_count_local_the_hot_copies() {
+    let sc = sidecar();
+    let mut c = sc.client();
+    let mut cb = sc.b.client();
+    assert_eq!(call(&mut c, &["SESSION.COUNT"]), Value::Int(0));
+    assert_eq!(call(&mut c, &["SESSION.COUNT", "LOCAL"]), Value::Int(0));
+    for i in 0..5 {
+        call(&mut c, &["SESSION.CREATE", "ID", &format!("s{i}")]);
+    }
+    // Reads make sessions hot on A; B holds none but counts the upstream's.
+    for i in 0..5 {
+        assert!(get_session(&mut c, &format!("s{i}"), false).is_some());
+    }
+    assert_eq!(call(&mut c, &["SESSION.COUNT"]), Value::Int(5));
+    assert_eq!(call(&mut cb, &["SESSION.COUNT"]), Value::Int(5));
+    assert_eq!(call(&mut c, &["SESSION.COUNT", "LOCAL"]), Value::Int(5));
+    assert_eq!(call(&mut cb, &["SESSION.COUNT", "LOCAL"]), Value::Int(0));
+    call(&mut c, &["SESSION.DEL", "s0", "s1"]);
+    assert_eq!(call(&mut c, &["SESSION.COUNT"]), Value::Int(3));
+    assert_eq!(call(&mut cb, &["session.count"]), Value::Int(3));
+    assert_eq!(call(&mut c, &["session.count", "local"]), Value::Int(3));
+    for i in 2..5 {
+        assert!(get_session(&mut cb, &format!("s{i}"), false).is_some());
+    }
+    assert_eq!(call(&mut cb, &["SESSION.COUNT", "LOCAL"]), Value::Int(3));
+    // A's delete drops B's hot copy too.
+    call(&mut c, &["SESSION.DEL", "s2"]);
+    assert!(
+        wait_until(crate::fleet::WAIT, || int(&call(
+            &mut cb,
+            &["SESSION.COUNT", "LOCAL"]
+        )) == 2),
+        "B still holds a copy of the deleted session"
+    );
+    assert_eq!(call(&mut cb, &["SESSION.COUNT"]), Value::Int(2));
+}
+
+// ---------------------------------------------------------------------------
+// Async clients
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_clients_see_the_same_replies() {
+    let sc = sidecar();
+    let mut c2 = sc.async_client().await;
+    let mut c3 = sc.async_client_resp3().await;
+    assert_eq!(
+        acall(
+            &mut c2,
+            &["SESSION.CREATE", "ID", "as", "USER", "u", "ATTR", "k", "v"]
+        )
+        .await,
+        bulk("as")
+    );
+    let v2 = acall(&mut c2, &["SESSION.GET", "as"]).await;
+    let v3 = acall(&mut c3, &["SESSION.GET", "as"]).await;
+    assert_eq!(session(&v2, false), session(&v3, true));
+    assert_err(
+        &acall(&mut c3, &["SESSION.BIND", "nope", "c"]).await,
+        "NOSESSION no such session",
+    );
+    assert_eq!(acall(&mut c3, &["SESSION.GET", "nope"]).await, Value::Nil);
+    let with = acall(&mut c3, &["SESSION.BYUSER", "u", "WITHSESSIONS"]).await;
+    assert_eq!(session(&array(&with)[0], true).id, b"as");
+}

@@ -1,0 +1,953 @@
+//! Write-through mode (issue 3): real redis-server processes and two real
+//! sidecars on each, checking the contract of commands.md and guarantees
+//! 1-7 of design.md.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod contract;
+mod fleet;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use fleet::*;
+use redis::Value;
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// HGETALL of a key straight from the upstream, as field → bytes.
+fn upstream_hash(redis: &mut redis::Connection, key: &str) -> BTreeMap<String, Vec<u8>> {
+    let flat = array(&call(redis, &["HGETALL", key]));
+    flat.chunks(2)
+        .map(|kv| (text(&kv[0]), bytes(&kv[1])))
+        .collect()
+}
+
+fn skey(id: &str) -> String {
+    format!("session:s:{{{id}}}")
+}
+
+/// The entries of the `session:events` stream, oldest first, each as its
+/// field/value pairs in order.
+fn stream_entries(redis: &mut redis::Connection) -> Vec<Vec<(String, String)>> {
+    array(&call(redis, &["XRANGE", "session:events", "-", "+"]))
+        .iter()
+        .map(|entry| {
+            let parts = array(entry);
+            array(&parts[1])
+                .chunks(2)
+                .map(|kv| (text(&kv[0]), text(&kv[1])))
+                .collect()
+        })
+        .collect()
+}
+
+fn field<'a>(entry: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    entry
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn attr(con: &mut redis::Connection, id: &str, name: &str) -> Value {
+    match call(con, &["SESSION.ATTR.GET", id, name]) {
+        Value::Array(mut values) if values.len() == 1 => values.remove(0),
+        other => other,
+    }
+}
+
+/// Sorted durations: (median, p99, worst).
+fn summary(mut delays: Vec<Duration>) -> (Duration, Duration, Duration) {
+    delays.sort();
+    let n = delays.len();
+    (delays[n / 2], delays[(n * 99) / 100], delays[n - 1])
+}
+
+// ---------------------------------------------------------------------------
+// 1. The contract: what contract.rs does not cover
+// ---------------------------------------------------------------------------
+
+#[test]
+fn nodes_lists_this_sidecar_in_write_through_mode() {
+    for resp3 in [false, true] {
+        let f = Fleet::start(&[]);
+        let mut c = if resp3 {
+            f.a.client_resp3()
+        } else {
+            f.a.client()
+        };
+        let nodes = array(&call(&mut c, &["SESSION.NODES"]));
+        eprintln!("SESSION.NODES on A (resp3={resp3}): {nodes:?}");
+        let me: Vec<BTreeMap<String, Value>> = nodes
+            .iter()
+            .map(|n| map_of(n, resp3))
+            .filter(|m| m.get("self") == Some(&Value::Int(1)))
+            .collect();
+        assert_eq!(me.len(), 1, "exactly one node is self: {nodes:?}");
+        let keys: Vec<&str> = me[0].keys().map(String::as_str).collect();
+        assert_eq!(keys, ["addr", "last_seen", "node", "self", "sessions"]);
+        assert_eq!(text(&me[0]["node"]), NODE);
+        assert_eq!(text(&me[0]["addr"]), f.a.addr.to_string());
+    }
+}
+
+/// Standalone keeps an empty USER / CONN as a (binary-safe) empty string;
+/// write-through must reply the same.
+#[test]
+fn empty_user_and_conn_are_kept_as_in_standalone() {
+    let standalone = Sidecar::start(&["--node-id", NODE]);
+    let f = Fleet::start(&[]);
+    let mut replies = Vec::new();
+    for sc in [&standalone, &f.a] {
+        let mut c = sc.client();
+        assert_eq!(
+            call(
+                &mut c,
+                &["SESSION.CREATE", "ID", "e", "USER", "", "CONN", ""]
+            ),
+            bulk("e")
+        );
+        let s = get_session(&mut c, "e", false).unwrap();
+        replies.push((
+            s.user,
+            s.conn,
+            call(&mut c, &["SESSION.BYUSER", ""]),
+            call(&mut c, &["SESSION.BYCONN", ""]),
+        ));
+    }
+    assert_eq!(
+        replies[0],
+        (
+            Some(vec![]),
+            Some(vec![]),
+            Value::Array(vec![bulk("e")]),
+            bulk("e")
+        ),
+        "standalone"
+    );
+    assert_eq!(
+        replies[1], replies[0],
+        "write-through differs from standalone"
+    );
+}
+
+/// A sidecar's own write leaves it a hot copy (the hot path the design
+/// relies on): the next read on the same sidecar is a cache hit.
+#[test]
+fn own_writes_leave_a_hot_copy() {
+    let f = Fleet::start(&[]);
+    let mut c = f.a.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "h", "ATTR", "a", "1"]);
+    call(&mut c, &["SESSION.ATTR.SET", "h", "a", "2"]);
+    // Let any invalidation in flight land before looking.
+    let invalidations = upstream_counter(&f.a, "upstream_invalidations");
+    let misses = upstream_counter(&f.a, "cache_misses");
+    assert_eq!(attr(&mut c, "h", "a"), bulk("2"));
+    let after_invalidations = upstream_counter(&f.a, "upstream_invalidations");
+    let after_misses = upstream_counter(&f.a, "cache_misses");
+    let local = int(&call(&mut c, &["SESSION.COUNT", "LOCAL"]));
+    eprintln!(
+        "own writes: invalidations received by the writer itself {after_invalidations} \
+         (no other writer exists), COUNT LOCAL after CREATE+ATTR.SET+GET {local}"
+    );
+    assert_eq!(
+        after_misses, misses,
+        "the read after the sidecar's own write went to the upstream \
+         (upstream_invalidations {invalidations} with no other writer)"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 2. Coherence
+// ---------------------------------------------------------------------------
+
+#[test]
+fn writes_on_b_are_visible_on_a_within_milliseconds() {
+    const ROUNDS: usize = 200;
+    let f = Fleet::start(&[]);
+    let mut a = f.a.client();
+    let mut b = f.b.client();
+    call(&mut b, &["SESSION.CREATE", "ID", "co", "ATTR", "n", "0"]);
+    // Hot on A.
+    assert_eq!(attr(&mut a, "co", "n"), bulk("0"));
+    assert_eq!(attr(&mut a, "co", "n"), bulk("0"));
+    let hits_before = upstream_counter(&f.a, "cache_hits");
+    let mut delays = Vec::with_capacity(ROUNDS);
+    let mut stale_reads = 0usize;
+    for i in 1..=ROUNDS {
+        let want = i.to_string();
+        assert_eq!(
+            call(&mut b, &["SESSION.ATTR.SET", "co", "n", &want]),
+            Value::Int(i as i64 + 1)
+        );
+        let acked = Instant::now();
+        loop {
+            let seen = attr(&mut a, "co", "n");
+            if seen == bulk(&want) {
+                break;
+            }
+            stale_reads += 1;
+            assert!(
+                acked.elapsed() < Duration::from_secs(2),
+                "round {i}: A still serves {seen:?} 2 s after B's write"
+            );
+        }
+        delays.push(acked.elapsed());
+        // The copy A read through is now hot: served from memory.
+        assert_eq!(attr(&mut a, "co", "n"), bulk(&want));
+    }
+    let hits = upstream_counter(&f.a, "cache_hits") - hits_before;
+    let (median, p99, worst) = summary(delays);
+    eprintln!(
+        "coherence B→A over {ROUNDS} round trips: median {median:?}, p99 {p99:?}, worst {worst:?}; \
+         {stale_reads} stale reads on A; {hits} cache hits on A"
+    );
+    assert!(
+        hits >= ROUNDS as u64,
+        "A served the session from its hot copy only {hits} times"
+    );
+    assert!(
+        worst < Duration::from_millis(500),
+        "worst coherence delay {worst:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 3. Stale IFVERSION
+// ---------------------------------------------------------------------------
+
+#[test]
+fn stale_ifversion_on_a_after_a_write_on_b_conflicts() {
+    let f = Fleet::start(&[]);
+    let mut a = f.a.client_resp3();
+    let mut b = f.b.client();
+    let mut up = f.redis.client();
+    call(&mut a, &["SESSION.CREATE", "ID", "v", "ATTR", "a", "1"]);
+    assert_eq!(get_session(&mut a, "v", true).unwrap().version, 1);
+    assert_eq!(get_session(&mut b, "v", false).unwrap().version, 1);
+
+    assert_eq!(
+        call(
+            &mut b,
+            &["SESSION.UPDATE", "v", "IFVERSION", "1", "ATTR", "a", "2"]
+        ),
+        Value::Int(2)
+    );
+    // At once, whatever A's hot copy still says.
+    let v = call(
+        &mut a,
+        &["SESSION.UPDATE", "v", "IFVERSION", "1", "ATTR", "a", "3"],
+    );
+    assert_err(&v, "CONFLICT version is 2");
+    assert_eq!(upstream_hash(&mut up, &skey("v"))["a:a"], b"2");
+
+    assert_eq!(
+        call(
+            &mut a,
+            &["SESSION.UPDATE", "v", "IFVERSION", "2", "ATTR", "a", "4"]
+        ),
+        Value::Int(3)
+    );
+    let v = call(
+        &mut b,
+        &["SESSION.UPDATE", "v", "IFVERSION", "2", "DELATTR", "a"],
+    );
+    assert_err(&v, "CONFLICT version is 3");
+    let h = upstream_hash(&mut up, &skey("v"));
+    assert_eq!(
+        (h["version"].as_slice(), h["a:a"].as_slice()),
+        (&b"3"[..], &b"4"[..])
+    );
+    for (con, resp3) in [(&mut a, true), (&mut b, false)] {
+        assert!(wait_until(WAIT, || {
+            let s = get_session(con, "v", resp3).unwrap();
+            s.version == 3 && s.attrs[&b"a"[..]] == b"4"
+        }));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 4. Concurrent ATTR.INCRBY from both sidecars
+// ---------------------------------------------------------------------------
+
+#[test]
+fn concurrent_incrby_from_both_sidecars_counts_every_acknowledged_increment() {
+    const TASKS_PER_SIDECAR: usize = 4;
+    const EACH: usize = 250;
+    let f = Fleet::start(&[]);
+    call(&mut f.a.client(), &["SESSION.CREATE", "ID", "ctr"]);
+    let total = 2 * TASKS_PER_SIDECAR * EACH;
+    let barrier = Arc::new(Barrier::new(2 * TASKS_PER_SIDECAR));
+    let tasks: Vec<_> = (0..2 * TASKS_PER_SIDECAR)
+        .map(|k| {
+            let mut c = if k % 2 == 0 {
+                f.a.client()
+            } else {
+                f.b.client()
+            };
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                (0..EACH)
+                    .map(|_| int(&call(&mut c, &["SESSION.ATTR.INCRBY", "ctr", "n", "1"])))
+                    .collect::<Vec<i64>>()
+            })
+        })
+        .collect();
+    let mut replies: Vec<i64> = tasks.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    replies.sort();
+    // Every acknowledged increment got its own value: none lost, none doubled.
+    assert_eq!(replies, (1..=total as i64).collect::<Vec<_>>());
+    let h = upstream_hash(&mut f.redis.client(), &skey("ctr"));
+    assert_eq!(h["a:n"], total.to_string().into_bytes());
+    assert_eq!(h["version"], (total + 1).to_string().into_bytes());
+    for sc in [&f.a, &f.b] {
+        let mut c = sc.client();
+        assert!(wait_until(WAIT, || attr(&mut c, "ctr", "n") == bulk(total.to_string())));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 5. kill -9 of a sidecar
+// ---------------------------------------------------------------------------
+
+#[test]
+fn kill_9_of_a_sidecar_right_after_acknowledged_writes_loses_nothing() {
+    const N: usize = 30;
+    let mut f = Fleet::start(&[]);
+    let mut a = f.a.client();
+    for i in 0..N {
+        let id = format!("k{i}");
+        let user = format!("u{}", i % 3);
+        let conn = format!("c{i}");
+        let istr = i.to_string();
+        assert_eq!(
+            call(
+                &mut a,
+                &[
+                    "SESSION.CREATE",
+                    "ID",
+                    &id,
+                    "USER",
+                    &user,
+                    "CONN",
+                    &conn,
+                    "ATTR",
+                    "v",
+                    &istr
+                ]
+            ),
+            bulk(&id)
+        );
+        assert_eq!(
+            call(&mut a, &["SESSION.ATTR.SET", &id, "x", &istr]),
+            Value::Int(2)
+        );
+        assert_eq!(
+            call(&mut a, &["SESSION.ATTR.INCRBY", &id, "n", &istr]),
+            Value::Int(i as i64)
+        );
+        if i % 2 == 0 {
+            assert_eq!(
+                call(&mut a, &["SESSION.UPDATE", &id, "STATUS", "disconnected"]),
+                Value::Int(4)
+            );
+        }
+        if i % 5 == 0 {
+            assert_eq!(call(&mut a, &["SESSION.DEL", &id]), Value::Int(1));
+        }
+    }
+    f.a.kill9();
+
+    let mut b = f.b.client();
+    let mut up = f.redis.client();
+    let live: Vec<usize> = (0..N).filter(|i| i % 5 != 0).collect();
+    assert_eq!(
+        call(&mut b, &["SESSION.COUNT"]),
+        Value::Int(live.len() as i64)
+    );
+    for i in 0..N {
+        let id = format!("k{i}");
+        let conn = format!("c{i}");
+        if i % 5 == 0 {
+            assert_eq!(call(&mut b, &["SESSION.GET", &id]), Value::Nil, "{id}");
+            assert_eq!(call(&mut b, &["SESSION.BYCONN", &conn]), Value::Nil);
+            assert_eq!(call(&mut up, &["EXISTS", &skey(&id)]), Value::Int(0));
+            continue;
+        }
+        let s = get_session(&mut b, &id, false).unwrap_or_else(|| panic!("{id} lost"));
+        let istr = i.to_string().into_bytes();
+        assert_eq!(s.attrs[&b"v"[..]], istr);
+        assert_eq!(s.attrs[&b"x"[..]], istr);
+        assert_eq!(s.attrs[&b"n"[..]], istr);
+        let version = if i % 2 == 0 { 4 } else { 3 };
+        assert_eq!(s.version, version, "{id}");
+        assert_eq!(s.status, if i % 2 == 0 { "disconnected" } else { "active" });
+        assert_eq!(call(&mut b, &["SESSION.BYCONN", &conn]), bulk(&id));
+        let h = upstream_hash(&mut up, &skey(&id));
+        assert_eq!(h["a:x"], istr);
+        assert_eq!(h["a:n"], istr);
+        assert_eq!(h["version"], version.to_string().into_bytes());
+    }
+    for u in 0..3 {
+        let want: Vec<String> = live
+            .iter()
+            .filter(|i| *i % 3 == u)
+            .map(|i| format!("k{i}"))
+            .collect();
+        assert_eq!(byuser(&mut b, &format!("u{u}")), want);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 6. The upstream killed and restarted
+// ---------------------------------------------------------------------------
+
+/// The upstream restarts on the same port from the same data directory
+/// (AOF, fsync always), so what was acknowledged before the kill must be
+/// there afterwards and what was refused while it was down must not.
+#[test]
+fn upstream_killed_and_restarted_fails_fast_then_recovers_by_itself() {
+    let dir = TempDir::new("upstream");
+    let redis_args = [
+        "--dir",
+        dir.path(),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ];
+    let mut f = Fleet::on(RedisServer::start(&redis_args), &[]);
+    let port = f.redis.port();
+    let mut a = f.a.client();
+    let mut b = f.b.client();
+    for i in 0..5 {
+        call(
+            &mut a,
+            &["SESSION.CREATE", "ID", &format!("r{i}"), "ATTR", "a", "1"],
+        );
+    }
+    assert_eq!(
+        call(&mut b, &["SESSION.ATTR.SET", "r1", "b", "2"]),
+        Value::Int(2)
+    );
+    assert!(get_session(&mut a, "r1", false).is_some());
+    assert!(get_session(&mut b, "r1", false).is_some());
+
+    f.redis.kill9();
+    let killed = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut latencies = Vec::new();
+    for round in 0..5 {
+        for (name, con) in [("A", &mut a), ("B", &mut b)] {
+            let down_id = format!("down-{name}-{round}");
+            let writes: [Vec<&str>; 6] = [
+                vec!["SESSION.ATTR.SET", "r1", "z", "1"],
+                vec!["SESSION.CREATE", "ID", &down_id],
+                vec!["SESSION.DEL", "r2"],
+                vec!["SESSION.BIND", "r3", "cx"],
+                vec!["SESSION.UPDATE", "r4", "ATTR", "z", "1"],
+                vec!["SESSION.ATTR.INCRBY", "r0", "n", "1"],
+            ];
+            for args in &writes {
+                let started = Instant::now();
+                let v = call(con, args);
+                let took = started.elapsed();
+                worst = worst.max(took);
+                latencies.push(took);
+                assert_err(&v, "TRYAGAIN upstream unavailable");
+                assert!(
+                    took < Duration::from_secs(1),
+                    "{name} {args:?} took {took:?}"
+                );
+            }
+        }
+    }
+    let read_while_down = call(&mut a, &["SESSION.GET", "r1"]);
+    eprintln!("read of a hot session on A while the upstream is down: {read_while_down:?}");
+    let (median, _, _) = summary(latencies.clone());
+    eprintln!(
+        "TRYAGAIN while the upstream is down: {} writes, median {median:?}, worst {worst:?}",
+        latencies.len()
+    );
+    for sc in [&f.a, &f.b] {
+        assert_eq!(upstream_state(sc), "down");
+    }
+
+    f.redis = RedisServer::start_on_port(port, &redis_args);
+    let restarted = Instant::now();
+    for (name, con) in [("A", &mut a), ("B", &mut b)] {
+        let mut last = Value::Nil;
+        let ok = wait_until(Duration::from_secs(10), || {
+            last = call(con, &["SESSION.ATTR.SET", "r1", "after", name]);
+            matches!(last, Value::Int(_))
+        });
+        assert!(ok, "{name} did not recover within 10 s: {last:?}");
+        eprintln!(
+            "{name} writes again {:?} after the restart ({:?} after the kill)",
+            restarted.elapsed(),
+            killed.elapsed()
+        );
+    }
+    for sc in [&f.a, &f.b] {
+        let info = sc.info("upstream");
+        assert_eq!(info["upstream_state"], "up");
+        let reconnects: u64 = info["upstream_reconnects"].parse().unwrap();
+        assert!(reconnects >= 1, "upstream_reconnects {reconnects}");
+    }
+    // Acknowledged before the kill: kept. Refused while down: absent.
+    let s = get_session(&mut a, "r1", false).expect("r1 survived the restart");
+    assert_eq!(s.attrs.get(&b"a"[..]).map(Vec::as_slice), Some(&b"1"[..]));
+    assert_eq!(s.attrs.get(&b"b"[..]).map(Vec::as_slice), Some(&b"2"[..]));
+    assert_eq!(s.attrs.get(&b"z"[..]), None);
+    assert_eq!(
+        call(&mut b, &["SESSION.EXISTS", "r0", "r1", "r2", "r3", "r4"]),
+        Value::Int(5)
+    );
+    assert_eq!(call(&mut b, &["SESSION.BYCONN", "cx"]), Value::Nil);
+    assert_eq!(attr(&mut b, "r0", "n"), Value::Nil);
+    for name in ["A", "B"] {
+        for round in 0..5 {
+            let id = format!("down-{name}-{round}");
+            assert_eq!(call(&mut a, &["SESSION.EXISTS", &id]), Value::Int(0));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 7. Upstream keys deleted behind the sidecars' back
+// ---------------------------------------------------------------------------
+
+fn assert_gone(con: &mut redis::Connection, id: &str) {
+    assert_eq!(call(con, &["SESSION.GET", id]), Value::Nil, "GET {id}");
+    assert_eq!(
+        call(con, &["SESSION.EXISTS", id]),
+        Value::Int(0),
+        "EXISTS {id}"
+    );
+    assert_eq!(call(con, &["SESSION.TTL", id]), Value::Int(-2), "TTL {id}");
+    assert_eq!(
+        call(con, &["SESSION.ATTR.GET", id, "a"]),
+        Value::Nil,
+        "ATTR.GET {id}"
+    );
+    assert_eq!(
+        call(con, &["SESSION.TOUCH", id]),
+        Value::Int(-2),
+        "TOUCH {id}"
+    );
+}
+
+#[test]
+fn keys_deleted_behind_the_sidecars_back_are_never_served() {
+    let f = Fleet::start(&[]);
+    let mut a = f.a.client();
+    let mut b = f.b.client();
+    let mut up = f.redis.client();
+    call(
+        &mut b,
+        &[
+            "SESSION.CREATE",
+            "ID",
+            "d1",
+            "USER",
+            "u",
+            "CONN",
+            "c1",
+            "ATTR",
+            "a",
+            "1",
+        ],
+    );
+    call(
+        &mut b,
+        &[
+            "SESSION.CREATE",
+            "ID",
+            "d2",
+            "USER",
+            "u",
+            "CONN",
+            "c2",
+            "ATTR",
+            "a",
+            "2",
+        ],
+    );
+    call(
+        &mut b,
+        &["SESSION.CREATE", "ID", "d3", "USER", "u", "ATTR", "a", "3"],
+    );
+    for id in ["d1", "d2", "d3"] {
+        for con in [&mut a, &mut b] {
+            assert!(get_session(con, id, false).is_some());
+            assert!(get_session(con, id, false).is_some());
+        }
+    }
+
+    // DEL of one session's hash, directly on the upstream.
+    assert_eq!(call(&mut up, &["DEL", &skey("d1")]), Value::Int(1));
+    for con in [&mut a, &mut b] {
+        assert!(wait_until(WAIT, || call(con, &["SESSION.GET", "d1"]) == Value::Nil));
+    }
+    for _ in 0..50 {
+        assert_gone(&mut a, "d1");
+        assert_gone(&mut b, "d1");
+    }
+    for con in [&mut a, &mut b] {
+        assert_eq!(byuser(con, "u"), ["d2", "d3"]);
+        assert_eq!(call(con, &["SESSION.BYCONN", "c1"]), Value::Nil);
+        assert_eq!(call(con, &["SESSION.BYCONN", "c2"]), bulk("d2"));
+        // A stale copy cannot resurrect it.
+        assert_err(
+            &call(con, &["SESSION.ATTR.SET", "d1", "a", "9"]),
+            "NOSESSION no such session",
+        );
+    }
+    assert_eq!(call(&mut up, &["EXISTS", &skey("d1")]), Value::Int(0));
+
+    // FLUSHALL: everything goes.
+    assert_eq!(call(&mut up, &["FLUSHALL"]), Value::Okay);
+    for con in [&mut a, &mut b] {
+        assert!(wait_until(WAIT, || {
+            call(con, &["SESSION.GET", "d2"]) == Value::Nil
+                && call(con, &["SESSION.GET", "d3"]) == Value::Nil
+        }));
+    }
+    for _ in 0..50 {
+        for con in [&mut a, &mut b] {
+            assert_gone(con, "d2");
+            assert_gone(con, "d3");
+        }
+    }
+    for con in [&mut a, &mut b] {
+        assert_eq!(call(con, &["SESSION.BYUSER", "u"]), Value::Array(vec![]));
+        assert_eq!(call(con, &["SESSION.BYCONN", "c2"]), Value::Nil);
+        assert_eq!(call(con, &["SESSION.COUNT"]), Value::Int(0));
+        assert_eq!(call(con, &["SESSION.COUNT", "LOCAL"]), Value::Int(0));
+    }
+    // The ids can be used again, and both sidecars see the new session.
+    assert_eq!(call(&mut a, &["SESSION.CREATE", "ID", "d2"]), bulk("d2"));
+    assert_eq!(get_session(&mut b, "d2", false).unwrap().version, 1);
+}
+
+/// COUNT reads the expiry index; an entry left dangling by a hash deleted
+/// behind the sidecars' back is repaired by the sidecars' audit of the index
+/// (a page every 200 ms), so COUNT converges within moments.
+#[test]
+fn count_converges_after_a_session_is_deleted_behind_the_sidecars_back() {
+    let f = Fleet::start(&[]);
+    let mut a = f.a.client();
+    call(&mut a, &["SESSION.CREATE", "ID", "x1"]);
+    call(&mut a, &["SESSION.CREATE", "ID", "x2"]);
+    assert_eq!(call(&mut a, &["SESSION.COUNT"]), Value::Int(2));
+    call(&mut f.redis.client(), &["DEL", &skey("x1")]);
+    // The hot copy goes within the coherence bound (milliseconds).
+    let gone = wait_until(Duration::from_secs(1), || {
+        call(&mut a, &["SESSION.EXISTS", "x1", "x2"]) == Value::Int(1)
+    });
+    assert!(gone, "the deleted session is still served");
+    let converged = wait_until(Duration::from_secs(5), || {
+        call(&mut a, &["SESSION.COUNT"]) == Value::Int(1)
+    });
+    assert!(converged, "COUNT still counts a session whose hash is gone");
+}
+
+// ---------------------------------------------------------------------------
+// 8. Each expiry acted on and published once
+// ---------------------------------------------------------------------------
+
+#[test]
+fn each_expiry_is_published_exactly_once_across_two_sidecars() {
+    const N: usize = 50;
+    let f = Fleet::start(&[]);
+    let mut sub_a = EventSubscriber::new(&f.a, "session:events", false);
+    let mut sub_b = EventSubscriber::new(&f.b, "session:events", true);
+    let mut a = f.a.client();
+    let mut b = f.b.client();
+    let ids: Vec<String> = (0..N).map(|i| format!("x{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let (creator, other) = if i % 2 == 0 {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
+        assert_eq!(
+            call(creator, &["SESSION.CREATE", "ID", id, "PTTL", "300"]),
+            bulk(id)
+        );
+        // Hot on the other sidecar as well.
+        assert!(get_session(other, id, false).is_some());
+    }
+    let mut up = f.redis.client();
+    let expired_in_stream = |up: &mut redis::Connection| -> Vec<String> {
+        stream_entries(up)
+            .iter()
+            .filter(|e| field(e, "event") == Some("expired"))
+            .map(|e| field(e, "id").unwrap_or_default().to_string())
+            .collect()
+    };
+    assert!(
+        wait_until(WAIT, || expired_in_stream(&mut up).len() >= N),
+        "only {} expired entries in the stream",
+        expired_in_stream(&mut up).len()
+    );
+    // Lazy expiry on both sidecars, and nothing left.
+    for con in [&mut a, &mut b] {
+        for id in &ids {
+            assert_eq!(call(con, &["SESSION.GET", id]), Value::Nil);
+        }
+        assert_eq!(call(con, &["SESSION.COUNT"]), Value::Int(0));
+    }
+    for (name, sub) in [("A", &mut sub_a), ("B", &mut sub_b)] {
+        let mut seen: Vec<String> = Vec::new();
+        let end = Instant::now() + WAIT;
+        while seen.len() < N && Instant::now() < end {
+            if let Some(e) = sub.next(end.saturating_duration_since(Instant::now()))
+                && e["event"] == "expired"
+            {
+                seen.push(e["id"].as_str().unwrap().to_string());
+            }
+        }
+        // Anything duplicated would arrive right behind.
+        seen.extend(
+            sub.collect_for(Duration::from_millis(300))
+                .iter()
+                .filter(|e| e["event"] == "expired")
+                .map(|e| e["id"].as_str().unwrap().to_string()),
+        );
+        seen.sort();
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(seen, want, "expired events relayed by sidecar {name}");
+    }
+    let mut in_stream = expired_in_stream(&mut up);
+    in_stream.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(
+        in_stream, want,
+        "exactly one expired entry per id in the stream"
+    );
+    let expired_counts: u64 = [&f.a, &f.b]
+        .iter()
+        .map(|sc| {
+            sc.info("sessions")["sessions_expired"]
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    eprintln!("sessions_expired A+B: {expired_counts}");
+}
+
+// ---------------------------------------------------------------------------
+// 9. Cheap heartbeats
+// ---------------------------------------------------------------------------
+
+/// Sweeps are slowed down here (`--sweep-interval-ms 60000`) so that the
+/// upstream's command count measures the heartbeats and nothing else.
+#[test]
+fn non_extending_touches_cost_almost_no_upstream_commands() {
+    const TOUCHES: usize = 5000;
+    let f = Fleet::start(&[
+        "--heartbeat-flush-ms",
+        "100",
+        "--sweep-interval-ms",
+        "60000",
+    ]);
+    let mut a = f.a.client();
+    let mut up = f.redis.client();
+    call(&mut a, &["SESSION.CREATE", "ID", "hb", "TTL", "600"]);
+    let created = get_session(&mut a, "hb", false).unwrap();
+    assert!(get_session(&mut a, "hb", false).is_some());
+    assert!(wait_until(WAIT, || now_ms() > created.last_active + 2));
+
+    let sidecar_before = upstream_counter(&f.a, "upstream_commands");
+    let absorbed_before = upstream_counter(&f.a, "heartbeats_absorbed");
+    let calls_before = commandstats_calls(&mut up);
+    let started = Instant::now();
+    for _ in 0..TOUCHES / 500 {
+        let mut pipe = redis::pipe();
+        for _ in 0..500 {
+            pipe.cmd("SESSION.TOUCH").arg("hb");
+        }
+        let lefts: Vec<i64> = pipe.query(&mut a).expect("pipelined touches");
+        assert!(
+            lefts.iter().all(|l| (300_000..=600_000).contains(l)),
+            "a touch replied outside (300 s, 600 s]"
+        );
+    }
+    let last_touch = now_ms();
+    let took = started.elapsed();
+    let in_window = commandstats_calls(&mut up) - calls_before - 1;
+
+    // last_active reaches the upstream hash with a heartbeat flush; the
+    // count below includes that flush (and the self-invalidation it causes),
+    // minus this test's own INFO and HGETALL polls.
+    let mut hash = BTreeMap::new();
+    let mut polls = 0u64;
+    assert!(
+        wait_until(WAIT, || {
+            polls += 1;
+            hash = upstream_hash(&mut up, &skey("hb"));
+            let at: i64 = String::from_utf8_lossy(&hash["last_active"])
+                .parse()
+                .unwrap();
+            at > created.last_active && at <= last_touch
+        }),
+        "last_active never reached the upstream: {hash:?}"
+    );
+    let calls = commandstats_calls(&mut up) - calls_before - 2 - polls;
+    let sidecar_calls = upstream_counter(&f.a, "upstream_commands") - sidecar_before;
+    let absorbed = upstream_counter(&f.a, "heartbeats_absorbed") - absorbed_before;
+    eprintln!(
+        "{TOUCHES} non-extending touches in {took:?}: {calls} upstream commands up to and \
+         including the flush that wrote last_active ({in_window} during the touches; \
+         redis INFO commandstats, script-internal calls included), \
+         {sidecar_calls} calls by the sidecar, {absorbed} of {TOUCHES} absorbed"
+    );
+    assert!(
+        calls < 100,
+        "{calls} upstream commands for {TOUCHES} touches"
+    );
+    assert!(upstream_counter(&f.a, "heartbeat_flushes") >= 1);
+    // Non-extending: neither a version change nor a new expiry.
+    assert_eq!(hash["version"], b"1");
+    assert_eq!(hash["expires"], created.expires.to_string().into_bytes());
+}
+
+// ---------------------------------------------------------------------------
+// 10. Lifecycle events on the stream and the channel
+// ---------------------------------------------------------------------------
+
+#[test]
+fn lifecycle_events_reach_the_stream_and_the_channel() {
+    let f = Fleet::start(&[]);
+    let mut sub_a = EventSubscriber::new(&f.a, "session:events", false);
+    let mut sub_b = EventSubscriber::new(&f.b, "session:events", true);
+    let mut a = f.a.client();
+    let mut b = f.b.client();
+    let before = now_ms();
+    call(
+        &mut a,
+        &["SESSION.CREATE", "ID", "v1", "USER", "alice", "CONN", "c1"],
+    );
+    call(&mut b, &["SESSION.CREATE", "ID", "v2"]);
+    call(&mut b, &["SESSION.BIND", "v2", "c2"]);
+    call(&mut a, &["SESSION.UNBIND", "v1"]);
+    call(&mut b, &["SESSION.DEL", "v2"]);
+    call(
+        &mut a,
+        &[
+            "SESSION.CREATE",
+            "ID",
+            "v3",
+            "USER",
+            "alice",
+            "MAXPERUSER",
+            "1",
+        ],
+    );
+    call(&mut a, &["SESSION.KILLUSER", "alice"]);
+    call(&mut a, &["SESSION.CREATE", "ID", "v4", "CONN", "c4"]);
+    call(&mut b, &["SESSION.CREATE", "ID", "v5", "CONN", "c4"]);
+    let after = now_ms();
+
+    // (event, id, user, conn, node, reason): None = nil, omitted.
+    type Want = (
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+        &'static str,
+        Option<&'static str>,
+    );
+    let want: Vec<Want> = vec![
+        ("created", "v1", Some("alice"), Some("c1"), NODE, None),
+        ("created", "v2", None, None, NODE_B, None),
+        ("bound", "v2", None, Some("c2"), NODE_B, None),
+        ("unbound", "v1", Some("alice"), Some("c1"), NODE, None),
+        ("deleted", "v2", None, Some("c2"), NODE_B, None),
+        ("deleted", "v1", Some("alice"), None, NODE, Some("evicted")),
+        ("created", "v3", Some("alice"), None, NODE, None),
+        ("deleted", "v3", Some("alice"), None, NODE, Some("killuser")),
+        ("created", "v4", None, Some("c4"), NODE, None),
+        ("unbound", "v4", None, Some("c4"), NODE, Some("rebound")),
+        ("created", "v5", None, Some("c4"), NODE_B, None),
+    ];
+
+    let entries = stream_entries(&mut f.redis.client());
+    let summary_of = |e: &Vec<(String, String)>| {
+        (
+            field(e, "event").unwrap_or_default().to_string(),
+            field(e, "id").unwrap_or_default().to_string(),
+        )
+    };
+    assert_eq!(
+        entries.iter().map(summary_of).collect::<Vec<_>>(),
+        want.iter()
+            .map(|w| (w.0.to_string(), w.1.to_string()))
+            .collect::<Vec<_>>(),
+        "stream entries: {entries:?}"
+    );
+    let mut stamps = Vec::new();
+    for (entry, w) in entries.iter().zip(&want) {
+        let (event, id, user, conn, node, reason) = *w;
+        let mut expected: Vec<(&str, &str)> = vec![("event", event), ("id", id)];
+        if let Some(u) = user {
+            expected.push(("user", u));
+        }
+        // Where a session's conn is reported at all, it must be the right one;
+        // whether the unbound/deleted entry carries it is checked loosely.
+        if let Some(c) = conn {
+            expected.push(("conn", c));
+        }
+        expected.push(("node", node));
+        if let Some(r) = reason {
+            expected.push(("reason", r));
+        }
+        let names: BTreeSet<&str> = entry.iter().map(|(k, _)| k.as_str()).collect();
+        let mut wanted_names: BTreeSet<&str> = expected.iter().map(|(k, _)| *k).collect();
+        wanted_names.insert("at");
+        assert_eq!(names, wanted_names, "fields of {entry:?}");
+        for (k, v) in &expected {
+            assert_eq!(field(entry, k), Some(*v), "{k} of {entry:?}");
+        }
+        let at: i64 = field(entry, "at").unwrap().parse().expect("at is ms");
+        assert!((before..=after).contains(&at), "at {at} of {entry:?}");
+        stamps.push(at);
+    }
+
+    for (name, sub) in [("A", &mut sub_a), ("B", &mut sub_b)] {
+        let mut got = Vec::new();
+        let end = Instant::now() + WAIT;
+        while got.len() < want.len() {
+            match sub.next(end.saturating_duration_since(Instant::now())) {
+                Some(e) => got.push(e),
+                None => panic!("sidecar {name} relayed only {got:?}"),
+            }
+        }
+        got.extend(sub.collect_for(Duration::from_millis(200)));
+        assert_eq!(got.len(), want.len(), "sidecar {name} relayed {got:?}");
+        for ((e, w), at) in got.iter().zip(&want).zip(&stamps) {
+            let (event, id, user, conn, node, reason) = *w;
+            let obj = e.as_object().expect("JSON object");
+            let mut expected = serde_json::json!({
+                "event": event, "id": id, "user": user, "conn": conn, "node": node, "at": at,
+            });
+            if let Some(r) = reason {
+                expected["reason"] = r.into();
+            }
+            assert_eq!(
+                serde_json::Value::Object(obj.clone()),
+                expected,
+                "JSON event relayed by sidecar {name}"
+            );
+        }
+    }
+}
