@@ -98,12 +98,25 @@ impl Subscriber {
     }
 }
 
-#[derive(Default)]
 pub struct PubSub {
     channels: RwLock<Subscribers>,
     patterns: RwLock<Subscribers>,
     /// Subscriptions of either kind: lets publishers skip all work when zero.
     subscriptions: AtomicUsize,
+    /// Whether there is any subscription, for whoever must react to it (the
+    /// relay of upstream events subscribes upstream only while it is true).
+    active: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for PubSub {
+    fn default() -> Self {
+        Self {
+            channels: RwLock::default(),
+            patterns: RwLock::default(),
+            subscriptions: AtomicUsize::new(0),
+            active: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 fn read(lock: &RwLock<Subscribers>) -> std::sync::RwLockReadGuard<'_, Subscribers> {
@@ -120,37 +133,30 @@ impl PubSub {
         self.subscriptions.load(Ordering::Relaxed) > 0
     }
 
+    /// Follows whether anybody is subscribed to anything.
+    pub fn watch_active(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.active.subscribe()
+    }
+
     pub fn subscribe(&self, client: ClientId, channel: Bytes, subscriber: &Subscriber) {
-        Self::add(
-            &self.channels,
-            &self.subscriptions,
-            client,
-            channel,
-            subscriber,
-        );
+        self.add(&self.channels, client, channel, subscriber);
     }
 
     pub fn psubscribe(&self, client: ClientId, pattern: Bytes, subscriber: &Subscriber) {
-        Self::add(
-            &self.patterns,
-            &self.subscriptions,
-            client,
-            pattern,
-            subscriber,
-        );
+        self.add(&self.patterns, client, pattern, subscriber);
     }
 
     pub fn unsubscribe(&self, client: ClientId, channel: &[u8]) {
-        Self::remove(&self.channels, &self.subscriptions, client, channel);
+        self.remove(&self.channels, client, channel);
     }
 
     pub fn punsubscribe(&self, client: ClientId, pattern: &[u8]) {
-        Self::remove(&self.patterns, &self.subscriptions, client, pattern);
+        self.remove(&self.patterns, client, pattern);
     }
 
     fn add(
+        &self,
         map: &RwLock<Subscribers>,
-        count: &AtomicUsize,
         client: ClientId,
         key: Bytes,
         subscriber: &Subscriber,
@@ -161,20 +167,28 @@ impl PubSub {
             .insert(client, subscriber.clone())
             .is_none()
         {
-            count.fetch_add(1, Ordering::Relaxed);
+            self.subscriptions.fetch_add(1, Ordering::Relaxed);
+            self.publish_activity();
         }
     }
 
-    fn remove(map: &RwLock<Subscribers>, count: &AtomicUsize, client: ClientId, key: &[u8]) {
+    fn remove(&self, map: &RwLock<Subscribers>, client: ClientId, key: &[u8]) {
         let mut map = write(map);
         if let Some(subscribers) = map.get_mut(key) {
             if subscribers.remove(&client).is_some() {
-                count.fetch_sub(1, Ordering::Relaxed);
+                self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+                self.publish_activity();
             }
             if subscribers.is_empty() {
                 map.remove(key);
             }
         }
+    }
+
+    fn publish_activity(&self) {
+        let active = self.has_subscribers();
+        self.active
+            .send_if_modified(|current| std::mem::replace(current, active) != active);
     }
 
     /// Publishes to the channel's subscribers and to matching patterns;

@@ -88,24 +88,34 @@ fn remove(
     client.sync_subscription_counts();
 }
 
-pub fn subscribe(
+pub async fn subscribe(
     shared: &Shared,
     client: &mut ClientState,
-    args: &mut Args,
-    out: &mut ReplyWriter,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
     add(shared, client, Kind::Channel, args.rest(), out);
+    relayed(shared).await;
     Ok(())
 }
 
-pub fn psubscribe(
+pub async fn psubscribe(
     shared: &Shared,
     client: &mut ClientState,
-    args: &mut Args,
-    out: &mut ReplyWriter,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
     add(shared, client, Kind::Pattern, args.rest(), out);
+    relayed(shared).await;
     Ok(())
+}
+
+/// In write-through mode, events come from the upstream: the reply to a
+/// subscription waits until they are relayed here.
+async fn relayed(shared: &Shared) {
+    if let Some(store) = shared.upstream() {
+        store.wait_relaying().await;
+    }
 }
 
 pub fn unsubscribe(

@@ -259,6 +259,7 @@ fn start_sessions(
             heartbeat_interval: Duration::from_millis(config.heartbeat_flush_ms.max(1)),
             sweep_interval: Duration::from_millis(config.sweep_interval_ms.max(1)),
             maxmemory: usize::try_from(config.maxmemory).unwrap_or(usize::MAX),
+            relay_wait: timeouts.command,
         },
         pubsub.clone(),
     ));
@@ -267,10 +268,10 @@ fn start_sessions(
     });
     background.spawn(upstream.clone().supervise(
         store.tracking_setup(),
-        vec![store.events_channel()],
         handler,
         upstream_shutdown.clone(),
     ));
+    background.spawn(store.clone().relay_events(upstream_shutdown.clone()));
     background.spawn(store.clone().run_background(upstream_shutdown.clone()));
     tracing::info!(upstream = %upstream.address(), "write-through mode");
     Ok(Sessions::WriteThrough(store))

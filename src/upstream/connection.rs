@@ -77,6 +77,7 @@ pub struct Upstream {
     address: String,
     connection: RwLock<Option<MultiplexedConnection>>,
     state: AtomicU8,
+    generation: tokio::sync::watch::Sender<u64>,
     timeouts: Timeouts,
     pub stats: UpstreamStats,
 }
@@ -118,6 +119,7 @@ impl Upstream {
             address,
             connection: RwLock::new(None),
             state: AtomicU8::new(State::Connecting as u8),
+            generation: tokio::sync::watch::Sender::new(0),
             timeouts,
             stats: UpstreamStats::default(),
         })
@@ -136,8 +138,27 @@ impl Upstream {
     }
 
     fn set_connection(&self, connection: Option<MultiplexedConnection>, state: State) {
+        let connected = connection.is_some();
         *self.connection.write().unwrap_or_else(|p| p.into_inner()) = connection;
         self.state.store(state as u8, Ordering::Relaxed);
+        if connected {
+            self.generation.send_modify(|generation| *generation += 1);
+        }
+    }
+
+    /// Follows the connection's generation: it changes at every (re)connect,
+    /// after which per-connection state (subscriptions) must be set up again.
+    pub fn watch_generation(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Subscribes the connection to a channel (pushes go to the handler).
+    pub async fn subscribe(&self, channel: &[u8]) -> Result<(), CallError> {
+        self.call(async |c| c.subscribe(channel).await).await
+    }
+
+    pub async fn unsubscribe(&self, channel: &[u8]) -> Result<(), CallError> {
+        self.call(async |c| c.unsubscribe(channel).await).await
     }
 
     /// The live connection, or `Unavailable` at once when there is none.
@@ -192,7 +213,6 @@ impl Upstream {
     pub async fn supervise(
         self: Arc<Self>,
         setup: Vec<redis::Cmd>,
-        subscribe: Vec<Vec<u8>>,
         handler: Arc<dyn PushHandler>,
         shutdown: CancellationToken,
     ) {
@@ -204,7 +224,7 @@ impl Upstream {
                 .set_response_timeout(Some(self.timeouts.command))
                 .set_push_sender(tx);
             let connected = tokio::select! {
-                connected = self.connect(&config, &setup, &subscribe) => connected,
+                connected = self.connect(&config, &setup) => connected,
                 _ = shutdown.cancelled() => return,
             };
             match connected {
@@ -248,7 +268,6 @@ impl Upstream {
         &self,
         config: &AsyncConnectionConfig,
         setup: &[redis::Cmd],
-        subscribe: &[Vec<u8>],
     ) -> redis::RedisResult<MultiplexedConnection> {
         let span = tracing::debug_span!("upstream_connect", upstream = %self.address);
         let _entered = span.enter();
@@ -258,9 +277,6 @@ impl Upstream {
             .await?;
         for command in setup {
             command.exec_async(&mut connection).await?;
-        }
-        for channel in subscribe {
-            connection.subscribe(channel).await?;
         }
         Ok(connection)
     }

@@ -45,6 +45,8 @@ pub struct WriteThroughConfig {
     pub heartbeat_interval: Duration,
     pub sweep_interval: Duration,
     pub maxmemory: usize,
+    /// How long a SUBSCRIBE waits for the relay of upstream events.
+    pub relay_wait: Duration,
 }
 
 #[derive(Default, Debug)]
@@ -70,6 +72,8 @@ pub struct WriteThrough {
     /// version (see the cache's documentation).
     suspects: std::sync::Mutex<Vec<Suspect>>,
     suspects_added: tokio::sync::Notify,
+    /// Whether the upstream's events channel is relayed right now.
+    relaying: tokio::sync::watch::Sender<bool>,
     pubsub: Arc<PubSub>,
     pub stats: WriteThroughStats,
     /// Lifecycle counts of the changes this sidecar made.
@@ -99,6 +103,7 @@ impl WriteThrough {
             heartbeats: DashMap::default(),
             suspects: std::sync::Mutex::default(),
             suspects_added: tokio::sync::Notify::new(),
+            relaying: tokio::sync::watch::Sender::new(false),
             config,
             pubsub,
             stats: WriteThroughStats::default(),
@@ -145,6 +150,52 @@ impl WriteThrough {
 
     pub fn events_channel(&self) -> Vec<u8> {
         format!("{}:events", self.config.prefix).into_bytes()
+    }
+
+    /// Waits (up to the upstream's command timeout) until upstream events are
+    /// relayed here, so that a client whose SUBSCRIBE has been answered misses
+    /// no event published after it.
+    pub async fn wait_relaying(&self) {
+        let mut relaying = self.relaying.subscribe();
+        let _ = tokio::time::timeout(
+            self.config.relay_wait,
+            relaying.wait_for(|relaying| *relaying),
+        )
+        .await;
+    }
+
+    /// Relays the upstream's events channel to this sidecar's subscribers,
+    /// subscribed upstream only while somebody here subscribes to anything
+    /// (each event otherwise costs a push on the upstream connection), and
+    /// again after every reconnect.
+    pub async fn relay_events(self: Arc<Self>, shutdown: CancellationToken) {
+        let channel = self.events_channel();
+        let mut active = self.pubsub.watch_active();
+        let mut generation = self.upstream.watch_generation();
+        let mut subscribed_in: Option<u64> = None;
+        loop {
+            let wanted = *active.borrow_and_update();
+            let current = *generation.borrow_and_update();
+            if wanted && subscribed_in != Some(current) {
+                if self.upstream.subscribe(&channel).await.is_ok() {
+                    subscribed_in = Some(current);
+                }
+            } else if !wanted
+                && subscribed_in == Some(current)
+                && self.upstream.unsubscribe(&channel).await.is_ok()
+            {
+                subscribed_in = None;
+            }
+            self.relaying.send_if_modified(|relaying| {
+                let now_relaying = subscribed_in == Some(current);
+                std::mem::replace(relaying, now_relaying) != now_relaying
+            });
+            tokio::select! {
+                changed = active.changed() => if changed.is_err() { return },
+                changed = generation.changed() => if changed.is_err() { return },
+                _ = shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// Runs one script operation; `args` follow the common header.
