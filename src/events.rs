@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::pubsub::PubSub;
-use crate::store::{Event, EventSink};
+use crate::store::{Event, EventSink, lossy_text};
 
 /// Publishes store events to local subscribers.
 pub struct LocalEvents {
@@ -49,14 +49,13 @@ struct JsonEvent<'a>(&'a Event);
 
 impl Serialize for JsonEvent<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let e = self.0;
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("event", e.kind.as_str())?;
-        map.serialize_entry("id", &text(&e.id))?;
-        map.serialize_entry("user", &e.user.as_deref().map(text))?;
-        map.serialize_entry("conn", &e.conn.as_deref().map(text))?;
-        map.serialize_entry("node", &text(&e.node))?;
+        map.serialize_entry("id", &lossy_text(&e.id))?;
+        map.serialize_entry("user", &e.user.as_deref().map(lossy_text))?;
+        map.serialize_entry("conn", &e.conn.as_deref().map(lossy_text))?;
+        map.serialize_entry("node", &lossy_text(&e.node))?;
         map.serialize_entry("at", &e.at)?;
         if let Some(reason) = e.reason {
             map.serialize_entry("reason", reason)?;

@@ -616,3 +616,146 @@ fn many_connections_opened_and_dropped_leave_the_server_healthy() {
         "dropped connections still counted"
     );
 }
+
+/// Review findings, each a regression test.
+mod review {
+    use super::*;
+
+    /// A short request cannot make a reply of many copies of a large value:
+    /// naming more attributes than a session may hold is refused.
+    #[test]
+    fn attribute_requests_are_bounded_by_the_attribute_limit() {
+        let sc = Sidecar::start(&["--max-attrs", "4"]);
+        let mut c = sc.client();
+        call(&mut c, &["SESSION.CREATE", "ID", "amp", "ATTR", "v", "x"]);
+        let mut get = vec!["SESSION.ATTR.GET", "amp"];
+        get.extend(std::iter::repeat_n("v", 5));
+        assert_err(&call(&mut c, &get), "ERR too many attributes (max 4)");
+        let mut set = vec!["SESSION.ATTR.SET", "amp"];
+        for _ in 0..5 {
+            set.extend(["n", "v"]);
+        }
+        assert_err(&call(&mut c, &set), "ERR too many attributes (max 4)");
+        let mut update = vec!["SESSION.UPDATE", "amp"];
+        for _ in 0..5 {
+            update.extend(["DELATTR", "v"]);
+        }
+        assert_err(&call(&mut c, &update), "ERR too many attributes (max 4)");
+        let mut get = vec!["SESSION.ATTR.GET", "amp"];
+        get.extend(std::iter::repeat_n("v", 4));
+        assert_eq!(array(&call(&mut c, &get)).len(), 4);
+    }
+
+    /// Messages queued for a channel are not delivered after the reply to
+    /// its UNSUBSCRIBE, nor after RESET: the next RESP2 reply is the next
+    /// command's.
+    #[test]
+    fn no_message_follows_unsubscribe_or_reset() {
+        let sc = Sidecar::start(&[]);
+        for ending in [&["UNSUBSCRIBE", "ch"][..], &["RESET"][..]] {
+            let mut subscriber = sc.raw();
+            subscriber.cmd(&["SUBSCRIBE", "ch"]);
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let publishers: Vec<_> = (0..3)
+                .map(|_| {
+                    let mut publisher = sc.client();
+                    let stop = stop.clone();
+                    thread::spawn(move || {
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            call(&mut publisher, &["PUBLISH", "ch", "hello"]);
+                        }
+                    })
+                })
+                .collect();
+            thread::sleep(Duration::from_millis(50)); // let messages queue up
+            subscriber.send_cmd(ending);
+            subscriber.send_cmd(&["PING"]);
+            // Skip what was delivered before the ending's reply.
+            loop {
+                let reply = subscriber.read_reply();
+                let is_message = matches!(&reply, Resp::Array(items) if items.first() == Some(&Resp::bulk("message")));
+                if !is_message {
+                    break;
+                }
+            }
+            let after = subscriber.read_reply();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            for publisher in publishers {
+                publisher.join().unwrap();
+            }
+            assert!(
+                after == Resp::Simple("PONG".into()) || after == Resp::bulks(&["pong", ""]),
+                "after {ending:?}, the reply to PING was {after:?}"
+            );
+        }
+    }
+
+    /// Integers are parsed as Redis's string2ll does: no leading zeros.
+    #[test]
+    fn integers_with_leading_zeros_are_refused() {
+        let sc = Sidecar::start(&[]);
+        let mut c = sc.client();
+        call(&mut c, &["SESSION.CREATE", "ID", "z", "ATTR", "m", "05"]);
+        assert_err(
+            &call(&mut c, &["SESSION.ATTR.INCRBY", "z", "m", "1"]),
+            "ERR attribute value is not an integer or out of range",
+        );
+        assert_err(
+            &call(&mut c, &["SESSION.EXPIRE", "z", "-0"]),
+            "ERR value is not an integer or out of range",
+        );
+        assert_protocol_error(
+            &sc,
+            b"*01\r\n$4\r\nPING\r\n",
+            b"-ERR Protocol error: invalid multibulk length\r\n",
+        );
+    }
+
+    /// Before AUTH, oversized requests are refused with Redis's wording.
+    #[test]
+    fn unauthenticated_limits_are_worded_as_redis() {
+        let sc = Sidecar::start(&["--requirepass", "secret"]);
+        assert_protocol_error(
+            &sc,
+            b"*11\r\n",
+            b"-ERR Protocol error: unauthenticated multibulk length\r\n",
+        );
+        assert_protocol_error(
+            &sc,
+            b"*1\r\n$20000\r\n",
+            b"-ERR Protocol error: unauthenticated bulk length\r\n",
+        );
+    }
+
+    /// A default TTL beyond the limit is a startup error, not a session born
+    /// expired.
+    #[test]
+    fn an_absurd_default_ttl_is_refused_at_startup() {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-sidecar"))
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--default-ttl", "18446744073709551615"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// CLIENT SETINFO refuses what would break CLIENT LIST's line format.
+    #[test]
+    fn client_setinfo_refuses_spaces_and_newlines() {
+        let sc = Sidecar::start(&[]);
+        let mut c = sc.client();
+        assert_err(
+            &call(&mut c, &["CLIENT", "SETINFO", "LIB-VER", "9.0\n1"]),
+            "ERR lib-ver cannot contain spaces, newlines or special characters.",
+        );
+        assert_eq!(
+            call(&mut c, &["CLIENT", "SETINFO", "LIB-VER", "9.0"]),
+            Value::Okay
+        );
+    }
+}

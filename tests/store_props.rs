@@ -222,3 +222,41 @@ fn conflicting_update_leaves_the_connection_where_it_was() {
     assert_eq!(store.read(b"a", now, |s| s.version), Some(1));
     store.check_invariants().unwrap();
 }
+
+/// A user with more sessions than the compact list holds: the index switches
+/// form and stays exact through deletions, expiry and KILLUSER.
+#[test]
+fn a_user_with_many_sessions_keeps_an_exact_index() {
+    let store = SessionStore::new(
+        b"n1",
+        60_000,
+        SessionLimits::default(),
+        Arc::new(Recorder::default()),
+    );
+    let now = 1_000_000;
+    for i in 0..200u64 {
+        let request = CreateSession {
+            id: Some(Bytes::from(format!("s{i}"))),
+            user: Some(Bytes::from("many")),
+            ttl_ms: Some(if i % 3 == 0 { 10 } else { 60_000 }),
+            ..CreateSession::default()
+        };
+        store.create(request, now + i).unwrap();
+    }
+    store.check_invariants().unwrap();
+    let ids: Vec<Bytes> = (0..200)
+        .step_by(7)
+        .map(|i| Bytes::from(format!("s{i}")))
+        .collect();
+    store.delete(&ids, now + 200, None);
+    store.sweep(now + 1_000, usize::MAX);
+    store.check_invariants().unwrap();
+    let listed = store.by_user(b"many", now + 1_000);
+    assert!(listed.windows(2).all(|w| {
+        let created = |id: &Key| store.read(id, now + 1_000, |s| s.created).unwrap();
+        created(&w[0]) <= created(&w[1])
+    }));
+    assert_eq!(store.kill_user(b"many", now + 1_000), listed.len());
+    assert!(store.by_user(b"many", now + 1_000).is_empty());
+    store.check_invariants().unwrap();
+}

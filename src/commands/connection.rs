@@ -173,8 +173,13 @@ pub fn select(args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
     }
 }
 
+/// Printable ASCII without spaces, as Redis requires of client names.
+fn printable(text: &[u8]) -> bool {
+    text.iter().all(|c| (b'!'..=b'~').contains(c))
+}
+
 fn set_name(client: &ClientState, name: &[u8]) -> CommandResult {
-    if name.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
+    if !printable(name) {
         return Err(CommandError::err(
             "ERR Client names cannot contain spaces, newlines or special characters.",
         ));
@@ -222,11 +227,19 @@ pub fn client(
         };
         args.finish().map_err(|_| arity_error())?;
         let option = super::args::Keyword::of(attr);
+        if !printable(value) {
+            return Err(CommandError::err(format!(
+                "ERR {} cannot contain spaces, newlines or special characters.",
+                String::from_utf8_lossy(attr).to_lowercase()
+            )));
+        }
+        // A copy: a slice would keep the whole read buffer alive.
+        let value = bytes::Bytes::copy_from_slice(value);
         let mut lib = client.info.lib.lock().unwrap_or_else(|p| p.into_inner());
         if option.is("LIB-NAME") {
-            lib.0 = Some(value.clone());
+            lib.0 = Some(value);
         } else if option.is("LIB-VER") {
-            lib.1 = Some(value.clone());
+            lib.1 = Some(value);
         } else {
             return Err(CommandError::err(format!(
                 "ERR Unrecognized option '{}'",
@@ -238,9 +251,36 @@ pub fn client(
         args.finish().map_err(|_| arity_error())?;
         out.verbatim(&(client.info.line(now_ms()) + "\n"));
     } else if keyword.is("LIST") {
+        // CLIENT LIST [TYPE normal|pubsub|master|replica]
+        let only_pubsub = match args.keyword() {
+            None => None,
+            Some(k) if k.is("TYPE") => {
+                let kind = args.next().ok_or(CommandError::Syntax)?;
+                let named = super::args::Keyword::of(kind);
+                if named.is("NORMAL") {
+                    Some(false)
+                } else if named.is("PUBSUB") {
+                    Some(true)
+                } else if named.is("MASTER") || named.is("REPLICA") || named.is("SLAVE") {
+                    // There are none: every client is a normal or pubsub one.
+                    out.verbatim("");
+                    return Ok(());
+                } else {
+                    return Err(CommandError::err(format!(
+                        "ERR Unknown client type '{}'",
+                        String::from_utf8_lossy(kind)
+                    )));
+                }
+            }
+            Some(_) => return Err(CommandError::Syntax),
+        };
+        args.finish()?;
         let now = now_ms();
         let mut text = String::new();
         for info in shared.clients.all() {
+            if only_pubsub.is_some_and(|pubsub| pubsub != info.is_pubsub()) {
+                continue;
+            }
             text.push_str(&info.line(now));
             text.push('\n');
         }

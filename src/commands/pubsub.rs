@@ -145,8 +145,10 @@ pub fn publish(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> Comma
     Ok(())
 }
 
-/// Drops every subscription of a client (RESET, disconnect).
+/// Drops every subscription of a client (RESET, disconnect), and its queue
+/// of messages not yet delivered.
 pub fn unsubscribe_all(shared: &Shared, client: &mut ClientState) {
+    client.subscriber = None;
     for channel in client.channels.drain() {
         shared.pubsub.unsubscribe(client.info.id, &channel);
     }

@@ -123,6 +123,13 @@ fn write_section(shared: &Shared, section: &str, sessions_total: i64, text: &mut
                 field("cache_verified", &m.load(&w.verified));
             }
         }
+        "keyspace" => {
+            // The sessions held here, as Redis reports a database's keys.
+            let held = sessions.count_local(now);
+            if held > 0 {
+                field("db0", &format!("keys={held},expires={held},avg_ttl=0"));
+            }
+        }
         "stats" => {
             field("total_connections_received", &m.connections.get());
             field("total_commands_processed", &m.commands_total());
@@ -243,11 +250,15 @@ fn write_args(args: &[Arg], out: &mut ReplyWriter) {
             ArgKind::OneOf(inner) | ArgKind::Block(inner) => Some(*inner),
             _ => None,
         };
-        let flags: Vec<&str> = [(arg.optional, "optional"), (arg.multiple, "multiple")]
-            .iter()
-            .filter(|f| f.0)
-            .map(|f| f.1)
-            .collect();
+        let flags: Vec<&str> = [
+            (arg.optional, "optional"),
+            (arg.multiple, "multiple"),
+            (arg.multiple_token, "multiple_token"),
+        ]
+        .iter()
+        .filter(|f| f.0)
+        .map(|f| f.1)
+        .collect();
         let fields = 2
             + usize::from(arg.token.is_some())
             + usize::from(!flags.is_empty())

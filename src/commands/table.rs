@@ -53,6 +53,8 @@ pub struct Arg {
     pub token: Option<&'static str>,
     pub optional: bool,
     pub multiple: bool,
+    /// The token repeats with each occurrence (`ATTR a 1 ATTR b 2`).
+    pub multiple_token: bool,
 }
 
 pub enum ArgKind {
@@ -84,6 +86,7 @@ const fn arg(name: &'static str, kind: ArgKind) -> Arg {
         token: None,
         optional: false,
         multiple: false,
+        multiple_token: false,
     }
 }
 const fn key(name: &'static str) -> Arg {
@@ -95,24 +98,27 @@ const fn string(name: &'static str) -> Arg {
 const fn integer(name: &'static str) -> Arg {
     arg(name, ArgKind::Integer)
 }
+/// `TOKEN value`
+const fn tokened(token: &'static str, name: &'static str, kind: ArgKind) -> Arg {
+    Arg {
+        token: Some(token),
+        ..arg(name, kind)
+    }
+}
 /// `[TOKEN value]`
 const fn opt(token: &'static str, name: &'static str, kind: ArgKind) -> Arg {
-    Arg {
-        name,
-        kind,
-        token: Some(token),
-        optional: true,
-        multiple: false,
-    }
+    optional(tokened(token, name, kind))
 }
 /// `[TOKEN]`
 const fn flag(token: &'static str) -> Arg {
+    opt(token, token, ArgKind::PureToken)
+}
+/// `[TOKEN value [TOKEN value ...]]`: an option that repeats, token and all.
+const fn repeated(token: &'static str, name: &'static str, kind: ArgKind) -> Arg {
     Arg {
-        name: token,
-        kind: ArgKind::PureToken,
-        token: Some(token),
-        optional: true,
-        multiple: false,
+        multiple: true,
+        multiple_token: true,
+        ..opt(token, name, kind)
     }
 }
 const fn many(arg: Arg) -> Arg {
@@ -129,11 +135,16 @@ const fn optional(arg: Arg) -> Arg {
 }
 
 const NAME_VALUE: &[Arg] = &[string("name"), string("value")];
+/// `[TTL seconds | PTTL milliseconds]`: the choices themselves are not optional.
 const TTL_CHOICE: &[Arg] = &[
-    opt("TTL", "seconds", ArgKind::Integer),
-    opt("PTTL", "milliseconds", ArgKind::Integer),
+    tokened("TTL", "seconds", ArgKind::Integer),
+    tokened("PTTL", "milliseconds", ArgKind::Integer),
 ];
-const STATUS_CHOICE: &[Arg] = &[flag("ACTIVE"), flag("DISCONNECTED")];
+const EXPIRATION: Arg = optional(arg("expiration", ArgKind::OneOf(TTL_CHOICE)));
+const STATUS_CHOICE: &[Arg] = &[
+    tokened("ACTIVE", "active", ArgKind::PureToken),
+    tokened("DISCONNECTED", "disconnected", ArgKind::PureToken),
+];
 
 pub struct CommandSpec {
     pub name: &'static str,
@@ -155,10 +166,6 @@ impl CommandSpec {
         } else {
             argc >= -self.arity
         }
-    }
-
-    pub fn is_write(&self) -> bool {
-        self.flags.contains(&"write")
     }
 
     pub fn denies_oom(&self) -> bool {
@@ -222,23 +229,18 @@ pub static COMMANDS: &[CommandSpec] = &[
         &["fast", "no_auth", "loading", "stale"],
         "connection",
         "Handshakes with the server: protocol version, AUTH, SETNAME.",
-        [optional(Arg {
-            name: "arguments",
-            kind: ArgKind::Block(&[
+        [optional(arg(
+            "arguments",
+            ArgKind::Block(&[
                 integer("protover"),
-                Arg {
-                    name: "auth",
-                    kind: ArgKind::Block(&[string("username"), string("password")]),
-                    token: Some("AUTH"),
-                    optional: true,
-                    multiple: false
-                },
+                opt(
+                    "AUTH",
+                    "auth",
+                    ArgKind::Block(&[string("username"), string("password")])
+                ),
                 opt("SETNAME", "clientname", ArgKind::String),
-            ]),
-            token: None,
-            optional: true,
-            multiple: false
-        }),]
+            ])
+        )),]
     ),
     command!(
         "auth",
@@ -380,21 +382,9 @@ pub static COMMANDS: &[CommandSpec] = &[
             opt("ID", "id", ArgKind::Key),
             opt("USER", "user", ArgKind::String),
             opt("CONN", "conn", ArgKind::String),
-            Arg {
-                name: "expiration",
-                kind: ArgKind::OneOf(TTL_CHOICE),
-                token: None,
-                optional: true,
-                multiple: false
-            },
+            EXPIRATION,
             opt("MAXPERUSER", "n", ArgKind::Integer),
-            Arg {
-                name: "attr",
-                kind: ArgKind::Block(NAME_VALUE),
-                token: Some("ATTR"),
-                optional: true,
-                multiple: true
-            },
+            repeated("ATTR", "attr", ArgKind::Block(NAME_VALUE)),
         ]
     ),
     command!(
@@ -422,16 +412,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         WRITE,
         "session",
         "Sets attributes; replies the new version.",
-        [
-            key("id"),
-            many(Arg {
-                name: "data",
-                kind: ArgKind::Block(NAME_VALUE),
-                token: None,
-                optional: false,
-                multiple: true
-            })
-        ]
+        [key("id"), many(arg("data", ArgKind::Block(NAME_VALUE)))]
     ),
     command!(
         "session.attr.get",
@@ -472,41 +453,18 @@ pub static COMMANDS: &[CommandSpec] = &[
             opt("IFVERSION", "version", ArgKind::Integer),
             opt("USER", "user", ArgKind::String),
             opt("CONN", "conn", ArgKind::String),
-            Arg {
-                name: "status",
-                kind: ArgKind::OneOf(STATUS_CHOICE),
-                token: Some("STATUS"),
-                optional: true,
-                multiple: false
-            },
-            Arg {
-                name: "expiration",
-                kind: ArgKind::OneOf(TTL_CHOICE),
-                token: None,
-                optional: true,
-                multiple: false
-            },
-            Arg {
-                name: "attr",
-                kind: ArgKind::Block(NAME_VALUE),
-                token: Some("ATTR"),
-                optional: true,
-                multiple: true
-            },
-            Arg {
-                name: "delattr",
-                kind: ArgKind::String,
-                token: Some("DELATTR"),
-                optional: true,
-                multiple: true
-            },
+            opt("STATUS", "status", ArgKind::OneOf(STATUS_CHOICE)),
+            EXPIRATION,
+            repeated("ATTR", "attr", ArgKind::Block(NAME_VALUE)),
+            repeated("DELATTR", "name", ArgKind::String),
         ]
     ),
     command!(
         "session.touch",
         SessionTouch,
         2,
-        READ,
+        // Usually a read; an extending heartbeat is a write.
+        &["write", "fast"],
         "session",
         "Heartbeat: slides the expiry when less than half the ttl remains; replies ms left.",
         [key("id")]

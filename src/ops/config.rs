@@ -31,6 +31,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// The longest TTL a session may have (ten years), in seconds.
+pub const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
 /// A Redis-protocol session store sidecar for WebSocket gateways.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "session-sidecar", version, about, long_about = None)]
@@ -99,7 +102,7 @@ pub struct Config {
     pub prefix: String,
 
     /// TTL in seconds of sessions created without TTL or PTTL.
-    #[arg(long, env = "SESSION_SIDECAR_DEFAULT_TTL", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "SESSION_SIDECAR_DEFAULT_TTL", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..=MAX_TTL_SECONDS))]
     pub default_ttl: u64,
 
     /// This sidecar's node id [default: the hostname].

@@ -91,7 +91,11 @@ impl RequestParser {
                         return Ok(false);
                     };
                     if n > max_args as i64 {
-                        return Err(ProtocolError("invalid multibulk length"));
+                        return Err(ProtocolError(if restricted {
+                            "unauthenticated multibulk length"
+                        } else {
+                            "invalid multibulk length"
+                        }));
                     }
                     if n <= 0 {
                         // `*0` and `*-1` are empty requests, skipped as Redis does.
@@ -122,7 +126,11 @@ impl RequestParser {
                             };
                             if len < 0 || len > max_bulk as i64 {
                                 self.state = State::Idle;
-                                return Err(ProtocolError("invalid bulk length"));
+                                return Err(ProtocolError(if restricted && len >= 0 {
+                                    "unauthenticated bulk length"
+                                } else {
+                                    "invalid bulk length"
+                                }));
                             }
                             let len = len as usize;
                             self.state = State::Multibulk {
@@ -191,14 +199,18 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf[..limit].windows(2).position(|w| w == b"\r\n")
 }
 
-/// Parses a decimal integer the way Redis's `string2ll` does: no sign-less
-/// garbage, no leading `+`, no overflow.
+/// Parses a decimal integer the way Redis's `string2ll` does: digits only
+/// (a leading `-` aside), no leading zeros (`0` itself aside, and not `-0`),
+/// no overflow.
 pub fn parse_i64(digits: &[u8]) -> Option<i64> {
+    if digits == b"0" {
+        return Some(0);
+    }
     let (negative, digits) = match digits.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, digits),
     };
-    if digits.is_empty() || digits.len() > 19 {
+    if digits.is_empty() || digits.len() > 19 || digits[0] == b'0' {
         return None;
     }
     let mut value: i64 = 0;
@@ -415,5 +427,8 @@ mod tests {
         assert_eq!(parse_i64(b"9223372036854775808"), None);
         assert_eq!(parse_i64(b"+1"), None);
         assert_eq!(parse_i64(b""), None);
+        assert_eq!(parse_i64(b"0"), Some(0));
+        assert_eq!(parse_i64(b"05"), None);
+        assert_eq!(parse_i64(b"-0"), None);
     }
 }

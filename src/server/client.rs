@@ -33,6 +33,11 @@ pub struct ClientInfo {
 }
 
 impl ClientInfo {
+    /// Whether the client holds subscriptions.
+    pub fn is_pubsub(&self) -> bool {
+        self.subscriptions.load(Ordering::Relaxed) + self.patterns.load(Ordering::Relaxed) > 0
+    }
+
     /// The CLIENT LIST / CLIENT INFO line, in Redis's format.
     pub fn line(&self, now: u64) -> String {
         let name = self

@@ -25,6 +25,8 @@ use tokio::sync::mpsc;
 const FLUSH_AT: usize = 64 * 1024;
 /// Read at least this much room per read.
 const READ_CHUNK: usize = 16 * 1024;
+/// Buffers grown past this are given back once empty.
+const SHRINK_ABOVE: usize = 1024 * 1024;
 
 pub async fn serve(
     shared: Arc<Shared>,
@@ -138,6 +140,14 @@ async fn run(
             stream.write_all(&output).await?;
             output.clear();
         }
+        // A large request or reply once must not pin its buffer for the life
+        // of the connection, as Redis shrinks idle clients' buffers.
+        if output.capacity() > SHRINK_ABOVE {
+            output = BytesMut::with_capacity(READ_CHUNK);
+        }
+        if input.is_empty() && input.capacity() > SHRINK_ABOVE {
+            input = BytesMut::with_capacity(READ_CHUNK);
+        }
         if shutdown.is_cancelled() {
             return Ok(());
         }
@@ -160,15 +170,26 @@ async fn run(
             }
             message = next_message(&mut client.subscriber) => {
                 let mut out = ReplyWriter::new(&mut output, client.protocol);
-                if let (Some(message), Some((subscriber, rx))) = (message, &mut client.subscriber) {
+                let ClientState { subscriber, channels, patterns, .. } = client;
+                if let (Some(message), Some((subscriber, rx))) = (message, subscriber) {
+                    // Messages queued before an UNSUBSCRIBE are not delivered
+                    // after its reply, as in Redis.
+                    let wanted = |message: &Message| match message {
+                        Message::Message { channel, .. } => channels.contains(channel),
+                        Message::PMessage { pattern, .. } => patterns.contains(pattern),
+                    };
                     subscriber.taken(&message);
-                    encode_message(message, &mut out);
+                    if wanted(&message) {
+                        encode_message(message, &mut out);
+                    }
                     // Batch whatever else is already queued into the same
                     // write, up to the flush bound.
                     while out.len() < FLUSH_AT {
                         let Ok(message) = rx.try_recv() else { break };
                         subscriber.taken(&message);
-                        encode_message(message, &mut out);
+                        if wanted(&message) {
+                            encode_message(message, &mut out);
+                        }
                     }
                 }
             }

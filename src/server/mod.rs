@@ -70,13 +70,7 @@ impl Shared {
 
     /// Clients with at least one subscription.
     pub fn pubsub_clients(&self) -> usize {
-        self.clients
-            .all()
-            .iter()
-            .filter(|c| {
-                c.subscriptions.load(Ordering::Relaxed) + c.patterns.load(Ordering::Relaxed) > 0
-            })
-            .count()
+        self.clients.all().iter().filter(|c| c.is_pubsub()).count()
     }
 }
 

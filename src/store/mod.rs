@@ -29,7 +29,7 @@ use dashmap::DashMap;
 pub use attributes::Attributes;
 pub use expiry::ExpiryIndex;
 pub use indexes::Indexes;
-pub use session::{FIELD_COUNT, Key, Session, Status};
+pub use session::{FIELD_COUNT, Key, Session, Status, lossy_text};
 
 /// Limits on what a session may hold (commands.md, configurable).
 #[derive(Clone, Copy, Debug)]
@@ -48,7 +48,7 @@ impl Default for SessionLimits {
             max_name_len: 512,
             max_value_len: 1024 * 1024,
             max_attrs: 1024,
-            max_ttl_ms: 10 * 365 * 24 * 3600 * 1000,
+            max_ttl_ms: crate::ops::config::MAX_TTL_SECONDS * 1000,
         }
     }
 }
@@ -399,7 +399,7 @@ impl SessionStore {
                 *s.last_active.get_mut() = now;
                 return Ok(left);
             }
-            s.expires = now + s.ttl;
+            s.expires = now.saturating_add(s.ttl);
             s.mutated(now);
             Ok(s.ttl)
         })
@@ -410,7 +410,7 @@ impl SessionStore {
     pub fn expire(&self, id: &[u8], ttl_ms: u64, now: u64) -> bool {
         self.write(id, now, |_, s| {
             s.ttl = ttl_ms;
-            s.expires = now + ttl_ms;
+            s.expires = now.saturating_add(ttl_ms);
             s.mutated(now);
             Ok(())
         })
@@ -428,8 +428,11 @@ impl SessionStore {
         id: &[u8],
         now: u64,
         removal: Removal,
+        condition: impl FnOnce(&Session) -> bool,
     ) -> Option<Event> {
-        let (id, session) = self.sessions.remove(id)?;
+        let (id, session) = self
+            .sessions
+            .remove_if(id, |_, session| condition(session))?;
         if let Some(user) = &session.user {
             indexes.remove_user(user, (session.created, session.seq));
         }
@@ -485,11 +488,6 @@ impl SessionStore {
         }
     }
 
-    /// Whether a TTL (ms) is positive and within the limit.
-    pub fn valid_ttl(&self, ttl_ms: i64) -> bool {
-        ttl_ms > 0 && ttl_ms as u64 <= self.limits.max_ttl_ms
-    }
-
     pub fn create(&self, request: CreateSession, now: u64) -> Result<Key, StoreError> {
         let id: Key = match &request.id {
             Some(id) => Key::from(&id[..]),
@@ -504,7 +502,7 @@ impl SessionStore {
             return Err(StoreError::Exists);
         }
         // A dead session under the same id is swept now, not later.
-        events.extend(self.remove_locked(&mut indexes, &id, now, Removal::Expired));
+        events.extend(self.remove_locked(&mut indexes, &id, now, Removal::Expired, |_| true));
 
         let user = request.user.as_deref().map(Key::from);
         if let (Some(user), Some(max)) = (&user, request.max_per_user) {
@@ -520,6 +518,7 @@ impl SessionStore {
                     victim,
                     now,
                     Removal::Deleted(Some("evicted")),
+                    |_| true,
                 ));
             }
         }
@@ -534,7 +533,7 @@ impl SessionStore {
             status: Status::Active,
             created: now,
             last_active: AtomicU64::new(now),
-            expires: now + ttl,
+            expires: now.saturating_add(ttl),
             ttl,
             version: 1,
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
@@ -568,6 +567,7 @@ impl SessionStore {
                 id.as_ref(),
                 now,
                 Removal::Deleted(reason),
+                |_| true,
             ));
         }
         drop(indexes);
@@ -581,10 +581,25 @@ impl SessionStore {
 
     /// Deletes every session of the user; returns how many were live.
     pub fn kill_user(&self, user: &[u8], now: u64) -> usize {
-        let ids = self.lock_indexes().user_sessions(user);
-        // Sessions created between the two locks belong to a login after the
-        // logout; they are not part of it.
-        self.delete(&ids, now, Some("killuser"))
+        let mut events = Vec::new();
+        let mut indexes = self.lock_indexes();
+        // The whole list at once, under the same lock as the removals.
+        for id in indexes.take_user(user) {
+            events.extend(self.remove_locked(
+                &mut indexes,
+                &id,
+                now,
+                Removal::Deleted(Some("killuser")),
+                |_| true,
+            ));
+        }
+        drop(indexes);
+        let deleted = events
+            .iter()
+            .filter(|e| e.kind == EventKind::Deleted)
+            .count();
+        self.events.publish(events);
+        deleted
     }
 
     pub fn bind(&self, id: &[u8], conn: &[u8], now: u64) -> Result<u64, StoreError> {
@@ -598,7 +613,7 @@ impl SessionStore {
             s.conn = Some(conn.clone());
             s.status = Status::Active;
             s.node = self.node.clone();
-            s.expires = now + s.ttl;
+            s.expires = now.saturating_add(s.ttl);
             s.mutated(now);
             events.push(Event::of(EventKind::Bound, key, s, now, None));
             Ok((key.clone(), s.version))
@@ -655,7 +670,7 @@ impl SessionStore {
             }
             if let Some(ttl) = request.ttl_ms {
                 s.ttl = ttl;
-                s.expires = now + ttl;
+                s.expires = now.saturating_add(ttl);
             }
             s.mutated(now);
             Ok(())
@@ -711,11 +726,13 @@ impl SessionStore {
         let mut events = Vec::with_capacity(due.len());
         let mut indexes = self.lock_indexes();
         for (expires, id) in due {
-            // The entry may be stale if the session was replaced meanwhile.
-            let current = self.sessions.get(&id).map(|s| s.expires);
-            if current == Some(expires) {
-                events.extend(self.remove_locked(&mut indexes, &id, now, Removal::Expired));
-            }
+            // The entry is stale if the session was replaced or extended
+            // meanwhile: checked under the same lock as the removal.
+            events.extend(
+                self.remove_locked(&mut indexes, &id, now, Removal::Expired, |s| {
+                    s.expires == expires
+                }),
+            );
         }
         drop(indexes);
         let expired = events.len();

@@ -98,7 +98,8 @@ impl Session {
     }
 }
 
-/// The field names of a session, in reply order.
+/// How many fields a session's map has (id, user, conn, status, node,
+/// created, last_active, expires, ttl, version, attrs).
 pub const FIELD_COUNT: usize = 11;
 
 struct JsonView<'a> {
@@ -106,7 +107,9 @@ struct JsonView<'a> {
     session: &'a Session,
 }
 
-fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+/// Bytes as JSON text: invalid UTF-8 becomes U+FFFD (JSON strings are
+/// Unicode; binary values do not survive the JSON forms).
+pub fn lossy_text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(bytes)
 }
 
@@ -117,18 +120,18 @@ impl Serialize for JsonView<'_> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 let mut map = serializer.serialize_map(None)?;
                 for (name, value) in self.0.iter() {
-                    map.serialize_entry(&text(name), &text(value))?;
+                    map.serialize_entry(&lossy_text(name), &lossy_text(value))?;
                 }
                 map.end()
             }
         }
         let s = self.session;
         let mut map = serializer.serialize_map(Some(FIELD_COUNT))?;
-        map.serialize_entry("id", &text(self.id))?;
-        map.serialize_entry("user", &s.user.as_deref().map(text))?;
-        map.serialize_entry("conn", &s.conn.as_deref().map(text))?;
+        map.serialize_entry("id", &lossy_text(self.id))?;
+        map.serialize_entry("user", &s.user.as_deref().map(lossy_text))?;
+        map.serialize_entry("conn", &s.conn.as_deref().map(lossy_text))?;
         map.serialize_entry("status", s.status.as_str())?;
-        map.serialize_entry("node", &text(&s.node))?;
+        map.serialize_entry("node", &lossy_text(&s.node))?;
         map.serialize_entry("created", &s.created)?;
         map.serialize_entry("last_active", &s.last_active())?;
         map.serialize_entry("expires", &s.expires)?;

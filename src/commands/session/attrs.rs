@@ -1,6 +1,6 @@
 //! SESSION.ATTR.SET / ATTR.GET / ATTR.DEL / ATTR.INCRBY
 
-use super::{attribute, name};
+use super::{attribute, check_attr_count, name};
 use crate::commands::{Args, CommandError, CommandResult};
 use crate::protocol::ReplyWriter;
 use crate::server::Shared;
@@ -18,6 +18,7 @@ pub async fn attr_set(
             "ERR wrong number of arguments for 'session.attr.set' command",
         ));
     }
+    check_attr_count(shared, args.remaining() / 2)?;
     let mut pairs = Vec::with_capacity(args.remaining() / 2);
     while !args.is_empty() {
         pairs.push(attribute(shared, args)?);
@@ -35,6 +36,7 @@ pub async fn attr_get(
 ) -> CommandResult {
     let id = args.required()?;
     let names = args.rest();
+    check_attr_count(shared, names.len())?;
     let found = shared
         .sessions
         .read(id, now_ms(), |s| {
@@ -57,6 +59,7 @@ pub async fn attr_del(
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
     let id = args.required()?;
+    check_attr_count(shared, args.remaining())?;
     let removed = shared.sessions.attr_del(id, args.rest(), now_ms()).await?;
     out.int(removed as i64);
     Ok(())

@@ -1,6 +1,6 @@
 //! SESSION.CREATE [ID id] [USER user] [CONN conn] [TTL s | PTTL ms] [MAXPERUSER n] [ATTR name value]...
 
-use super::{attribute, name, ttl_ms};
+use super::{attribute, check_attr_count, name, ttl_ms};
 use crate::commands::{Args, CommandError, CommandResult};
 use crate::protocol::ReplyWriter;
 use crate::server::Shared;
@@ -38,12 +38,7 @@ pub async fn create(
     if request.max_per_user.is_some() && request.user.is_none() {
         return Err(CommandError::err("ERR MAXPERUSER requires USER"));
     }
-    let max_attrs = shared.sessions.limits().max_attrs;
-    if request.attrs.len() > max_attrs {
-        return Err(CommandError::err(format!(
-            "ERR too many attributes (max {max_attrs})"
-        )));
-    }
+    check_attr_count(shared, request.attrs.len())?;
     let id = shared.sessions.create(request, now_ms()).await?;
     out.bulk(&id);
     Ok(())

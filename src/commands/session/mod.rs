@@ -74,6 +74,19 @@ fn check_name(shared: &Shared, value: &[u8], what: &str) -> Result<(), CommandEr
     Ok(())
 }
 
+/// Refuses a request naming more attributes than a session may hold: it
+/// could only be repeats, and it would cost time (and, for reads, reply
+/// memory) out of proportion, under the session's lock.
+fn check_attr_count(shared: &Shared, count: usize) -> Result<(), CommandError> {
+    let max = shared.sessions.limits().max_attrs;
+    if count > max {
+        return Err(CommandError::err(format!(
+            "ERR too many attributes (max {max})"
+        )));
+    }
+    Ok(())
+}
+
 /// The next two arguments as an attribute name and value within the limits.
 fn attribute(shared: &Shared, args: &mut Args) -> Result<(Bytes, Bytes), CommandError> {
     let name = name(shared, args, "attribute name")?.clone();

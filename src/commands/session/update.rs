@@ -1,7 +1,7 @@
 //! SESSION.UPDATE id [IFVERSION v] [USER user] [CONN conn] [STATUS active|disconnected]
 //! [TTL s | PTTL ms] [ATTR name value]... [DELATTR name]...
 
-use super::{attribute, name, ttl_ms};
+use super::{attribute, check_attr_count, name, ttl_ms};
 use crate::commands::{Args, CommandError, CommandResult};
 use crate::protocol::ReplyWriter;
 use crate::server::Shared;
@@ -31,8 +31,10 @@ pub async fn update(
             request.ttl_ms = Some(ttl_ms(shared, args, 1)?);
         } else if keyword.is("ATTR") {
             request.set_attrs.push(attribute(shared, args)?);
+            check_attr_count(shared, request.set_attrs.len())?;
         } else if keyword.is("DELATTR") {
             request.del_attrs.push(args.required()?.clone());
+            check_attr_count(shared, request.del_attrs.len())?;
         } else {
             return Err(CommandError::Syntax);
         }
