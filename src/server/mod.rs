@@ -89,11 +89,8 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
 
     let pubsub = Arc::new(PubSub::default());
     let shutdown = CancellationToken::new();
-    // The upstream outlives the client connections: pending heartbeats are
-    // flushed through it after the last client is gone.
-    let upstream_shutdown = CancellationToken::new();
-    let background = TaskTracker::new();
-    let sessions = start_sessions(&config, &pubsub, &background, &upstream_shutdown)?;
+    let background = Background::default();
+    let sessions = start_sessions(&config, &pubsub, &background)?;
     let shared = Arc::new(Shared {
         advertise: config
             .advertise
@@ -181,17 +178,39 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
             "clients still busy at the shutdown deadline"
         );
     }
-    upstream_shutdown.cancel();
-    background.close();
-    if tokio::time::timeout(Duration::from_secs(2), background.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("background tasks did not stop in time");
-    }
+    background.stop().await;
     http.abort();
     tracing::info!("bye");
     Ok(())
+}
+
+/// The tasks that outlive the client connections, stopped in order after the
+/// last client is gone: first the work (sweeps, the last flush of pending
+/// heartbeats, the events relay), then the upstream connection it needs.
+#[derive(Default)]
+struct Background {
+    work: TaskTracker,
+    work_stop: CancellationToken,
+    connection: TaskTracker,
+    connection_stop: CancellationToken,
+}
+
+impl Background {
+    async fn stop(&self) {
+        for (tracker, stop) in [
+            (&self.work, &self.work_stop),
+            (&self.connection, &self.connection_stop),
+        ] {
+            stop.cancel();
+            tracker.close();
+            if tokio::time::timeout(Duration::from_secs(2), tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("background tasks did not stop in time");
+            }
+        }
+    }
 }
 
 /// The session store of the configured mode, with its background tasks
@@ -199,8 +218,7 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
 fn start_sessions(
     config: &Config,
     pubsub: &Arc<PubSub>,
-    background: &TaskTracker,
-    upstream_shutdown: &CancellationToken,
+    background: &Background,
 ) -> Result<Sessions, BoxError> {
     let limits = SessionLimits {
         max_name_len: config.max_name_len,
@@ -219,8 +237,8 @@ fn start_sessions(
             events,
         ));
         let sweeper = store.clone();
-        let stop = upstream_shutdown.clone();
-        background.spawn(async move {
+        let stop = background.work_stop.clone();
+        background.work.spawn(async move {
             tokio::select! {
                 _ = sweeper.run_sweeper() => {}
                 _ = stop.cancelled() => {}
@@ -260,13 +278,17 @@ fn start_sessions(
     let handler = Arc::new(Coherence {
         store: store.clone(),
     });
-    background.spawn(upstream.clone().supervise(
+    background.connection.spawn(upstream.clone().supervise(
         store.tracking_setup(),
         handler,
-        upstream_shutdown.clone(),
+        background.connection_stop.clone(),
     ));
-    background.spawn(store.clone().relay_events(upstream_shutdown.clone()));
-    background.spawn(store.clone().run_background(upstream_shutdown.clone()));
+    background
+        .work
+        .spawn(store.clone().relay_events(background.work_stop.clone()));
+    background
+        .work
+        .spawn(store.clone().run_background(background.work_stop.clone()));
     tracing::info!(upstream = %upstream.address(), "write-through mode");
     Ok(Sessions::WriteThrough(store))
 }

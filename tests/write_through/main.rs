@@ -951,3 +951,49 @@ fn lifecycle_events_reach_the_stream_and_the_channel() {
         }
     }
 }
+
+/// SIGTERM flushes the `last_active` of heartbeats answered from memory
+/// before the process exits 0: nothing acknowledged is left behind.
+#[test]
+fn sigterm_flushes_pending_heartbeats() {
+    let redis = RedisServer::start(&[]);
+    let mut sidecar = start_sidecar(&redis, "a", &["--heartbeat-flush-ms", "600000"]);
+    let mut c = sidecar.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "hb", "TTL", "3600"]);
+    let created: i64 = redis::cmd("HGET")
+        .arg(skey("hb"))
+        .arg("created")
+        .query(&mut redis.client())
+        .unwrap();
+    // Make the copy hot, then let a heartbeat be answered from it.
+    let hot = wait_until(Duration::from_secs(5), || {
+        call(&mut c, &["SESSION.GET", "hb"]);
+        upstream_counter(&sidecar, "cache_hits") > 0
+    });
+    assert!(hot, "the session never became hot");
+    thread::sleep(Duration::from_millis(5)); // a later millisecond than `created`
+    let absorbed_before = upstream_counter(&sidecar, "heartbeats_absorbed");
+    call(&mut c, &["SESSION.TOUCH", "hb"]);
+    assert_eq!(
+        upstream_counter(&sidecar, "heartbeats_absorbed"),
+        absorbed_before + 1
+    );
+    let upstream_last_active: i64 = redis::cmd("HGET")
+        .arg(skey("hb"))
+        .arg("last_active")
+        .query(&mut redis.client())
+        .unwrap();
+    assert_eq!(upstream_last_active, created, "flushed before the shutdown");
+    drop(c);
+    sidecar.sigterm();
+    assert!(sidecar.wait_exit(Duration::from_secs(10)).success());
+    let flushed: i64 = redis::cmd("HGET")
+        .arg(skey("hb"))
+        .arg("last_active")
+        .query(&mut redis.client())
+        .unwrap();
+    assert!(
+        flushed > created,
+        "last_active {flushed} was not flushed at shutdown (created {created})"
+    );
+}
