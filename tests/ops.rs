@@ -449,3 +449,18 @@ fn a_taken_listen_port_is_a_startup_error() {
     let _ = child.kill();
     assert!(!status.unwrap().success());
 }
+
+/// `--threads 1` runs one event loop: it serves and shuts down cleanly.
+#[test]
+fn a_single_thread_serves_and_stops() {
+    let mut sc = Sidecar::start(&["--threads", "1"]);
+    let mut c = sc.client();
+    assert_eq!(call(&mut c, &["SESSION.CREATE", "ID", "one"]), bulk("one"));
+    assert_eq!(
+        call(&mut c, &["SESSION.EXISTS", "one"]),
+        redis::Value::Int(1)
+    );
+    drop(c);
+    sc.sigterm();
+    assert!(sc.wait_exit(std::time::Duration::from_secs(10)).success());
+}
