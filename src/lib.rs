@@ -11,6 +11,7 @@
 
 pub mod commands;
 pub mod events;
+pub mod fleet;
 pub mod ops;
 pub mod protocol;
 pub mod pubsub;

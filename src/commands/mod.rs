@@ -143,7 +143,7 @@ pub async fn execute(
         Cmd::SessionByuser => session::byuser(shared, &mut args, out).await,
         Cmd::SessionKilluser => session::killuser(shared, &mut args, out).await,
         Cmd::SessionCount => session::count(shared, &mut args, out).await,
-        Cmd::SessionNodes => session::nodes(shared, out),
+        Cmd::SessionNodes => session::nodes(shared, out).await,
     };
     if let Err(error) = result {
         shared.metrics.command_errors.inc();

@@ -113,6 +113,15 @@ pub struct Config {
     #[arg(long, env = "SESSION_SIDECAR_ADVERTISE")]
     pub advertise: Option<String>,
 
+    /// Other sidecars (host:port, comma-separated) known without the upstream registry.
+    #[arg(long, env = "SESSION_SIDECAR_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+
+    /// Milliseconds between this sidecar's reports to the upstream registry of
+    /// live sidecars (an entry lives three intervals without a report).
+    #[arg(long, env = "SESSION_SIDECAR_REGISTRY_INTERVAL_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub registry_interval_ms: u64,
+
     /// Password clients must AUTH with (AUTH pass, AUTH default pass or HELLO ... AUTH).
     #[arg(long, env = "SESSION_SIDECAR_REQUIREPASS", hide_env_values = true)]
     pub requirepass: Option<String>,

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::events::LocalEvents;
+use crate::fleet::Fleet;
 use crate::ops::config::Config;
 use crate::ops::metrics::Metrics;
 use crate::protocol::Limits;
@@ -32,6 +33,7 @@ pub const REDIS_VERSION: &str = "7.2.0";
 pub struct Shared {
     pub config: Config,
     pub sessions: Sessions,
+    pub fleet: Arc<Fleet>,
     pub pubsub: Arc<PubSub>,
     pub metrics: Metrics,
     pub clients: ClientRegistry,
@@ -100,6 +102,12 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
             max_bulk_len: usize::try_from(config.proto_max_bulk_len).unwrap_or(usize::MAX),
             max_args: config.max_args,
         },
+        fleet: Arc::new(Fleet::new(
+            &config.prefix,
+            config.peers.clone(),
+            Duration::from_millis(config.registry_interval_ms),
+            Duration::from_millis(config.upstream_timeout_ms),
+        )),
         config,
         sessions,
         pubsub,
@@ -110,6 +118,12 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
         ready: AtomicBool::new(false),
     });
 
+    background.work.spawn(
+        shared
+            .fleet
+            .clone()
+            .report(shared.clone(), background.work_stop.clone()),
+    );
     let http = tokio::spawn(crate::ops::http::serve(
         metrics_listener,
         shared.clone(),

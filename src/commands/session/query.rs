@@ -70,20 +70,23 @@ pub async fn count(
     Ok(())
 }
 
-/// SESSION.NODES: the live sidecars known to this one (for now: itself).
-pub fn nodes(shared: &Shared, out: &mut ReplyWriter) -> CommandResult {
-    let now = now_ms();
-    out.array(1);
-    out.map(5);
-    out.bulk(b"node");
-    out.bulk(shared.sessions.node());
-    out.bulk(b"addr");
-    out.bulk(shared.advertise.as_bytes());
-    out.bulk(b"sessions");
-    out.int(shared.sessions.count_local(now) as i64);
-    out.bulk(b"last_seen");
-    out.int(now as i64);
-    out.bulk(b"self");
-    out.int(1);
+/// SESSION.NODES: the live sidecars known to this one: itself, the upstream
+/// registry's (write-through mode) and the `--peers` that answer.
+pub async fn nodes(shared: &Shared, out: &mut ReplyWriter<'_>) -> CommandResult {
+    let nodes = shared.fleet.nodes(shared).await;
+    out.array(nodes.len());
+    for node in nodes {
+        out.map(5);
+        out.bulk(b"node");
+        out.bulk(node.node.as_bytes());
+        out.bulk(b"addr");
+        out.bulk(node.addr.as_bytes());
+        out.bulk(b"sessions");
+        out.int(node.sessions);
+        out.bulk(b"last_seen");
+        out.int(node.last_seen as i64);
+        out.bulk(b"self");
+        out.int(i64::from(node.is_self));
+    }
     Ok(())
 }
