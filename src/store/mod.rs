@@ -559,37 +559,38 @@ impl SessionStore {
         now: u64,
         reason: Option<&'static str>,
     ) -> usize {
-        let mut events = Vec::new();
-        let mut indexes = self.lock_indexes();
-        for id in ids {
-            events.extend(self.remove_locked(
-                &mut indexes,
-                id.as_ref(),
-                now,
-                Removal::Deleted(reason),
-                |_| true,
-            ));
-        }
-        drop(indexes);
-        let deleted = events
-            .iter()
-            .filter(|e| e.kind == EventKind::Deleted)
-            .count();
-        self.events.publish(events);
-        deleted
+        self.delete_locked(
+            self.lock_indexes(),
+            ids.iter().map(|id| id.as_ref()),
+            now,
+            reason,
+        )
     }
 
     /// Deletes every session of the user; returns how many were live.
     pub fn kill_user(&self, user: &[u8], now: u64) -> usize {
-        let mut events = Vec::new();
         let mut indexes = self.lock_indexes();
         // The whole list at once, under the same lock as the removals.
-        for id in indexes.take_user(user) {
+        let ids = indexes.take_user(user);
+        self.delete_locked(indexes, ids.iter().map(|id| &id[..]), now, Some("killuser"))
+    }
+
+    /// Removes sessions under the index lock it is given, then releases it
+    /// and publishes the events; returns how many were live.
+    fn delete_locked<'a>(
+        &self,
+        mut indexes: MutexGuard<'_, Indexes>,
+        ids: impl Iterator<Item = &'a [u8]>,
+        now: u64,
+        reason: Option<&'static str>,
+    ) -> usize {
+        let mut events = Vec::new();
+        for id in ids {
             events.extend(self.remove_locked(
                 &mut indexes,
-                &id,
+                id,
                 now,
-                Removal::Deleted(Some("killuser")),
+                Removal::Deleted(reason),
                 |_| true,
             ));
         }

@@ -503,18 +503,16 @@ impl WriteThrough {
         for id in ids {
             self.cache.invalidate(id.as_ref());
         }
-        for id in &reply.touched {
-            self.cache.invalidate(id);
-        }
-        let deleted = integer(&reply.result).unwrap_or(0).max(0) as usize;
-        self.counts
-            .deleted
-            .fetch_add(deleted as u64, Ordering::Relaxed);
-        Ok(deleted)
+        Ok(self.deleted(&reply))
     }
 
     pub async fn kill_user(&self, user: &[u8], now: u64) -> Result<usize, StoreError> {
         let reply = self.run("killuser", &[], &[user], now).await?;
+        Ok(self.deleted(&reply))
+    }
+
+    /// The count a deleting call replied; our copies of what it touched go.
+    fn deleted(&self, reply: &Reply) -> usize {
         for id in &reply.touched {
             self.cache.invalidate(id);
         }
@@ -522,7 +520,7 @@ impl WriteThrough {
         self.counts
             .deleted
             .fetch_add(deleted as u64, Ordering::Relaxed);
-        Ok(deleted)
+        deleted
     }
 
     pub async fn bind(&self, id: &[u8], conn: &[u8], now: u64) -> Result<u64, StoreError> {
