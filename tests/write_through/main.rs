@@ -997,3 +997,74 @@ fn sigterm_flushes_pending_heartbeats() {
         "last_active {flushed} was not flushed at shutdown (created {created})"
     );
 }
+
+/// The upstream URL's password and database are used: the sidecar
+/// authenticates and writes into the database the URL names.
+#[test]
+fn upstream_credentials_and_database_come_from_the_url() {
+    let redis = RedisServer::start(&[]);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("s3cret")
+        .query(&mut redis.client())
+        .unwrap();
+    let url = format!("redis://:s3cret@{}/2", redis.addr);
+    let sidecar = Sidecar::start(&["--upstream", &url]);
+    let mut c = sidecar.client();
+    let created = wait_until(WAIT, || {
+        call(&mut c, &["SESSION.CREATE", "ID", "in-db2"]) == bulk("in-db2")
+    });
+    assert!(created, "no write went through the authenticated upstream");
+    let mut direct = redis::Client::open(format!("redis://:s3cret@{}/2", redis.addr))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(skey("in-db2"))
+        .query(&mut direct)
+        .unwrap();
+    assert_eq!(exists, 1, "the session is not in database 2");
+
+    // A wrong password: nothing is written, writes fail fast.
+    let wrong = Sidecar::start(&["--upstream", &format!("redis://:nope@{}/2", redis.addr)]);
+    assert_err(
+        &call(&mut wrong.client(), &["SESSION.CREATE", "ID", "x"]),
+        "TRYAGAIN upstream unavailable",
+    );
+}
+
+/// In write-through mode `--maxmemory` evicts hot copies instead of
+/// refusing writes: the upstream holds everything, and evicted sessions are
+/// read through again.
+#[test]
+fn maxmemory_evicts_hot_copies_instead_of_refusing_writes() {
+    let redis = RedisServer::start(&[]);
+    let sidecar = start_sidecar(&redis, "a", &["--maxmemory", "20kb"]);
+    let mut c = sidecar.client();
+    let value = "v".repeat(200);
+    for i in 0..300 {
+        let id = format!("m{i}");
+        assert_eq!(
+            call(&mut c, &["SESSION.CREATE", "ID", &id, "ATTR", "a", &value]),
+            bulk(&id)
+        );
+        call(&mut c, &["SESSION.GET", &id]);
+    }
+    let held = int(&call(&mut c, &["SESSION.COUNT", "LOCAL"]));
+    assert!(
+        held < 300,
+        "all {held} sessions are still held hot past maxmemory"
+    );
+    let used: u64 = sidecar.info("memory")["used_memory"].parse().unwrap();
+    assert!(
+        used <= 20 * 1024 + 4096,
+        "hot cache holds {used} bytes for a 20 KiB budget"
+    );
+    assert_eq!(int(&call(&mut c, &["SESSION.COUNT"])), 300);
+    for i in 0..300 {
+        let fields =
+            get_session(&mut c, &format!("m{i}"), false).expect("an evicted session reads through");
+        assert_eq!(fields.version, 1);
+    }
+}
