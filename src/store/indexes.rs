@@ -21,22 +21,29 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// many of one user's sessions never costs the square of their number.
 const FEW: usize = 32;
 
-/// One user's sessions, oldest first.
-#[derive(Debug)]
+/// One user's sessions, oldest first. Most users hold one session: it is
+/// kept inline, without an allocation of its own.
+#[derive(Debug, Default)]
 pub enum UserSessions {
+    #[default]
+    None,
+    One(UserKey, Key),
     Few(Vec<(UserKey, Key)>),
     Many(BTreeMap<UserKey, Key>),
-}
-
-impl Default for UserSessions {
-    fn default() -> Self {
-        UserSessions::Few(Vec::new())
-    }
 }
 
 impl UserSessions {
     fn insert(&mut self, key: UserKey, id: Key) {
         match self {
+            UserSessions::None => *self = UserSessions::One(key, id),
+            UserSessions::One(..) => {
+                let UserSessions::One(first_key, first) = std::mem::take(self) else {
+                    return;
+                };
+                let mut few = vec![(first_key, first), (key, id)];
+                few.sort_by_key(|(k, _)| *k);
+                *self = UserSessions::Few(few);
+            }
             UserSessions::Few(sessions) if sessions.len() < FEW => {
                 // Grow one at a time: most users hold one or two sessions,
                 // and a vector's default first growth is to four.
@@ -58,6 +65,12 @@ impl UserSessions {
 
     fn remove(&mut self, key: UserKey) {
         match self {
+            UserSessions::None => {}
+            UserSessions::One(only, _) => {
+                if *only == key {
+                    *self = UserSessions::None;
+                }
+            }
             UserSessions::Few(sessions) => {
                 if let Ok(at) = sessions.binary_search_by_key(&key, |(k, _)| *k) {
                     sessions.remove(at);
@@ -74,6 +87,8 @@ impl UserSessions {
 
     fn get(&self, key: UserKey) -> Option<&Key> {
         match self {
+            UserSessions::None => None,
+            UserSessions::One(only, id) => (*only == key).then_some(id),
             UserSessions::Few(sessions) => sessions
                 .binary_search_by_key(&key, |(k, _)| *k)
                 .ok()
@@ -84,6 +99,8 @@ impl UserSessions {
 
     pub fn len(&self) -> usize {
         match self {
+            UserSessions::None => 0,
+            UserSessions::One(..) => 1,
             UserSessions::Few(sessions) => sessions.len(),
             UserSessions::Many(sessions) => sessions.len(),
         }
@@ -96,6 +113,8 @@ impl UserSessions {
     /// The ids, oldest first.
     pub fn ids(&self) -> Vec<Key> {
         match self {
+            UserSessions::None => Vec::new(),
+            UserSessions::One(_, id) => vec![id.clone()],
             UserSessions::Few(sessions) => sessions.iter().map(|(_, id)| id.clone()).collect(),
             UserSessions::Many(sessions) => sessions.values().cloned().collect(),
         }
