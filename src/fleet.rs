@@ -1,8 +1,9 @@
 //! The fleet: the live sidecars this one knows, from `--peers` and from the
 //! registry every write-through sidecar keeps fresh in the upstream.
 //!
-//! Registry layout (prefix P): `P:nodes`, a zset of node ids scored by when
-//! each last reported (ms), and `P:node:{<id>}`, a hash (`node`, `addr`,
+//! Registry layout (T the key tag `{<prefix>:events}`, as every upstream
+//! key): `T:nodes`, a zset of node ids scored by when each last reported
+//! (ms), and `T:node:<id>`, a hash (`node`, `addr`,
 //! `sessions`, `last_seen`) that expires three report intervals after the
 //! last report, so a sidecar that died leaves the registry by itself. A
 //! sidecar that stops cleanly removes its entry at once.
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::server::Shared;
 use crate::store::now_ms;
 use crate::upstream::Upstream;
+use crate::upstream::store::key_tag;
 
 /// One live sidecar, as SESSION.NODES reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,11 +54,11 @@ impl Fleet {
     }
 
     fn zset(&self) -> String {
-        format!("{}:nodes", self.prefix)
+        format!("{}:nodes", key_tag(&self.prefix))
     }
 
     fn node_key(&self, node: &str) -> String {
-        format!("{}:node:{{{node}}}", self.prefix)
+        format!("{}:node:{node}", key_tag(&self.prefix))
     }
 
     /// How long an entry stays without a report.

@@ -113,7 +113,7 @@ fn rediss_upstream_is_verified_against_the_given_ca() {
     });
     assert!(created, "no write went through the TLS upstream");
     let stored: Option<String> = redis::cmd("HGET")
-        .arg("session:s:{over-tls}")
+        .arg("{session:events}:s:over-tls")
         .arg("id")
         .query(&mut redis.client())
         .unwrap();
@@ -124,7 +124,7 @@ fn rediss_upstream_is_verified_against_the_given_ca() {
     let error = query(&untrusting, &["SESSION.CREATE", "ID", "unverified"]).unwrap_err();
     assert_eq!(error.code(), Some("TRYAGAIN"), "{error}");
     let exists: i64 = redis::cmd("EXISTS")
-        .arg("session:s:{unverified}")
+        .arg("{session:events}:s:unverified")
         .query(&mut redis.client())
         .unwrap();
     assert_eq!(exists, 0);

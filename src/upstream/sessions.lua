@@ -3,12 +3,15 @@
 --
 -- Call: EVALSHA <sha> <numkeys> <keys...> <op> <prefix> <now> <node> <stream-maxlen> <margin> <args...>
 -- The keys are the ones the operation touches (declared for Redis), the
--- operation reads the rest of its arguments itself. Key layout (prefix P):
---   P:s:{id}      hash    the session: id user conn status node created
+-- operation reads the rest of its arguments itself. Key layout (prefix P;
+-- T is the hash tag {P:events}, so that every key, the events stream
+-- included, lives in one hash slot and each call is atomic on a Redis
+-- Cluster as on a single server):
+--   T:s:<id>      hash    the session: id user conn status node created
 --                         last_active expires ttl version, attributes as a:<name>
---   P:u:{user}    zset    the user's session ids, score = created (ms)
---   P:c:{conn}    string  the id of the session bound to the connection
---   P:x           zset    every session id, score = expires (ms): the expiry index
+--   T:u:<user>    zset    the user's session ids, score = created (ms)
+--   T:c:<conn>    string  the id of the session bound to the connection
+--   T:x           zset    every session id, score = expires (ms): the expiry index
 --   P:events      stream  lifecycle events (and the pub/sub channel of that name)
 -- Every key carries a PEXPIREAT of its session's expiry plus a margin, so the
 -- upstream cleans itself if every sidecar is gone.
@@ -27,11 +30,12 @@ local function arg()
   return v
 end
 
-local function skey(id) return P .. ':s:{' .. id .. '}' end
-local function ukey(user) return P .. ':u:{' .. user .. '}' end
-local function ckey(conn) return P .. ':c:{' .. conn .. '}' end
-local xkey = P .. ':x'
 local events = P .. ':events'
+local T = '{' .. events .. '}'
+local function skey(id) return T .. ':s:' .. id end
+local function ukey(user) return T .. ':u:' .. user end
+local function ckey(conn) return T .. ':c:' .. conn end
+local xkey = T .. ':x'
 
 -- Every session this call changed or removed: the caller drops its copies
 -- of them (its own writes send it no invalidations).

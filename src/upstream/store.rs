@@ -117,20 +117,22 @@ impl WriteThrough {
 
     /// The key of a session's hash.
     pub fn session_key(&self, id: &[u8]) -> Vec<u8> {
-        let mut key = Vec::with_capacity(self.config.prefix.len() + id.len() + 5);
-        key.extend_from_slice(self.config.prefix.as_bytes());
-        key.extend_from_slice(b":s:{");
+        let prefix = self.session_key_prefix();
+        let mut key = Vec::with_capacity(prefix.len() + id.len());
+        key.extend_from_slice(prefix.as_bytes());
         key.extend_from_slice(id);
-        key.push(b'}');
         key
+    }
+
+    /// What every session key starts with: `{<prefix>:events}:s:` (all keys
+    /// share the events stream's hash slot; see `sessions.lua`).
+    fn session_key_prefix(&self) -> String {
+        format!("{}:s:", key_tag(&self.config.prefix))
     }
 
     /// The id inside a session key, if it is one.
     fn id_of_key<'a>(&self, key: &'a [u8]) -> Option<&'a [u8]> {
-        let rest = key
-            .strip_prefix(self.config.prefix.as_bytes())?
-            .strip_prefix(b":s:{")?;
-        rest.strip_suffix(b"}")
+        key.strip_prefix(self.session_key_prefix().as_bytes())
     }
 
     /// The connection set-up: client-side caching of session keys in
@@ -142,9 +144,7 @@ impl WriteThrough {
             .arg("ON")
             .arg("BCAST")
             .arg("PREFIX");
-        tracking
-            .arg(format!("{}:s:", self.config.prefix))
-            .arg("NOLOOP");
+        tracking.arg(self.session_key_prefix()).arg("NOLOOP");
         vec![tracking]
     }
 
@@ -753,6 +753,13 @@ fn integer(value: &Value) -> Option<i64> {
         Value::Int(n) => Some(*n),
         _ => None,
     }
+}
+
+/// The hash tag every upstream key carries: `{<prefix>:events}`, the slot of
+/// the events stream, so that one script call may touch them all, on a
+/// Redis Cluster too.
+pub fn key_tag(prefix: &str) -> String {
+    format!("{{{prefix}:events}}")
 }
 
 /// A presence flag for the script.

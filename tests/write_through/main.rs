@@ -29,7 +29,7 @@ fn upstream_hash(redis: &mut redis::Connection, key: &str) -> BTreeMap<String, V
 }
 
 fn skey(id: &str) -> String {
-    format!("session:s:{{{id}}}")
+    format!("{{session:events}}:s:{id}")
 }
 
 /// The entries of the `session:events` stream, oldest first, each as its
