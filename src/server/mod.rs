@@ -272,7 +272,8 @@ fn start_sessions(
         }
         None => None,
     };
-    let upstream = Arc::new(Upstream::new(url, ca, timeouts)?);
+    let tag = crate::upstream::store::key_tag(&config.prefix);
+    let upstream = Arc::new(Upstream::new(url, &tag, ca, timeouts)?);
     let store = Arc::new(WriteThrough::new(
         upstream.clone(),
         WriteThroughConfig {

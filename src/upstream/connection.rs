@@ -15,7 +15,10 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, RedisError};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisError,
+    Value,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -73,13 +76,31 @@ pub struct UpstreamStats {
 }
 
 pub struct Upstream {
-    client: Client,
-    address: String,
+    target: Target,
+    /// The server the connection goes to (on a cluster: the master of the
+    /// sidecar's hash slot, found at every connect).
+    address: RwLock<String>,
     connection: RwLock<Option<MultiplexedConnection>>,
     state: AtomicU8,
     generation: tokio::sync::watch::Sender<u64>,
+    /// Signalled when a reply says the slot moved: reconnect to its new master.
+    redirected: tokio::sync::Notify,
     timeouts: Timeouts,
     pub stats: UpstreamStats,
+}
+
+/// Where to connect.
+enum Target {
+    /// A single server (or a proxy in front of one).
+    Server(Client),
+    /// A Redis Cluster: every key the sidecar uses carries one hash tag, so
+    /// the sidecar talks to the master that serves that tag's slot, found
+    /// through the seeds.
+    Cluster {
+        seeds: Vec<ConnectionInfo>,
+        tag: String,
+        tls: Option<Vec<u8>>,
+    },
 }
 
 /// Why an upstream call failed.
@@ -92,41 +113,57 @@ pub enum CallError {
 }
 
 impl Upstream {
-    /// Parses the URL (`redis://` or `rediss://`; for TLS, `ca_pem` is the
-    /// certificate authority to verify the upstream with, instead of the
-    /// system's); connecting is the supervisor's job.
-    pub fn new(url: &str, ca_pem: Option<Vec<u8>>, timeouts: Timeouts) -> Result<Upstream, String> {
-        let invalid = |e: RedisError| format!("invalid --upstream: {e}");
-        let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(invalid)?;
-        let address = info.addr().to_string();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let info = info.set_redis_settings(settings);
-        let client = match ca_pem {
-            Some(root_cert) => {
-                let certificates = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                };
-                Client::build_with_tls(info, certificates).map_err(invalid)?
+    /// Parses the URL: `redis://` or `rediss://` for one server,
+    /// `redis+cluster://host:port[,host:port...]` (or `rediss+cluster://`) for
+    /// a cluster, whose master for `tag`'s slot is found at every connect. For
+    /// TLS, `ca_pem` is the certificate authority to verify the upstream with,
+    /// instead of the system's. Connecting is the supervisor's job.
+    pub fn new(
+        url: &str,
+        tag: &str,
+        ca_pem: Option<Vec<u8>>,
+        timeouts: Timeouts,
+    ) -> Result<Upstream, String> {
+        let (target, address) = match cluster_seeds(url)? {
+            Some(seeds) => {
+                let address = seeds
+                    .iter()
+                    .map(|s| s.addr().to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                (
+                    Target::Cluster {
+                        seeds,
+                        tag: tag.to_string(),
+                        tls: ca_pem,
+                    },
+                    address,
+                )
             }
-            None => Client::open(info).map_err(invalid)?,
+            None => {
+                let info =
+                    redis::IntoConnectionInfo::into_connection_info(url).map_err(invalid_url)?;
+                let address = info.addr().to_string();
+                (Target::Server(client_for(info, ca_pem)?), address)
+            }
         };
         Ok(Upstream {
-            client,
-            address,
+            target,
+            address: RwLock::new(address),
             connection: RwLock::new(None),
             state: AtomicU8::new(State::Connecting as u8),
             generation: tokio::sync::watch::Sender::new(0),
+            redirected: tokio::sync::Notify::new(),
             timeouts,
             stats: UpstreamStats::default(),
         })
     }
 
-    pub fn address(&self) -> &str {
-        &self.address
+    pub fn address(&self) -> String {
+        self.address
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn state(&self) -> State {
@@ -190,6 +227,16 @@ impl Upstream {
     }
 
     fn classify(&self, error: RedisError) -> CallError {
+        if matches!(
+            error.code(),
+            Some("MOVED" | "ASK" | "CLUSTERDOWN" | "TRYAGAIN")
+        ) {
+            // The slot is elsewhere now (resharding, failover): reconnect to
+            // its new master; meanwhile, fail fast.
+            self.stats.unavailable.inc();
+            self.redirected.notify_one();
+            return CallError::Unavailable;
+        }
         if error.is_io_error()
             || error.is_timeout()
             || error.is_connection_dropped()
@@ -235,9 +282,10 @@ impl Upstream {
                     attempt = 0;
                     self.set_connection(Some(connection), State::Up);
                     handler.connected();
-                    tracing::info!(upstream = %self.address, "upstream connected");
+                    tracing::info!(upstream = %self.address(), "upstream connected");
                     let dropped = tokio::select! {
                         _ = Self::serve_pushes(&mut rx, handler.as_ref(), &self.stats) => true,
+                        _ = self.redirected.notified() => true,
                         _ = shutdown.cancelled() => false,
                     };
                     self.set_connection(None, State::Down);
@@ -245,11 +293,11 @@ impl Upstream {
                     if !dropped {
                         return;
                     }
-                    tracing::warn!(upstream = %self.address, "upstream connection lost; reconnecting");
+                    tracing::warn!(upstream = %self.address(), "upstream connection lost; reconnecting");
                 }
                 Err(error) => {
                     if self.state() != State::Down {
-                        tracing::warn!(upstream = %self.address, %error, "cannot reach the upstream; retrying");
+                        tracing::warn!(upstream = %self.address(), %error, "cannot reach the upstream; retrying");
                     }
                     self.set_connection(None, State::Down);
                     handler.disconnected();
@@ -269,10 +317,20 @@ impl Upstream {
         config: &AsyncConnectionConfig,
         setup: &[redis::Cmd],
     ) -> redis::RedisResult<MultiplexedConnection> {
-        let span = tracing::debug_span!("upstream_connect", upstream = %self.address);
+        let span = tracing::debug_span!("upstream_connect");
         let _entered = span.enter();
-        let mut connection = self
-            .client
+        let client = match &self.target {
+            Target::Server(client) => client.clone(),
+            Target::Cluster { seeds, tag, tls } => {
+                let master = find_master(seeds, tag).await?;
+                *self.address.write().unwrap_or_else(|p| p.into_inner()) =
+                    master.addr().to_string();
+                client_for(master, tls.clone()).map_err(|message| {
+                    RedisError::from((redis::ErrorKind::Client, "invalid cluster address", message))
+                })?
+            }
+        };
+        let mut connection = client
             .get_multiplexed_async_connection_with_config(config)
             .await?;
         for command in setup {
@@ -319,6 +377,128 @@ impl Upstream {
         let millis = ceiling.as_millis().max(1) as u64;
         Duration::from_millis(self.timeouts.backoff_min.as_millis() as u64 / 2 + random % millis)
     }
+}
+
+fn invalid_url(error: RedisError) -> String {
+    format!("invalid --upstream: {error}")
+}
+
+/// A RESP3 client for `info`, over TLS verified against `ca_pem` if given.
+fn client_for(info: ConnectionInfo, ca_pem: Option<Vec<u8>>) -> Result<Client, String> {
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    let info = info.set_redis_settings(settings);
+    match ca_pem {
+        Some(root_cert) => {
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            };
+            Client::build_with_tls(info, certificates).map_err(invalid_url)
+        }
+        None => Client::open(info).map_err(invalid_url),
+    }
+}
+
+/// The seeds of a `redis+cluster://` (or `rediss+cluster://`) URL, each with
+/// the URL's credentials; None for any other URL.
+fn cluster_seeds(url: &str) -> Result<Option<Vec<ConnectionInfo>>, String> {
+    let (scheme, rest) = match url.split_once("://") {
+        Some(("redis+cluster", rest)) => ("redis", rest),
+        Some(("rediss+cluster", rest)) => ("rediss", rest),
+        _ => return Ok(None),
+    };
+    let (credentials, hosts) = match rest.rsplit_once('@') {
+        Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let hosts = hosts.trim_end_matches('/');
+    let seeds = hosts
+        .split(',')
+        .filter(|host| !host.is_empty())
+        .map(|host| {
+            redis::IntoConnectionInfo::into_connection_info(format!(
+                "{scheme}://{credentials}{host}"
+            ))
+            .map_err(invalid_url)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if seeds.is_empty() {
+        return Err("invalid --upstream: a cluster URL needs at least one host:port".into());
+    }
+    Ok(Some(seeds))
+}
+
+/// Asks the seeds, in turn, which master serves `tag`'s hash slot.
+async fn find_master(seeds: &[ConnectionInfo], tag: &str) -> redis::RedisResult<ConnectionInfo> {
+    let mut last_error = RedisError::from((redis::ErrorKind::Client, "no cluster seed answered"));
+    for seed in seeds {
+        match ask_seed(seed, tag).await {
+            Ok(master) => return Ok(master),
+            Err(error) => last_error = error,
+        }
+    }
+    Err(last_error)
+}
+
+async fn ask_seed(seed: &ConnectionInfo, tag: &str) -> redis::RedisResult<ConnectionInfo> {
+    let mut connection = Client::open(seed.clone())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(tag)
+        .query_async(&mut connection)
+        .await?;
+    let ranges: Vec<Value> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut connection)
+        .await?;
+    for range in ranges {
+        let Value::Array(parts) = range else { continue };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+            (parts.first(), parts.get(1), parts.get(2))
+        else {
+            continue;
+        };
+        if !(*start..=*end).contains(&slot) {
+            continue;
+        }
+        let host = match master.first() {
+            Some(Value::BulkString(host)) if !host.is_empty() => {
+                String::from_utf8_lossy(host).into_owned()
+            }
+            // An empty host means "the one you asked".
+            _ => match seed.addr() {
+                redis::ConnectionAddr::Tcp(host, _)
+                | redis::ConnectionAddr::TcpTls { host, .. } => host.clone(),
+                _ => continue,
+            },
+        };
+        let Some(Value::Int(port)) = master.get(1) else {
+            continue;
+        };
+        let addr = match seed.addr() {
+            redis::ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => redis::ConnectionAddr::TcpTls {
+                host,
+                port: *port as u16,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => redis::ConnectionAddr::Tcp(host, *port as u16),
+        };
+        return Ok(seed.clone().set_addr(addr));
+    }
+    Err(RedisError::from((
+        redis::ErrorKind::Client,
+        "no master serves the sidecar's hash slot",
+    )))
 }
 
 /// The keys of an `invalidate` push: an array of keys, or nil for "all".

@@ -1,0 +1,250 @@
+//! Write-through to a real 3-master Redis Cluster on loopback
+//! (`redis-cli --cluster create`): the sidecars find the master of their
+//! hash slot through the seeds and keep the contract there.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use redis::Value;
+
+/// Three cluster-enabled redis-servers joined with `redis-cli --cluster create`.
+struct Cluster {
+    nodes: Vec<RedisServer>,
+    dir: std::path::PathBuf,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = std::env::temp_dir().join(format!(
+            "sidecar-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|i| {
+                let config = dir
+                    .join(format!("nodes-{i}.conf"))
+                    .to_string_lossy()
+                    .into_owned();
+                RedisServer::start(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &config,
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(node.addr.to_string());
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let ok = wait_until(Duration::from_secs(20), || {
+            nodes.iter().all(|node| {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut node.client())
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok")
+            })
+        });
+        assert!(ok, "the cluster never reached cluster_state:ok");
+        Cluster { nodes, dir }
+    }
+
+    fn url(&self) -> String {
+        let hosts: Vec<String> = self.nodes.iter().map(|n| n.addr.to_string()).collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// The node that holds `key`.
+    fn holder(&self, key: &str) -> &RedisServer {
+        self.nodes
+            .iter()
+            .find(|node| {
+                let exists: i64 = redis::cmd("EXISTS")
+                    .arg(key)
+                    .query(&mut node.client())
+                    .unwrap_or(0);
+                exists == 1
+            })
+            .unwrap_or_else(|| panic!("no node holds {key}"))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn sidecar(cluster: &Cluster, node: &str) -> Sidecar {
+    let url = cluster.url();
+    let sc = Sidecar::start(&[
+        "--upstream",
+        &url,
+        "--node-id",
+        node,
+        "--registry-interval-ms",
+        "100",
+    ]);
+    let up = wait_until(Duration::from_secs(15), || {
+        sc.info("upstream")
+            .get("upstream_state")
+            .map(String::as_str)
+            == Some("up")
+    });
+    assert!(
+        up,
+        "sidecar {node} never reached the cluster; logs:\n{}",
+        sc.logs().join("\n")
+    );
+    sc
+}
+
+#[test]
+fn two_sidecars_share_sessions_through_a_three_master_cluster() {
+    let cluster = Cluster::start();
+    let a = sidecar(&cluster, "a");
+    let b = sidecar(&cluster, "b");
+    let mut ca = a.client();
+    let mut cb = b.client();
+
+    assert_eq!(
+        call(
+            &mut ca,
+            &[
+                "SESSION.CREATE",
+                "ID",
+                "c1",
+                "USER",
+                "alice",
+                "CONN",
+                "ws1",
+                "ATTR",
+                "k",
+                "v"
+            ]
+        ),
+        bulk("c1")
+    );
+    assert_eq!(
+        get_session(&mut cb, "c1", false)
+            .expect("b reads a's session")
+            .version,
+        1
+    );
+    assert_eq!(byuser(&mut cb, "alice"), ["c1"]);
+    assert_eq!(call(&mut cb, &["SESSION.BYCONN", "ws1"]), bulk("c1"));
+
+    // Coherence: a write on b reaches a's hot copy.
+    call(&mut ca, &["SESSION.GET", "c1"]);
+    assert_eq!(
+        int(&call(&mut cb, &["SESSION.ATTR.SET", "c1", "k", "w"])),
+        2
+    );
+    let seen = wait_until(Duration::from_secs(2), || {
+        call(&mut ca, &["SESSION.ATTR.GET", "c1", "k"]) == Value::Array(vec![bulk("w")])
+    });
+    assert!(seen, "a never saw b's write");
+    assert_err(
+        &call(
+            &mut ca,
+            &["SESSION.UPDATE", "c1", "IFVERSION", "1", "ATTR", "k", "x"],
+        ),
+        "CONFLICT version is 2",
+    );
+
+    // Every key of the sidecars lives on the one master of their slot, the
+    // events stream included, and the event is there.
+    let holder = cluster.holder("{session:events}:s:c1");
+    for key in [
+        "{session:events}:u:alice",
+        "{session:events}:c:ws1",
+        "{session:events}:x",
+        "session:events",
+    ] {
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(key)
+            .query(&mut holder.client())
+            .unwrap();
+        assert_eq!(exists, 1, "{key} is not beside the session");
+    }
+    assert_eq!(int(&call(&mut ca, &["SESSION.COUNT"])), 1);
+
+    // Both sidecars are in the registry.
+    let listed = wait_until(Duration::from_secs(5), || {
+        array(&call(&mut ca, &["SESSION.NODES"])).len() == 2
+    });
+    assert!(listed, "a does not list b");
+}
+
+#[test]
+fn expiry_on_a_cluster_is_published_exactly_once() {
+    let cluster = Cluster::start();
+    let a = sidecar(&cluster, "a");
+    let b = sidecar(&cluster, "b");
+    for i in 0..20 {
+        let sc = if i % 2 == 0 { &a } else { &b };
+        call(
+            &mut sc.client(),
+            &["SESSION.CREATE", "ID", &format!("e{i}"), "PTTL", "200"],
+        );
+    }
+    let holder = cluster.holder("session:events");
+    let expired_ids = || -> Vec<String> {
+        let entries: Value = redis::cmd("XRANGE")
+            .arg("session:events")
+            .arg("-")
+            .arg("+")
+            .query(&mut holder.client())
+            .unwrap();
+        array(&entries)
+            .iter()
+            .filter_map(|entry| {
+                let fields = array(&array(entry)[1]);
+                let pairs: Vec<(String, String)> = fields
+                    .chunks(2)
+                    .map(|kv| (text(&kv[0]), text(&kv[1])))
+                    .collect();
+                let field = |name: &str| {
+                    pairs
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone())
+                };
+                (field("event")? == "expired")
+                    .then(|| field("id"))
+                    .flatten()
+            })
+            .collect()
+    };
+    let swept = wait_until(Duration::from_secs(10), || expired_ids().len() >= 20);
+    assert!(
+        swept,
+        "only {} expiries were published",
+        expired_ids().len()
+    );
+    // Let every sweeper run a few more times: nothing may be published twice.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut expired = expired_ids();
+    expired.sort();
+    let mut expected: Vec<String> = (0..20).map(|i| format!("e{i}")).collect();
+    expected.sort();
+    assert_eq!(expired, expected, "each expiry exactly once");
+}
