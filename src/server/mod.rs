@@ -298,12 +298,6 @@ fn start_sessions(
         handler,
         background.connection_stop.clone(),
     ));
-    // The batches outlive the work that queues them (the last flush).
-    background.connection.spawn(
-        store
-            .clone()
-            .run_batches(background.connection_stop.clone()),
-    );
     background
         .work
         .spawn(store.clone().relay_events(background.work_stop.clone()));

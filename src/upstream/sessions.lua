@@ -1,12 +1,9 @@
 -- session-sidecar's server-side library: every change to a session and its
 -- indexes happens in one call of this script, atomically, on the upstream.
 --
--- Call: EVALSHA <sha> 0 batch <prefix> <now> <node> <stream-maxlen> <margin>
---            <count> (<op> <now> <nargs> <args...>) x count
--- Operations from many clients travel together (group commit): each is
--- applied in turn, in one atomic call, and the reply is an array with each
--- operation's reply (an error reply for one that was refused, having changed
--- nothing). Key layout (prefix P;
+-- Call: EVALSHA <sha> <numkeys> <keys...> <op> <prefix> <now> <node> <stream-maxlen> <margin> <args...>
+-- The keys are the ones the operation touches (declared for Redis), the
+-- operation reads the rest of its arguments itself. Key layout (prefix P;
 -- T is the hash tag {P:events}, so that every key, the events stream
 -- included, lives in one hash slot and each call is atomic on a Redis
 -- Cluster as on a single server):
@@ -26,16 +23,12 @@ local node = ARGV[4]
 local maxlen = tonumber(ARGV[5])
 local margin = tonumber(ARGV[6])
 local argi = 7
--- Where the current operation's arguments end.
-local argend = #ARGV
 
 local function arg()
   local v = ARGV[argi]
   argi = argi + 1
   return v
 end
-
-local function more() return argi <= argend end
 
 local events = P .. ':events'
 local T = '{' .. events .. '}'
@@ -162,339 +155,322 @@ local function attr_count(id)
   return n
 end
 
--- Applies one operation and returns its reply.
-local function execute(op)
-  if op == 'create' then
-    local id, user, conn = arg(), arg(), arg()
-    local has_user, has_conn = arg() == '1', arg() == '1'
-    local ttl, max_per_user, max_attrs = tonumber(arg()), tonumber(arg()), tonumber(arg())
-    if redis.call('EXISTS', skey(id)) == 1 then
-      local existing = load(id)
-      if live(existing) then return redis.error_reply('EXISTS session already exists') end
-      reap(id, existing)
-    end
-    if has_user and max_per_user > 0 then
-      local ids = redis.call('ZRANGE', ukey(user), 0, -1)
-      local alive = {}
-      for _, other in ipairs(ids) do
-        local s = load(other)
-        if live(s) then table.insert(alive, other) else
-          reap(other, s)
-          redis.call('ZREM', ukey(user), other)
-        end
-      end
-      for i = 1, #alive + 1 - max_per_user do
-        remove(alive[i], load(alive[i]), 'deleted', 'evicted')
+if op == 'create' then
+  local id, user, conn = arg(), arg(), arg()
+  local has_user, has_conn = arg() == '1', arg() == '1'
+  local ttl, max_per_user, max_attrs = tonumber(arg()), tonumber(arg()), tonumber(arg())
+  if redis.call('EXISTS', skey(id)) == 1 then
+    local existing = load(id)
+    if live(existing) then return redis.error_reply('EXISTS session already exists') end
+    reap(id, existing)
+  end
+  if has_user and max_per_user > 0 then
+    local ids = redis.call('ZRANGE', ukey(user), 0, -1)
+    local alive = {}
+    for _, other in ipairs(ids) do
+      local s = load(other)
+      if live(s) then table.insert(alive, other) else
+        reap(other, s)
+        redis.call('ZREM', ukey(user), other)
       end
     end
-    local expires = now + ttl
-    local s = { id = id, status = 'active', node = node, created = tostring(now), last_active = tostring(now),
-      expires = tostring(expires), ttl = tostring(ttl), version = '1' }
-    local fields = { 'id', id, 'status', 'active', 'node', node, 'created', s.created,
-      'last_active', s.created, 'expires', s.expires, 'ttl', s.ttl, 'version', '1' }
-    if has_user then
-      s.user = user
-      table.insert(fields, 'user'); table.insert(fields, user)
+    for i = 1, #alive + 1 - max_per_user do
+      remove(alive[i], load(alive[i]), 'deleted', 'evicted')
     end
-    local names, attrs = {}, 0
-    while more() do
-      local name, value = 'a:' .. arg(), arg()
-      if not names[name] then attrs = attrs + 1; names[name] = true end
-      table.insert(fields, name); table.insert(fields, value)
-    end
-    if attrs > max_attrs then return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')') end
-    redis.call('HSET', skey(id), unpack(fields))
-    redis.call('PEXPIREAT', skey(id), expires + margin)
-    redis.call('ZADD', xkey, expires, id)
-    if has_user then
-      redis.call('ZADD', ukey(user), now, id)
-      keep(ukey(user), expires)
-    end
-    if has_conn then
-      bind_conn(id, s, conn)
-      table.insert(fields, 'conn'); table.insert(fields, conn)
-    end
-    publish('created', id, s, nil)
-    return done(fields)
+  end
+  local expires = now + ttl
+  local s = { id = id, status = 'active', node = node, created = tostring(now), last_active = tostring(now),
+    expires = tostring(expires), ttl = tostring(ttl), version = '1' }
+  local fields = { 'id', id, 'status', 'active', 'node', node, 'created', s.created,
+    'last_active', s.created, 'expires', s.expires, 'ttl', s.ttl, 'version', '1' }
+  if has_user then
+    s.user = user
+    table.insert(fields, 'user'); table.insert(fields, user)
+  end
+  local names, attrs = {}, 0
+  while argi <= #ARGV do
+    local name, value = 'a:' .. arg(), arg()
+    if not names[name] then attrs = attrs + 1; names[name] = true end
+    table.insert(fields, name); table.insert(fields, value)
+  end
+  if attrs > max_attrs then return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')') end
+  redis.call('HSET', skey(id), unpack(fields))
+  redis.call('PEXPIREAT', skey(id), expires + margin)
+  redis.call('ZADD', xkey, expires, id)
+  if has_user then
+    redis.call('ZADD', ukey(user), now, id)
+    keep(ukey(user), expires)
+  end
+  if has_conn then
+    bind_conn(id, s, conn)
+    table.insert(fields, 'conn'); table.insert(fields, conn)
+  end
+  publish('created', id, s, nil)
+  return done(fields)
 
-  elseif op == 'attr_set' then
-    local id, max_attrs = arg(), tonumber(arg())
-    local s = must_load(id)
-    if not s then return nosession() end
-    local fields = {}
-    while more() do
-      table.insert(fields, 'a:' .. arg())
-      table.insert(fields, arg())
+elseif op == 'attr_set' then
+  local id, max_attrs = arg(), tonumber(arg())
+  local s = must_load(id)
+  if not s then return nosession() end
+  local fields = {}
+  while argi <= #ARGV do
+    table.insert(fields, 'a:' .. arg())
+    table.insert(fields, arg())
+  end
+  local before = redis.call('HMGET', skey(id), unpack(fields))
+  redis.call('HSET', skey(id), unpack(fields))
+  if attr_count(id) > max_attrs then
+    -- Put back what was there: a refused write changes nothing.
+    for i = 1, #fields, 2 do
+      local old = before[(i + 1) / 2]
+      if old then redis.call('HSET', skey(id), fields[i], old) else redis.call('HDEL', skey(id), fields[i]) end
     end
-    local before = redis.call('HMGET', skey(id), unpack(fields))
-    redis.call('HSET', skey(id), unpack(fields))
-    if attr_count(id) > max_attrs then
-      -- Put back what was there: a refused write changes nothing.
-      for i = 1, #fields, 2 do
-        local old = before[(i + 1) / 2]
-        if old then redis.call('HSET', skey(id), fields[i], old) else redis.call('HDEL', skey(id), fields[i]) end
-      end
-      return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')')
-    end
-    bump(id, s)
-    return done(reply(id))
+    return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')')
+  end
+  bump(id, s)
+  return done(reply(id))
 
-  elseif op == 'attr_del' then
-    local id = arg()
-    local s = must_load(id)
-    if not s then return done({ 0, false }) end
-    local fields = {}
-    while more() do table.insert(fields, 'a:' .. arg()) end
-    local removed = redis.call('HDEL', skey(id), unpack(fields))
-    if removed > 0 then bump(id, s) end
-    return done({ removed, reply(id) })
+elseif op == 'attr_del' then
+  local id = arg()
+  local s = must_load(id)
+  if not s then return done({ 0, false }) end
+  local fields = {}
+  while argi <= #ARGV do table.insert(fields, 'a:' .. arg()) end
+  local removed = redis.call('HDEL', skey(id), unpack(fields))
+  if removed > 0 then bump(id, s) end
+  return done({ removed, reply(id) })
 
-  elseif op == 'attr_incrby' then
-    local id, name, increment, max_attrs = arg(), arg(), tonumber(arg()), tonumber(arg())
-    local s = must_load(id)
-    if not s then return nosession() end
-    local current = redis.call('HGET', skey(id), 'a:' .. name)
-    if not current and attr_count(id) >= max_attrs then
-      return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')')
+elseif op == 'attr_incrby' then
+  local id, name, increment, max_attrs = arg(), arg(), tonumber(arg()), tonumber(arg())
+  local s = must_load(id)
+  if not s then return nosession() end
+  local current = redis.call('HGET', skey(id), 'a:' .. name)
+  if not current and attr_count(id) >= max_attrs then
+    return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')')
+  end
+  if current and not string.match(current, '^%-?%d+$') then
+    return redis.error_reply('ERR attribute value is not an integer or out of range')
+  end
+  local ok, value = pcall(redis.call, 'HINCRBY', skey(id), 'a:' .. name, increment)
+  if not ok then
+    if string.find(tostring(value.err or value), 'overflow') then
+      return redis.error_reply('ERR increment or decrement would overflow')
     end
-    if current and not string.match(current, '^%-?%d+$') then
-      return redis.error_reply('ERR attribute value is not an integer or out of range')
-    end
-    local ok, value = pcall(redis.call, 'HINCRBY', skey(id), 'a:' .. name, increment)
-    if not ok then
-      if string.find(tostring(value.err or value), 'overflow') then
-        return redis.error_reply('ERR increment or decrement would overflow')
-      end
-      return redis.error_reply('ERR attribute value is not an integer or out of range')
-    end
-    bump(id, s)
-    return done({ value, reply(id) })
+    return redis.error_reply('ERR attribute value is not an integer or out of range')
+  end
+  bump(id, s)
+  return done({ value, reply(id) })
 
-  elseif op == 'update' then
-    local id, if_version, user, conn, status, ttl = arg(), arg(), arg(), arg(), arg(), arg()
-    local has_user, has_conn = arg() == '1', arg() == '1'
-    local max_attrs, nsets = tonumber(arg()), tonumber(arg())
-    local s = must_load(id)
-    if not s then return nosession() end
-    if if_version ~= '' and if_version ~= s.version then
-      return redis.error_reply('CONFLICT version is ' .. s.version)
-    end
-    local sets = {}
-    for _ = 1, nsets do
-      table.insert(sets, 'a:' .. arg())
-      table.insert(sets, arg())
-    end
-    local dels = {}
-    while more() do table.insert(dels, 'a:' .. arg()) end
-    -- The attribute limit is checked before anything changes.
-    local names = {}
-    for _, field in ipairs(redis.call('HKEYS', skey(id))) do
-      if string.sub(field, 1, 2) == 'a:' then names[field] = true end
-    end
-    for i = 1, #sets, 2 do names[sets[i]] = true end
-    for _, field in ipairs(dels) do names[field] = nil end
-    local n = 0
-    for _ in pairs(names) do n = n + 1 end
-    if n > max_attrs then return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')') end
-    if #sets > 0 then redis.call('HSET', skey(id), unpack(sets)) end
-    if #dels > 0 then redis.call('HDEL', skey(id), unpack(dels)) end
-    if status ~= '' then
-      s.status = status
-      redis.call('HSET', skey(id), 'status', status)
-    end
-    if has_user then
-      if s.user then redis.call('ZREM', ukey(s.user), id) end
-      s.user = user
-      redis.call('HSET', skey(id), 'user', user)
-      redis.call('ZADD', ukey(user), tonumber(s.created), id)
-    end
-    if ttl ~= '' then
-      redis.call('HSET', skey(id), 'ttl', ttl)
-      s.ttl = ttl
-      set_expiry(id, s, now + tonumber(ttl))
-    else
-      set_expiry(id, s, tonumber(s.expires))
-    end
-    if has_conn then
-      bind_conn(id, s, conn)
-      s.node = node
-      redis.call('HSET', skey(id), 'node', node)
-      if status == '' then redis.call('HSET', skey(id), 'status', 'active'); s.status = 'active' end
-    end
-    bump(id, s)
-    if has_conn then publish('bound', id, s, nil) end
-    return done(reply(id))
-
-  elseif op == 'touch' then
-    -- The heartbeat that may extend: slides the expiry only when less than
-    -- half the ttl remains; otherwise only last_active moves.
-    local id = arg()
-    local s = must_load(id)
-    if not s then return done(false) end
-    local left, ttl = tonumber(s.expires) - now, tonumber(s.ttl)
-    if left * 2 < ttl then
-      set_expiry(id, s, now + ttl)
-      bump(id, s)
-    elseif tonumber(s.last_active) < now then
-      redis.call('HSET', skey(id), 'last_active', now)
-    end
-    return done(reply(id))
-
-  elseif op == 'expire' then
-    local id, ttl = arg(), tonumber(arg())
-    local s = must_load(id)
-    if not s then return done(false) end
+elseif op == 'update' then
+  local id, if_version, user, conn, status, ttl = arg(), arg(), arg(), arg(), arg(), arg()
+  local has_user, has_conn = arg() == '1', arg() == '1'
+  local max_attrs, nsets = tonumber(arg()), tonumber(arg())
+  local s = must_load(id)
+  if not s then return nosession() end
+  if if_version ~= '' and if_version ~= s.version then
+    return redis.error_reply('CONFLICT version is ' .. s.version)
+  end
+  local sets = {}
+  for _ = 1, nsets do
+    table.insert(sets, 'a:' .. arg())
+    table.insert(sets, arg())
+  end
+  local dels = {}
+  while argi <= #ARGV do table.insert(dels, 'a:' .. arg()) end
+  -- The attribute limit is checked before anything changes.
+  local names = {}
+  for _, field in ipairs(redis.call('HKEYS', skey(id))) do
+    if string.sub(field, 1, 2) == 'a:' then names[field] = true end
+  end
+  for i = 1, #sets, 2 do names[sets[i]] = true end
+  for _, field in ipairs(dels) do names[field] = nil end
+  local n = 0
+  for _ in pairs(names) do n = n + 1 end
+  if n > max_attrs then return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')') end
+  if #sets > 0 then redis.call('HSET', skey(id), unpack(sets)) end
+  if #dels > 0 then redis.call('HDEL', skey(id), unpack(dels)) end
+  if status ~= '' then
+    s.status = status
+    redis.call('HSET', skey(id), 'status', status)
+  end
+  if has_user then
+    if s.user then redis.call('ZREM', ukey(s.user), id) end
+    s.user = user
+    redis.call('HSET', skey(id), 'user', user)
+    redis.call('ZADD', ukey(user), tonumber(s.created), id)
+  end
+  if ttl ~= '' then
     redis.call('HSET', skey(id), 'ttl', ttl)
+    s.ttl = ttl
+    set_expiry(id, s, now + tonumber(ttl))
+  else
+    set_expiry(id, s, tonumber(s.expires))
+  end
+  if has_conn then
+    bind_conn(id, s, conn)
+    s.node = node
+    redis.call('HSET', skey(id), 'node', node)
+    if status == '' then redis.call('HSET', skey(id), 'status', 'active'); s.status = 'active' end
+  end
+  bump(id, s)
+  if has_conn then publish('bound', id, s, nil) end
+  return done(reply(id))
+
+elseif op == 'touch' then
+  -- The heartbeat that may extend: slides the expiry only when less than
+  -- half the ttl remains; otherwise only last_active moves.
+  local id = arg()
+  local s = must_load(id)
+  if not s then return done(false) end
+  local left, ttl = tonumber(s.expires) - now, tonumber(s.ttl)
+  if left * 2 < ttl then
     set_expiry(id, s, now + ttl)
     bump(id, s)
-    return done(reply(id))
-
-  elseif op == 'delete' then
-    local reason = arg()
-    if reason == '' then reason = nil end
-    local deleted = 0
-    while more() do
-      local id = arg()
-      local s = load(id)
-      if live(s) then
-        remove(id, s, 'deleted', reason)
-        deleted = deleted + 1
-      else
-        reap(id, s)
-      end
-    end
-    return done(deleted)
-
-  elseif op == 'killuser' then
-    local user = arg()
-    local deleted = 0
-    for _, id in ipairs(redis.call('ZRANGE', ukey(user), 0, -1)) do
-      local s = load(id)
-      if live(s) and s.user == user then
-        remove(id, s, 'deleted', 'killuser')
-        deleted = deleted + 1
-      else
-        reap(id, s)
-        redis.call('ZREM', ukey(user), id)
-      end
-    end
-    return done(deleted)
-
-  elseif op == 'bind' then
-    local id, conn = arg(), arg()
-    local s = must_load(id)
-    if not s then return nosession() end
-    bind_conn(id, s, conn)
-    s.status, s.node = 'active', node
-    redis.call('HSET', skey(id), 'status', 'active', 'node', node)
-    set_expiry(id, s, now + tonumber(s.ttl))
-    bump(id, s)
-    publish('bound', id, s, nil)
-    return done(reply(id))
-
-  elseif op == 'unbind' then
-    local id, grace = arg(), arg()
-    local s = must_load(id)
-    if not s then return nosession() end
-    publish('unbound', id, s, nil)
-    if s.conn and redis.call('GET', ckey(s.conn)) == id then redis.call('DEL', ckey(s.conn)) end
-    s.conn = nil
-    redis.call('HDEL', skey(id), 'conn')
-    redis.call('HSET', skey(id), 'status', 'disconnected')
-    if grace ~= '' then
-      set_expiry(id, s, math.min(tonumber(s.expires), now + tonumber(grace)))
-    end
-    bump(id, s)
-    return done(reply(id))
-
-  elseif op == 'byconn' then
-    -- Never shows a dead or moved binding; repairs one it finds.
-    local conn = arg()
-    local id = redis.call('GET', ckey(conn))
-    if not id then return done(false) end
-    local s = load(id)
-    if live(s) and s.conn == conn then return done(id) end
-    reap(id, s)
-    if redis.call('GET', ckey(conn)) == id then redis.call('DEL', ckey(conn)) end
-    return done(false)
-
-  elseif op == 'byuser' then
-    local user = arg()
-    local ids = {}
-    for _, id in ipairs(redis.call('ZRANGE', ukey(user), 0, -1)) do
-      local s = load(id)
-      if live(s) and s.user == user then
-        table.insert(ids, id)
-      else
-        reap(id, s)
-        redis.call('ZREM', ukey(user), id)
-      end
-    end
-    return done(ids)
-
-  elseif op == 'count' then
-    return done(redis.call('ZCOUNT', xkey, '(' .. now, '+inf'))
-
-  elseif op == 'sweep' then
-    -- Claims what is due and removes it, publishing one `expired` event each:
-    -- atomic, so across all sidecars each expiry is acted on once.
-    local limit = tonumber(arg())
-    local due = redis.call('ZRANGEBYSCORE', xkey, '-inf', now, 'LIMIT', 0, limit)
-    local expired = 0
-    for _, id in ipairs(due) do
-      local s = load(id)
-      if s == nil then
-        -- The key expired by itself (every sidecar was gone past the margin).
-        redis.call('ZREM', xkey, id)
-      elseif live(s) then
-        redis.call('ZADD', xkey, tonumber(s.expires), id)
-      else
-        remove(id, s, 'expired', nil)
-        expired = expired + 1
-      end
-    end
-    return done(expired)
-
-  elseif op == 'audit' then
-    -- Walks the expiry index a page at a time and drops entries whose session
-    -- hash is gone (deleted behind the sidecars' back), so COUNT converges.
-    local cursor, page = arg(), arg()
-    local scanned = redis.call('ZSCAN', xkey, cursor, 'COUNT', page)
-    local members = scanned[2]
-    local repaired = 0
-    for i = 1, #members, 2 do
-      if redis.call('EXISTS', skey(members[i])) == 0 then
-        redis.call('ZREM', xkey, members[i])
-        repaired = repaired + 1
-      end
-    end
-    return done({ scanned[1], repaired })
-
-  elseif op == 'heartbeat' then
-    -- Batched last_active of heartbeats answered from memory: never moves it back.
-    while more() do
-      local id, at = arg(), arg()
-      local current = redis.call('HGET', skey(id), 'last_active')
-      if current and tonumber(current) < tonumber(at) then
-        redis.call('HSET', skey(id), 'last_active', at)
-      end
-    end
-    return done(1)
+  elseif tonumber(s.last_active) < now then
+    redis.call('HSET', skey(id), 'last_active', now)
   end
-  return redis.error_reply('ERR unknown session-sidecar script operation ' .. tostring(op))
+  return done(reply(id))
+
+elseif op == 'expire' then
+  local id, ttl = arg(), tonumber(arg())
+  local s = must_load(id)
+  if not s then return done(false) end
+  redis.call('HSET', skey(id), 'ttl', ttl)
+  set_expiry(id, s, now + ttl)
+  bump(id, s)
+  return done(reply(id))
+
+elseif op == 'delete' then
+  local reason = arg()
+  if reason == '' then reason = nil end
+  local deleted = 0
+  while argi <= #ARGV do
+    local id = arg()
+    local s = load(id)
+    if live(s) then
+      remove(id, s, 'deleted', reason)
+      deleted = deleted + 1
+    else
+      reap(id, s)
+    end
+  end
+  return done(deleted)
+
+elseif op == 'killuser' then
+  local user = arg()
+  local deleted = 0
+  for _, id in ipairs(redis.call('ZRANGE', ukey(user), 0, -1)) do
+    local s = load(id)
+    if live(s) and s.user == user then
+      remove(id, s, 'deleted', 'killuser')
+      deleted = deleted + 1
+    else
+      reap(id, s)
+      redis.call('ZREM', ukey(user), id)
+    end
+  end
+  return done(deleted)
+
+elseif op == 'bind' then
+  local id, conn = arg(), arg()
+  local s = must_load(id)
+  if not s then return nosession() end
+  bind_conn(id, s, conn)
+  s.status, s.node = 'active', node
+  redis.call('HSET', skey(id), 'status', 'active', 'node', node)
+  set_expiry(id, s, now + tonumber(s.ttl))
+  bump(id, s)
+  publish('bound', id, s, nil)
+  return done(reply(id))
+
+elseif op == 'unbind' then
+  local id, grace = arg(), arg()
+  local s = must_load(id)
+  if not s then return nosession() end
+  publish('unbound', id, s, nil)
+  if s.conn and redis.call('GET', ckey(s.conn)) == id then redis.call('DEL', ckey(s.conn)) end
+  s.conn = nil
+  redis.call('HDEL', skey(id), 'conn')
+  redis.call('HSET', skey(id), 'status', 'disconnected')
+  if grace ~= '' then
+    set_expiry(id, s, math.min(tonumber(s.expires), now + tonumber(grace)))
+  end
+  bump(id, s)
+  return done(reply(id))
+
+elseif op == 'byconn' then
+  -- Never shows a dead or moved binding; repairs one it finds.
+  local conn = arg()
+  local id = redis.call('GET', ckey(conn))
+  if not id then return done(false) end
+  local s = load(id)
+  if live(s) and s.conn == conn then return done(id) end
+  reap(id, s)
+  if redis.call('GET', ckey(conn)) == id then redis.call('DEL', ckey(conn)) end
+  return done(false)
+
+elseif op == 'byuser' then
+  local user = arg()
+  local ids = {}
+  for _, id in ipairs(redis.call('ZRANGE', ukey(user), 0, -1)) do
+    local s = load(id)
+    if live(s) and s.user == user then
+      table.insert(ids, id)
+    else
+      reap(id, s)
+      redis.call('ZREM', ukey(user), id)
+    end
+  end
+  return done(ids)
+
+elseif op == 'count' then
+  return done(redis.call('ZCOUNT', xkey, '(' .. now, '+inf'))
+
+elseif op == 'sweep' then
+  -- Claims what is due and removes it, publishing one `expired` event each:
+  -- atomic, so across all sidecars each expiry is acted on once.
+  local limit = tonumber(arg())
+  local due = redis.call('ZRANGEBYSCORE', xkey, '-inf', now, 'LIMIT', 0, limit)
+  local expired = 0
+  for _, id in ipairs(due) do
+    local s = load(id)
+    if s == nil then
+      -- The key expired by itself (every sidecar was gone past the margin).
+      redis.call('ZREM', xkey, id)
+    elseif live(s) then
+      redis.call('ZADD', xkey, tonumber(s.expires), id)
+    else
+      remove(id, s, 'expired', nil)
+      expired = expired + 1
+    end
+  end
+  return done(expired)
+
+elseif op == 'audit' then
+  -- Walks the expiry index a page at a time and drops entries whose session
+  -- hash is gone (deleted behind the sidecars' back), so COUNT converges.
+  local cursor, page = arg(), arg()
+  local scanned = redis.call('ZSCAN', xkey, cursor, 'COUNT', page)
+  local members = scanned[2]
+  local repaired = 0
+  for i = 1, #members, 2 do
+    if redis.call('EXISTS', skey(members[i])) == 0 then
+      redis.call('ZREM', xkey, members[i])
+      repaired = repaired + 1
+    end
+  end
+  return done({ scanned[1], repaired })
+
+elseif op == 'heartbeat' then
+  -- Batched last_active of heartbeats answered from memory: never moves it back.
+  while argi <= #ARGV do
+    local id, at = arg(), arg()
+    local current = redis.call('HGET', skey(id), 'last_active')
+    if current and tonumber(current) < tonumber(at) then
+      redis.call('HSET', skey(id), 'last_active', at)
+    end
+  end
+  return done(1)
 end
 
-if op ~= 'batch' then
-  return execute(op)
-end
-local results = {}
-for i = 1, tonumber(arg()) do
-  local sub, at, nargs = arg(), tonumber(arg()), tonumber(arg())
-  local start = argi
-  argend = start + nargs - 1
-  now = at
-  touched = {}
-  results[i] = execute(sub)
-  argi = start + nargs
-end
-return results
+return redis.error_reply('ERR unknown session-sidecar script operation ' .. tostring(op))

@@ -59,9 +59,6 @@ pub struct WriteThroughStats {
     pub verified: AtomicU64,
 }
 
-/// Operations queued for the upstream at most (then callers wait).
-const BATCH_QUEUE: usize = 16 * 1024;
-
 /// How often a page of the expiry index is audited for dangling entries.
 const AUDIT_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -71,10 +68,6 @@ pub struct WriteThrough {
     config: WriteThroughConfig,
     /// `last_active` of heartbeats answered from memory, not yet written.
     heartbeats: DashMap<Key, u64, foldhash::fast::RandomState>,
-    /// Operations waiting to be sent, and the receiving end the batch task
-    /// takes when it starts.
-    batches: tokio::sync::mpsc::Sender<Pending>,
-    batch_queue: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Pending>>>,
     /// Invalidated copies waiting to be checked against the upstream's
     /// version (see the cache's documentation).
     suspects: std::sync::Mutex<Vec<Suspect>>,
@@ -96,36 +89,6 @@ impl From<CallError> for StoreError {
     }
 }
 
-/// An operation waiting for the next batch.
-struct Pending {
-    op: &'static str,
-    now: u64,
-    args: Vec<Vec<u8>>,
-    reply: tokio::sync::oneshot::Sender<Result<Reply, StoreError>>,
-}
-
-/// One operation's reply within a batch: `{ result, touched }`, or the error
-/// that refused it.
-fn script_reply(value: Value) -> Result<Reply, StoreError> {
-    match value {
-        Value::Array(mut parts) => {
-            let touched = match parts.pop() {
-                Some(Value::Array(ids)) => ids.into_iter().filter_map(bulk).collect(),
-                _ => Vec::new(),
-            };
-            let result = parts.pop().unwrap_or(Value::Nil);
-            Ok(Reply { result, touched })
-        }
-        Value::ServerError(error) => Err(StoreError::Upstream(match error.details() {
-            Some(details) => format!("{} {details}", error.code()),
-            None => error.code().to_string(),
-        })),
-        _ => Err(StoreError::Upstream(
-            "ERR unexpected reply from the session script".into(),
-        )),
-    }
-}
-
 /// What a script call replied: its result and the sessions it changed.
 struct Reply {
     result: Value,
@@ -134,10 +97,7 @@ struct Reply {
 
 impl WriteThrough {
     pub fn new(upstream: Arc<Upstream>, config: WriteThroughConfig, pubsub: Arc<PubSub>) -> Self {
-        let (batches, batch_queue) = tokio::sync::mpsc::channel(BATCH_QUEUE);
         Self {
-            batches,
-            batch_queue: std::sync::Mutex::new(Some(batch_queue)),
             upstream,
             cache: HotCache::new(config.maxmemory),
             heartbeats: DashMap::default(),
@@ -238,110 +198,43 @@ impl WriteThrough {
         }
     }
 
-    /// Runs one script operation: queued for the next batch, which applies
-    /// it together with whatever other clients' operations are waiting (group
-    /// commit: one script call, one round trip, for all of them).
-    async fn run(&self, op: &'static str, args: &[&[u8]], now: u64) -> Result<Reply, StoreError> {
-        let (reply, replied) = tokio::sync::oneshot::channel();
-        let pending = Pending {
-            op,
-            now,
-            args: args.iter().map(|a| a.to_vec()).collect(),
-            reply,
-        };
-        self.batches
-            .send(pending)
-            .await
-            .map_err(|_| StoreError::Unavailable)?;
-        replied.await.unwrap_or(Err(StoreError::Unavailable))
-    }
-
-    /// Sends queued operations in batches until the queue closes or `stop`,
-    /// with a few batches in flight at once.
-    pub async fn run_batches(self: Arc<Self>, stop: CancellationToken) {
-        const MAX_BATCH: usize = 256;
-        const IN_FLIGHT: usize = 4;
-        let Some(mut queue) = self
-            .batch_queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
-            return;
-        };
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-        let sending = tokio_util::task::TaskTracker::new();
-        loop {
-            let first = tokio::select! {
-                first = queue.recv() => match first { Some(first) => first, None => break },
-                _ = stop.cancelled() => break,
-            };
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                break;
-            };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(pending) => batch.push(pending),
-                    Err(_) => break,
-                }
-            }
-            let this = self.clone();
-            sending.spawn(async move {
-                this.send_batch(batch).await;
-                drop(permit);
-            });
-        }
-        sending.close();
-        sending.wait().await;
-    }
-
-    async fn send_batch(&self, batch: Vec<Pending>) {
-        let span = tracing::trace_span!("upstream_batch", operations = batch.len());
-        let _entered = span.enter();
+    /// Runs one script operation; `args` follow the common header.
+    async fn run(
+        &self,
+        op: &str,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+        now: u64,
+    ) -> Result<Reply, StoreError> {
         let mut invocation = SCRIPT.prepare_invoke();
-        let now = batch.iter().map(|p| p.now).max().unwrap_or_default();
+        for key in keys {
+            invocation.key(*key);
+        }
         invocation
-            .arg("batch")
+            .arg(op)
             .arg(&self.config.prefix)
             .arg(now)
             .arg(&self.config.node[..])
             .arg(self.config.stream_maxlen)
-            .arg(self.config.key_margin_ms)
-            .arg(batch.len());
-        for pending in &batch {
-            invocation
-                .arg(pending.op)
-                .arg(pending.now)
-                .arg(pending.args.len());
-            for value in &pending.args {
-                invocation.arg(&value[..]);
-            }
+            .arg(self.config.key_margin_ms);
+        for value in args {
+            invocation.arg(*value);
         }
-        let replies: Result<Value, CallError> = self
+        let value: Value = self
             .upstream
             .call(async |c| invocation.invoke_async(c).await)
-            .await;
-        match replies {
-            Ok(Value::Array(replies)) if replies.len() == batch.len() => {
-                for (pending, reply) in batch.into_iter().zip(replies) {
-                    let _ = pending.reply.send(script_reply(reply));
-                }
-            }
-            Ok(_) => {
-                for pending in batch {
-                    let unexpected =
-                        StoreError::Upstream("ERR unexpected reply from the session script".into());
-                    let _ = pending.reply.send(Err(unexpected));
-                }
-            }
-            Err(error) => {
-                let error = StoreError::from(error);
-                for pending in batch {
-                    let _ = pending.reply.send(Err(error.clone()));
-                }
-            }
-        }
+            .await?;
+        let Value::Array(mut parts) = value else {
+            return Err(StoreError::Upstream(
+                "ERR unexpected reply from the session script".into(),
+            ));
+        };
+        let touched = match parts.pop() {
+            Some(Value::Array(ids)) => ids.into_iter().filter_map(bulk).collect(),
+            _ => Vec::new(),
+        };
+        let result = parts.pop().unwrap_or(Value::Nil);
+        Ok(Reply { result, touched })
     }
 
     /// Drops our copies of what a script call changed, then installs the
@@ -365,13 +258,14 @@ impl WriteThrough {
     /// Applies a mutation that replies the new session; returns its version.
     async fn mutate(
         &self,
-        op: &'static str,
+        op: &str,
         id: &[u8],
         args: &[&[u8]],
         now: u64,
     ) -> Result<u64, StoreError> {
         let ticket = self.ticket(id);
-        let reply = self.run(op, args, now).await?;
+        let key = self.session_key(id);
+        let reply = self.run(op, &[&key], args, now).await?;
         self.absorb(id, &reply.result, &reply.touched, ticket)
             .ok_or(StoreError::NoSession)
     }
@@ -418,12 +312,12 @@ impl WriteThrough {
     }
 
     pub async fn by_conn(&self, conn: &[u8], now: u64) -> Result<Option<Key>, StoreError> {
-        let reply = self.run("byconn", &[conn], now).await?;
+        let reply = self.run("byconn", &[], &[conn], now).await?;
         Ok(bulk(reply.result).map(Key::from))
     }
 
     pub async fn by_user(&self, user: &[u8], now: u64) -> Result<Vec<Key>, StoreError> {
-        let reply = self.run("byuser", &[user], now).await?;
+        let reply = self.run("byuser", &[], &[user], now).await?;
         Ok(match reply.result {
             Value::Array(ids) => ids.into_iter().filter_map(bulk).map(Key::from).collect(),
             _ => Vec::new(),
@@ -432,7 +326,7 @@ impl WriteThrough {
 
     /// Live sessions in the upstream.
     pub async fn count(&self, now: u64) -> Result<usize, StoreError> {
-        let reply = self.run("count", &[], now).await?;
+        let reply = self.run("count", &[], &[], now).await?;
         Ok(integer(&reply.result).unwrap_or(0).max(0) as usize)
     }
 
@@ -494,7 +388,9 @@ impl WriteThrough {
         let ticket = self.ticket(id);
         let mut args: Vec<&[u8]> = vec![id];
         args.extend(names.iter().map(|n| &n[..]));
-        let reply = self.run("attr_del", &args, now).await?;
+        let reply = self
+            .run("attr_del", &[&self.session_key(id)], &args, now)
+            .await?;
         let (removed, state) = pair(reply.result);
         if let Some(state) = state {
             self.absorb(id, &state, &reply.touched, ticket);
@@ -513,7 +409,9 @@ impl WriteThrough {
         let increment = increment.to_string();
         let max_attrs = self.config.limits.max_attrs.to_string();
         let args: Vec<&[u8]> = vec![id, name, increment.as_bytes(), max_attrs.as_bytes()];
-        let reply = self.run("attr_incrby", &args, now).await?;
+        let reply = self
+            .run("attr_incrby", &[&self.session_key(id)], &args, now)
+            .await?;
         let (value, state) = pair(reply.result);
         if let Some(state) = state {
             self.absorb(id, &state, &reply.touched, ticket);
@@ -577,7 +475,9 @@ impl WriteThrough {
             return Ok(Some(left));
         }
         let ticket = self.ticket(id);
-        let reply = self.run("touch", &[id], now).await?;
+        let reply = self
+            .run("touch", &[&self.session_key(id)], &[id], now)
+            .await?;
         self.absorb(id, &reply.result, &reply.touched, ticket);
         Ok(parse_session(&reply.result).map(|(_, s)| s.expires.saturating_sub(now)))
     }
@@ -599,7 +499,7 @@ impl WriteThrough {
     ) -> Result<usize, StoreError> {
         let mut args: Vec<&[u8]> = vec![reason.unwrap_or_default().as_bytes()];
         args.extend(ids.iter().map(|id| id.as_ref()));
-        let reply = self.run("delete", &args, now).await?;
+        let reply = self.run("delete", &[], &args, now).await?;
         for id in ids {
             self.cache.invalidate(id.as_ref());
         }
@@ -607,7 +507,7 @@ impl WriteThrough {
     }
 
     pub async fn kill_user(&self, user: &[u8], now: u64) -> Result<usize, StoreError> {
-        let reply = self.run("killuser", &[user], now).await?;
+        let reply = self.run("killuser", &[], &[user], now).await?;
         Ok(self.deleted(&reply))
     }
 
@@ -683,7 +583,7 @@ impl WriteThrough {
                 args.push(at.as_bytes());
             }
             let now = crate::store::now_ms();
-            match self.run("heartbeat", &args, now).await {
+            match self.run("heartbeat", &[], &args, now).await {
                 Ok(_) => {
                     self.stats.heartbeat_flushes.fetch_add(1, Ordering::Relaxed);
                     for (id, at) in chunk {
@@ -761,7 +661,12 @@ impl WriteThrough {
     async fn audit(&self, cursor: String) -> String {
         const PAGE: &[u8] = b"500";
         match self
-            .run("audit", &[cursor.as_bytes(), PAGE], crate::store::now_ms())
+            .run(
+                "audit",
+                &[],
+                &[cursor.as_bytes(), PAGE],
+                crate::store::now_ms(),
+            )
             .await
         {
             Ok(reply) => match reply.result {
@@ -781,7 +686,10 @@ impl WriteThrough {
         const BATCH: &[u8] = b"1000";
         let span = tracing::trace_span!("sweep");
         let _entered = span.enter();
-        if let Ok(reply) = self.run("sweep", &[BATCH], crate::store::now_ms()).await {
+        if let Ok(reply) = self
+            .run("sweep", &[], &[BATCH], crate::store::now_ms())
+            .await
+        {
             let expired = integer(&reply.result).unwrap_or(0).max(0) as u64;
             self.counts.expired.fetch_add(expired, Ordering::Relaxed);
             for id in &reply.touched {
