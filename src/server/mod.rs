@@ -303,6 +303,9 @@ fn start_sessions(
         .spawn(store.clone().relay_events(background.work_stop.clone()));
     background
         .work
+        .spawn(store.clone().run_verifier(background.work_stop.clone()));
+    background
+        .work
         .spawn(store.clone().run_background(background.work_stop.clone()));
     tracing::info!(upstream = %upstream.address(), "write-through mode");
     Ok(Sessions::WriteThrough(store))

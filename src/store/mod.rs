@@ -62,8 +62,11 @@ pub enum StoreError {
     NotInteger,
     Overflow,
     TooManyAttrs(usize),
-    /// Write-through mode: the upstream cannot be reached.
+    /// Write-through mode: the upstream cannot be reached (nothing was done).
     Unavailable,
+    /// Write-through mode: the upstream did not answer in time; the change
+    /// may or may not have been applied.
+    OutcomeUnknown,
     /// Write-through mode: the upstream's own error, passed on verbatim.
     Upstream(String),
 }
@@ -80,6 +83,9 @@ impl StoreError {
             StoreError::Overflow => "ERR increment or decrement would overflow".into(),
             StoreError::TooManyAttrs(max) => format!("ERR too many attributes (max {max})"),
             StoreError::Unavailable => "TRYAGAIN upstream unavailable".into(),
+            StoreError::OutcomeUnknown => {
+                "TIMEOUT upstream did not answer in time: the change may have been applied".into()
+            }
             StoreError::Upstream(message) => message.clone(),
         }
     }

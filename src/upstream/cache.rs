@@ -70,8 +70,18 @@ pub struct Ticket {
 /// A suspect copy to check: its id, version and mark.
 pub struct Suspect {
     pub id: Key,
-    pub version: u64,
+    /// Which incarnation of the id, and which state of it: a session deleted
+    /// and created again starts over at version 1, but not at the same
+    /// creation time.
+    pub identity: Identity,
     mark: u64,
+}
+
+/// A session state's identity: (created, version).
+pub type Identity = (u64, u64);
+
+fn identity(session: &Session) -> Identity {
+    (session.created, session.version)
 }
 
 impl HotCache {
@@ -138,7 +148,7 @@ impl HotCache {
         let mark = if invalidated { self.mark(1) } else { 0 };
         let suspect = invalidated.then(|| Suspect {
             id: entry.key().clone(),
-            version: session.version,
+            identity: identity(&session),
             mark,
         });
         let fresh = Entry {
@@ -147,7 +157,7 @@ impl HotCache {
         };
         match entry {
             dashmap::Entry::Occupied(mut occupied) => {
-                if occupied.get().session.version > fresh.session.version {
+                if identity(&occupied.get().session) > identity(&fresh.session) {
                     return None;
                 }
                 let old = occupied.get().session.memory(occupied.key());
@@ -172,7 +182,7 @@ impl HotCache {
         entry.suspect.store(mark, Ordering::Release);
         Some(Suspect {
             id: entry.key().clone(),
-            version: entry.session.version,
+            identity: identity(&entry.session),
             mark,
         })
     }
@@ -180,10 +190,10 @@ impl HotCache {
     /// The upstream's version of a suspect, checked: the copy is trusted again
     /// if it is still the upstream's and no later invalidation marked it;
     /// dropped if the upstream has moved on.
-    pub fn settle(&self, suspect: &Suspect, upstream_version: Option<u64>) -> bool {
-        if upstream_version == Some(suspect.version) {
+    pub fn settle(&self, suspect: &Suspect, upstream: Option<Identity>) -> bool {
+        if upstream == Some(suspect.identity) {
             if let Some(entry) = self.map.get(&suspect.id) {
-                return entry.session.version == suspect.version
+                return identity(&entry.session) == suspect.identity
                     && entry
                         .suspect
                         .compare_exchange(suspect.mark, 0, Ordering::AcqRel, Ordering::Acquire)

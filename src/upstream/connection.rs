@@ -83,8 +83,10 @@ pub struct Upstream {
     connection: RwLock<Option<MultiplexedConnection>>,
     state: AtomicU8,
     generation: tokio::sync::watch::Sender<u64>,
-    /// Signalled when a reply says the slot moved: reconnect to its new master.
-    redirected: tokio::sync::Notify,
+    /// Signalled when the connection cannot be trusted any more: a reply says
+    /// the slot moved (reconnect to its new master), or a command timed out
+    /// (the link may be dead without the socket knowing).
+    reconnect_requested: tokio::sync::Notify,
     timeouts: Timeouts,
     pub stats: UpstreamStats,
 }
@@ -108,6 +110,8 @@ enum Target {
 pub enum CallError {
     /// Not connected, or the connection failed under the call.
     Unavailable,
+    /// Sent, but not answered in time: it may or may not have been applied.
+    Unknown,
     /// The upstream answered with an error (verbatim).
     Reply(String),
 }
@@ -153,7 +157,7 @@ impl Upstream {
             connection: RwLock::new(None),
             state: AtomicU8::new(State::Connecting as u8),
             generation: tokio::sync::watch::Sender::new(0),
-            redirected: tokio::sync::Notify::new(),
+            reconnect_requested: tokio::sync::Notify::new(),
             timeouts,
             stats: UpstreamStats::default(),
         })
@@ -234,14 +238,19 @@ impl Upstream {
             // The slot is elsewhere now (resharding, failover): reconnect to
             // its new master; meanwhile, fail fast.
             self.stats.unavailable.inc();
-            self.redirected.notify_one();
+            self.reconnect_requested.notify_one();
             return CallError::Unavailable;
         }
-        if error.is_io_error()
-            || error.is_timeout()
-            || error.is_connection_dropped()
-            || error.is_unrecoverable_error()
-        {
+        if error.is_timeout() {
+            // Sent, but no answer in time: it may have been applied, so the
+            // client must not be told to retry it blindly. The link itself
+            // is suspect: reconnect (which flushes the cache).
+            self.stats.unavailable.inc();
+            self.reconnect_requested.notify_one();
+            tracing::debug!(%error, "upstream command timed out");
+            return CallError::Unknown;
+        }
+        if error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error() {
             self.stats.unavailable.inc();
             tracing::debug!(%error, "upstream call failed");
             return CallError::Unavailable;
@@ -285,7 +294,7 @@ impl Upstream {
                     tracing::info!(upstream = %self.address(), "upstream connected");
                     let dropped = tokio::select! {
                         _ = Self::serve_pushes(&mut rx, handler.as_ref(), &self.stats) => true,
-                        _ = self.redirected.notified() => true,
+                        _ = self.reconnect_requested.notified() => true,
                         _ = shutdown.cancelled() => false,
                     };
                     self.set_connection(None, State::Down);
@@ -322,7 +331,7 @@ impl Upstream {
         let client = match &self.target {
             Target::Server(client) => client.clone(),
             Target::Cluster { seeds, tag, tls } => {
-                let master = find_master(seeds, tag).await?;
+                let master = find_master(seeds, tag, tls).await?;
                 *self.address.write().unwrap_or_else(|p| p.into_inner()) =
                     master.addr().to_string();
                 client_for(master, tls.clone()).map_err(|message| {
@@ -432,10 +441,14 @@ fn cluster_seeds(url: &str) -> Result<Option<Vec<ConnectionInfo>>, String> {
 }
 
 /// Asks the seeds, in turn, which master serves `tag`'s hash slot.
-async fn find_master(seeds: &[ConnectionInfo], tag: &str) -> redis::RedisResult<ConnectionInfo> {
+async fn find_master(
+    seeds: &[ConnectionInfo],
+    tag: &str,
+    tls: &Option<Vec<u8>>,
+) -> redis::RedisResult<ConnectionInfo> {
     let mut last_error = RedisError::from((redis::ErrorKind::Client, "no cluster seed answered"));
     for seed in seeds {
-        match ask_seed(seed, tag).await {
+        match ask_seed(seed, tag, tls).await {
             Ok(master) => return Ok(master),
             Err(error) => last_error = error,
         }
@@ -443,10 +456,15 @@ async fn find_master(seeds: &[ConnectionInfo], tag: &str) -> redis::RedisResult<
     Err(last_error)
 }
 
-async fn ask_seed(seed: &ConnectionInfo, tag: &str) -> redis::RedisResult<ConnectionInfo> {
-    let mut connection = Client::open(seed.clone())?
-        .get_multiplexed_async_connection()
-        .await?;
+async fn ask_seed(
+    seed: &ConnectionInfo,
+    tag: &str,
+    tls: &Option<Vec<u8>>,
+) -> redis::RedisResult<ConnectionInfo> {
+    let client = client_for(seed.clone(), tls.clone()).map_err(|message| {
+        RedisError::from((redis::ErrorKind::Client, "invalid cluster seed", message))
+    })?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
     let slot: i64 = redis::cmd("CLUSTER")
         .arg("KEYSLOT")
         .arg(tag)

@@ -55,10 +55,11 @@ local function live(s) return s ~= nil and tonumber(s.expires) > now end
 
 local function publish(kind, id, s, reason)
   local fields = { 'event', kind, 'id', id }
-  local message = { event = kind, id = id, user = cjson.null, conn = cjson.null, node = s.node, at = now }
+  local node_of = s.node or ''
+  local message = { event = kind, id = id, user = cjson.null, conn = cjson.null, node = node_of, at = now }
   if s.user then table.insert(fields, 'user'); table.insert(fields, s.user); message.user = s.user end
   if s.conn then table.insert(fields, 'conn'); table.insert(fields, s.conn); message.conn = s.conn end
-  table.insert(fields, 'node'); table.insert(fields, s.node)
+  table.insert(fields, 'node'); table.insert(fields, node_of)
   table.insert(fields, 'at'); table.insert(fields, tostring(now))
   if reason then table.insert(fields, 'reason'); table.insert(fields, reason); message.reason = reason end
   redis.call('PUBLISH', events, cjson.encode(message))
@@ -241,7 +242,8 @@ elseif op == 'attr_del' then
   return done({ removed, reply(id) })
 
 elseif op == 'attr_incrby' then
-  local id, name, increment, max_attrs = arg(), arg(), tonumber(arg()), tonumber(arg())
+  -- The increment stays a string: Lua numbers are doubles, exact only to 2^53.
+  local id, name, increment, max_attrs = arg(), arg(), arg(), tonumber(arg())
   local s = must_load(id)
   if not s then return nosession() end
   local current = redis.call('HGET', skey(id), 'a:' .. name)
@@ -251,15 +253,16 @@ elseif op == 'attr_incrby' then
   if current and not string.match(current, '^%-?%d+$') then
     return redis.error_reply('ERR attribute value is not an integer or out of range')
   end
-  local ok, value = pcall(redis.call, 'HINCRBY', skey(id), 'a:' .. name, increment)
+  local ok, failure = pcall(redis.call, 'HINCRBY', skey(id), 'a:' .. name, increment)
   if not ok then
-    if string.find(tostring(value.err or value), 'overflow') then
+    if string.find(tostring(failure.err or failure), 'overflow') then
       return redis.error_reply('ERR increment or decrement would overflow')
     end
     return redis.error_reply('ERR attribute value is not an integer or out of range')
   end
   bump(id, s)
-  return done({ value, reply(id) })
+  -- The new value as Redis stores it (a string, exact).
+  return done({ redis.call('HGET', skey(id), 'a:' .. name), reply(id) })
 
 elseif op == 'update' then
   local id, if_version, user, conn, status, ttl = arg(), arg(), arg(), arg(), arg(), arg()

@@ -9,6 +9,7 @@
 //! through otherwise. Heartbeats that do not extend the expiry are answered
 //! from memory; their `last_active` reaches the upstream in batches.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -70,7 +71,9 @@ pub struct WriteThrough {
     heartbeats: DashMap<Key, u64, foldhash::fast::RandomState>,
     /// Invalidated copies waiting to be checked against the upstream's
     /// version (see the cache's documentation).
-    suspects: std::sync::Mutex<Vec<Suspect>>,
+    /// One per id (the latest invalidation's), so a flood of invalidations
+    /// of one key costs one check: bounded by the sessions held.
+    suspects: std::sync::Mutex<HashMap<Key, Suspect>>,
     suspects_added: tokio::sync::Notify,
     /// Whether the upstream's events channel is relayed right now.
     relaying: tokio::sync::watch::Sender<bool>,
@@ -84,6 +87,7 @@ impl From<CallError> for StoreError {
     fn from(error: CallError) -> Self {
         match error {
             CallError::Unavailable => StoreError::Unavailable,
+            CallError::Unknown => StoreError::OutcomeUnknown,
             CallError::Reply(message) => StoreError::Upstream(message),
         }
     }
@@ -240,14 +244,16 @@ impl WriteThrough {
     /// Drops our copies of what a script call changed, then installs the
     /// main session's new state when the call replied it.
     fn absorb(&self, id: &[u8], state: &Value, touched: &[Vec<u8>], ticket: Ticket) -> Option<u64> {
+        let parsed = parse_session(state).filter(|(key, _)| &**key == id);
         for other in touched {
-            self.cache.invalidate(other);
+            // The session itself is replaced by its new state just below.
+            if parsed.is_none() || &other[..] != id {
+                self.cache.invalidate(other);
+            }
         }
-        let (key, session) = parse_session(state)?;
+        let (key, session) = parsed?;
         let version = session.version;
-        if &*key == id {
-            self.install(key, session, ticket);
-        }
+        self.install(key, session, ticket);
         Some(version)
     }
 
@@ -416,9 +422,10 @@ impl WriteThrough {
         if let Some(state) = state {
             self.absorb(id, &state, &reply.touched, ticket);
         }
+        // The script replies the stored value as a string (exact past 2^53).
         value
-            .as_ref()
-            .and_then(integer)
+            .and_then(bulk)
+            .and_then(|v| crate::protocol::parse_i64(&v))
             .ok_or(StoreError::NoSession)
     }
 
@@ -553,7 +560,6 @@ impl WriteThrough {
         let mut audit_cursor = String::from("0");
         loop {
             tokio::select! {
-                _ = self.suspects_added.notified() => self.verify_suspects().await,
                 _ = heartbeat.tick() => self.flush_heartbeats().await,
                 _ = sweep.tick() => self.sweep().await,
                 _ = audit.tick() => audit_cursor = self.audit(audit_cursor).await,
@@ -610,7 +616,7 @@ impl WriteThrough {
         self.suspects
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(suspect);
+            .insert(suspect.id.clone(), suspect);
         self.suspects_added.notify_one();
     }
 
@@ -621,15 +627,26 @@ impl WriteThrough {
         }
     }
 
-    /// Checks the suspects against the upstream's versions, one pipelined
-    /// round trip per batch.
+    /// Checks suspects as they come, in its own task so that a flood of
+    /// invalidations never delays sweeps or heartbeat flushes.
+    pub async fn run_verifier(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.suspects_added.notified() => self.verify_suspects().await,
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Checks the suspects against the upstream's state (creation time and
+    /// version), one pipelined round trip per batch.
     async fn verify_suspects(&self) {
         const BATCH: usize = 1024;
         loop {
             let batch: Vec<Suspect> = {
                 let mut suspects = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
-                let take = suspects.len().min(BATCH);
-                suspects.drain(..take).collect()
+                let ids: Vec<Key> = suspects.keys().take(BATCH).cloned().collect();
+                ids.iter().filter_map(|id| suspects.remove(id)).collect()
             };
             if batch.is_empty() {
                 return;
@@ -637,20 +654,29 @@ impl WriteThrough {
             let mut pipeline = redis::pipe();
             for suspect in &batch {
                 pipeline
-                    .cmd("HGET")
+                    .cmd("HMGET")
                     .arg(self.session_key(&suspect.id))
+                    .arg("created")
                     .arg("version");
             }
             // Unreachable: the cache is flushed anyway and the marks expire.
-            let Ok(versions) = self
+            let Ok(states) = self
                 .upstream
-                .call(async |c| pipeline.query_async::<Vec<Option<u64>>>(c).await)
+                .call(async |c| {
+                    pipeline
+                        .query_async::<Vec<(Option<u64>, Option<u64>)>>(c)
+                        .await
+                })
                 .await
             else {
                 return;
             };
-            for (suspect, version) in batch.iter().zip(versions) {
-                if self.cache.settle(suspect, version) {
+            for (suspect, state) in batch.iter().zip(states) {
+                let identity = match state {
+                    (Some(created), Some(version)) => Some((created, version)),
+                    _ => None,
+                };
+                if self.cache.settle(suspect, identity) {
                     self.stats.verified.fetch_add(1, Ordering::Relaxed);
                 }
             }

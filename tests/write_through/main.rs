@@ -1068,3 +1068,108 @@ fn maxmemory_evicts_hot_copies_instead_of_refusing_writes() {
         assert_eq!(fields.version, 1);
     }
 }
+
+/// A session deleted and created again under the same id starts over at
+/// version 1: a hot copy of the old one must not pass for it.
+#[test]
+fn a_recreated_id_never_revives_the_old_hot_copy() {
+    let f = Fleet::start(&[]);
+    let mut a = f.a.client();
+    let mut b = f.b.client();
+    for round in 0..20 {
+        let id = format!("again{round}");
+        call(&mut a, &["SESSION.CREATE", "ID", &id, "USER", "alice"]);
+        let hot = wait_until(WAIT, || {
+            call(&mut a, &["SESSION.GET", &id]);
+            get_session(&mut a, &id, false)
+                .is_some_and(|s| s.user.as_deref() == Some(&b"alice"[..]))
+        });
+        assert!(hot);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SESSION.DEL")
+            .arg(&id)
+            .cmd("SESSION.CREATE")
+            .arg("ID")
+            .arg(&id)
+            .arg("USER")
+            .arg("bob");
+        let _: Vec<Value> = pipe.query(&mut b).unwrap();
+        let moved_on = wait_until(Duration::from_secs(2), || {
+            get_session(&mut a, &id, false).is_some_and(|s| s.user.as_deref() == Some(&b"bob"[..]))
+        });
+        assert!(
+            moved_on,
+            "round {round}: a still serves the deleted session"
+        );
+        thread::sleep(Duration::from_millis(30)); // past the suspect grace
+        let user = get_session(&mut a, &id, false).and_then(|s| s.user);
+        assert_eq!(
+            user.as_deref(),
+            Some(&b"bob"[..]),
+            "round {round}: the old copy came back"
+        );
+    }
+}
+
+/// Counters are exact over the whole 64-bit range, as in standalone mode.
+#[test]
+fn attribute_counters_are_exact_past_two_to_the_53() {
+    let f = Fleet::start(&[]);
+    let mut a = f.a.client();
+    call(&mut a, &["SESSION.CREATE", "ID", "big"]);
+    assert_eq!(
+        call(
+            &mut a,
+            &["SESSION.ATTR.INCRBY", "big", "n", "9007199254740993"]
+        ),
+        Value::Int(9007199254740993)
+    );
+    assert_eq!(
+        call(&mut a, &["SESSION.ATTR.INCRBY", "big", "n", "-1"]),
+        Value::Int(9007199254740992)
+    );
+    assert_eq!(
+        call(
+            &mut a,
+            &["SESSION.ATTR.INCRBY", "big", "m", "-9223372036854775808"]
+        ),
+        Value::Int(i64::MIN)
+    );
+    assert_err(
+        &call(&mut a, &["SESSION.ATTR.INCRBY", "big", "m", "-1"]),
+        "ERR increment or decrement would overflow",
+    );
+}
+
+/// A command the upstream does not answer in time may still be applied: the
+/// client is told so (not TRYAGAIN, which invites a blind retry), and the
+/// sidecar reconnects, since the link itself is suspect.
+#[test]
+fn a_timed_out_write_is_not_reported_as_retryable() {
+    let redis = RedisServer::start(&[]);
+    let sidecar = start_sidecar(&redis, "a", &["--upstream-timeout-ms", "200"]);
+    let mut c = sidecar.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "slow"]);
+    let addr = redis.addr;
+    let busy = thread::spawn(move || {
+        let mut direct = redis::Client::open(format!("redis://{addr}"))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let _: redis::RedisResult<Value> = redis::cmd("EVAL")
+            .arg("local t = redis.call('TIME') local until_us = t[1] * 1000000 + t[2] + 700000 repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= until_us return 1")
+            .arg(0)
+            .query(&mut direct);
+    });
+    thread::sleep(Duration::from_millis(100)); // the busy script is running
+    let reply = call(&mut c, &["SESSION.ATTR.INCRBY", "slow", "n", "1"]);
+    busy.join().unwrap();
+    assert_err(
+        &reply,
+        "TIMEOUT upstream did not answer in time: the change may have been applied",
+    );
+    let back = wait_until(WAIT, || {
+        upstream_counter(&sidecar, "upstream_reconnects") >= 1
+    });
+    assert!(back, "the sidecar did not reconnect after the timeout");
+}
