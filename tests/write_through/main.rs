@@ -4,7 +4,10 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[macro_use]
+#[path = "../shared/contract.rs"]
 mod contract;
+mod contract_write_through;
 mod fleet;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,11 +1,13 @@
-//! The SESSION.* contract of commands.md in write-through mode: the
-//! standalone suite (`tests/session_commands.rs`) ported check by check, each
-//! against sidecar A of its own fleet (a fresh redis-server and two sidecars
-//! on it), so the replies and errors must be exactly those of standalone.
-//! Where standalone runs concurrent clients on one sidecar, they are spread
-//! over both sidecars here. NODES is checked in `main.rs`.
+//! The SESSION.* contract of commands.md, one suite for both modes: every
+//! command (but MIGRATE and DRAIN) and every error it names, over RESP2 and
+//! RESP3, with exactly the same replies. `contract_tests!(T)` makes a
+//! `#[test]` of each check against a target `T`: a standalone sidecar
+//! (`tests/session_commands.rs`) or a write-through fleet of two sidecars on
+//! one redis-server (`tests/write_through`), whose checks talk to sidecar A
+//! and spread concurrent clients over both sidecars.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Deref;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
@@ -13,10 +15,28 @@ use std::time::Duration;
 use redis::Value;
 
 use crate::common::*;
-use crate::fleet::{Fleet, NODE};
 
-fn sidecar() -> Fleet {
-    Fleet::start(&[])
+/// The node id every target's (first) sidecar runs with.
+pub const NODE: &str = "node-a";
+
+/// How long an eventually consistent read may take to converge.
+const WAIT: Duration = Duration::from_secs(5);
+
+/// What the checks run against: its sidecar (A) by deref, and a second one
+/// for concurrent clients (the same sidecar in standalone mode).
+pub trait Target: Deref<Target = Sidecar> + Send + Sync + 'static {
+    /// A fresh target whose sidecars run with `--node-id NODE` (the first)
+    /// and `extra`.
+    fn start(extra: &[&str]) -> Self;
+    fn other(&self) -> &Sidecar;
+    /// The sidecar the k-th of several concurrent clients talks to.
+    fn for_worker(&self, k: usize) -> &Sidecar {
+        if k.is_multiple_of(2) {
+            self
+        } else {
+            self.other()
+        }
+    }
 }
 
 fn client(sc: &Sidecar, resp3: bool) -> redis::Connection {
@@ -56,9 +76,8 @@ fn is_uuid_v4(s: &str) -> bool {
 // SESSION.CREATE and SESSION.GET
 // ---------------------------------------------------------------------------
 
-#[test]
-fn create_without_id_returns_a_fresh_uuid_v4() {
-    let sc = sidecar();
+pub fn create_without_id_returns_a_fresh_uuid_v4<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     let first = text(&call(&mut c, &["SESSION.CREATE"]));
     let second = text(&call(&mut c, &["SESSION.CREATE", "USER", "u"]));
@@ -71,8 +90,8 @@ fn create_without_id_returns_a_fresh_uuid_v4() {
     );
 }
 
-fn check_create_then_get(resp3: bool) {
-    let sc = sidecar();
+fn check_create_then_get<T: Target>(resp3: bool) {
+    let sc = T::start(&[]);
     let mut c = client(&sc, resp3);
     let before = now_ms();
     let reply = call(
@@ -120,20 +139,17 @@ fn check_create_then_get(resp3: bool) {
     assert_eq!(s.attrs, attrs(&[("role", "admin"), ("lang", "fr")]));
 }
 
-#[test]
-fn create_then_get_resp2_flat_arrays() {
-    check_create_then_get(false);
+pub fn create_then_get_resp2_flat_arrays<T: Target>() {
+    check_create_then_get::<T>(false);
 }
 
-#[test]
-fn create_then_get_resp3_maps() {
-    check_create_then_get(true);
+pub fn create_then_get_resp3_maps<T: Target>() {
+    check_create_then_get::<T>(true);
 }
 
-#[test]
-fn get_session_without_user_or_conn_has_nil_fields_and_default_ttl() {
+pub fn get_session_without_user_or_conn_has_nil_fields_and_default_ttl<T: Target>() {
     for resp3 in [false, true] {
-        let sc = Fleet::start(&["--default-ttl", "90"]);
+        let sc = T::start(&["--default-ttl", "90"]);
         let mut c = client(&sc, resp3);
         assert_eq!(
             call(&mut c, &["SESSION.CREATE", "ID", "bare"]),
@@ -152,9 +168,8 @@ fn get_session_without_user_or_conn_has_nil_fields_and_default_ttl() {
     }
 }
 
-#[test]
-fn get_missing_is_null_bulk_in_resp2_and_null_in_resp3() {
-    let sc = sidecar();
+pub fn get_missing_is_null_bulk_in_resp2_and_null_in_resp3<T: Target>() {
+    let sc = T::start(&[]);
     let mut raw = sc.raw();
     raw.send_cmd(&["SESSION.GET", "nope"]);
     raw.expect_bytes(b"$-1\r\n");
@@ -172,9 +187,8 @@ fn get_missing_is_null_bulk_in_resp2_and_null_in_resp3() {
     assert_eq!(call(&mut c3, &["SESSION.GET", "nope"]), Value::Nil);
 }
 
-#[test]
-fn get_on_the_wire_resp3_is_a_map_with_nested_attrs_map() {
-    let sc = sidecar();
+pub fn get_on_the_wire_resp3_is_a_map_with_nested_attrs_map<T: Target>() {
+    let sc = T::start(&[]);
     let mut raw = sc.raw();
     raw.cmd(&["HELLO", "3"]);
     raw.cmd(&["SESSION.CREATE", "ID", "w", "ATTR", "k", "v"]);
@@ -192,9 +206,8 @@ fn get_on_the_wire_resp3_is_a_map_with_nested_attrs_map() {
     assert_eq!(user.1, Resp::Null);
 }
 
-#[test]
-fn get_on_the_wire_resp2_is_a_flat_array_with_nested_flat_attrs() {
-    let sc = sidecar();
+pub fn get_on_the_wire_resp2_is_a_flat_array_with_nested_flat_attrs<T: Target>() {
+    let sc = T::start(&[]);
     let mut raw = sc.raw();
     raw.cmd(&["SESSION.CREATE", "ID", "w", "ATTR", "k", "v"]);
     let Resp::Array(items) = raw.cmd(&["SESSION.GET", "w"]) else {
@@ -216,10 +229,9 @@ fn get_on_the_wire_resp2_is_a_flat_array_with_nested_flat_attrs() {
     assert_eq!(items[pos + 1], Resp::Int(1));
 }
 
-#[test]
-fn get_json_is_one_json_object_with_the_same_fields() {
+pub fn get_json_is_one_json_object_with_the_same_fields<T: Target>() {
     for resp3 in [false, true] {
-        let sc = sidecar();
+        let sc = T::start(&[]);
         let mut c = client(&sc, resp3);
         call(
             &mut c,
@@ -276,9 +288,8 @@ fn get_json_is_one_json_object_with_the_same_fields() {
     }
 }
 
-#[test]
-fn keywords_and_command_names_are_case_insensitive() {
-    let sc = sidecar();
+pub fn keywords_and_command_names_are_case_insensitive<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     assert_eq!(
         call(
@@ -329,10 +340,9 @@ fn keywords_and_command_names_are_case_insensitive() {
     assert_eq!(call(&mut c, &["session.count", "local"]), Value::Int(1));
 }
 
-#[test]
-fn values_are_binary_safe() {
+pub fn values_are_binary_safe<T: Target>() {
     for resp3 in [false, true] {
-        let sc = sidecar();
+        let sc = T::start(&[]);
         let mut c = client(&sc, resp3);
         let id: &[u8] = b"id\x00\xff\r\n end";
         let user: &[u8] = b"u\x00\r\n";
@@ -385,9 +395,8 @@ fn values_are_binary_safe() {
     }
 }
 
-#[test]
-fn create_refuses_a_live_id_with_exists() {
-    let sc = sidecar();
+pub fn create_refuses_a_live_id_with_exists<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     call(&mut c, &["SESSION.CREATE", "ID", "dup", "ATTR", "a", "1"]);
     let v = call(&mut c, &["SESSION.CREATE", "ID", "dup", "ATTR", "a", "2"]);
@@ -401,9 +410,8 @@ fn create_refuses_a_live_id_with_exists() {
     assert_eq!(call(&mut c, &["SESSION.CREATE", "ID", "dup"]), bulk("dup"));
 }
 
-#[test]
-fn create_rejects_invalid_ttls() {
-    let sc = sidecar();
+pub fn create_rejects_invalid_ttls<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     for (opt, value) in [
         ("TTL", "0"),
@@ -424,9 +432,8 @@ fn create_rejects_invalid_ttls() {
     assert_err_code(&v, "ERR");
 }
 
-#[test]
-fn create_rejects_bad_syntax() {
-    let sc = sidecar();
+pub fn create_rejects_bad_syntax<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     for args in [
         vec!["SESSION.CREATE", "ID"],
@@ -442,9 +449,8 @@ fn create_rejects_bad_syntax() {
     assert_eq!(call(&mut c, &["SESSION.COUNT"]), Value::Int(0));
 }
 
-#[test]
-fn create_with_pttl_sets_millisecond_ttl() {
-    let sc = sidecar();
+pub fn create_with_pttl_sets_millisecond_ttl<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     let before = now_ms();
     call(&mut c, &["SESSION.CREATE", "ID", "p", "PTTL", "12345"]);
@@ -459,9 +465,8 @@ fn create_with_pttl_sets_millisecond_ttl() {
 // Arity and syntax errors
 // ---------------------------------------------------------------------------
 
-#[test]
-fn wrong_number_of_arguments_is_worded_as_redis() {
-    let sc = sidecar();
+pub fn wrong_number_of_arguments_is_worded_as_redis<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     call(&mut c, &["SESSION.CREATE", "ID", "s"]);
     let cases: &[&[&str]] = &[
@@ -509,9 +514,8 @@ fn wrong_number_of_arguments_is_worded_as_redis() {
     assert_eq!(version(&mut c, "s"), 1);
 }
 
-#[test]
-fn unknown_options_are_syntax_errors() {
-    let sc = sidecar();
+pub fn unknown_options_are_syntax_errors<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     call(&mut c, &["SESSION.CREATE", "ID", "s", "USER", "u"]);
     let cases: &[&[&str]] = &[
@@ -538,9 +542,8 @@ fn unknown_options_are_syntax_errors() {
 // Limits
 // ---------------------------------------------------------------------------
 
-#[test]
-fn id_user_conn_and_attribute_names_are_limited_to_512_bytes() {
-    let sc = sidecar();
+pub fn id_user_conn_and_attribute_names_are_limited_to_512_bytes<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     let ok = "i".repeat(512);
     let long = "i".repeat(513);
@@ -577,9 +580,8 @@ fn id_user_conn_and_attribute_names_are_limited_to_512_bytes() {
     assert_eq!(version(&mut c, &id), 1);
 }
 
-#[test]
-fn attribute_values_are_limited_to_one_mib() {
-    let sc = sidecar();
+pub fn attribute_values_are_limited_to_one_mib<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     let mib = vec![b'x'; 1024 * 1024];
     let over = vec![b'x'; 1024 * 1024 + 1];
@@ -629,9 +631,8 @@ fn attribute_values_are_limited_to_one_mib() {
     assert_eq!(s.attrs.len(), 1);
 }
 
-#[test]
-fn sessions_hold_at_most_1024_attributes() {
-    let sc = sidecar();
+pub fn sessions_hold_at_most_1024_attributes<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     let mut args: Vec<String> = vec!["SESSION.CREATE".into(), "ID".into(), "many".into()];
     for i in 0..1024 {
@@ -684,9 +685,8 @@ fn sessions_hold_at_most_1024_attributes() {
     assert_eq!(call(&mut c, &["SESSION.EXISTS", "too-many"]), Value::Int(0));
 }
 
-#[test]
-fn limits_are_configurable() {
-    let sc = Fleet::start(&[
+pub fn limits_are_configurable<T: Target>() {
+    let sc = T::start(&[
         "--max-name-len",
         "8",
         "--max-value-len",
@@ -737,9 +737,8 @@ fn limits_are_configurable() {
 // EXISTS, ATTR.*
 // ---------------------------------------------------------------------------
 
-#[test]
-fn exists_counts_live_ids() {
-    let sc = sidecar();
+pub fn exists_counts_live_ids<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     call(&mut c, &["SESSION.CREATE", "ID", "a"]);
     call(&mut c, &["SESSION.CREATE", "ID", "b"]);
@@ -753,10 +752,9 @@ fn exists_counts_live_ids() {
     assert_eq!(call(&mut c, &["SESSION.EXISTS", "a", "a"]), Value::Int(2));
 }
 
-#[test]
-fn attr_set_get_del() {
+pub fn attr_set_get_del<T: Target>() {
     for resp3 in [false, true] {
-        let sc = sidecar();
+        let sc = T::start(&[]);
         let mut c = client(&sc, resp3);
         call(&mut c, &["SESSION.CREATE", "ID", "s", "ATTR", "keep", "1"]);
         assert_eq!(
@@ -799,9 +797,8 @@ fn attr_set_get_del() {
     }
 }
 
-#[test]
-fn attr_get_missing_session_is_null_on_the_wire() {
-    let sc = sidecar();
+pub fn attr_get_missing_session_is_null_on_the_wire<T: Target>() {
+    let sc = T::start(&[]);
     let mut raw = sc.raw();
     raw.send_cmd(&["SESSION.ATTR.GET", "nope", "a", "b"]);
     raw.expect_bytes(b"$-1\r\n");
@@ -815,9 +812,8 @@ fn attr_get_missing_session_is_null_on_the_wire() {
     raw.expect_bytes(b"*2\r\n$1\r\n1\r\n_\r\n");
 }
 
-#[test]
-fn attr_incrby_behaves_as_hincrby() {
-    let sc = sidecar();
+pub fn attr_incrby_behaves_as_hincrby<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     call(
         &mut c,
@@ -874,17 +870,12 @@ fn attr_incrby_behaves_as_hincrby() {
     );
 }
 
-#[test]
-fn attr_incrby_from_many_connections_loses_nothing() {
-    let sc = sidecar();
+pub fn attr_incrby_from_many_connections_loses_nothing<T: Target>() {
+    let sc = T::start(&[]);
     call(&mut sc.client(), &["SESSION.CREATE", "ID", "ctr"]);
     let threads: Vec<_> = (0..8)
         .map(|k| {
-            let mut c = if k % 2 == 0 {
-                sc.client()
-            } else {
-                sc.b.client()
-            };
+            let mut c = sc.for_worker(k).client();
             thread::spawn(move || {
                 for _ in 0..100 {
                     int(&call(&mut c, &["SESSION.ATTR.INCRBY", "ctr", "n", "1"]));
@@ -896,7 +887,7 @@ fn attr_incrby_from_many_connections_loses_nothing() {
         t.join().unwrap();
     }
     let mut c = sc.client();
-    assert!(wait_until(crate::fleet::WAIT, || version(&mut c, "ctr") == 801));
+    assert!(wait_until(WAIT, || version(&mut c, "ctr") == 801));
     assert_eq!(
         call(&mut c, &["SESSION.ATTR.GET", "ctr", "n"]),
         Value::Array(vec![bulk("800")])
@@ -908,9 +899,8 @@ fn attr_incrby_from_many_connections_loses_nothing() {
 // UPDATE and IFVERSION
 // ---------------------------------------------------------------------------
 
-#[test]
-fn update_applies_every_change_as_one_mutation() {
-    let sc = sidecar();
+pub fn update_applies_every_change_as_one_mutation<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     call(
         &mut c,
@@ -1001,10 +991,9 @@ fn update_applies_every_change_as_one_mutation() {
     assert_eq!(version(&mut c, "s"), 3);
 }
 
-#[test]
-fn update_ifversion_applies_only_on_the_current_version() {
+pub fn update_ifversion_applies_only_on_the_current_version<T: Target>() {
     for resp3 in [false, true] {
-        let sc = sidecar();
+        let sc = T::start(&[]);
         let mut c = client(&sc, resp3);
         call(&mut c, &["SESSION.CREATE", "ID", "s", "ATTR", "a", "1"]);
         assert_eq!(
@@ -1059,9 +1048,8 @@ fn update_ifversion_applies_only_on_the_current_version() {
     }
 }
 
-#[test]
-fn concurrent_ifversion_updates_are_never_lost_or_doubled() {
-    let sc = sidecar();
+pub fn concurrent_ifversion_updates_are_never_lost_or_doubled<T: Target>() {
+    let sc = T::start(&[]);
     call(
         &mut sc.client(),
         &["SESSION.CREATE", "ID", "cas", "ATTR", "n", "0"],
@@ -1072,11 +1060,7 @@ fn concurrent_ifversion_updates_are_never_lost_or_doubled() {
     let threads: Vec<_> = (0..WORKERS)
         .map(|w| {
             // Workers alternate between the two sidecars.
-            let mut c = if w % 2 == 0 {
-                sc.client()
-            } else {
-                sc.b.client()
-            };
+            let mut c = sc.for_worker(w).client();
             let barrier = barrier.clone();
             thread::spawn(move || {
                 barrier.wait();
@@ -1122,11 +1106,9 @@ fn concurrent_ifversion_updates_are_never_lost_or_doubled() {
     let mut c = sc.client();
     let total = WORKERS as i64 * EACH;
     // A's hot copy may trail B's last write by the invalidation's flight.
-    assert!(wait_until(crate::fleet::WAIT, || get_session(
-        &mut c, "cas", false
-    )
-    .unwrap()
-    .version
+    assert!(wait_until(WAIT, || get_session(&mut c, "cas", false)
+        .unwrap()
+        .version
         == 1 + total));
     let s = get_session(&mut c, "cas", false).unwrap();
     assert_eq!(s.attrs[&b"n"[..]], total.to_string().into_bytes());
@@ -1137,9 +1119,8 @@ fn concurrent_ifversion_updates_are_never_lost_or_doubled() {
 // TOUCH, TTL, EXPIRE
 // ---------------------------------------------------------------------------
 
-#[test]
-fn touch_extends_only_when_less_than_half_the_ttl_remains() {
-    let sc = sidecar();
+pub fn touch_extends_only_when_less_than_half_the_ttl_remains<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     call(&mut c, &["SESSION.CREATE", "ID", "t", "PTTL", "2000"]);
     let created = get_session(&mut c, "t", false).unwrap();
@@ -1189,9 +1170,8 @@ fn touch_extends_only_when_less_than_half_the_ttl_remains() {
     assert_eq!(call(&mut c, &["SESSION.TOUCH", "nope"]), Value::Int(-2));
 }
 
-#[test]
-fn ttl_reports_milliseconds_left_or_minus_two() {
-    let sc = sidecar();
+pub fn ttl_reports_milliseconds_left_or_minus_two<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     call(&mut c, &["SESSION.CREATE", "ID", "s", "TTL", "100"]);
     let left = int(&call(&mut c, &["SESSION.TTL", "s"]));
@@ -1201,9 +1181,8 @@ fn ttl_reports_milliseconds_left_or_minus_two() {
     assert_eq!(version(&mut c, "s"), 1);
 }
 
-#[test]
-fn expire_resets_ttl_and_expiry() {
-    let sc = sidecar();
+pub fn expire_resets_ttl_and_expiry<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     call(&mut c, &["SESSION.CREATE", "ID", "s", "TTL", "1000"]);
     let before = now_ms();
@@ -1225,9 +1204,8 @@ fn expire_resets_ttl_and_expiry() {
 // DEL, BIND, UNBIND, BYCONN
 // ---------------------------------------------------------------------------
 
-#[test]
-fn del_removes_sessions_and_their_index_entries() {
-    let sc = sidecar();
+pub fn del_removes_sessions_and_their_index_entries<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     call(
         &mut c,
@@ -1254,9 +1232,8 @@ fn del_removes_sessions_and_their_index_entries() {
     assert_eq!(call(&mut c, &["SESSION.DEL", "nope"]), Value::Int(0));
 }
 
-#[test]
-fn bind_resumes_a_session_with_its_full_ttl() {
-    let sc = sidecar();
+pub fn bind_resumes_a_session_with_its_full_ttl<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     call(
         &mut c,
@@ -1297,9 +1274,8 @@ fn bind_resumes_a_session_with_its_full_ttl() {
     assert_eq!(call(&mut c, &["SESSION.BYCONN", "c9"]), Value::Nil);
 }
 
-#[test]
-fn bind_moves_a_connection_from_its_previous_session() {
-    let sc = sidecar();
+pub fn bind_moves_a_connection_from_its_previous_session<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     call(
         &mut c,
@@ -1329,9 +1305,8 @@ fn bind_moves_a_connection_from_its_previous_session() {
     assert_eq!(new.status, "active");
 }
 
-#[test]
-fn create_with_a_bound_conn_moves_the_connection_index() {
-    let sc = sidecar();
+pub fn create_with_a_bound_conn_moves_the_connection_index<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     call(
         &mut c,
@@ -1364,9 +1339,8 @@ fn create_with_a_bound_conn_moves_the_connection_index() {
     assert_eq!(call(&mut c, &["SESSION.BYCONN", "ws-9"]), bulk("second"));
 }
 
-#[test]
-fn unbind_disconnects_and_grace_only_shortens() {
-    let sc = sidecar();
+pub fn unbind_disconnects_and_grace_only_shortens<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     call(
         &mut c,
@@ -1418,9 +1392,8 @@ fn unbind_disconnects_and_grace_only_shortens() {
     );
 }
 
-#[test]
-fn byconn_returns_the_bound_id_or_nil() {
-    let sc = sidecar();
+pub fn byconn_returns_the_bound_id_or_nil<T: Target>() {
+    let sc = T::start(&[]);
     let mut raw = sc.raw();
     raw.cmd(&["SESSION.CREATE", "ID", "s", "CONN", "c"]);
     assert_eq!(raw.cmd(&["SESSION.BYCONN", "c"]), Resp::bulk("s"));
@@ -1431,9 +1404,8 @@ fn byconn_returns_the_bound_id_or_nil() {
     raw.expect_bytes(b"_\r\n");
 }
 
-#[test]
-fn update_conn_takes_the_connection_from_its_previous_session() {
-    let sc = sidecar();
+pub fn update_conn_takes_the_connection_from_its_previous_session<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     call(&mut c, &["SESSION.CREATE", "ID", "holder", "CONN", "c1"]);
     call(&mut c, &["SESSION.CREATE", "ID", "taker"]);
@@ -1451,10 +1423,9 @@ fn update_conn_takes_the_connection_from_its_previous_session() {
     );
 }
 
-#[test]
-fn concurrent_binds_of_one_connection_leave_exactly_one_owner() {
+pub fn concurrent_binds_of_one_connection_leave_exactly_one_owner<T: Target>() {
     const SESSIONS: usize = 12;
-    let sc = sidecar();
+    let sc = T::start(&[]);
     let mut c = sc.client();
     for i in 0..SESSIONS {
         call(&mut c, &["SESSION.CREATE", "ID", &format!("b{i}")]);
@@ -1495,9 +1466,8 @@ fn concurrent_binds_of_one_connection_leave_exactly_one_owner() {
     assert_eq!(active, [owner]);
 }
 
-#[test]
-fn attr_set_with_a_repeated_name_keeps_the_last_value() {
-    let sc = sidecar();
+pub fn attr_set_with_a_repeated_name_keeps_the_last_value<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     call(&mut c, &["SESSION.CREATE", "ID", "r"]);
     assert_eq!(
@@ -1526,10 +1496,9 @@ fn create_in_order(c: &mut redis::Connection, user: &str, ids: &[&str]) {
     }
 }
 
-#[test]
-fn byuser_lists_oldest_first() {
+pub fn byuser_lists_oldest_first<T: Target>() {
     for resp3 in [false, true] {
-        let sc = sidecar();
+        let sc = T::start(&[]);
         let mut c = client(&sc, resp3);
         create_in_order(&mut c, "u", &["zeta", "alpha", "mid"]);
         call(&mut c, &["SESSION.CREATE", "ID", "other", "USER", "v"]);
@@ -1560,9 +1529,8 @@ fn byuser_lists_oldest_first() {
     }
 }
 
-#[test]
-fn maxperuser_evicts_the_oldest_sessions() {
-    let sc = sidecar();
+pub fn maxperuser_evicts_the_oldest_sessions<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     create_in_order(&mut c, "u", &["s1", "s2", "s3"]);
     call(
@@ -1605,9 +1573,8 @@ fn maxperuser_evicts_the_oldest_sessions() {
     assert_eq!(byuser(&mut c, "u"), ["s5", "s6"]);
 }
 
-#[test]
-fn maxperuser_eviction_cleans_the_connection_index() {
-    let sc = sidecar();
+pub fn maxperuser_eviction_cleans_the_connection_index<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     create_in_order(&mut c, "u", &["first"]);
     call(&mut c, &["SESSION.UPDATE", "first", "CONN", "ws-first"]);
@@ -1628,20 +1595,15 @@ fn maxperuser_eviction_cleans_the_connection_index() {
     assert_eq!(call(&mut c, &["SESSION.GET", "first"]), Value::Nil);
 }
 
-#[test]
-fn concurrent_creates_never_leave_more_than_maxperuser() {
+pub fn concurrent_creates_never_leave_more_than_maxperuser<T: Target>() {
     const CLIENTS: usize = 16;
     const ROUNDS: usize = 10;
-    let sc = sidecar();
+    let sc = T::start(&[]);
     let barrier = Arc::new(Barrier::new(CLIENTS + 1));
     let creators: Vec<_> = (0..CLIENTS)
         .map(|k| {
             // Logins alternate between the two sidecars.
-            let mut c = if k % 2 == 0 {
-                sc.client()
-            } else {
-                sc.b.client()
-            };
+            let mut c = sc.for_worker(k).client();
             let barrier = barrier.clone();
             thread::spawn(move || {
                 barrier.wait();
@@ -1680,9 +1642,8 @@ fn concurrent_creates_never_leave_more_than_maxperuser() {
     assert_eq!(call(&mut observer, &args), Value::Int(3));
 }
 
-#[test]
-fn killuser_deletes_every_session_of_the_user() {
-    let sc = sidecar();
+pub fn killuser_deletes_every_session_of_the_user<T: Target>() {
+    let sc = T::start(&[]);
     let mut c = sc.client();
     call(
         &mut c,
@@ -1702,73 +1663,189 @@ fn killuser_deletes_every_session_of_the_user() {
     assert_eq!(byuser(&mut c, "v"), ["c"]);
 }
 
-// ---------------------------------------------------------------------------
-// COUNT
-// ---------------------------------------------------------------------------
-
-#[test]
-fn count_counts_the_upstream_and_count_local_the_hot_copies() {
-    let sc = sidecar();
-    let mut c = sc.client();
-    let mut cb = sc.b.client();
-    assert_eq!(call(&mut c, &["SESSION.COUNT"]), Value::Int(0));
-    assert_eq!(call(&mut c, &["SESSION.COUNT", "LOCAL"]), Value::Int(0));
-    for i in 0..5 {
-        call(&mut c, &["SESSION.CREATE", "ID", &format!("s{i}")]);
-    }
-    // Reads make sessions hot on A; B holds none but counts the upstream's.
-    for i in 0..5 {
-        assert!(get_session(&mut c, &format!("s{i}"), false).is_some());
-    }
-    assert_eq!(call(&mut c, &["SESSION.COUNT"]), Value::Int(5));
-    assert_eq!(call(&mut cb, &["SESSION.COUNT"]), Value::Int(5));
-    assert_eq!(call(&mut c, &["SESSION.COUNT", "LOCAL"]), Value::Int(5));
-    assert_eq!(call(&mut cb, &["SESSION.COUNT", "LOCAL"]), Value::Int(0));
-    call(&mut c, &["SESSION.DEL", "s0", "s1"]);
-    assert_eq!(call(&mut c, &["SESSION.COUNT"]), Value::Int(3));
-    assert_eq!(call(&mut cb, &["session.count"]), Value::Int(3));
-    assert_eq!(call(&mut c, &["session.count", "local"]), Value::Int(3));
-    for i in 2..5 {
-        assert!(get_session(&mut cb, &format!("s{i}"), false).is_some());
-    }
-    assert_eq!(call(&mut cb, &["SESSION.COUNT", "LOCAL"]), Value::Int(3));
-    // A's delete drops B's hot copy too.
-    call(&mut c, &["SESSION.DEL", "s2"]);
-    assert!(
-        wait_until(crate::fleet::WAIT, || int(&call(
-            &mut cb,
-            &["SESSION.COUNT", "LOCAL"]
-        )) == 2),
-        "B still holds a copy of the deleted session"
-    );
-    assert_eq!(call(&mut cb, &["SESSION.COUNT"]), Value::Int(2));
-}
-
-// ---------------------------------------------------------------------------
-// Async clients
-// ---------------------------------------------------------------------------
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_clients_see_the_same_replies() {
-    let sc = sidecar();
-    let mut c2 = sc.async_client().await;
-    let mut c3 = sc.async_client_resp3().await;
-    assert_eq!(
-        acall(
-            &mut c2,
-            &["SESSION.CREATE", "ID", "as", "USER", "u", "ATTR", "k", "v"]
-        )
-        .await,
-        bulk("as")
-    );
-    let v2 = acall(&mut c2, &["SESSION.GET", "as"]).await;
-    let v3 = acall(&mut c3, &["SESSION.GET", "as"]).await;
-    assert_eq!(session(&v2, false), session(&v3, true));
-    assert_err(
-        &acall(&mut c3, &["SESSION.BIND", "nope", "c"]).await,
-        "NOSESSION no such session",
-    );
-    assert_eq!(acall(&mut c3, &["SESSION.GET", "nope"]).await, Value::Nil);
-    let with = acall(&mut c3, &["SESSION.BYUSER", "u", "WITHSESSIONS"]).await;
-    assert_eq!(session(&array(&with)[0], true).id, b"as");
+/// A `#[test]` of every check of the suite against `$target`.
+#[macro_export]
+macro_rules! contract_tests {
+    ($target:ty) => {
+        #[test]
+        fn create_without_id_returns_a_fresh_uuid_v4() {
+            $crate::contract::create_without_id_returns_a_fresh_uuid_v4::<$target>()
+        }
+        #[test]
+        fn create_then_get_resp2_flat_arrays() {
+            $crate::contract::create_then_get_resp2_flat_arrays::<$target>()
+        }
+        #[test]
+        fn create_then_get_resp3_maps() {
+            $crate::contract::create_then_get_resp3_maps::<$target>()
+        }
+        #[test]
+        fn get_session_without_user_or_conn_has_nil_fields_and_default_ttl() {
+            $crate::contract::get_session_without_user_or_conn_has_nil_fields_and_default_ttl::<$target>()
+        }
+        #[test]
+        fn get_missing_is_null_bulk_in_resp2_and_null_in_resp3() {
+            $crate::contract::get_missing_is_null_bulk_in_resp2_and_null_in_resp3::<$target>()
+        }
+        #[test]
+        fn get_on_the_wire_resp3_is_a_map_with_nested_attrs_map() {
+            $crate::contract::get_on_the_wire_resp3_is_a_map_with_nested_attrs_map::<$target>()
+        }
+        #[test]
+        fn get_on_the_wire_resp2_is_a_flat_array_with_nested_flat_attrs() {
+            $crate::contract::get_on_the_wire_resp2_is_a_flat_array_with_nested_flat_attrs::<$target>()
+        }
+        #[test]
+        fn get_json_is_one_json_object_with_the_same_fields() {
+            $crate::contract::get_json_is_one_json_object_with_the_same_fields::<$target>()
+        }
+        #[test]
+        fn keywords_and_command_names_are_case_insensitive() {
+            $crate::contract::keywords_and_command_names_are_case_insensitive::<$target>()
+        }
+        #[test]
+        fn values_are_binary_safe() {
+            $crate::contract::values_are_binary_safe::<$target>()
+        }
+        #[test]
+        fn create_refuses_a_live_id_with_exists() {
+            $crate::contract::create_refuses_a_live_id_with_exists::<$target>()
+        }
+        #[test]
+        fn create_rejects_invalid_ttls() {
+            $crate::contract::create_rejects_invalid_ttls::<$target>()
+        }
+        #[test]
+        fn create_rejects_bad_syntax() {
+            $crate::contract::create_rejects_bad_syntax::<$target>()
+        }
+        #[test]
+        fn create_with_pttl_sets_millisecond_ttl() {
+            $crate::contract::create_with_pttl_sets_millisecond_ttl::<$target>()
+        }
+        #[test]
+        fn wrong_number_of_arguments_is_worded_as_redis() {
+            $crate::contract::wrong_number_of_arguments_is_worded_as_redis::<$target>()
+        }
+        #[test]
+        fn unknown_options_are_syntax_errors() {
+            $crate::contract::unknown_options_are_syntax_errors::<$target>()
+        }
+        #[test]
+        fn id_user_conn_and_attribute_names_are_limited_to_512_bytes() {
+            $crate::contract::id_user_conn_and_attribute_names_are_limited_to_512_bytes::<$target>()
+        }
+        #[test]
+        fn attribute_values_are_limited_to_one_mib() {
+            $crate::contract::attribute_values_are_limited_to_one_mib::<$target>()
+        }
+        #[test]
+        fn sessions_hold_at_most_1024_attributes() {
+            $crate::contract::sessions_hold_at_most_1024_attributes::<$target>()
+        }
+        #[test]
+        fn limits_are_configurable() {
+            $crate::contract::limits_are_configurable::<$target>()
+        }
+        #[test]
+        fn exists_counts_live_ids() {
+            $crate::contract::exists_counts_live_ids::<$target>()
+        }
+        #[test]
+        fn attr_set_get_del() {
+            $crate::contract::attr_set_get_del::<$target>()
+        }
+        #[test]
+        fn attr_get_missing_session_is_null_on_the_wire() {
+            $crate::contract::attr_get_missing_session_is_null_on_the_wire::<$target>()
+        }
+        #[test]
+        fn attr_incrby_behaves_as_hincrby() {
+            $crate::contract::attr_incrby_behaves_as_hincrby::<$target>()
+        }
+        #[test]
+        fn attr_incrby_from_many_connections_loses_nothing() {
+            $crate::contract::attr_incrby_from_many_connections_loses_nothing::<$target>()
+        }
+        #[test]
+        fn update_applies_every_change_as_one_mutation() {
+            $crate::contract::update_applies_every_change_as_one_mutation::<$target>()
+        }
+        #[test]
+        fn update_ifversion_applies_only_on_the_current_version() {
+            $crate::contract::update_ifversion_applies_only_on_the_current_version::<$target>()
+        }
+        #[test]
+        fn concurrent_ifversion_updates_are_never_lost_or_doubled() {
+            $crate::contract::concurrent_ifversion_updates_are_never_lost_or_doubled::<$target>()
+        }
+        #[test]
+        fn touch_extends_only_when_less_than_half_the_ttl_remains() {
+            $crate::contract::touch_extends_only_when_less_than_half_the_ttl_remains::<$target>()
+        }
+        #[test]
+        fn ttl_reports_milliseconds_left_or_minus_two() {
+            $crate::contract::ttl_reports_milliseconds_left_or_minus_two::<$target>()
+        }
+        #[test]
+        fn expire_resets_ttl_and_expiry() {
+            $crate::contract::expire_resets_ttl_and_expiry::<$target>()
+        }
+        #[test]
+        fn del_removes_sessions_and_their_index_entries() {
+            $crate::contract::del_removes_sessions_and_their_index_entries::<$target>()
+        }
+        #[test]
+        fn bind_resumes_a_session_with_its_full_ttl() {
+            $crate::contract::bind_resumes_a_session_with_its_full_ttl::<$target>()
+        }
+        #[test]
+        fn bind_moves_a_connection_from_its_previous_session() {
+            $crate::contract::bind_moves_a_connection_from_its_previous_session::<$target>()
+        }
+        #[test]
+        fn create_with_a_bound_conn_moves_the_connection_index() {
+            $crate::contract::create_with_a_bound_conn_moves_the_connection_index::<$target>()
+        }
+        #[test]
+        fn unbind_disconnects_and_grace_only_shortens() {
+            $crate::contract::unbind_disconnects_and_grace_only_shortens::<$target>()
+        }
+        #[test]
+        fn byconn_returns_the_bound_id_or_nil() {
+            $crate::contract::byconn_returns_the_bound_id_or_nil::<$target>()
+        }
+        #[test]
+        fn update_conn_takes_the_connection_from_its_previous_session() {
+            $crate::contract::update_conn_takes_the_connection_from_its_previous_session::<$target>()
+        }
+        #[test]
+        fn concurrent_binds_of_one_connection_leave_exactly_one_owner() {
+            $crate::contract::concurrent_binds_of_one_connection_leave_exactly_one_owner::<$target>()
+        }
+        #[test]
+        fn attr_set_with_a_repeated_name_keeps_the_last_value() {
+            $crate::contract::attr_set_with_a_repeated_name_keeps_the_last_value::<$target>()
+        }
+        #[test]
+        fn byuser_lists_oldest_first() {
+            $crate::contract::byuser_lists_oldest_first::<$target>()
+        }
+        #[test]
+        fn maxperuser_evicts_the_oldest_sessions() {
+            $crate::contract::maxperuser_evicts_the_oldest_sessions::<$target>()
+        }
+        #[test]
+        fn maxperuser_eviction_cleans_the_connection_index() {
+            $crate::contract::maxperuser_eviction_cleans_the_connection_index::<$target>()
+        }
+        #[test]
+        fn concurrent_creates_never_leave_more_than_maxperuser() {
+            $crate::contract::concurrent_creates_never_leave_more_than_maxperuser::<$target>()
+        }
+        #[test]
+        fn killuser_deletes_every_session_of_the_user() {
+            $crate::contract::killuser_deletes_every_session_of_the_user::<$target>()
+        }
+    };
 }
