@@ -1663,10 +1663,42 @@ pub fn killuser_deletes_every_session_of_the_user<T: Target>() {
     assert_eq!(byuser(&mut c, "v"), ["c"]);
 }
 
+// ---------------------------------------------------------------------------
+// Async clients
+// ---------------------------------------------------------------------------
+
+pub async fn async_clients_see_the_same_replies<T: Target>() {
+    let sc = T::start(&[]);
+    let mut c2 = sc.async_client().await;
+    let mut c3 = sc.async_client_resp3().await;
+    assert_eq!(
+        acall(
+            &mut c2,
+            &["SESSION.CREATE", "ID", "as", "USER", "u", "ATTR", "k", "v"]
+        )
+        .await,
+        bulk("as")
+    );
+    let v2 = acall(&mut c2, &["SESSION.GET", "as"]).await;
+    let v3 = acall(&mut c3, &["SESSION.GET", "as"]).await;
+    assert_eq!(session(&v2, false), session(&v3, true));
+    assert_err(
+        &acall(&mut c3, &["SESSION.BIND", "nope", "c"]).await,
+        "NOSESSION no such session",
+    );
+    assert_eq!(acall(&mut c3, &["SESSION.GET", "nope"]).await, Value::Nil);
+    let with = acall(&mut c3, &["SESSION.BYUSER", "u", "WITHSESSIONS"]).await;
+    assert_eq!(session(&array(&with)[0], true).id, b"as");
+}
+
 /// A `#[test]` of every check of the suite against `$target`.
 #[macro_export]
 macro_rules! contract_tests {
     ($target:ty) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn async_clients_see_the_same_replies() {
+            $crate::contract::async_clients_see_the_same_replies::<$target>().await
+        }
         #[test]
         fn create_without_id_returns_a_fresh_uuid_v4() {
             $crate::contract::create_without_id_returns_a_fresh_uuid_v4::<$target>()

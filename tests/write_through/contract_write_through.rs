@@ -65,32 +65,3 @@ fn count_counts_the_upstream_and_count_local_the_hot_copies() {
     );
     assert_eq!(call(&mut cb, &["SESSION.COUNT"]), Value::Int(2));
 }
-
-// ---------------------------------------------------------------------------
-// Async clients
-// ---------------------------------------------------------------------------
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_clients_see_the_same_replies() {
-    let sc = sidecar();
-    let mut c2 = sc.async_client().await;
-    let mut c3 = sc.async_client_resp3().await;
-    assert_eq!(
-        acall(
-            &mut c2,
-            &["SESSION.CREATE", "ID", "as", "USER", "u", "ATTR", "k", "v"]
-        )
-        .await,
-        bulk("as")
-    );
-    let v2 = acall(&mut c2, &["SESSION.GET", "as"]).await;
-    let v3 = acall(&mut c3, &["SESSION.GET", "as"]).await;
-    assert_eq!(session(&v2, false), session(&v3, true));
-    assert_err(
-        &acall(&mut c3, &["SESSION.BIND", "nope", "c"]).await,
-        "NOSESSION no such session",
-    );
-    assert_eq!(acall(&mut c3, &["SESSION.GET", "nope"]).await, Value::Nil);
-    let with = acall(&mut c3, &["SESSION.BYUSER", "u", "WITHSESSIONS"]).await;
-    assert_eq!(session(&array(&with)[0], true).id, b"as");
-}
