@@ -144,6 +144,23 @@ local function must_load(id)
   return s
 end
 
+-- The user's live sessions, oldest first, as { id, session } pairs; entries
+-- of sessions that are gone, expired or no longer the user's are repaired
+-- out of the index on the way (indexes never lie).
+local function user_sessions(user)
+  local sessions = {}
+  for _, id in ipairs(redis.call('ZRANGE', ukey(user), 0, -1)) do
+    local s = load(id)
+    if live(s) and s.user == user then
+      table.insert(sessions, { id, s })
+    else
+      reap(id, s)
+      redis.call('ZREM', ukey(user), id)
+    end
+  end
+  return sessions
+end
+
 local function nosession() return redis.error_reply('NOSESSION no such session') end
 
 local function reply(id) return redis.call('HGETALL', skey(id)) end
@@ -166,17 +183,9 @@ if op == 'create' then
     reap(id, existing)
   end
   if has_user and max_per_user > 0 then
-    local ids = redis.call('ZRANGE', ukey(user), 0, -1)
-    local alive = {}
-    for _, other in ipairs(ids) do
-      local s = load(other)
-      if live(s) then table.insert(alive, other) else
-        reap(other, s)
-        redis.call('ZREM', ukey(user), other)
-      end
-    end
+    local alive = user_sessions(user)
     for i = 1, #alive + 1 - max_per_user do
-      remove(alive[i], load(alive[i]), 'deleted', 'evicted')
+      remove(alive[i][1], alive[i][2], 'deleted', 'evicted')
     end
   end
   local expires = now + ttl
@@ -361,18 +370,11 @@ elseif op == 'delete' then
 
 elseif op == 'killuser' then
   local user = arg()
-  local deleted = 0
-  for _, id in ipairs(redis.call('ZRANGE', ukey(user), 0, -1)) do
-    local s = load(id)
-    if live(s) and s.user == user then
-      remove(id, s, 'deleted', 'killuser')
-      deleted = deleted + 1
-    else
-      reap(id, s)
-      redis.call('ZREM', ukey(user), id)
-    end
+  local sessions = user_sessions(user)
+  for _, pair in ipairs(sessions) do
+    remove(pair[1], pair[2], 'deleted', 'killuser')
   end
-  return done(deleted)
+  return done(#sessions)
 
 elseif op == 'bind' then
   local id, conn = arg(), arg()
@@ -415,15 +417,7 @@ elseif op == 'byconn' then
 elseif op == 'byuser' then
   local user = arg()
   local ids = {}
-  for _, id in ipairs(redis.call('ZRANGE', ukey(user), 0, -1)) do
-    local s = load(id)
-    if live(s) and s.user == user then
-      table.insert(ids, id)
-    else
-      reap(id, s)
-      redis.call('ZREM', ukey(user), id)
-    end
-  end
+  for _, pair in ipairs(user_sessions(user)) do table.insert(ids, pair[1]) end
   return done(ids)
 
 elseif op == 'count' then
