@@ -276,6 +276,24 @@ impl WriteThrough {
             .ok_or(StoreError::NoSession)
     }
 
+    /// Applies a mutation that replies `{ value, session }`: absorbs the new
+    /// session (when the session was there) and returns the value.
+    async fn mutate_for_value(
+        &self,
+        op: &str,
+        id: &[u8],
+        args: &[&[u8]],
+        now: u64,
+    ) -> Result<Option<Value>, StoreError> {
+        let ticket = self.ticket(id);
+        let reply = self.run(op, &[&self.session_key(id)], args, now).await?;
+        let (value, state) = pair(reply.result);
+        if let Some(state) = state {
+            self.absorb(id, &state, &reply.touched, ticket);
+        }
+        Ok(value)
+    }
+
     // ----- reads -----------------------------------------------------------
 
     /// Runs `f` on the live session: the hot copy, or one read through.
@@ -391,16 +409,9 @@ impl WriteThrough {
         names: &[Bytes],
         now: u64,
     ) -> Result<usize, StoreError> {
-        let ticket = self.ticket(id);
         let mut args: Vec<&[u8]> = vec![id];
         args.extend(names.iter().map(|n| &n[..]));
-        let reply = self
-            .run("attr_del", &[&self.session_key(id)], &args, now)
-            .await?;
-        let (removed, state) = pair(reply.result);
-        if let Some(state) = state {
-            self.absorb(id, &state, &reply.touched, ticket);
-        }
+        let removed = self.mutate_for_value("attr_del", id, &args, now).await?;
         Ok(removed.as_ref().and_then(integer).unwrap_or(0).max(0) as usize)
     }
 
@@ -411,17 +422,10 @@ impl WriteThrough {
         increment: i64,
         now: u64,
     ) -> Result<i64, StoreError> {
-        let ticket = self.ticket(id);
         let increment = increment.to_string();
         let max_attrs = self.config.limits.max_attrs.to_string();
         let args: Vec<&[u8]> = vec![id, name, increment.as_bytes(), max_attrs.as_bytes()];
-        let reply = self
-            .run("attr_incrby", &[&self.session_key(id)], &args, now)
-            .await?;
-        let (value, state) = pair(reply.result);
-        if let Some(state) = state {
-            self.absorb(id, &state, &reply.touched, ticket);
-        }
+        let value = self.mutate_for_value("attr_incrby", id, &args, now).await?;
         // The script replies the stored value as a string (exact past 2^53).
         value
             .and_then(bulk)
