@@ -12,6 +12,7 @@
 pub mod commands;
 pub mod events;
 pub mod fleet;
+pub mod migrate;
 pub mod ops;
 pub mod protocol;
 pub mod pubsub;

@@ -92,7 +92,10 @@ impl Sessions {
         f: impl FnOnce(&Session) -> R,
     ) -> Result<Option<R>> {
         match self {
-            Sessions::Standalone(store) => Ok(store.read(id, now, f)),
+            Sessions::Standalone(store) => match store.read(id, now, f) {
+                None => missing(store, id, now, None),
+                found => Ok(found),
+            },
             Sessions::WriteThrough(store) => store.read(id, now, f).await,
         }
     }
@@ -100,6 +103,9 @@ impl Sessions {
     pub async fn exists(&self, ids: &[Bytes], now: u64) -> Result<usize> {
         match self {
             Sessions::Standalone(store) => {
+                if let Some(to) = ids.iter().find_map(|id| store.moved_to(id, now)) {
+                    return Err(StoreError::Moved(to));
+                }
                 Ok(ids.iter().filter(|id| store.exists(id, now)).count())
             }
             Sessions::WriteThrough(store) => store.exists(ids, now).await,
@@ -133,14 +139,17 @@ impl Sessions {
 
     pub async fn attr_set(&self, id: &[u8], pairs: &[(Bytes, Bytes)], now: u64) -> Result<u64> {
         match self {
-            Sessions::Standalone(store) => store.attr_set(id, pairs, now),
+            Sessions::Standalone(store) => or_moved(store, id, now, store.attr_set(id, pairs, now)),
             Sessions::WriteThrough(store) => store.attr_set(id, pairs, now).await,
         }
     }
 
     pub async fn attr_del(&self, id: &[u8], names: &[Bytes], now: u64) -> Result<usize> {
         match self {
-            Sessions::Standalone(store) => Ok(store.attr_del(id, names, now)),
+            Sessions::Standalone(store) => match store.attr_del(id, names, now) {
+                0 => missing(store, id, now, 0),
+                removed => Ok(removed),
+            },
             Sessions::WriteThrough(store) => store.attr_del(id, names, now).await,
         }
     }
@@ -153,14 +162,16 @@ impl Sessions {
         now: u64,
     ) -> Result<i64> {
         match self {
-            Sessions::Standalone(store) => store.attr_incrby(id, name, increment, now),
+            Sessions::Standalone(store) => {
+                or_moved(store, id, now, store.attr_incrby(id, name, increment, now))
+            }
             Sessions::WriteThrough(store) => store.attr_incrby(id, name, increment, now).await,
         }
     }
 
     pub async fn update(&self, id: &[u8], request: &UpdateSession, now: u64) -> Result<u64> {
         match self {
-            Sessions::Standalone(store) => store.update(id, request, now),
+            Sessions::Standalone(store) => or_moved(store, id, now, store.update(id, request, now)),
             Sessions::WriteThrough(store) => store.update(id, request, now).await,
         }
     }
@@ -168,14 +179,20 @@ impl Sessions {
     /// The heartbeat: ms left after it, or None when missing.
     pub async fn touch(&self, id: &[u8], now: u64) -> Result<Option<u64>> {
         match self {
-            Sessions::Standalone(store) => Ok(store.touch(id, now)),
+            Sessions::Standalone(store) => match store.touch(id, now) {
+                None => missing(store, id, now, None),
+                left => Ok(left),
+            },
             Sessions::WriteThrough(store) => store.touch(id, now).await,
         }
     }
 
     pub async fn expire(&self, id: &[u8], ttl_ms: u64, now: u64) -> Result<bool> {
         match self {
-            Sessions::Standalone(store) => Ok(store.expire(id, ttl_ms, now)),
+            Sessions::Standalone(store) => match store.expire(id, ttl_ms, now) {
+                false => missing(store, id, now, false),
+                true => Ok(true),
+            },
             Sessions::WriteThrough(store) => store.expire(id, ttl_ms, now).await,
         }
     }
@@ -187,29 +204,53 @@ impl Sessions {
         reason: Option<&'static str>,
     ) -> Result<usize> {
         match self {
-            Sessions::Standalone(store) => Ok(store.delete(ids, now, reason)),
+            Sessions::Standalone(store) => {
+                if let Some(to) = ids.iter().find_map(|id| store.moved_to(id.as_ref(), now)) {
+                    return Err(StoreError::Moved(to));
+                }
+                store.delete(ids, now, reason)
+            }
             Sessions::WriteThrough(store) => store.delete(ids, now, reason).await,
         }
     }
 
     pub async fn kill_user(&self, user: &[u8], now: u64) -> Result<usize> {
         match self {
-            Sessions::Standalone(store) => Ok(store.kill_user(user, now)),
+            Sessions::Standalone(store) => store.kill_user(user, now),
             Sessions::WriteThrough(store) => store.kill_user(user, now).await,
         }
     }
 
     pub async fn bind(&self, id: &[u8], conn: &[u8], now: u64) -> Result<u64> {
         match self {
-            Sessions::Standalone(store) => store.bind(id, conn, now),
+            Sessions::Standalone(store) => or_moved(store, id, now, store.bind(id, conn, now)),
             Sessions::WriteThrough(store) => store.bind(id, conn, now).await,
         }
     }
 
     pub async fn unbind(&self, id: &[u8], grace_ms: Option<u64>, now: u64) -> Result<u64> {
         match self {
-            Sessions::Standalone(store) => store.unbind(id, grace_ms, now),
+            Sessions::Standalone(store) => {
+                or_moved(store, id, now, store.unbind(id, grace_ms, now))
+            }
             Sessions::WriteThrough(store) => store.unbind(id, grace_ms, now).await,
         }
+    }
+}
+
+/// A standalone miss: SESSIONMOVED when the session was handed to another
+/// sidecar within the grace period, else `value`.
+fn missing<T>(store: &SessionStore, id: &[u8], now: u64, value: T) -> Result<T> {
+    match store.moved_to(id, now) {
+        Some(to) => Err(StoreError::Moved(to)),
+        None => Ok(value),
+    }
+}
+
+/// A standalone NOSESSION becomes SESSIONMOVED for a session handed away.
+fn or_moved<T>(store: &SessionStore, id: &[u8], now: u64, result: Result<T>) -> Result<T> {
+    match result {
+        Err(StoreError::NoSession) => missing(store, id, now, ()).and(Err(StoreError::NoSession)),
+        other => other,
     }
 }

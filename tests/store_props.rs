@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use proptest::prelude::*;
 use session_sidecar::store::{
-    CreateSession, Event, EventKind, EventSink, Key, SessionLimits, SessionStore, UpdateSession,
+    CreateSession, Event, EventKind, EventSink, Key, MovedTo, SessionLimits, SessionStore,
+    StoreError, UpdateSession, transfer,
 };
 
 #[derive(Default)]
@@ -64,6 +65,83 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Applies one operation, checking what it promises on the spot.
+fn apply(store: &SessionStore, op: Op, now: &mut u64) -> Result<(), TestCaseError> {
+    let now_ref = now;
+    let now = *now_ref;
+    match op {
+        Op::Create {
+            id,
+            user,
+            conn,
+            ttl,
+            max,
+        } => {
+            let request = CreateSession {
+                id: Some(b("s", id)),
+                user: user.map(|u| b("u", u)),
+                conn: conn.map(|c| b("c", c)),
+                ttl_ms: Some(ttl),
+                max_per_user: max.filter(|_| user.is_some()),
+                attrs: vec![(Bytes::from("a"), Bytes::from("1"))],
+            };
+            let created = store.create(request, now).is_ok();
+            if let (true, Some(u), Some(max)) = (created, user, max) {
+                prop_assert!(store.by_user(&b("u", u), now).len() <= max);
+            }
+        }
+        Op::Delete(id) => {
+            let deleted = store.delete(&[b("s", id)], now, None);
+            prop_assert!(matches!(deleted, Ok(_) | Err(StoreError::Moving)));
+        }
+        Op::Bind(id, conn) => {
+            if store.bind(&b("s", id), &b("c", conn), now).is_ok() {
+                prop_assert_eq!(store.by_conn(&b("c", conn), now), Some(key("s", id)));
+            }
+        }
+        Op::Unbind(id, grace) => {
+            let _ = store.unbind(&b("s", id), grace, now);
+        }
+        Op::Touch(id) => {
+            store.touch(&b("s", id), now);
+        }
+        Op::Expire(id, ttl) => {
+            store.expire(&b("s", id), ttl, now);
+        }
+        Op::Update {
+            id,
+            user,
+            conn,
+            attr,
+        } => {
+            let request = UpdateSession {
+                user: user.map(|u| b("u", u)),
+                conn: conn.map(|c| b("c", c)),
+                set_attrs: if attr {
+                    vec![(Bytes::from("x"), Bytes::from("y"))]
+                } else {
+                    vec![]
+                },
+                del_attrs: if attr { vec![] } else { vec![Bytes::from("a")] },
+                ..UpdateSession::default()
+            };
+            let _ = store.update(&b("s", id), &request, now);
+        }
+        Op::AttrSet(id) => {
+            let _ = store.attr_set(&b("s", id), &[(Bytes::from("k"), Bytes::from("v"))], now);
+        }
+        Op::KillUser(u) => match store.kill_user(&b("u", u), now) {
+            Ok(_) => prop_assert!(store.by_user(&b("u", u), now).is_empty()),
+            Err(error) => prop_assert_eq!(error, StoreError::Moving),
+        },
+        Op::Advance(ms) => *now_ref += ms,
+        Op::Sweep => {
+            store.sweep(now, usize::MAX);
+        }
+    }
+    Ok(())
+}
+
 fn b(prefix: &str, n: u8) -> Bytes {
     Bytes::from(format!("{prefix}{n}"))
 }
@@ -81,48 +159,7 @@ proptest! {
         let store = SessionStore::new(b"n1", 1_000, SessionLimits::default(), events.clone());
         let mut now = 1_000_000u64;
         for op in ops {
-            match op {
-                Op::Create { id, user, conn, ttl, max } => {
-                    let request = CreateSession {
-                        id: Some(b("s", id)),
-                        user: user.map(|u| b("u", u)),
-                        conn: conn.map(|c| b("c", c)),
-                        ttl_ms: Some(ttl),
-                        max_per_user: max.filter(|_| user.is_some()),
-                        attrs: vec![(Bytes::from("a"), Bytes::from("1"))],
-                    };
-                    let created = store.create(request, now).is_ok();
-                    if let (true, Some(u), Some(max)) = (created, user, max) {
-                        prop_assert!(store.by_user(&b("u", u), now).len() <= max);
-                    }
-                }
-                Op::Delete(id) => { store.delete(&[b("s", id)], now, None); }
-                Op::Bind(id, conn) => {
-                    if store.bind(&b("s", id), &b("c", conn), now).is_ok() {
-                        prop_assert_eq!(store.by_conn(&b("c", conn), now), Some(key("s", id)));
-                    }
-                }
-                Op::Unbind(id, grace) => { let _ = store.unbind(&b("s", id), grace, now); }
-                Op::Touch(id) => { store.touch(&b("s", id), now); }
-                Op::Expire(id, ttl) => { store.expire(&b("s", id), ttl, now); }
-                Op::Update { id, user, conn, attr } => {
-                    let request = UpdateSession {
-                        user: user.map(|u| b("u", u)),
-                        conn: conn.map(|c| b("c", c)),
-                        set_attrs: if attr { vec![(Bytes::from("x"), Bytes::from("y"))] } else { vec![] },
-                        del_attrs: if attr { vec![] } else { vec![Bytes::from("a")] },
-                        ..UpdateSession::default()
-                    };
-                    let _ = store.update(&b("s", id), &request, now);
-                }
-                Op::AttrSet(id) => { let _ = store.attr_set(&b("s", id), &[(Bytes::from("k"), Bytes::from("v"))], now); }
-                Op::KillUser(u) => {
-                    store.kill_user(&b("u", u), now);
-                    prop_assert!(store.by_user(&b("u", u), now).is_empty());
-                }
-                Op::Advance(ms) => now += ms,
-                Op::Sweep => { store.sweep(now, usize::MAX); }
-            }
+            apply(&store, op, &mut now)?;
             if let Err(disagreement) = store.check_invariants() {
                 prop_assert!(false, "{}", disagreement);
             }
@@ -248,7 +285,7 @@ fn a_user_with_many_sessions_keeps_an_exact_index() {
         .step_by(7)
         .map(|i| Bytes::from(format!("s{i}")))
         .collect();
-    store.delete(&ids, now + 200, None);
+    store.delete(&ids, now + 200, None).unwrap();
     store.sweep(now + 1_000, usize::MAX);
     store.check_invariants().unwrap();
     let listed = store.by_user(b"many", now + 1_000);
@@ -256,7 +293,111 @@ fn a_user_with_many_sessions_keeps_an_exact_index() {
         let created = |id: &Key| store.read(id, now + 1_000, |s| s.created).unwrap();
         created(&w[0]) <= created(&w[1])
     }));
-    assert_eq!(store.kill_user(b"many", now + 1_000), listed.len());
+    assert_eq!(store.kill_user(b"many", now + 1_000), Ok(listed.len()));
     assert!(store.by_user(b"many", now + 1_000).is_empty());
     store.check_invariants().unwrap();
+}
+
+/// A step of the migration property: store operations on the source, the
+/// start of a move of some ids, or its end with the target's verdicts
+/// (`false`: the batch never reached the target).
+#[derive(Debug, Clone)]
+enum Step {
+    Op(Op),
+    Begin(Vec<u8>),
+    Finish(Vec<bool>),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => op().prop_map(Step::Op),
+        1 => proptest::collection::vec(0u8..8, 1..5).prop_map(Step::Begin),
+        1 => proptest::collection::vec(any::<bool>(), 5).prop_map(Step::Finish),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Moves racing with every kind of write: both stores stay consistent,
+    /// no id is ever live on both, a moved session arrives whole (one
+    /// version later, owned by the target) and the source then points at it;
+    /// every session created ends exactly once, on one side or the other.
+    #[test]
+    fn moves_keep_both_stores_consistent(steps in proptest::collection::vec(step(), 1..80)) {
+        let a_events = Arc::new(Recorder::default());
+        let b_events = Arc::new(Recorder::default());
+        let a = SessionStore::new(b"a", 1_000, SessionLimits::default(), a_events.clone());
+        let b_store = SessionStore::new(b"b", 1_000, SessionLimits::default(), b_events.clone());
+        let to = Arc::new(MovedTo { node: "b".into(), addr: "127.0.0.1:1".into(), until: u64::MAX });
+        let mut now = 1_000_000u64;
+        let mut pending: Vec<(Key, Vec<u8>)> = Vec::new();
+        for step in steps {
+            match step {
+                Step::Op(op) => apply(&a, op, &mut now)?,
+                Step::Begin(ids) => {
+                    if pending.is_empty() {
+                        let ids: Vec<Key> = ids.iter().map(|i| key("s", *i)).collect();
+                        pending = a.begin_move(&ids, now);
+                        for (id, _) in &pending {
+                            // Marked: every write is refused, reads still served.
+                            prop_assert!(a.exists(id, now));
+                            prop_assert_eq!(a.attr_set(id, &[(Bytes::from("k"), Bytes::from("w"))], now), Err(StoreError::Moving));
+                        }
+                    }
+                }
+                Step::Finish(delivered) => {
+                    let batch = std::mem::take(&mut pending);
+                    let limits = SessionLimits::default();
+                    let mut sent = Vec::new();
+                    for ((id, payload), delivered) in batch.iter().zip(delivered.iter().chain(std::iter::repeat(&true))) {
+                        if *delivered {
+                            sent.push((id.clone(), transfer::decode(payload, &limits).unwrap()));
+                        }
+                    }
+                    let expected: Vec<(Key, transfer::Transfer)> = sent.clone();
+                    let mut verdicts = b_store.import(sent, now).into_iter();
+                    let taken: Vec<bool> = batch.iter().zip(delivered.iter().chain(std::iter::repeat(&true)))
+                        .map(|(_, d)| *d && verdicts.next().unwrap_or(false)).collect();
+                    let ids: Vec<Key> = batch.iter().map(|(id, _)| id.clone()).collect();
+                    a.finish_move(&ids, &taken, &to, now);
+                    for (id, t) in expected {
+                        prop_assert!(!a.exists(&id, now));
+                        prop_assert!(a.moved_to(&id, now).is_some());
+                        if t.expires > now {
+                            let arrived = b_store.read(&id, now, |s| (s.version, s.node.clone(), s.attrs.clone(), s.user.clone(), s.conn.clone())).unwrap();
+                            prop_assert_eq!(arrived, (t.version + 1, Key::from(&b"b"[..]), t.attrs, t.user, t.conn));
+                        }
+                    }
+                }
+            }
+            a.check_invariants().map_err(TestCaseError::fail)?;
+            b_store.check_invariants().map_err(TestCaseError::fail)?;
+            for i in 0..8 {
+                let id = key("s", i);
+                prop_assert!(!(a.exists(&id, now) && b_store.exists(&id, now)), "{:?} live on both", id);
+            }
+        }
+        // An unfinished move is abandoned; then everything expires.
+        let ids: Vec<Key> = pending.iter().map(|(id, _)| id.clone()).collect();
+        a.finish_move(&ids, &vec![false; ids.len()], &to, now);
+        now += 10_000_000;
+        a.sweep(now, usize::MAX);
+        b_store.sweep(now, usize::MAX);
+        prop_assert_eq!(a.count(now) + b_store.count(now), 0);
+        a.check_invariants().map_err(TestCaseError::fail)?;
+        b_store.check_invariants().map_err(TestCaseError::fail)?;
+        let a_events = a_events.0.lock().unwrap();
+        let b_events = b_events.0.lock().unwrap();
+        let count = |events: &[Event], kinds: &[EventKind]| events.iter().filter(|e| kinds.contains(&e.kind)).count();
+        let created = count(&a_events, &[EventKind::Created]);
+        let ended = count(&a_events, &[EventKind::Expired, EventKind::Deleted])
+            + count(&b_events, &[EventKind::Expired, EventKind::Deleted]);
+        // A moved session ends on the target: one `migrated` here per session
+        // installed there (one that expired on its way ends here, expired).
+        let imported = b_store.stats.migrated_in.load(std::sync::atomic::Ordering::Relaxed) as usize;
+        let migrated = count(&a_events, &[EventKind::Migrated]);
+        prop_assert_eq!(migrated, imported);
+        prop_assert_eq!(created, ended, "every created session ends exactly once");
+    }
 }

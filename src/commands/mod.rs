@@ -144,6 +144,10 @@ pub async fn execute(
         Cmd::SessionKilluser => session::killuser(shared, &mut args, out).await,
         Cmd::SessionCount => session::count(shared, &mut args, out).await,
         Cmd::SessionNodes => session::nodes(shared, out).await,
+        Cmd::SessionMigrate => session::migrate(shared, &mut args, out).await,
+        Cmd::SessionImport => session::import(shared, client, &mut args, out).await,
+        Cmd::SessionDrain => session::drain(shared, &mut args, out).await,
+        Cmd::SessionPeerauth => session::peerauth(shared, client, &mut args, out),
     };
     if let Err(error) = result {
         shared.metrics.command_errors.inc();

@@ -44,6 +44,10 @@ pub enum Cmd {
     SessionKilluser,
     SessionCount,
     SessionNodes,
+    SessionMigrate,
+    SessionImport,
+    SessionDrain,
+    SessionPeerauth,
 }
 
 /// One argument in COMMAND DOCS.
@@ -141,6 +145,13 @@ const TTL_CHOICE: &[Arg] = &[
     tokened("PTTL", "milliseconds", ArgKind::Integer),
 ];
 const EXPIRATION: Arg = optional(arg("expiration", ArgKind::OneOf(TTL_CHOICE)));
+/// `ALL | IDS id [id ...] | CONNS conn [conn ...] | USERS user [user ...]`
+const MIGRATE_SELECTION: &[Arg] = &[
+    tokened("ALL", "all", ArgKind::PureToken),
+    many(tokened("IDS", "id", ArgKind::Key)),
+    many(tokened("CONNS", "conn", ArgKind::String)),
+    many(tokened("USERS", "user", ArgKind::String)),
+];
 const STATUS_CHOICE: &[Arg] = &[
     tokened("ACTIVE", "active", ArgKind::PureToken),
     tokened("DISCONNECTED", "disconnected", ArgKind::PureToken),
@@ -558,6 +569,54 @@ pub static COMMANDS: &[CommandSpec] = &[
         "session",
         "The live sidecars known to this one.",
         []
+    ),
+    command!(
+        "session.migrate",
+        SessionMigrate,
+        -4,
+        &["write"],
+        "session",
+        "Hands the selected sessions to the sidecar at host:port; replies how many moved.",
+        [
+            string("host"),
+            integer("port"),
+            opt("AUTH", "secret", ArgKind::String),
+            opt("TIMEOUT", "ms", ArgKind::Integer),
+            arg("selection", ArgKind::OneOf(MIGRATE_SELECTION)),
+        ]
+    ),
+    command!(
+        "session.import",
+        SessionImport,
+        -2,
+        &["write"],
+        "session",
+        "Peer protocol: takes sessions handed over by another sidecar.",
+        [
+            string("source-node"),
+            optional(many(arg(
+                "session",
+                ArgKind::Block(&[key("id"), string("payload")])
+            ))),
+        ]
+    ),
+    command!(
+        "session.drain",
+        SessionDrain,
+        -1,
+        &["write"],
+        "session",
+        "Hands every session to the live peers, then refuses CREATE and BIND; replies how many moved.",
+        [opt("TIMEOUT", "ms", ArgKind::Integer)]
+    ),
+    command!(
+        "session.peerauth",
+        SessionPeerauth,
+        2,
+        &["fast", "no_auth"],
+        "session",
+        "Peer protocol: authenticates the connection with the peer secret.",
+        [string("secret")]
     ),
 ];
 

@@ -122,6 +122,30 @@ pub struct Config {
     #[arg(long, env = "SESSION_SIDECAR_REGISTRY_INTERVAL_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
     pub registry_interval_ms: u64,
 
+    /// Secret peers must present (SESSION.PEERAUTH) before SESSION.IMPORT, and
+    /// that SESSION.MIGRATE and SESSION.DRAIN send to their targets.
+    #[arg(long, env = "SESSION_SIDECAR_PEER_SECRET", hide_env_values = true)]
+    pub peer_secret: Option<String>,
+
+    /// Seconds a sidecar without upstream answers -SESSIONMOVED for sessions it
+    /// handed to another sidecar.
+    #[arg(long, env = "SESSION_SIDECAR_MOVED_GRACE", default_value_t = 60)]
+    pub moved_grace: u64,
+
+    /// Milliseconds SESSION.MIGRATE waits for each reply of its target (a
+    /// batch not acknowledged in time stays here).
+    #[arg(long, env = "SESSION_SIDECAR_MIGRATE_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub migrate_timeout_ms: u64,
+
+    /// Milliseconds the drain on SIGTERM (and SESSION.DRAIN without TIMEOUT)
+    /// may take to hand the sessions to the live peers.
+    #[arg(
+        long,
+        env = "SESSION_SIDECAR_DRAIN_TIMEOUT_MS",
+        default_value_t = 20_000
+    )]
+    pub drain_timeout_ms: u64,
+
     /// Password clients must AUTH with (AUTH pass, AUTH default pass or HELLO ... AUTH).
     #[arg(long, env = "SESSION_SIDECAR_REQUIREPASS", hide_env_values = true)]
     pub requirepass: Option<String>,

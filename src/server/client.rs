@@ -126,6 +126,8 @@ pub struct ClientState {
     pub info: Arc<ClientInfo>,
     pub protocol: Protocol,
     pub authenticated: bool,
+    /// Authenticated with the peer secret (SESSION.PEERAUTH): may import.
+    pub peer: bool,
     pub channels: HashSet<Bytes>,
     pub patterns: HashSet<Bytes>,
     /// Created on the first SUBSCRIBE; the receiver is polled by the task.
@@ -140,6 +142,7 @@ impl ClientState {
             info,
             protocol: Protocol::Resp2,
             authenticated,
+            peer: false,
             channels: HashSet::new(),
             patterns: HashSet::new(),
             subscriber: None,

@@ -34,6 +34,7 @@ pub struct Shared {
     pub config: Config,
     pub sessions: Sessions,
     pub fleet: Arc<Fleet>,
+    pub migration: crate::migrate::Migration,
     pub pubsub: Arc<PubSub>,
     pub metrics: Metrics,
     pub clients: ClientRegistry,
@@ -49,6 +50,7 @@ impl Shared {
     /// without it no session command can be answered.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+            && !self.migration.is_draining()
             && self.upstream().is_none_or(|store| {
                 store.upstream.state() == crate::upstream::connection::State::Up
             })
@@ -108,6 +110,7 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
             Duration::from_millis(config.registry_interval_ms),
             Duration::from_millis(config.upstream_timeout_ms),
         )),
+        migration: crate::migrate::Migration::default(),
         config,
         sessions,
         pubsub,
@@ -180,6 +183,12 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     }
 
     shared.ready.store(false, Ordering::Relaxed);
+    // The sessions go to the live peers while this sidecar's clients are
+    // still served (they get TRYAGAIN, then SESSIONMOVED, for moving ones).
+    if shared.sessions.count_local(now_ms()) > 0 {
+        let deadline = Duration::from_millis(shared.config.drain_timeout_ms);
+        let _ = crate::migrate::drain(&shared, deadline).await;
+    }
     shutdown.cancel();
     tracker.close();
     let deadline = Duration::from_secs(shared.config.shutdown_timeout);

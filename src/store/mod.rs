@@ -19,8 +19,9 @@ mod attributes;
 mod expiry;
 mod indexes;
 mod session;
+pub mod transfer;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -69,6 +70,21 @@ pub enum StoreError {
     OutcomeUnknown,
     /// Write-through mode: the upstream's own error, passed on verbatim.
     Upstream(String),
+    /// The session is being handed to another sidecar right now.
+    Moving,
+    /// The session was handed to another sidecar (standalone mode).
+    Moved(Arc<MovedTo>),
+    /// This sidecar is draining: sessions are created and bound elsewhere.
+    Draining,
+}
+
+/// Where a session handed to another sidecar went, and until when this
+/// sidecar says so (SESSIONMOVED).
+#[derive(Debug, PartialEq, Eq)]
+pub struct MovedTo {
+    pub node: String,
+    pub addr: String,
+    pub until: u64,
 }
 
 impl StoreError {
@@ -87,6 +103,13 @@ impl StoreError {
                 "TIMEOUT upstream did not answer in time: the change may have been applied".into()
             }
             StoreError::Upstream(message) => message.clone(),
+            StoreError::Moving => {
+                "TRYAGAIN session is being migrated to another sidecar, retry".into()
+            }
+            StoreError::Moved(to) => format!("SESSIONMOVED {} {}", to.node, to.addr),
+            StoreError::Draining => {
+                "DRAINING this sidecar is draining: create or bind sessions on another one".into()
+            }
         }
     }
 }
@@ -99,6 +122,7 @@ pub enum EventKind {
     Expired,
     Bound,
     Unbound,
+    Migrated,
 }
 
 impl EventKind {
@@ -109,6 +133,7 @@ impl EventKind {
             EventKind::Expired => "expired",
             EventKind::Bound => "bound",
             EventKind::Unbound => "unbound",
+            EventKind::Migrated => "migrated",
         }
     }
 }
@@ -157,6 +182,9 @@ pub struct StoreStats {
     pub deleted: AtomicU64,
     pub expired: AtomicU64,
     pub evicted: AtomicU64,
+    /// Handed to other sidecars, and taken from them.
+    pub migrated_out: AtomicU64,
+    pub migrated_in: AtomicU64,
 }
 
 /// The options of SESSION.CREATE.
@@ -199,6 +227,10 @@ pub struct SessionStore {
     next_seq: AtomicU64,
     memory: AtomicUsize,
     events: Arc<dyn EventSink>,
+    /// Sessions handed to other sidecars, answered with SESSIONMOVED until
+    /// their grace period ends; `any_moved` spares the hot path the lookup.
+    moved: DashMap<Key, Arc<MovedTo>, foldhash::fast::RandomState>,
+    any_moved: AtomicBool,
     pub stats: StoreStats,
 }
 
@@ -206,6 +238,10 @@ pub struct SessionStore {
 enum Removal {
     Deleted(Option<&'static str>),
     Expired,
+    /// Handed to the sidecar `node`.
+    Migrated(Key),
+    /// Replaced by a newer copy handed over by another sidecar: no event.
+    Replaced,
 }
 
 impl SessionStore {
@@ -228,6 +264,8 @@ impl SessionStore {
             next_seq: AtomicU64::new(1),
             memory: AtomicUsize::new(0),
             events,
+            moved: DashMap::default(),
+            any_moved: AtomicBool::new(false),
             stats: StoreStats::default(),
         }
     }
@@ -313,6 +351,9 @@ impl SessionStore {
         let mut entry = self.sessions.get_mut(id).ok_or(StoreError::NoSession)?;
         if !entry.is_live(now) {
             return Err(StoreError::NoSession);
+        }
+        if entry.moving {
+            return Err(StoreError::Moving);
         }
         let (key, session) = entry.pair_mut();
         let before = session.memory(key);
@@ -447,17 +488,31 @@ impl SessionStore {
         }
         self.expiry.remove(session.expires, &id);
         self.account(session.memory(&id), 0);
+        if matches!(removal, Removal::Replaced) {
+            return None;
+        }
+        let mut to = None;
         let (kind, reason) = match removal {
             _ if !session.is_live(now) => (EventKind::Expired, None),
             Removal::Expired => (EventKind::Expired, None),
             Removal::Deleted(reason) => (EventKind::Deleted, reason),
+            Removal::Migrated(node) => {
+                to = Some(node);
+                (EventKind::Migrated, None)
+            }
+            Removal::Replaced => return None,
         };
         match kind {
             EventKind::Expired => self.stats.expired.fetch_add(1, Ordering::Relaxed),
+            EventKind::Migrated => self.stats.migrated_out.fetch_add(1, Ordering::Relaxed),
             _ if reason == Some("evicted") => self.stats.evicted.fetch_add(1, Ordering::Relaxed),
             _ => self.stats.deleted.fetch_add(1, Ordering::Relaxed),
         };
-        Some(Event::of(kind, &id, &session, now, reason))
+        let mut event = Event::of(kind, &id, &session, now, reason);
+        if let Some(node) = to {
+            event.node = node;
+        }
+        Some(event)
     }
 
     /// Points `conn` at session `id` in the index, taking it away from
@@ -502,23 +557,45 @@ impl SessionStore {
         let ttl = request.ttl_ms.unwrap_or(self.default_ttl_ms);
         let mut events = Vec::new();
         let mut indexes = self.lock_indexes();
-        if let Some(existing) = self.sessions.get(&id)
-            && existing.is_live(now)
-        {
-            return Err(StoreError::Exists);
+        if let Some(existing) = self.sessions.get(&id) {
+            let (live, moving) = (existing.is_live(now), existing.moving);
+            drop(existing);
+            if live {
+                return Err(StoreError::Exists);
+            }
+            if moving {
+                return Err(StoreError::Moving);
+            }
         }
-        // A dead session under the same id is swept now, not later.
-        events.extend(self.remove_locked(&mut indexes, &id, now, Removal::Expired, |_| true));
-
+        if let Some(to) = self.moved_to(&id, now) {
+            return Err(StoreError::Moved(to));
+        }
         let user = request.user.as_deref().map(Key::from);
+        let mut victims: &[Key] = &[];
+        let live: Vec<Key>;
         if let (Some(user), Some(max)) = (&user, request.max_per_user) {
-            let live: Vec<Key> = indexes
+            live = indexes
                 .user_sessions(user)
                 .into_iter()
                 .filter(|id| self.exists(id, now))
                 .collect();
             let excess = (live.len() + 1).saturating_sub(max);
-            for victim in &live[..excess.min(live.len())] {
+            victims = &live[..excess.min(live.len())];
+        }
+        let conn = request.conn.as_deref().map(Key::from);
+        // Refused before anything changes: a session on its way elsewhere
+        // can be neither evicted nor robbed of its connection.
+        if victims.iter().any(|v| self.is_moving(v))
+            || conn
+                .as_ref()
+                .is_some_and(|c| self.conn_holder_moving(&indexes, c, &id))
+        {
+            return Err(StoreError::Moving);
+        }
+        // A dead session under the same id is swept now, not later.
+        events.extend(self.remove_locked(&mut indexes, &id, now, Removal::Expired, |_| true));
+        {
+            for victim in victims {
                 events.extend(self.remove_locked(
                     &mut indexes,
                     victim,
@@ -528,7 +605,6 @@ impl SessionStore {
                 ));
             }
         }
-        let conn = request.conn.as_deref().map(Key::from);
         if let Some(conn) = &conn {
             self.take_conn_locked(&mut indexes, conn, &id, now, &mut events);
         }
@@ -543,6 +619,7 @@ impl SessionStore {
             ttl,
             version: 1,
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            moving: false,
             attrs: Attributes::from_pairs(request.attrs.iter().map(|(n, v)| (&n[..], &v[..]))),
         };
         if let Some(user) = &session.user {
@@ -564,21 +641,27 @@ impl SessionStore {
         ids: &[K],
         now: u64,
         reason: Option<&'static str>,
-    ) -> usize {
-        self.delete_locked(
-            self.lock_indexes(),
-            ids.iter().map(|id| id.as_ref()),
-            now,
-            reason,
-        )
+    ) -> Result<usize, StoreError> {
+        let indexes = self.lock_indexes();
+        if ids.iter().any(|id| self.is_moving(id.as_ref())) {
+            return Err(StoreError::Moving);
+        }
+        Ok(self.delete_locked(indexes, ids.iter().map(|id| id.as_ref()), now, reason))
     }
 
     /// Deletes every session of the user; returns how many were live.
-    pub fn kill_user(&self, user: &[u8], now: u64) -> usize {
+    pub fn kill_user(&self, user: &[u8], now: u64) -> Result<usize, StoreError> {
         let mut indexes = self.lock_indexes();
+        if indexes
+            .user_sessions(user)
+            .iter()
+            .any(|id| self.is_moving(id))
+        {
+            return Err(StoreError::Moving);
+        }
         // The whole list at once, under the same lock as the removals.
         let ids = indexes.take_user(user);
-        self.delete_locked(indexes, ids.iter().map(|id| &id[..]), now, Some("killuser"))
+        Ok(self.delete_locked(indexes, ids.iter().map(|id| &id[..]), now, Some("killuser")))
     }
 
     /// Removes sessions under the index lock it is given, then releases it
@@ -613,6 +696,9 @@ impl SessionStore {
         let mut events = Vec::new();
         let mut indexes = self.lock_indexes();
         let conn = Key::from(conn);
+        if self.conn_holder_moving(&indexes, &conn, id) {
+            return Err(StoreError::Moving);
+        }
         let (key, version) = self.write(id, now, |key, s| {
             if let Some(previous) = s.conn.take() {
                 indexes.remove_conn(&previous, id);
@@ -690,6 +776,11 @@ impl SessionStore {
         // when that succeeded is the connection taken from its other holder.
         let mut events = Vec::new();
         let mut indexes = self.lock_indexes();
+        if let Some(conn) = &request.conn
+            && self.conn_holder_moving(&indexes, conn, id)
+        {
+            return Err(StoreError::Moving);
+        }
         let (key, version) = self.write(id, now, |key, s| {
             apply(s)?;
             if let Some(user) = &request.user {
@@ -721,6 +812,179 @@ impl SessionStore {
         Ok(version)
     }
 
+    // ----- migration -----------------------------------------------------
+
+    fn is_moving(&self, id: &[u8]) -> bool {
+        self.sessions.get(id).is_some_and(|s| s.moving)
+    }
+
+    /// Whether `conn` is bound to a session other than `id` that is moving.
+    fn conn_holder_moving(&self, indexes: &Indexes, conn: &[u8], id: &[u8]) -> bool {
+        indexes
+            .by_conn
+            .get(conn)
+            .is_some_and(|holder| &**holder != id && self.is_moving(holder))
+    }
+
+    /// Where `id` went, if it was handed to another sidecar within the grace
+    /// period.
+    pub fn moved_to(&self, id: &[u8], now: u64) -> Option<Arc<MovedTo>> {
+        if !self.any_moved.load(Ordering::Relaxed) {
+            return None;
+        }
+        let to = self.moved.get(id)?.clone();
+        if to.until > now {
+            return Some(to);
+        }
+        self.moved.remove_if(id, |_, t| t.until <= now);
+        None
+    }
+
+    /// Forgets moves whose grace period ended.
+    pub fn purge_moved(&self, now: u64) {
+        if self.any_moved.load(Ordering::Relaxed) {
+            self.moved.retain(|_, to| to.until > now);
+        }
+    }
+
+    /// The ids of every live session that is not already moving.
+    pub fn all_ids(&self, now: u64) -> Vec<Key> {
+        self.sessions
+            .iter()
+            .filter(|e| e.is_live(now) && !e.moving)
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
+    /// Marks the live sessions among `ids` as moving and returns them in
+    /// their portable form: from here until [`Self::finish_move`], writes
+    /// to them get TRYAGAIN, so the copy sent is their latest state.
+    pub fn begin_move(&self, ids: &[Key], now: u64) -> Vec<(Key, Vec<u8>)> {
+        let _indexes = self.lock_indexes();
+        let mut batch = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(mut session) = self.sessions.get_mut(id) else {
+                continue;
+            };
+            if !session.is_live(now) || session.moving {
+                continue;
+            }
+            session.moving = true;
+            let mut payload = Vec::new();
+            transfer::encode(&session, &mut payload);
+            batch.push((session.key().clone(), payload));
+        }
+        batch
+    }
+
+    /// Ends the move of `ids`: those the target acknowledged (`taken`) leave
+    /// this store (a `migrated` event each, and SESSIONMOVED answers until
+    /// `to.until`); the others stay here, writable again. Returns how many
+    /// left.
+    pub fn finish_move(&self, ids: &[Key], taken: &[bool], to: &Arc<MovedTo>, now: u64) -> usize {
+        let node = Key::from(to.node.as_bytes());
+        let mut events = Vec::new();
+        let mut indexes = self.lock_indexes();
+        let mut moved = 0;
+        for (id, &taken) in ids.iter().zip(taken) {
+            if taken {
+                // The forwarding address first: a command that misses the
+                // session must find it.
+                self.moved.insert(id.clone(), to.clone());
+                self.any_moved.store(true, Ordering::Relaxed);
+                let removal = Removal::Migrated(node.clone());
+                if let Some(event) =
+                    self.remove_locked(&mut indexes, id, now, removal, |s| s.moving)
+                {
+                    moved += usize::from(event.kind == EventKind::Migrated);
+                    events.push(event);
+                }
+            } else if let Some(mut session) = self.sessions.get_mut(id) {
+                session.moving = false;
+                // The sweeper skips moving sessions, dropping their entry.
+                let (key, session) = session.pair();
+                if !self.expiry.contains(session.expires, key) {
+                    self.expiry.insert(session.expires, key.clone());
+                }
+            }
+        }
+        drop(indexes);
+        self.events.publish(events);
+        moved
+    }
+
+    /// Installs sessions handed over by another sidecar, owned by this one
+    /// (`node` = this node, version + 1: the owner change is a mutation).
+    /// One result each: taken (installed, already here at that state, or
+    /// expired on the way) or refused (the id is moving from here).
+    pub fn import(&self, sessions: Vec<(Key, transfer::Transfer)>, now: u64) -> Vec<bool> {
+        let mut taken = Vec::with_capacity(sessions.len());
+        let mut events = Vec::new();
+        let mut indexes = self.lock_indexes();
+        for (id, t) in sessions {
+            let version = t.version.saturating_add(1);
+            if let Some(existing) = self.sessions.get(&id) {
+                let (moving, current) = (
+                    existing.moving,
+                    existing.is_live(now).then_some(existing.version),
+                );
+                drop(existing);
+                if moving {
+                    taken.push(false);
+                    continue;
+                }
+                if current.is_some_and(|v| v >= version) {
+                    // Already taken (an acknowledgement lost on the way).
+                    taken.push(true);
+                    continue;
+                }
+            }
+            if t.conn
+                .as_ref()
+                .is_some_and(|c| self.conn_holder_moving(&indexes, c, &id))
+            {
+                taken.push(false);
+                continue;
+            }
+            taken.push(true);
+            if self.any_moved.load(Ordering::Relaxed) {
+                self.moved.remove(&id);
+            }
+            // An older copy under the id is replaced without an event.
+            let _ = self.remove_locked(&mut indexes, &id, now, Removal::Replaced, |_| true);
+            if t.expires <= now {
+                continue;
+            }
+            let session = Session {
+                user: t.user,
+                conn: t.conn,
+                node: self.node.clone(),
+                status: t.status,
+                created: t.created,
+                last_active: AtomicU64::new(t.last_active),
+                expires: t.expires,
+                ttl: t.ttl,
+                version,
+                seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+                moving: false,
+                attrs: t.attrs,
+            };
+            if let Some(user) = &session.user {
+                indexes.add_user(user, (session.created, session.seq), &id);
+            }
+            if let Some(conn) = &session.conn {
+                self.take_conn_locked(&mut indexes, conn, &id, now, &mut events);
+            }
+            self.expiry.insert(session.expires, id.clone());
+            self.account(0, session.memory(&id));
+            self.sessions.insert(id, session);
+            self.stats.migrated_in.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(indexes);
+        self.events.publish(events);
+        taken
+    }
+
     // ----- expiry --------------------------------------------------------
 
     /// Removes up to `max` sessions whose expiry is due and publishes one
@@ -736,8 +1000,10 @@ impl SessionStore {
             // The entry is stale if the session was replaced or extended
             // meanwhile: checked under the same lock as the removal.
             events.extend(
+                // A session on its way elsewhere expires there, or here
+                // once its move is abandoned (its entry is put back then).
                 self.remove_locked(&mut indexes, &id, now, Removal::Expired, |s| {
-                    s.expires == expires
+                    s.expires == expires && !s.moving
                 }),
             );
         }
@@ -773,10 +1039,15 @@ impl SessionStore {
         let mut user_entries = 0;
         let mut conn_entries = 0;
         let mut memory = 0;
+        let mut scheduled = 0;
         for entry in self.sessions.iter() {
             let (id, s) = entry.pair();
             memory += s.memory(id);
-            if !self.expiry.contains(s.expires, id) {
+            if self.expiry.contains(s.expires, id) {
+                scheduled += 1;
+            } else if !s.moving || s.is_live(now_ms()) {
+                // Only a moving session the sweeper found dead may lack its
+                // entry (put back if the move is abandoned).
                 return Err(format!("{id:?} missing from the expiry index"));
             }
             if let Some(user) = &s.user {
@@ -804,11 +1075,10 @@ impl SessionStore {
                 indexes.by_conn.len()
             ));
         }
-        if self.expiry.len() != self.sessions.len() {
+        if self.expiry.len() != scheduled {
             return Err(format!(
-                "expiry index holds {} entries for {} sessions",
+                "expiry index holds {} entries for {scheduled} sessions",
                 self.expiry.len(),
-                self.sessions.len()
             ));
         }
         if memory != self.memory() {

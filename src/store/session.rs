@@ -51,6 +51,9 @@ pub struct Session {
     pub version: u64,
     /// Creation order within this store, the tie-break for "oldest first".
     pub seq: u64,
+    /// Being handed to another sidecar (SESSION.MIGRATE): writes are refused
+    /// with TRYAGAIN until the move is acknowledged or abandoned.
+    pub moving: bool,
     pub attrs: Attributes,
 }
 

@@ -229,6 +229,15 @@ impl HotCache {
         self.trusted.store(trusted, Ordering::Release);
     }
 
+    /// The ids of the live copies held that satisfy `f`.
+    pub fn ids_where(&self, now: u64, f: impl Fn(&Session) -> bool) -> Vec<Key> {
+        self.map
+            .iter()
+            .filter(|e| e.session.is_live(now) && f(&e.session))
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

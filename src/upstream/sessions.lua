@@ -458,6 +458,29 @@ elseif op == 'audit' then
   end
   return done({ scanned[1], repaired })
 
+elseif op == 'migrate' then
+  -- Hands sessions to the calling sidecar (`node`), as SESSION.IMPORT does on
+  -- the sidecar taking them: each one that is live, still owned by `from` and
+  -- still at the version the sender copied moves (node changed, version + 1,
+  -- a `migrated` event); the reply has its new state, or false when it did
+  -- not move (changed meanwhile, gone, or not the sender's).
+  local from = arg()
+  local results = {}
+  while argi <= #ARGV do
+    local id, version = arg(), arg()
+    local s = must_load(id)
+    if s and s.version == version and s.node == from then
+      s.node = node
+      redis.call('HSET', skey(id), 'node', node)
+      bump(id, s)
+      publish('migrated', id, s, nil)
+      table.insert(results, reply(id))
+    else
+      table.insert(results, false)
+    end
+  end
+  return done(results)
+
 elseif op == 'heartbeat' then
   -- Batched last_active of heartbeats answered from memory: never moves it back.
   while argi <= #ARGV do

@@ -549,6 +549,82 @@ impl WriteThrough {
             .await
     }
 
+    // ----- migration -----------------------------------------------------------
+
+    /// The ids of the hot copies of sessions this sidecar owns.
+    pub fn hot_owned(&self, now: u64) -> Vec<Key> {
+        let node = &self.config.node;
+        self.cache.ids_where(now, |s| s.node == *node)
+    }
+
+    /// The portable form of the live sessions among `ids` that this sidecar
+    /// owns (hot copies, or read through).
+    pub async fn owned(&self, ids: &[Key], now: u64) -> Result<Vec<(Key, Vec<u8>)>, StoreError> {
+        let node = &self.config.node;
+        let mut owned = Vec::with_capacity(ids.len());
+        for id in ids {
+            let payload = self
+                .read(id, now, |s| {
+                    (s.node == *node).then(|| {
+                        let mut payload = Vec::new();
+                        crate::store::transfer::encode(s, &mut payload);
+                        payload
+                    })
+                })
+                .await?;
+            if let Some(Some(payload)) = payload {
+                owned.push((id.clone(), payload));
+            }
+        }
+        Ok(owned)
+    }
+
+    /// SESSION.IMPORT in write-through mode: takes the sessions `from` hands
+    /// over, each only if the upstream still has it owned by `from` at the
+    /// version given (one script call, the owner change written with the
+    /// version compare-and-set), and holds the moved ones hot. One result each.
+    pub async fn adopt(
+        &self,
+        from: &[u8],
+        sessions: &[(Key, u64)],
+        now: u64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let tickets: Vec<Ticket> = sessions.iter().map(|(id, _)| self.ticket(id)).collect();
+        let versions: Vec<String> = sessions.iter().map(|(_, v)| v.to_string()).collect();
+        let mut args: Vec<&[u8]> = Vec::with_capacity(1 + 2 * sessions.len());
+        args.push(from);
+        for ((id, _), version) in sessions.iter().zip(&versions) {
+            args.push(id);
+            args.push(version.as_bytes());
+        }
+        let reply = self.run("migrate", &[], &args, now).await?;
+        let Value::Array(states) = reply.result else {
+            return Err(StoreError::Upstream(
+                "ERR unexpected reply from the session script".into(),
+            ));
+        };
+        let mut taken: Vec<bool> = sessions
+            .iter()
+            .zip(tickets)
+            .zip(&states)
+            .map(|(((id, _), ticket), state)| self.absorb(id, state, &[], ticket).is_some())
+            .collect();
+        taken.resize(sessions.len(), false);
+        let moved = taken.iter().filter(|t| **t).count() as u64;
+        self.counts.migrated_in.fetch_add(moved, Ordering::Relaxed);
+        Ok(taken)
+    }
+
+    /// Sessions another sidecar took: our copies go (it owns them now).
+    pub fn handed_over(&self, ids: &[Key]) {
+        for id in ids {
+            self.cache.invalidate(id);
+        }
+        self.counts
+            .migrated_out
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+    }
+
     // ----- background work ---------------------------------------------------
 
     /// Writes the queued `last_active` of absorbed heartbeats, one script call
@@ -845,6 +921,7 @@ pub fn parse_session(value: &Value) -> Option<(Key, Session)> {
         ttl: 0,
         version: 0,
         seq: 0,
+        moving: false,
         attrs: Attributes::default(),
     };
     let mut attrs: Vec<(&[u8], &[u8])> = Vec::new();

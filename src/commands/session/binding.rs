@@ -1,6 +1,6 @@
 //! SESSION.BIND / UNBIND / BYCONN
 
-use super::name;
+use super::{name, refuse_while_draining};
 use crate::commands::{Args, CommandError, CommandResult};
 use crate::protocol::ReplyWriter;
 use crate::server::Shared;
@@ -14,6 +14,7 @@ pub async fn bind(
 ) -> CommandResult {
     let id = args.required()?;
     let conn = name(shared, args, "conn")?;
+    refuse_while_draining(shared)?;
     out.int(shared.sessions.bind(id, conn, now_ms()).await? as i64);
     Ok(())
 }

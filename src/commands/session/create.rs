@@ -1,6 +1,6 @@
 //! SESSION.CREATE [ID id] [USER user] [CONN conn] [TTL s | PTTL ms] [MAXPERUSER n] [ATTR name value]...
 
-use super::{attribute, check_attr_count, name, ttl_ms};
+use super::{attribute, check_attr_count, name, refuse_while_draining, ttl_ms};
 use crate::commands::{Args, CommandError, CommandResult};
 use crate::protocol::ReplyWriter;
 use crate::server::Shared;
@@ -39,6 +39,7 @@ pub async fn create(
         return Err(CommandError::err("ERR MAXPERUSER requires USER"));
     }
     check_attr_count(shared, request.attrs.len())?;
+    refuse_while_draining(shared)?;
     let id = shared.sessions.create(request, now_ms()).await?;
     out.bulk(&id);
     Ok(())

@@ -6,6 +6,7 @@ mod create;
 mod delete;
 mod expiry;
 mod get;
+mod migrate;
 mod query;
 mod update;
 
@@ -15,6 +16,7 @@ pub use create::create;
 pub use delete::{del, killuser};
 pub use expiry::{expire, touch, ttl};
 pub use get::get;
+pub use migrate::{drain, import, migrate, peerauth};
 pub use query::{byuser, count, exists, nodes};
 pub use update::update;
 
@@ -55,6 +57,15 @@ fn write_session(out: &mut ReplyWriter, id: &[u8], s: &Session) {
         out.bulk(name);
         out.bulk(value);
     }
+}
+
+/// A draining sidecar takes no new sessions or connections: they belong on
+/// the sidecars its sessions are moving to.
+fn refuse_while_draining(shared: &Shared) -> Result<(), CommandError> {
+    if shared.migration.is_draining() {
+        return Err(crate::store::StoreError::Draining.into());
+    }
+    Ok(())
 }
 
 /// The next argument as an id, user, conn or attribute name within the limit.

@@ -1,0 +1,472 @@
+//! Handing sessions between sidecars: SESSION.MIGRATE and SESSION.DRAIN on
+//! the side that gives them, SESSION.IMPORT on the side that takes them.
+//!
+//! The peer protocol is RESP, on the target's ordinary listener:
+//!
+//! 1. `SESSION.PEERAUTH <secret>` when a peer secret is configured;
+//! 2. `SESSION.IMPORT <source-node>` with no session: a handshake that
+//!    replies `[<target-node>]` (and checks that the target takes imports);
+//! 3. `SESSION.IMPORT <source-node> <id> <payload> [<id> <payload> ...]`,
+//!    batches of [`BATCH`] sessions, [`WINDOW`] of them in flight on one
+//!    pipelined connection; the reply is `[<target-node>, taken...]`, one
+//!    integer (1 taken, 0 refused) per session, in order. The payload is the
+//!    session's portable form ([`crate::store::transfer`]).
+//!
+//! Ownership moves per session, as Redis Cluster moves slots
+//! (MIGRATING/IMPORTING): standalone, a batch's sessions are marked moving
+//! (writes get `-TRYAGAIN`) and copied under the same lock, so the copy is
+//! their latest state; the target installs them owned by itself (`node`,
+//! version + 1); on its acknowledgement they leave this sidecar, which
+//! answers `-SESSIONMOVED <node> <addr>` for them during `--moved-grace`.
+//! Not acknowledged (the target died, refused or timed out): they stay here,
+//! writable again. Write-through, the target writes the owner change itself,
+//! with the version compare-and-set (`migrate` in `sessions.lua`), and holds
+//! the moved sessions hot before it replies; a session written meanwhile
+//! fails the compare and stays; this sidecar then answers for moved ids
+//! through the upstream, like any sidecar.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+use tracing::Instrument;
+
+use crate::server::Shared;
+use crate::sessions::Sessions;
+use crate::store::{Key, MovedTo, StoreError, now_ms};
+
+/// Sessions per SESSION.IMPORT.
+pub const BATCH: usize = 1000;
+/// SESSION.IMPORT commands in flight on the connection to a target.
+const WINDOW: usize = 4;
+
+/// Which sessions SESSION.MIGRATE hands over.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    All,
+    Ids(Vec<Bytes>),
+    Conns(Vec<Bytes>),
+    Users(Vec<Bytes>),
+}
+
+/// Where to, and how.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `host:port`.
+    pub addr: String,
+    pub secret: Option<String>,
+    /// How long each reply of the target may take.
+    pub timeout: Duration,
+}
+
+/// The migration state and counters of this sidecar.
+#[derive(Default)]
+pub struct Migration {
+    /// Draining: CREATE and BIND are refused, the sessions go elsewhere.
+    pub draining: AtomicBool,
+    pub migrations: AtomicU64,
+    pub failed_migrations: AtomicU64,
+    pub sessions_out: AtomicU64,
+    pub sessions_in: AtomicU64,
+    pub last_ms: AtomicU64,
+    pub last_moved: AtomicU64,
+}
+
+impl Migration {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// How a migration ended: how many sessions moved, and why it stopped
+/// early, if it did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub moved: usize,
+    pub error: Option<String>,
+}
+
+/// A connection to a target sidecar, past the handshake.
+struct Peer {
+    connection: MultiplexedConnection,
+    node: String,
+    addr: String,
+}
+
+impl Peer {
+    async fn connect(source: &str, target: &Target) -> Result<Peer, String> {
+        let (host, port) = target
+            .addr
+            .rsplit_once(':')
+            .ok_or_else(|| format!("invalid target address {}", target.addr))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("invalid target port {port}"))?;
+        let client = redis::Client::open((host.to_string(), port)).map_err(|e| e.to_string())?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(target.timeout))
+            .set_response_timeout(Some(target.timeout));
+        let mut connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", target.addr))?;
+        if let Some(secret) = &target.secret {
+            redis::cmd("SESSION.PEERAUTH")
+                .arg(secret)
+                .query_async::<()>(&mut connection)
+                .await
+                .map_err(|e| format!("{} refused the peer secret: {e}", target.addr))?;
+        }
+        let reply: Value = redis::cmd("SESSION.IMPORT")
+            .arg(source)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| format!("{} refused imports: {e}", target.addr))?;
+        let node = match reply {
+            Value::Array(parts) => parts.into_iter().next().and_then(text),
+            _ => None,
+        }
+        .ok_or_else(|| format!("{} is not a session sidecar", target.addr))?;
+        Ok(Peer {
+            connection,
+            node,
+            addr: target.addr.clone(),
+        })
+    }
+
+    /// Sends one batch; the target's verdict per session.
+    async fn import(&self, source: &str, batch: &[(Key, Vec<u8>)]) -> Result<Vec<bool>, String> {
+        let mut command = redis::cmd("SESSION.IMPORT");
+        command.arg(source);
+        for (id, payload) in batch {
+            command.arg(&id[..]).arg(&payload[..]);
+        }
+        let reply: Value = command
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| format!("import into {} failed: {e}", self.addr))?;
+        let Value::Array(parts) = reply else {
+            return Err(format!("unexpected import reply from {}", self.addr));
+        };
+        let taken: Vec<bool> = parts
+            .iter()
+            .skip(1)
+            .map(|v| matches!(v, Value::Int(1)))
+            .collect();
+        if taken.len() != batch.len() {
+            return Err(format!("unexpected import reply from {}", self.addr));
+        }
+        Ok(taken)
+    }
+}
+
+fn text(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+        Value::SimpleString(text) => Some(text),
+        _ => None,
+    }
+}
+
+/// The ids the selection names (not yet filtered by ownership).
+async fn select(shared: &Shared, selection: &Selection, now: u64) -> Result<Vec<Key>, StoreError> {
+    Ok(match selection {
+        Selection::All => match &shared.sessions {
+            Sessions::Standalone(store) => store.all_ids(now),
+            Sessions::WriteThrough(store) => store.hot_owned(now),
+        },
+        Selection::Ids(ids) => ids.iter().map(|id| Key::from(&id[..])).collect(),
+        Selection::Conns(conns) => {
+            let mut ids = Vec::new();
+            for conn in conns {
+                ids.extend(shared.sessions.by_conn(conn, now).await?);
+            }
+            ids
+        }
+        Selection::Users(users) => {
+            let mut ids = Vec::new();
+            for user in users {
+                ids.extend(shared.sessions.by_user(user, now).await?);
+            }
+            ids
+        }
+    })
+}
+
+/// SESSION.MIGRATE: hands the selected sessions this sidecar owns to
+/// `target`. An error when nothing could start (unreachable target, wrong
+/// secret); otherwise how many moved, and why it stopped if it did.
+pub async fn migrate(
+    shared: &Shared,
+    target: &Target,
+    selection: &Selection,
+) -> Result<Outcome, String> {
+    let started = Instant::now();
+    let now = now_ms();
+    let mut ids = select(shared, selection, now)
+        .await
+        .map_err(|e| e.message())?;
+    ids.sort_unstable();
+    ids.dedup();
+    migrate_ids(shared, target, ids, started, None).await
+}
+
+/// Moves `ids` to `target`; no batch starts after `deadline` (a batch in
+/// flight always ends: acknowledged, refused, or timed out).
+async fn migrate_ids(
+    shared: &Shared,
+    target: &Target,
+    ids: Vec<Key>,
+    started: Instant,
+    deadline: Option<Instant>,
+) -> Result<Outcome, String> {
+    let span = tracing::info_span!("migrate", target = %target.addr, sessions = ids.len());
+    migrate_in_span(shared, target, ids, started, deadline)
+        .instrument(span)
+        .await
+}
+
+async fn migrate_in_span(
+    shared: &Shared,
+    target: &Target,
+    ids: Vec<Key>,
+    started: Instant,
+    deadline: Option<Instant>,
+) -> Result<Outcome, String> {
+    let source = String::from_utf8_lossy(shared.sessions.node()).into_owned();
+    let stats = &shared.migration;
+    stats.migrations.fetch_add(1, Ordering::Relaxed);
+    let peer = match Peer::connect(&source, target).await {
+        Ok(peer) => peer,
+        Err(error) => {
+            stats.failed_migrations.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%error, "migration refused");
+            return Err(error);
+        }
+    };
+    if peer.node.as_bytes() == &shared.sessions.node()[..] {
+        stats.failed_migrations.fetch_add(1, Ordering::Relaxed);
+        return Err(format!("{} is this sidecar", target.addr));
+    }
+    let to = Arc::new(MovedTo {
+        node: peer.node.clone(),
+        addr: peer.addr.clone(),
+        until: now_ms().saturating_add(shared.config.moved_grace.saturating_mul(1000)),
+    });
+    if let Sessions::Standalone(store) = &shared.sessions {
+        store.purge_moved(now_ms());
+    }
+    // A window of batches in flight; none starts after a failure or the
+    // deadline, and those in flight always end.
+    let mut chunks = ids.chunks(BATCH);
+    let mut in_flight = FuturesUnordered::new();
+    let mut moved = 0;
+    let mut error = None;
+    loop {
+        while in_flight.len() < WINDOW && error.is_none() {
+            let Some(chunk) = chunks.next() else { break };
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                error = Some("deadline reached".to_string());
+                break;
+            }
+            in_flight.push(move_batch(shared, &peer, &source, &to, chunk));
+        }
+        match in_flight.next().await {
+            Some(Ok(n)) => moved += n,
+            Some(Err(e)) => {
+                error.get_or_insert(e);
+            }
+            None => break,
+        }
+    }
+    stats
+        .sessions_out
+        .fetch_add(moved as u64, Ordering::Relaxed);
+    stats.last_moved.store(moved as u64, Ordering::Relaxed);
+    stats
+        .last_ms
+        .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    match &error {
+        Some(error) => {
+            stats.failed_migrations.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(moved, %error, "migration stopped early");
+        }
+        None => tracing::info!(
+            moved,
+            to = %peer.node,
+            ms = started.elapsed().as_millis() as u64,
+            "sessions migrated"
+        ),
+    }
+    Ok(Outcome { moved, error })
+}
+
+/// Moves one batch: marked, sent, and settled by the target's reply.
+async fn move_batch(
+    shared: &Shared,
+    peer: &Peer,
+    source: &str,
+    to: &Arc<MovedTo>,
+    ids: &[Key],
+) -> Result<usize, String> {
+    match &shared.sessions {
+        Sessions::Standalone(store) => {
+            let batch = store.begin_move(ids, now_ms());
+            if batch.is_empty() {
+                return Ok(0);
+            }
+            let mut pending = Pending {
+                store,
+                ids: batch.iter().map(|(id, _)| id.clone()).collect(),
+                to,
+            };
+            let taken = peer.import(source, &batch).await?;
+            Ok(pending.settle(&taken))
+        }
+        Sessions::WriteThrough(store) => {
+            let batch = store.owned(ids, now_ms()).await.map_err(|e| e.message())?;
+            if batch.is_empty() {
+                return Ok(0);
+            }
+            let taken = peer.import(source, &batch).await?;
+            let moved: Vec<Key> = batch
+                .iter()
+                .zip(&taken)
+                .filter(|(_, taken)| **taken)
+                .map(|((id, _), _)| id.clone())
+                .collect();
+            store.handed_over(&moved);
+            Ok(moved.len())
+        }
+    }
+}
+
+/// A standalone batch marked moving and not yet settled: dropped unsettled
+/// (the target failed, or the migration was cancelled half-way), its
+/// sessions stay here, writable again.
+struct Pending<'a> {
+    store: &'a crate::store::SessionStore,
+    ids: Vec<Key>,
+    to: &'a Arc<MovedTo>,
+}
+
+impl Pending<'_> {
+    fn settle(&mut self, taken: &[bool]) -> usize {
+        let ids = std::mem::take(&mut self.ids);
+        self.store.finish_move(&ids, taken, self.to, now_ms())
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.ids.is_empty() {
+            let kept = vec![false; self.ids.len()];
+            self.settle(&kept);
+        }
+    }
+}
+
+/// SESSION.DRAIN and SIGTERM: refuses new sessions from now on, then hands
+/// every session this sidecar owns to the live peers, spread evenly, until
+/// none is left, no peer takes any more, or `deadline`. An error when there
+/// was something to move and no peer could be reached.
+pub async fn drain(shared: &Shared, timeout_after: Duration) -> Result<usize, String> {
+    shared.migration.draining.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let deadline = started + timeout_after;
+    let secret = shared.config.peer_secret.clone();
+    let timeout = Duration::from_millis(shared.config.migrate_timeout_ms);
+    let work = async {
+        let mut peers: Vec<String> = shared
+            .fleet
+            .nodes(shared)
+            .await
+            .into_iter()
+            .filter(|n| !n.is_self)
+            .map(|n| n.addr)
+            .collect();
+        let mut moved = 0;
+        let mut last_error = None;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "drain deadline of {} ms reached ({moved} moved)",
+                    timeout_after.as_millis()
+                ));
+            }
+            let now = now_ms();
+            let mut ids = select(shared, &Selection::All, now)
+                .await
+                .map_err(|e| e.message())?;
+            if ids.is_empty() {
+                return Ok(moved);
+            }
+            if peers.is_empty() {
+                let why = last_error.unwrap_or_else(|| "no live peer".to_string());
+                return Err(format!(
+                    "{} sessions could not be drained ({moved} moved): {why}",
+                    ids.len()
+                ));
+            }
+            ids.sort_unstable();
+            // Contiguous shares, one per peer, moved at the same time.
+            let share = ids.len().div_ceil(peers.len());
+            let mut runs = FuturesUnordered::new();
+            for (addr, ids) in peers.iter().zip(ids.chunks(share)) {
+                let target = Target {
+                    addr: addr.clone(),
+                    secret: secret.clone(),
+                    timeout,
+                };
+                let ids = ids.to_vec();
+                runs.push(async move {
+                    let started = Instant::now();
+                    let outcome = migrate_ids(shared, &target, ids, started, Some(deadline)).await;
+                    (target.addr, outcome)
+                });
+            }
+            let mut results = Vec::new();
+            while let Some(result) = runs.next().await {
+                results.push(result);
+            }
+            let mut progress = 0;
+            let mut working = Vec::new();
+            for (addr, outcome) in results {
+                match outcome {
+                    Ok(Outcome { moved, error: None }) => {
+                        progress += moved;
+                        working.push(addr);
+                    }
+                    Ok(Outcome {
+                        moved,
+                        error: Some(error),
+                    }) => {
+                        progress += moved;
+                        last_error = Some(error);
+                    }
+                    Err(error) => last_error = Some(error),
+                }
+            }
+            moved += progress;
+            if progress == 0 && working.len() == peers.len() {
+                // Every peer answered and none took anything: what is left
+                // is refused everywhere (moving, or changed meanwhile).
+                return Ok(moved);
+            }
+            peers = working;
+        }
+    };
+    let result = work.await;
+    match &result {
+        Ok(moved) => tracing::info!(moved, ms = started.elapsed().as_millis() as u64, "drained"),
+        Err(error) => tracing::warn!(%error, "drain incomplete"),
+    }
+    result
+}
