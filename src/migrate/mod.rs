@@ -116,19 +116,21 @@ impl Peer {
         let mut connection = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|e| format!("cannot connect to {}: {e}", target.addr))?;
+            .map_err(|e| format!("cannot connect to {}: {}", target.addr, describe(&e)))?;
         if let Some(secret) = &target.secret {
             redis::cmd("SESSION.PEERAUTH")
                 .arg(secret)
                 .query_async::<()>(&mut connection)
                 .await
-                .map_err(|e| format!("{} refused the peer secret: {e}", target.addr))?;
+                .map_err(|e| {
+                    format!("{} refused the peer secret: {}", target.addr, describe(&e))
+                })?;
         }
         let reply: Value = redis::cmd("SESSION.IMPORT")
             .arg(source)
             .query_async(&mut connection)
             .await
-            .map_err(|e| format!("{} refused imports: {e}", target.addr))?;
+            .map_err(|e| format!("{} refused imports: {}", target.addr, describe(&e)))?;
         let node = match reply {
             Value::Array(parts) => parts.into_iter().next().and_then(text),
             _ => None,
@@ -151,7 +153,7 @@ impl Peer {
         let reply: Value = command
             .query_async(&mut self.connection.clone())
             .await
-            .map_err(|e| format!("import into {} failed: {e}", self.addr))?;
+            .map_err(|e| format!("import into {} failed: {}", self.addr, describe(&e)))?;
         let Value::Array(parts) = reply else {
             return Err(format!("unexpected import reply from {}", self.addr));
         };
@@ -164,6 +166,15 @@ impl Peer {
             return Err(format!("unexpected import reply from {}", self.addr));
         }
         Ok(taken)
+    }
+}
+
+/// A peer's error as it worded it (`CODE detail`), or the client's own.
+fn describe(error: &redis::RedisError) -> String {
+    match (error.code(), error.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        (Some(code), None) => code.to_string(),
+        _ => error.to_string(),
     }
 }
 
