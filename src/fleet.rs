@@ -36,6 +36,9 @@ pub struct Fleet {
     static_peers: Vec<String>,
     interval: Duration,
     peer_timeout: Duration,
+    /// Presented to the static peers (SESSION.PEERAUTH) before asking them
+    /// who they are, as they may require a password.
+    peer_secret: Option<String>,
 }
 
 impl Fleet {
@@ -44,12 +47,14 @@ impl Fleet {
         static_peers: Vec<String>,
         interval: Duration,
         peer_timeout: Duration,
+        peer_secret: Option<String>,
     ) -> Self {
         Self {
             prefix: prefix.to_string(),
             static_peers,
             interval,
             peer_timeout,
+            peer_secret,
         }
     }
 
@@ -128,8 +133,9 @@ impl Fleet {
         let mut probes = tokio::task::JoinSet::new();
         for addr in self.static_peers.clone() {
             let timeout = self.peer_timeout;
+            let secret = self.peer_secret.clone();
             probes.spawn(async move {
-                tokio::time::timeout(timeout, probe(addr))
+                tokio::time::timeout(timeout, probe(addr, secret))
                     .await
                     .ok()
                     .flatten()
@@ -236,9 +242,16 @@ fn parse_entry(value: &Value) -> Option<NodeInfo> {
 }
 
 /// Who answers at `addr`: its node id (INFO server) and hot sessions.
-async fn probe(addr: String) -> Option<NodeInfo> {
+async fn probe(addr: String, secret: Option<String>) -> Option<NodeInfo> {
     let client = redis::Client::open(format!("redis://{addr}")).ok()?;
     let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+    if let Some(secret) = secret {
+        redis::cmd("SESSION.PEERAUTH")
+            .arg(secret)
+            .query_async::<()>(&mut connection)
+            .await
+            .ok()?;
+    }
     let info: String = redis::cmd("INFO")
         .arg("server")
         .query_async(&mut connection)

@@ -121,6 +121,16 @@ fn migrate_all_hands_every_session_over_whole() {
     assert_eq!(byuser(&mut con_b, "user1").len(), 6);
     assert_eq!(count_local(&a), 0);
     assert_eq!(count_local(&b), 40);
+    let info_a = text(&call(&mut con_a, &["INFO", "migration"]));
+    assert!(info_a.contains("sessions_migrated_out:40"), "{info_a}");
+    assert!(info_a.contains("last_migration_sessions:40"), "{info_a}");
+    let info_b = text(&call(&mut con_b, &["INFO", "migration"]));
+    assert!(info_b.contains("sessions_migrated_in:40"), "{info_b}");
+    let (_, _, metrics) = a.http_get("/metrics");
+    assert!(
+        metrics.contains("session_sidecar_sessions_migrated_out_total 40"),
+        "{metrics}"
+    );
     // Writes on the source are pointed at the target too; reads of the
     // moved ids as well, whatever the command.
     for command in [
@@ -422,8 +432,9 @@ fn drain_refuses_new_sessions_and_reports_when_no_peer_is_reachable() {
 
 #[test]
 fn sigterm_drains_to_the_peers_spread_across_them_and_exits_0() {
-    let b = standalone("b", &["--peer-secret", "fleet"]);
-    let c = standalone("c", &["--peer-secret", "fleet"]);
+    // The peers require a client password: the peer secret opens them.
+    let b = standalone("b", &["--peer-secret", "fleet", "--requirepass", "app"]);
+    let c = standalone("c", &["--peer-secret", "fleet", "--requirepass", "app"]);
     let peers = format!("{},{}", b.addr, c.addr);
     let mut a = standalone("a", &["--peers", &peers, "--peer-secret", "fleet"]);
     create_sessions(&a, "s", 3001);

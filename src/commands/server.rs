@@ -10,7 +10,13 @@ use crate::server::Shared;
 use crate::store::now_ms;
 
 const SECTIONS: &[&str] = &[
-    "server", "clients", "sessions", "upstream", "stats", "memory",
+    "server",
+    "clients",
+    "sessions",
+    "upstream",
+    "migration",
+    "stats",
+    "memory",
 ];
 
 /// INFO [section ...]: Redis's `# Section` / `field:value` text.
@@ -122,6 +128,20 @@ fn write_section(shared: &Shared, section: &str, sessions_total: i64, text: &mut
                 field("heartbeat_flushes", &m.load(&w.heartbeat_flushes));
                 field("cache_verified", &m.load(&w.verified));
             }
+        }
+        "migration" => {
+            let g = &shared.migration;
+            field("draining", &u8::from(g.is_draining()));
+            field("migrations", &m.load(&g.migrations));
+            field("failed_migrations", &m.load(&g.failed_migrations));
+            field("sessions_migrated_out", &m.load(&g.sessions_out));
+            field("sessions_migrated_in", &m.load(&g.sessions_in));
+            field("last_migration_sessions", &m.load(&g.last_moved));
+            field("last_migration_ms", &m.load(&g.last_ms));
+            field(
+                "peer_secret",
+                &u8::from(shared.config.peer_secret.is_some()),
+            );
         }
         "keyspace" => {
             // The sessions held here, as Redis reports a database's keys.

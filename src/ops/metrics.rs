@@ -170,6 +170,37 @@ pub fn render(shared: &Shared) -> String {
         "Sessions evicted by MAXPERUSER.",
         m.load(&stats.evicted),
     );
+    let g = &shared.migration;
+    metric(
+        "draining",
+        "gauge",
+        "1 while the sidecar drains its sessions to its peers.",
+        u64::from(g.is_draining()),
+    );
+    metric(
+        "migrations_total",
+        "counter",
+        "SESSION.MIGRATE runs, one per target of a drain.",
+        m.load(&g.migrations),
+    );
+    metric(
+        "migrations_failed_total",
+        "counter",
+        "Migrations that stopped early or could not start.",
+        m.load(&g.failed_migrations),
+    );
+    metric(
+        "sessions_migrated_out_total",
+        "counter",
+        "Sessions handed to other sidecars.",
+        m.load(&g.sessions_out),
+    );
+    metric(
+        "sessions_migrated_in_total",
+        "counter",
+        "Sessions taken from other sidecars.",
+        m.load(&g.sessions_in),
+    );
     metric(
         "memory_bytes",
         "gauge",

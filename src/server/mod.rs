@@ -109,6 +109,7 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
             config.peers.clone(),
             Duration::from_millis(config.registry_interval_ms),
             Duration::from_millis(config.upstream_timeout_ms),
+            config.peer_secret.clone(),
         )),
         migration: crate::migrate::Migration::default(),
         config,
