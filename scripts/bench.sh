@@ -14,6 +14,8 @@
 #   BENCH_ROUNDS              alternating rounds per comparison, medians kept (3)
 #   BENCH_WRITE_REQUESTS      requests per unpipelined write run (50000)
 #   BENCH_PIPELINED_WRITE_REQUESTS  the same with -P 16 (200000)
+#   BENCH_MIGRATE_SESSIONS    sessions moved between two sidecars (100000)
+#   BENCH_ONLY=migration      run only the migration section
 #   BENCH_SIDECAR_BIN         benchmark this binary instead of building one
 #   BENCH_SIDECAR_ARGS        extra flags for the sidecar, e.g. "--threads 1"
 #   BENCH_KEEP_LOGS=1         keep the servers' logs instead of deleting them
@@ -31,6 +33,7 @@ readonly ROUNDS=${BENCH_ROUNDS:-3}
 # Write-through CREATEs add a session each: fewer of them.
 readonly WRITE_REQUESTS=${BENCH_WRITE_REQUESTS:-50000}
 readonly PIPELINED_WRITE_REQUESTS=${BENCH_PIPELINED_WRITE_REQUESTS:-200000}
+readonly MIGRATE_SESSIONS=${BENCH_MIGRATE_SESSIONS:-100000}
 # redis-benchmark -r 10000 replaces __rand_int__ with a number in 0..9999
 # printed as %012d: the prefilled ids are exactly those.
 readonly SESSIONS=10000
@@ -247,8 +250,9 @@ pipe_commands() {
   [[ $output =~ errors:\ 0, ]] || die "redis-cli --pipe into port $port reported errors: $output"
 }
 
+# session_create_commands [N]: N (default $SESSIONS) SESSION.CREATE commands.
 session_create_commands() {
-  awk -v n="$SESSIONS" -v ttl="$SESSION_TTL_SECONDS" 'BEGIN {
+  awk -v n="${1:-$SESSIONS}" -v ttl="$SESSION_TTL_SECONDS" 'BEGIN {
     for (i = 0; i < n; i++)
       printf "SESSION.CREATE ID %012d USER u%d CONN c%d TTL %d ATTR locale en-US ATTR plan free ATTR gateway gw-%d\n", i, i, i, ttl, i % 8
   }'
@@ -538,6 +542,47 @@ section_memory() {
     "verdict (counted)" "$(verdict "$r" 1 at-most)"
 }
 
+# SESSION.MIGRATE of every session between two standalone sidecars on
+# loopback, and the same through SIGTERM's drain to a third.
+section_migration() {
+  heading "Migration: $MIGRATE_SESSIONS sessions between two sidecars (goal: < 1 s)"
+  local from to third
+  start_sidecar from migrate-a
+  local from_pid=$SIDECAR_PID
+  start_sidecar to migrate-b
+  start_sidecar third migrate-c
+  log "prefilling $MIGRATE_SESSIONS sessions into migrate-a"
+  session_create_commands "$MIGRATE_SESSIONS" | pipe_commands "$from"
+
+  local started ended moved ms
+  started=$(date +%s%N)
+  moved=$(cli "$from" SESSION.MIGRATE 127.0.0.1 "$to" ALL)
+  ended=$(date +%s%N)
+  ms=$(((ended - started) / 1000000))
+  [[ $moved == "$MIGRATE_SESSIONS" ]] || die "SESSION.MIGRATE moved '$moved' of $MIGRATE_SESSIONS"
+  printf '%-44s %s\n' \
+    "SESSION.MIGRATE ... ALL, sessions moved" "$moved" \
+    "wall time (ms, redis-cli round trip)" "$ms" \
+    "verdict" "$(awk -v ms="$ms" 'BEGIN { print (ms < 1000) ? "ok" : "BELOW GOAL" }')"
+
+  # And back through a drain: SIGTERM on migrate-b hands them to the
+  # only peer it knows, migrate-c (migrate-a refuses nothing, but is
+  # not among migrate-b's peers).
+  local drainer drainer_pid
+  start_sidecar drainer migrate-d --peers "127.0.0.1:$third"
+  drainer_pid=$SIDECAR_PID
+  cli "$to" SESSION.MIGRATE 127.0.0.1 "$drainer" ALL >/dev/null
+  started=$(date +%s%N)
+  kill -TERM "$drainer_pid"
+  wait "$drainer_pid" 2>/dev/null || die "the draining sidecar did not exit 0"
+  ended=$(date +%s%N)
+  ms=$(((ended - started) / 1000000))
+  printf '%-44s %s\n' \
+    "SIGTERM drain to one peer, sessions there" "$(cli "$third" SESSION.COUNT LOCAL)" \
+    "wall time to exit 0 (ms)" "$ms"
+  kill "$from_pid" 2>/dev/null || true
+}
+
 main() {
   trap cleanup EXIT
   trap 'exit 130' INT
@@ -545,6 +590,10 @@ main() {
 
   check_setup
   build_sidecar
+  if [[ ${BENCH_ONLY:-} == migration ]]; then
+    section_migration
+    return
+  fi
   start_redis_server REDIS_PORT redis-server
   # shellcheck disable=SC2086 # the extra flags are meant to be split
   start_sidecar SIDECAR_PORT sidecar ${BENCH_SIDECAR_ARGS:-}
@@ -557,6 +606,7 @@ main() {
   section_memory
   section_hot_reads
   section_write_through
+  section_migration
 }
 
 main "$@"

@@ -169,6 +169,13 @@ fn migrate_selects_by_ids_conns_and_users() {
     }
     // Moving them again finds nothing to move: a sidecar hands only what it holds.
     assert_eq!(int(&migrate(&a, &b, &["IDS", "s0"])), 0);
+    // Not to itself.
+    let to_self = migrate(&a, &a, &["ALL"]);
+    assert!(
+        err_text(&to_self).contains("is this sidecar"),
+        "{to_self:?}"
+    );
+    assert_eq!(count_local(&a), 14);
     // Syntax as Redis words it.
     assert_err(&migrate(&a, &b, &["SOME", "x"]), "ERR syntax error");
     assert_err(&migrate(&a, &b, &["IDS"]), "ERR syntax error");
@@ -614,4 +621,53 @@ fn write_through_sigterm_drains_to_the_registered_sidecars() {
         assert_eq!(node, "b", "s{i}");
     }
     assert!(count_local(&b) >= 200, "b holds them hot");
+}
+
+#[test]
+fn write_through_source_killed_mid_move_loses_nothing() {
+    const SESSIONS: usize = 8_000;
+    let redis = RedisServer::start(&[]);
+    let mut a = write_through(&redis, "a", &[]);
+    let b = write_through(&redis, "b", &[]);
+    create_sessions(&a, "s", SESSIONS);
+    let migration = {
+        let (url, host, port) = (a.url(), b.addr.ip().to_string(), b.addr.port().to_string());
+        thread::spawn(move || {
+            let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+            // The connection dies with the source: any outcome will do.
+            let _: redis::RedisResult<Value> = redis::cmd("SESSION.MIGRATE")
+                .arg(&host)
+                .arg(&port)
+                .arg("ALL")
+                .query(&mut con);
+        })
+    };
+    let mut upstream = redis.client();
+    let migrated = || -> i64 {
+        let mut upstream = redis.client();
+        redis::cmd("XLEN")
+            .arg("session:events")
+            .query::<i64>(&mut upstream)
+            .unwrap()
+    };
+    let created = migrated();
+    assert!(wait_until(Duration::from_secs(30), || migrated() > created));
+    a.kill9();
+    migration.join().unwrap();
+    // Every session is there, whole, owned by one of the two; the
+    // survivor serves all of them.
+    let mut owners: BTreeMap<String, usize> = BTreeMap::new();
+    let mut con_b = b.client();
+    for i in (0..SESSIONS).step_by(13) {
+        let id = format!("s{i}");
+        let s = get_session(&mut con_b, &id, false).unwrap_or_else(|| panic!("{id} lost"));
+        assert_eq!(s.attrs.get(&b"n"[..]).map(|v| &v[..]), Some(&b"0"[..]));
+        *owners.entry(s.node).or_default() += 1;
+    }
+    let total: i64 = redis::cmd("ZCARD")
+        .arg("{session:events}:x")
+        .query(&mut upstream)
+        .unwrap();
+    assert_eq!(total, SESSIONS as i64);
+    eprintln!("owners after the source died mid-move (sampled): {owners:?}");
 }
