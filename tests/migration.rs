@@ -169,13 +169,29 @@ fn migrate_selects_by_ids_conns_and_users() {
     }
     // Moving them again finds nothing to move: a sidecar hands only what it holds.
     assert_eq!(int(&migrate(&a, &b, &["IDS", "s0"])), 0);
+    // A target holding another session under the same id refuses it:
+    // both stay whole where they are.
+    call(
+        &mut a.client(),
+        &["SESSION.CREATE", "ID", "dup", "ATTR", "from", "a"],
+    );
+    thread::sleep(Duration::from_millis(2)); // another creation time
+    call(
+        &mut b.client(),
+        &["SESSION.CREATE", "ID", "dup", "ATTR", "from", "b"],
+    );
+    assert_eq!(int(&migrate(&a, &b, &["IDS", "dup"])), 0);
+    for (sidecar, from) in [(&a, "a"), (&b, "b")] {
+        let reply = call(&mut sidecar.client(), &["SESSION.ATTR.GET", "dup", "from"]);
+        assert_eq!(text(&array(&reply)[0]), from);
+    }
     // Not to itself.
     let to_self = migrate(&a, &a, &["ALL"]);
     assert!(
         err_text(&to_self).contains("is this sidecar"),
         "{to_self:?}"
     );
-    assert_eq!(count_local(&a), 14);
+    assert_eq!(count_local(&a), 15);
     // Syntax as Redis words it.
     assert_err(&migrate(&a, &b, &["SOME", "x"]), "ERR syntax error");
     assert_err(&migrate(&a, &b, &["IDS"]), "ERR syntax error");

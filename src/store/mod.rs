@@ -924,18 +924,26 @@ impl SessionStore {
         for (id, t) in sessions {
             let version = t.version.saturating_add(1);
             if let Some(existing) = self.sessions.get(&id) {
-                let (moving, current) = (
+                let (moving, live, created, current) = (
                     existing.moving,
-                    existing.is_live(now).then_some(existing.version),
+                    existing.is_live(now),
+                    existing.created,
+                    existing.version,
                 );
                 drop(existing);
                 if moving {
                     taken.push(false);
                     continue;
                 }
-                if current.is_some_and(|v| v >= version) {
+                if live && created == t.created && current >= version {
                     // Already taken (an acknowledgement lost on the way).
                     taken.push(true);
+                    continue;
+                }
+                if live && created != t.created {
+                    // Another session under the same id lives here: the
+                    // incoming one stays where it is.
+                    taken.push(false);
                     continue;
                 }
             }
