@@ -687,3 +687,38 @@ fn write_through_source_killed_mid_move_loses_nothing() {
     assert_eq!(total, SESSIONS as i64);
     eprintln!("owners after the source died mid-move (sampled): {owners:?}");
 }
+
+#[test]
+fn migrating_to_something_that_is_not_a_sidecar_moves_nothing() {
+    let a = standalone("a", &["--migrate-timeout-ms", "300"]);
+    create_sessions(&a, "s", 5);
+    let mut con = a.client();
+    // A plain redis-server does not know SESSION.IMPORT.
+    let redis = RedisServer::start(&[]);
+    let port = redis.addr.port().to_string();
+    let reply = call(&mut con, &["SESSION.MIGRATE", "127.0.0.1", &port, "ALL"]);
+    assert!(err_text(&reply).contains("unknown command"), "{reply:?}");
+    // Nothing listening.
+    let closed = free_port().to_string();
+    let reply = call(&mut con, &["SESSION.MIGRATE", "127.0.0.1", &closed, "ALL"]);
+    assert!(err_text(&reply).contains("cannot connect"), "{reply:?}");
+    // A listener that never answers: the timeout ends it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
+    let started = std::time::Instant::now();
+    let reply = call(&mut con, &["SESSION.MIGRATE", "127.0.0.1", &port, "ALL"]);
+    assert!(
+        err_text(&reply).starts_with("ERR migration failed"),
+        "{reply:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(count_local(&a), 5);
+    assert_eq!(
+        int(&call(&mut con, &["SESSION.ATTR.SET", "s1", "k", "v"])),
+        2
+    );
+}
