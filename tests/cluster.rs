@@ -94,15 +94,7 @@ impl Drop for Cluster {
 }
 
 fn sidecar(cluster: &Cluster, node: &str) -> Sidecar {
-    let url = cluster.url();
-    let sc = Sidecar::start(&[
-        "--upstream",
-        &url,
-        "--node-id",
-        node,
-        "--registry-interval-ms",
-        "100",
-    ]);
+    let sc = Sidecar::write_through(&cluster.url(), node, &[]);
     let up = wait_until(Duration::from_secs(15), || {
         sc.info("upstream")
             .get("upstream_state")

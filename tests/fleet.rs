@@ -25,15 +25,7 @@ fn nodes(sidecar: &Sidecar) -> BTreeMap<String, (String, i64)> {
 }
 
 fn write_through(redis: &RedisServer, node: &str) -> Sidecar {
-    let url = format!("redis://{}", redis.addr);
-    Sidecar::start(&[
-        "--upstream",
-        &url,
-        "--node-id",
-        node,
-        "--registry-interval-ms",
-        "100",
-    ])
+    Sidecar::write_through(&redis.url(), node, &[])
 }
 
 #[test]

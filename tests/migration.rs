@@ -20,17 +20,16 @@ fn standalone(node: &str, extra: &[&str]) -> Sidecar {
 }
 
 fn write_through(redis: &RedisServer, node: &str, extra: &[&str]) -> Sidecar {
-    let url = format!("redis://{}", redis.addr);
-    let mut args = vec![
-        "--upstream",
-        &url,
-        "--node-id",
-        node,
-        "--registry-interval-ms",
-        "100",
-    ];
-    args.extend_from_slice(extra);
-    Sidecar::start(&args)
+    Sidecar::write_through(&redis.url(), node, extra)
+}
+
+/// A field of a session's hash in the upstream.
+fn upstream_field(upstream: &mut redis::Connection, id: &str, field: &str) -> String {
+    redis::cmd("HGET")
+        .arg(format!("{{session:events}}:s:{id}"))
+        .arg(field)
+        .query(upstream)
+        .unwrap()
 }
 
 fn host_port(sidecar: &Sidecar) -> (String, String) {
@@ -494,19 +493,12 @@ fn write_through_migrate_hands_ownership_and_warms_the_target() {
     assert_eq!(int(&migrate(&a, &b, &["ALL"])), 30);
     let mut upstream = redis.client();
     for i in 0..30 {
-        let key = format!("{{session:events}}:s:s{i}");
-        let node: String = redis::cmd("HGET")
-            .arg(&key)
-            .arg("node")
-            .query(&mut upstream)
-            .unwrap();
+        let node = upstream_field(&mut upstream, &format!("s{i}"), "node");
         assert_eq!(node, "b");
-        let version: i64 = redis::cmd("HGET")
-            .arg(&key)
-            .arg("version")
-            .query(&mut upstream)
-            .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(
+            upstream_field(&mut upstream, &format!("s{i}"), "version"),
+            "2"
+        );
     }
     // Warm on the target before the command returned: reads are hits.
     let info = |s: &Sidecar, field: &str| -> i64 {
@@ -593,18 +585,10 @@ fn write_through_writes_racing_a_move_are_applied_exactly_once() {
     let mut upstream = redis.client();
     let mut owners: BTreeMap<String, usize> = BTreeMap::new();
     for (slot, acked) in acked.iter().enumerate() {
-        let key = format!("{{session:events}}:s:s{slot}");
-        let n: i64 = redis::cmd("HGET")
-            .arg(&key)
-            .arg("a:n")
-            .query(&mut upstream)
-            .unwrap();
-        assert_eq!(n, *acked, "s{slot}");
-        let node: String = redis::cmd("HGET")
-            .arg(&key)
-            .arg("node")
-            .query(&mut upstream)
-            .unwrap();
+        let id = format!("s{slot}");
+        let n = upstream_field(&mut upstream, &id, "a:n");
+        assert_eq!(n, acked.to_string(), "{id}");
+        let node = upstream_field(&mut upstream, &id, "node");
         *owners.entry(node).or_default() += 1;
     }
     assert_eq!(
@@ -628,12 +612,7 @@ fn write_through_sigterm_drains_to_the_registered_sidecars() {
     assert!(a.wait_exit(Duration::from_secs(20)).success());
     let mut upstream = redis.client();
     for i in 0..200 {
-        let key = format!("{{session:events}}:s:s{i}");
-        let node: String = redis::cmd("HGET")
-            .arg(&key)
-            .arg("node")
-            .query(&mut upstream)
-            .unwrap();
+        let node = upstream_field(&mut upstream, &format!("s{i}"), "node");
         assert_eq!(node, "b", "s{i}");
     }
     assert!(count_local(&b) >= 200, "b holds them hot");

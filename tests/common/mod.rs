@@ -193,6 +193,22 @@ impl Sidecar {
         sidecar
     }
 
+    /// A write-through sidecar on `upstream` (a redis:// or
+    /// redis+cluster:// URL) named `node`, reporting to the registry every
+    /// 100 ms, with `extra` flags.
+    pub fn write_through(upstream: &str, node: &str, extra: &[&str]) -> Sidecar {
+        let mut args = vec![
+            "--upstream",
+            upstream,
+            "--node-id",
+            node,
+            "--registry-interval-ms",
+            "100",
+        ];
+        args.extend_from_slice(extra);
+        Sidecar::start(&args)
+    }
+
     /// Every stdout and stderr line the process has written so far.
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
