@@ -174,13 +174,45 @@ local function attr_count(id)
 end
 
 if op == 'create' then
+  -- The hot path of the sidecar, kept lean: the sidecar passes every time as
+  -- the string it stores (no number formatting here), the event's JSON, and
+  -- whether it generated the id (a fresh UUID v4, that no session can hold
+  -- yet: no EXISTS check); the reply is only what else changed, since the
+  -- sidecar knows the new session.
   local id, user, conn = arg(), arg(), arg()
   local has_user, has_conn = arg() == '1', arg() == '1'
-  local ttl, max_per_user, max_attrs = tonumber(arg()), tonumber(arg()), tonumber(arg())
-  if redis.call('EXISTS', skey(id)) == 1 then
+  local ttl, max_per_user, max_attrs = arg(), tonumber(arg()), tonumber(arg())
+  local fresh, expires, deadline, json = arg() == '1', arg(), arg(), arg()
+  if not fresh and redis.call('EXISTS', skey(id)) == 1 then
     local existing = load(id)
     if live(existing) then return redis.error_reply('EXISTS session already exists') end
     reap(id, existing)
+  end
+  local stamp = ARGV[3]
+  local fields = { 'id', id, 'status', 'active', 'node', node, 'created', stamp,
+    'last_active', stamp, 'expires', expires, 'ttl', ttl, 'version', '1' }
+  local event = { 'event', 'created', 'id', id }
+  local n, e = #fields, #event
+  if has_user then
+    fields[n + 1], fields[n + 2], n = 'user', user, n + 2
+    event[e + 1], event[e + 2], e = 'user', user, e + 2
+  end
+  if has_conn then
+    fields[n + 1], fields[n + 2], n = 'conn', conn, n + 2
+    event[e + 1], event[e + 2], e = 'conn', conn, e + 2
+  end
+  event[e + 1], event[e + 2], event[e + 3], event[e + 4] = 'node', node, 'at', stamp
+  local first_attr, pairs_given = n + 1, (#ARGV - argi + 1) / 2
+  while argi <= #ARGV do
+    fields[n + 1], fields[n + 2], n = 'a:' .. ARGV[argi], ARGV[argi + 1], n + 2
+    argi = argi + 2
+  end
+  if pairs_given > max_attrs then
+    local names, attrs = {}, 0
+    for i = first_attr, n, 2 do
+      if not names[fields[i]] then attrs = attrs + 1; names[fields[i]] = true end
+    end
+    if attrs > max_attrs then return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')') end
   end
   if has_user and max_per_user > 0 then
     local alive = user_sessions(user)
@@ -188,35 +220,24 @@ if op == 'create' then
       remove(alive[i][1], alive[i][2], 'deleted', 'evicted')
     end
   end
-  local expires = now + ttl
-  local s = { id = id, status = 'active', node = node, created = tostring(now), last_active = tostring(now),
-    expires = tostring(expires), ttl = tostring(ttl), version = '1' }
-  local fields = { 'id', id, 'status', 'active', 'node', node, 'created', s.created,
-    'last_active', s.created, 'expires', s.expires, 'ttl', s.ttl, 'version', '1' }
-  if has_user then
-    s.user = user
-    table.insert(fields, 'user'); table.insert(fields, user)
-  end
-  local names, attrs = {}, 0
-  while argi <= #ARGV do
-    local name, value = 'a:' .. arg(), arg()
-    if not names[name] then attrs = attrs + 1; names[name] = true end
-    table.insert(fields, name); table.insert(fields, value)
-  end
-  if attrs > max_attrs then return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')') end
   redis.call('HSET', skey(id), unpack(fields))
-  redis.call('PEXPIREAT', skey(id), expires + margin)
+  redis.call('PEXPIREAT', skey(id), deadline)
   redis.call('ZADD', xkey, expires, id)
   if has_user then
-    redis.call('ZADD', ukey(user), now, id)
-    keep(ukey(user), expires)
+    local key = ukey(user)
+    redis.call('ZADD', key, stamp, id)
+    -- A new user's index has no expiry yet; an existing one's only grows.
+    if redis.call('PEXPIREAT', key, deadline, 'NX') == 0 then
+      redis.call('PEXPIREAT', key, deadline, 'GT')
+    end
   end
   if has_conn then
-    bind_conn(id, s, conn)
-    table.insert(fields, 'conn'); table.insert(fields, conn)
+    take_conn(conn, id)
+    redis.call('SET', ckey(conn), id, 'PXAT', deadline)
   end
-  publish('created', id, s, nil)
-  return done(fields)
+  redis.call('PUBLISH', events, json)
+  redis.call('XADD', events, 'MAXLEN', '~', ARGV[5], '*', unpack(event))
+  return done(1)
 
 elseif op == 'attr_set' then
   local id, max_attrs = arg(), tonumber(arg())

@@ -23,8 +23,8 @@ use super::cache::{HotCache, Suspect, Ticket};
 use super::connection::{CallError, PushHandler, Upstream};
 use crate::pubsub::PubSub;
 use crate::store::{
-    Attributes, CreateSession, Key, Session, SessionLimits, Status, StoreError, StoreStats,
-    UpdateSession,
+    Attributes, CreateSession, Event, EventKind, Key, Session, SessionLimits, Status, StoreError,
+    StoreStats, UpdateSession,
 };
 
 /// The session script, loaded once and run by its SHA (redis-rs reloads it
@@ -356,36 +356,78 @@ impl WriteThrough {
 
     // ----- writes ------------------------------------------------------------
 
+    /// Creates a session. The new state is fully known here (the script
+    /// writes what it is given), so the script replies only the other
+    /// sessions it changed and the hot copy is built from the request.
     pub async fn create(&self, request: CreateSession, now: u64) -> Result<Key, StoreError> {
-        let id = match &request.id {
-            Some(id) => id.to_vec(),
-            None => uuid::Uuid::new_v4().to_string().into_bytes(),
+        // A generated id is a fresh UUID v4: the script skips its EXISTS check.
+        let (id, fresh) = match request.id {
+            Some(id) => (Key::from(&id[..]), false),
+            None => (Key::from(uuid::Uuid::new_v4().to_string().as_bytes()), true),
         };
-        let ttl = request
-            .ttl_ms
-            .unwrap_or(self.config.default_ttl_ms)
-            .to_string();
-        let max_per_user = request.max_per_user.unwrap_or(0).to_string();
-        let max_attrs = self.config.limits.max_attrs.to_string();
-        let user = request.user.as_deref().unwrap_or_default();
-        let conn = request.conn.as_deref().unwrap_or_default();
-        let mut args: Vec<&[u8]> = vec![
-            &id,
-            user,
-            conn,
-            flag(request.user.is_some()),
-            flag(request.conn.is_some()),
+        let ttl_ms = request.ttl_ms.unwrap_or(self.config.default_ttl_ms);
+        let expires = now + ttl_ms;
+        let mut numbers = itoa::Buffer::new();
+        let ttl = numbers.format(ttl_ms).to_owned();
+        let expires_text = numbers.format(expires).to_owned();
+        let deadline = numbers
+            .format(expires + self.config.key_margin_ms)
+            .to_owned();
+        let max_per_user = numbers.format(request.max_per_user.unwrap_or(0)).to_owned();
+        let max_attrs = numbers.format(self.config.limits.max_attrs).to_owned();
+        let user = request.user.map(|u| Key::from(&u[..]));
+        let conn = request.conn.map(|c| Key::from(&c[..]));
+        let event = crate::events::to_json(&Event {
+            kind: EventKind::Created,
+            id: id.clone(),
+            user: user.clone(),
+            conn: conn.clone(),
+            node: self.config.node.clone(),
+            at: now,
+            reason: None,
+        });
+        let mut args: Vec<&[u8]> = Vec::with_capacity(12 + 2 * request.attrs.len());
+        args.extend_from_slice(&[
+            &id[..],
+            user.as_deref().unwrap_or_default(),
+            conn.as_deref().unwrap_or_default(),
+            flag(user.is_some()),
+            flag(conn.is_some()),
             ttl.as_bytes(),
             max_per_user.as_bytes(),
             max_attrs.as_bytes(),
-        ];
+            flag(fresh),
+            expires_text.as_bytes(),
+            deadline.as_bytes(),
+            &event,
+        ]);
         for (name, value) in &request.attrs {
             args.push(name);
             args.push(value);
         }
-        self.mutate("create", &id, &args, now).await?;
+        let ticket = self.ticket(&id);
+        let reply = self
+            .run("create", &[&self.session_key(&id)], &args, now)
+            .await?;
+        for other in &reply.touched {
+            self.cache.invalidate(other);
+        }
+        let session = Session {
+            user,
+            conn,
+            node: self.config.node.clone(),
+            status: Status::Active,
+            created: now,
+            last_active: AtomicU64::new(now),
+            expires,
+            ttl: ttl_ms,
+            version: 1,
+            seq: 0,
+            attrs: Attributes::from_pairs(request.attrs.iter().map(|(n, v)| (&n[..], &v[..]))),
+        };
+        self.install(id.clone(), session, ticket);
         self.counts.created.fetch_add(1, Ordering::Relaxed);
-        Ok(Key::from(id))
+        Ok(id)
     }
 
     pub async fn attr_set(
