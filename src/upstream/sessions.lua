@@ -173,22 +173,26 @@ local function attr_count(id)
   return n
 end
 
-if op == 'create' then
-  -- The hot path of the sidecar, kept lean: the sidecar passes every time as
-  -- the string it stores (no number formatting here), the event's JSON, and
-  -- whether it generated the id (a fresh UUID v4, that no session can hold
-  -- yet: no EXISTS check); the reply is only what else changed, since the
-  -- sidecar knows the new session.
-  local id, user, conn = arg(), arg(), arg()
+-- Creates one session, reading its arguments from ARGV at `argi`:
+--   <created> <id> <user> <conn> <has_user> <has_conn> <ttl> <max_per_user>
+--   <max_attrs> <fresh> <expires> <deadline> <event json> <nattrs> [<name> <value>]...
+-- The sidecar passes every time as the string to store (no number formatting
+-- here), the event's JSON, and whether it generated the id (a fresh UUID v4,
+-- that no session can hold yet: no EXISTS check). Replies 1; the sidecar
+-- knows the new session.
+local function create_session()
+  local stamp, id, user, conn = arg(), arg(), arg(), arg()
   local has_user, has_conn = arg() == '1', arg() == '1'
   local ttl, max_per_user, max_attrs = arg(), tonumber(arg()), tonumber(arg())
   local fresh, expires, deadline, json = arg() == '1', arg(), arg(), arg()
+  local nattrs = tonumber(arg())
+  local first_attr = argi
+  argi = argi + 2 * nattrs
   if not fresh and redis.call('EXISTS', skey(id)) == 1 then
     local existing = load(id)
     if live(existing) then return redis.error_reply('EXISTS session already exists') end
     reap(id, existing)
   end
-  local stamp = ARGV[3]
   local fields = { 'id', id, 'status', 'active', 'node', node, 'created', stamp,
     'last_active', stamp, 'expires', expires, 'ttl', ttl, 'version', '1' }
   local event = { 'event', 'created', 'id', id }
@@ -202,18 +206,13 @@ if op == 'create' then
     event[e + 1], event[e + 2], e = 'conn', conn, e + 2
   end
   event[e + 1], event[e + 2], event[e + 3], event[e + 4] = 'node', node, 'at', stamp
-  local first_attr, pairs_given = n + 1, (#ARGV - argi + 1) / 2
-  while argi <= #ARGV do
-    fields[n + 1], fields[n + 2], n = 'a:' .. ARGV[argi], ARGV[argi + 1], n + 2
-    argi = argi + 2
+  local names, attrs = {}, 0
+  for i = first_attr, first_attr + 2 * nattrs - 1, 2 do
+    local name = 'a:' .. ARGV[i]
+    if not names[name] then attrs = attrs + 1; names[name] = true end
+    fields[n + 1], fields[n + 2], n = name, ARGV[i + 1], n + 2
   end
-  if pairs_given > max_attrs then
-    local names, attrs = {}, 0
-    for i = first_attr, n, 2 do
-      if not names[fields[i]] then attrs = attrs + 1; names[fields[i]] = true end
-    end
-    if attrs > max_attrs then return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')') end
-  end
+  if attrs > max_attrs then return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')') end
   if has_user and max_per_user > 0 then
     local alive = user_sessions(user)
     for i = 1, #alive + 1 - max_per_user do
@@ -237,7 +236,29 @@ if op == 'create' then
   end
   redis.call('PUBLISH', events, json)
   redis.call('XADD', events, 'MAXLEN', '~', ARGV[5], '*', unpack(event))
-  return done(1)
+  return 1
+end
+
+if op == 'create' then
+  -- <count> creations (group commit: the sidecar sends together those that
+  -- arrive while earlier calls are in flight), each applied in turn. Replies
+  -- one entry each: { 1, touched } (the other sessions it changed), or its
+  -- error. A creation that fails does not stop the others, so each entry is
+  -- exactly what happened to that session.
+  local results = {}
+  for i = 1, tonumber(arg()) do
+    touched = {}
+    local start = argi
+    local ok, result = pcall(create_session)
+    if not ok then
+      -- A failed redis.call: raised as an error table; anything else, as text.
+      result = type(result) == 'table' and result or redis.error_reply('ERR ' .. tostring(result))
+    end
+    -- Past this creation's arguments, whatever happened to it.
+    argi = start + 14 + 2 * tonumber(ARGV[start + 13])
+    results[i] = result == 1 and done(1) or result
+  end
+  return results
 
 elseif op == 'attr_set' then
   local id, max_attrs = arg(), tonumber(arg())
