@@ -188,7 +188,8 @@ local function create_session()
   local nattrs = tonumber(arg())
   local first_attr = argi
   argi = argi + 2 * nattrs
-  if not fresh and redis.call('EXISTS', skey(id)) == 1 then
+  local key = skey(id)
+  if not fresh and redis.call('EXISTS', key) == 1 then
     local existing = load(id)
     if live(existing) then return redis.error_reply('EXISTS session already exists') end
     reap(id, existing)
@@ -219,15 +220,15 @@ local function create_session()
       remove(alive[i][1], alive[i][2], 'deleted', 'evicted')
     end
   end
-  redis.call('HSET', skey(id), unpack(fields))
-  redis.call('PEXPIREAT', skey(id), deadline)
+  redis.call('HSET', key, unpack(fields))
+  redis.call('PEXPIREAT', key, deadline)
   redis.call('ZADD', xkey, expires, id)
   if has_user then
-    local key = ukey(user)
-    redis.call('ZADD', key, stamp, id)
+    local index = ukey(user)
+    redis.call('ZADD', index, stamp, id)
     -- A new user's index has no expiry yet; an existing one's only grows.
-    if redis.call('PEXPIREAT', key, deadline, 'NX') == 0 then
-      redis.call('PEXPIREAT', key, deadline, 'GT')
+    if redis.call('PEXPIREAT', index, deadline, 'NX') == 0 then
+      redis.call('PEXPIREAT', index, deadline, 'GT')
     end
   end
   if has_conn then
@@ -251,8 +252,9 @@ if op == 'create' then
     local start = argi
     local ok, result = pcall(create_session)
     if not ok then
-      -- A failed redis.call: raised as an error table; anything else, as text.
-      result = type(result) == 'table' and result or redis.error_reply('ERR ' .. tostring(result))
+      -- A failed redis.call raises the upstream's error text (with its code).
+      result = tostring(result)
+      result = redis.error_reply(string.match(result, '^%u+ ') and result or 'ERR ' .. result)
     end
     -- Past this creation's arguments, whatever happened to it.
     argi = start + 14 + 2 * tonumber(ARGV[start + 13])

@@ -1362,3 +1362,25 @@ fn concurrent_ifversion_updates_through_a_slow_upstream_are_applied_once() {
     assert_eq!(upstream["version"], (1 + total).to_string().into_bytes());
     assert_eq!(upstream["a:n"], total.to_string().into_bytes());
 }
+
+/// A creation that fails inside the script (here: the user's index key was
+/// overwritten with a string behind the sidecars' back) gets the upstream's
+/// error, and the creations beside it are not affected.
+#[test]
+fn a_creation_failing_inside_the_script_gets_the_upstream_error() {
+    let redis = RedisServer::start(&[]);
+    let sidecar = start_sidecar(&redis, "a", &[]);
+    let mut direct = redis.client();
+    call(&mut direct, &["SET", "{session:events}:u:broken", "x"]);
+    let mut c = sidecar.client();
+    let reply = call(&mut c, &["SESSION.CREATE", "ID", "b1", "USER", "broken"]);
+    assert_err_code(&reply, "WRONGTYPE");
+    assert_eq!(
+        text(&call(
+            &mut c,
+            &["SESSION.CREATE", "ID", "b2", "USER", "fine"]
+        )),
+        "b2"
+    );
+    assert_eq!(get_session(&mut c, "b2", false).unwrap().version, 1);
+}
