@@ -473,7 +473,7 @@ compare() {
       "$(median "${cpu_a[@]}")" "$(median "${cpu_b[@]}")"
     if [[ -n ${COMPARE_UPSTREAM_PID:-} ]]; then
       # shellcheck disable=SC2059
-      printf "$row" "  upstream CPU per $name_a" "$pipeline" "" "" "" "" "$(median "${upstream_a[@]}")" ""
+      printf "$row" "  its upstream's CPU" "$pipeline" "" "" "" "" "" "$(median "${upstream_a[@]}")"
     fi
   done
 }
@@ -510,9 +510,9 @@ section_write_through() {
     COMPARE_UPSTREAM_PID=$REDIS_PID \
     compare 0.5 "SESSION.CREATE" "$WRITE_THROUGH_PORT" "$WRITE_THROUGH_PID" "SET" "$REDIS_PORT" "$REDIS_PID" \
     -- SESSION.CREATE USER bench TTL 3600 ATTR locale en-US -- SET "set:__rand_int__" "$(printf 'x%.0s' {1..64})"
-  printf '\nsc_us/req: CPU of the sidecar per request; upstream: of the redis-server\n'
-  printf 'behind it, per SESSION.CREATE (one script call applies each creation with\n'
-  printf 'its indexes and event; concurrent creations share a call).\n'
+  printf '\nsc_us/req: CPU of the sidecar per request; "its upstream'"'"'s CPU": of the\n'
+  printf 'redis-server behind it per SESSION.CREATE (one script call applies each\n'
+  printf 'creation with its indexes and event; concurrent creations share a call).\n'
 }
 
 # The sidecar's hot-map bytes per session against what redis-server spends on
