@@ -18,6 +18,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use redis::Value;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::cache::{HotCache, Suspect, Ticket};
 use super::connection::{CallError, PushHandler, Upstream};
@@ -793,8 +794,9 @@ struct Creations {
 /// never waits for the next call while one is being answered.
 const CREATE_SENDERS: usize = 2;
 /// At most this many creations in one call (each costs the upstream about
-/// 15 us: one call blocks other clients of the upstream for a millisecond at
-/// most).
+/// 20 us: one call holds up the upstream's other clients for about a
+/// millisecond at most). The queue itself is bounded by the clients: each
+/// connection has one command at a time in flight.
 const CREATE_BATCH: usize = 64;
 
 #[derive(Default)]
@@ -881,7 +883,6 @@ impl Creations {
             return;
         };
         let span = tracing::trace_span!("upstream_creations", count = batch.len());
-        let _entered = span.enter();
         let mut call = redis::cmd("EVALSHA");
         call.arg(SCRIPT.get_hash())
             .arg(1)
@@ -915,6 +916,7 @@ impl Creations {
                     other => other,
                 }
             })
+            .instrument(span)
             .await;
         match replies {
             Ok(Value::Array(entries)) if entries.len() == batch.len() => {
