@@ -332,19 +332,25 @@ parse_rps() {
 # measure PORT PID PIPELINE COMMAND...: runs COMMAND with __rand_int__ over
 # the prefilled ids; sets RPS, and CPU_US to the microseconds of CPU the
 # server (PID) spent per request, a figure the benchmark client's own cost
-# does not distort.
+# does not distort. With MEASURE_UPSTREAM_PID set, also UPSTREAM_CPU_US: the
+# CPU that process (a write-through sidecar's upstream) spent per request.
 measure() {
   local port=$1 pid=$2 pipeline=$3 requests=${MEASURE_REQUESTS:-$REQUESTS} output before after
+  local upstream_pid=${MEASURE_UPSTREAM_PID:-} upstream_before=0 upstream_after=0
   shift 3
   ((pipeline == 1)) || requests=${MEASURE_PIPELINED_REQUESTS:-$PIPELINED_REQUESTS}
   before=$(cpu_ticks "$pid")
+  [[ -z $upstream_pid ]] || upstream_before=$(cpu_ticks "$upstream_pid")
   output=$(redis-benchmark -h 127.0.0.1 -p "$port" -c "$CLIENTS" -n "$requests" \
     -r "$SESSIONS" -P "$pipeline" --csv "$@" 2>&1) ||
     die "redis-benchmark $* (port $port, -P $pipeline) failed: $output"
   after=$(cpu_ticks "$pid")
+  [[ -z $upstream_pid ]] || upstream_after=$(cpu_ticks "$upstream_pid")
   RPS=$(parse_rps <<<"$output") || die "no requests per second in redis-benchmark's output: $output"
   CPU_US=$(awk -v t="$((after - before))" -v hz="$(getconf CLK_TCK)" -v n="$requests" \
     'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
+  UPSTREAM_CPU_US=$(awk -v t="$((upstream_after - upstream_before))" -v hz="$(getconf CLK_TCK)" \
+    -v n="$requests" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
 }
 
 ratio() {
@@ -456,10 +462,10 @@ compare() {
   command_b=("$@")
   local row='%-28s %8s %12s %12s %7s %-11s %10s %10s\n' pipeline round r
   for pipeline in 1 "$PIPELINE_DEPTH"; do
-    local rps_a=() rps_b=() cpu_a=() cpu_b=()
+    local rps_a=() rps_b=() cpu_a=() cpu_b=() upstream_a=()
     for ((round = 0; round < ROUNDS; round++)); do
-      measure "$port_a" "$pid_a" "$pipeline" "${command_a[@]}"
-      rps_a+=("$RPS") cpu_a+=("$CPU_US")
+      MEASURE_UPSTREAM_PID=${COMPARE_UPSTREAM_PID:-} measure "$port_a" "$pid_a" "$pipeline" "${command_a[@]}"
+      rps_a+=("$RPS") cpu_a+=("$CPU_US") upstream_a+=("$UPSTREAM_CPU_US")
       measure "$port_b" "$pid_b" "$pipeline" "${command_b[@]}"
       rps_b+=("$RPS") cpu_b+=("$CPU_US")
     done
@@ -469,6 +475,10 @@ compare() {
     # shellcheck disable=SC2059 # the format is the row layout above
     printf "$row" "$name_a / $name_b" "$pipeline" "$a" "$b" "$r" "$(verdict "$r" "$goal" at-least)" \
       "$(median "${cpu_a[@]}")" "$(median "${cpu_b[@]}")"
+    if [[ -n ${COMPARE_UPSTREAM_PID:-} ]]; then
+      # shellcheck disable=SC2059
+      printf "$row" "  its upstream's CPU" "$pipeline" "" "" "" "" "" "$(median "${upstream_a[@]}")"
+    fi
   done
 }
 
@@ -498,9 +508,15 @@ section_write_through() {
   printf "$row" comparison pipeline sidecar_rps redis_rps ratio verdict "sc_us/req" "redis_us/req"
   compare 1 "SESSION.GET (hot)" "$WRITE_THROUGH_PORT" "$WRITE_THROUGH_PID" "GET" "$REDIS_PORT" "$REDIS_PID" \
     -- SESSION.GET __rand_int__ -- GET __rand_int__
+  # The upstream's CPU per CREATE too: a write costs the shared redis-server
+  # more than the sidecar, and on this machine both share the cores.
   MEASURE_REQUESTS=$WRITE_REQUESTS MEASURE_PIPELINED_REQUESTS=$PIPELINED_WRITE_REQUESTS \
+    COMPARE_UPSTREAM_PID=$REDIS_PID \
     compare 0.5 "SESSION.CREATE" "$WRITE_THROUGH_PORT" "$WRITE_THROUGH_PID" "SET" "$REDIS_PORT" "$REDIS_PID" \
     -- SESSION.CREATE USER bench TTL 3600 ATTR locale en-US -- SET "set:__rand_int__" "$(printf 'x%.0s' {1..64})"
+  printf '\nsc_us/req: CPU of the sidecar per request; "its upstream'"'"'s CPU": of the\n'
+  printf 'redis-server behind it per SESSION.CREATE (one script call applies each\n'
+  printf 'creation with its indexes and event; concurrent creations share a call).\n'
 }
 
 # The sidecar's hot-map bytes per session against what redis-server spends on

@@ -170,6 +170,11 @@ impl Upstream {
             .clone()
     }
 
+    /// How long a command may wait for its reply.
+    pub fn command_timeout(&self) -> Duration {
+        self.timeouts.command
+    }
+
     pub fn state(&self) -> State {
         match self.state.load(Ordering::Relaxed) {
             1 => State::Up,

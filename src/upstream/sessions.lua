@@ -173,50 +173,94 @@ local function attr_count(id)
   return n
 end
 
-if op == 'create' then
-  local id, user, conn = arg(), arg(), arg()
+-- Creates one session, reading its arguments from ARGV at `argi`:
+--   <created> <id> <user> <conn> <has_user> <has_conn> <ttl> <max_per_user>
+--   <max_attrs> <fresh> <expires> <deadline> <event json> <nattrs> [<name> <value>]...
+-- The sidecar passes every time as the string to store (no number formatting
+-- here), the event's JSON, and whether it generated the id (a fresh UUID v4,
+-- that no session can hold yet: no EXISTS check). Replies 1; the sidecar
+-- knows the new session.
+local function create_session()
+  local stamp, id, user, conn = arg(), arg(), arg(), arg()
   local has_user, has_conn = arg() == '1', arg() == '1'
-  local ttl, max_per_user, max_attrs = tonumber(arg()), tonumber(arg()), tonumber(arg())
-  if redis.call('EXISTS', skey(id)) == 1 then
+  local ttl, max_per_user, max_attrs = arg(), tonumber(arg()), tonumber(arg())
+  local fresh, expires, deadline, json = arg() == '1', arg(), arg(), arg()
+  local nattrs = tonumber(arg())
+  local first_attr = argi
+  argi = argi + 2 * nattrs
+  local key = skey(id)
+  if not fresh and redis.call('EXISTS', key) == 1 then
     local existing = load(id)
     if live(existing) then return redis.error_reply('EXISTS session already exists') end
     reap(id, existing)
   end
+  local fields = { 'id', id, 'status', 'active', 'node', node, 'created', stamp,
+    'last_active', stamp, 'expires', expires, 'ttl', ttl, 'version', '1' }
+  local event = { 'event', 'created', 'id', id }
+  local n, e = #fields, #event
+  if has_user then
+    fields[n + 1], fields[n + 2], n = 'user', user, n + 2
+    event[e + 1], event[e + 2], e = 'user', user, e + 2
+  end
+  if has_conn then
+    fields[n + 1], fields[n + 2], n = 'conn', conn, n + 2
+    event[e + 1], event[e + 2], e = 'conn', conn, e + 2
+  end
+  event[e + 1], event[e + 2], event[e + 3], event[e + 4] = 'node', node, 'at', stamp
+  local names, attrs = {}, 0
+  for i = first_attr, first_attr + 2 * nattrs - 1, 2 do
+    local name = 'a:' .. ARGV[i]
+    if not names[name] then attrs = attrs + 1; names[name] = true end
+    fields[n + 1], fields[n + 2], n = name, ARGV[i + 1], n + 2
+  end
+  if attrs > max_attrs then return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')') end
   if has_user and max_per_user > 0 then
     local alive = user_sessions(user)
     for i = 1, #alive + 1 - max_per_user do
       remove(alive[i][1], alive[i][2], 'deleted', 'evicted')
     end
   end
-  local expires = now + ttl
-  local s = { id = id, status = 'active', node = node, created = tostring(now), last_active = tostring(now),
-    expires = tostring(expires), ttl = tostring(ttl), version = '1' }
-  local fields = { 'id', id, 'status', 'active', 'node', node, 'created', s.created,
-    'last_active', s.created, 'expires', s.expires, 'ttl', s.ttl, 'version', '1' }
-  if has_user then
-    s.user = user
-    table.insert(fields, 'user'); table.insert(fields, user)
-  end
-  local names, attrs = {}, 0
-  while argi <= #ARGV do
-    local name, value = 'a:' .. arg(), arg()
-    if not names[name] then attrs = attrs + 1; names[name] = true end
-    table.insert(fields, name); table.insert(fields, value)
-  end
-  if attrs > max_attrs then return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')') end
-  redis.call('HSET', skey(id), unpack(fields))
-  redis.call('PEXPIREAT', skey(id), expires + margin)
+  redis.call('HSET', key, unpack(fields))
+  redis.call('PEXPIREAT', key, deadline)
   redis.call('ZADD', xkey, expires, id)
   if has_user then
-    redis.call('ZADD', ukey(user), now, id)
-    keep(ukey(user), expires)
+    local index = ukey(user)
+    redis.call('ZADD', index, stamp, id)
+    -- A new user's index has no expiry yet; an existing one's only grows.
+    if redis.call('PEXPIREAT', index, deadline, 'NX') == 0 then
+      redis.call('PEXPIREAT', index, deadline, 'GT')
+    end
   end
   if has_conn then
-    bind_conn(id, s, conn)
-    table.insert(fields, 'conn'); table.insert(fields, conn)
+    take_conn(conn, id)
+    redis.call('SET', ckey(conn), id, 'PXAT', deadline)
   end
-  publish('created', id, s, nil)
-  return done(fields)
+  redis.call('PUBLISH', events, json)
+  redis.call('XADD', events, 'MAXLEN', '~', ARGV[5], '*', unpack(event))
+  return 1
+end
+
+if op == 'create' then
+  -- <count> creations (group commit: the sidecar sends together those that
+  -- arrive while earlier calls are in flight), each applied in turn. Replies
+  -- one entry each: { 1, touched } (the other sessions it changed), or its
+  -- error. A creation that fails does not stop the others, so each entry is
+  -- exactly what happened to that session.
+  local results = {}
+  for i = 1, tonumber(arg()) do
+    touched = {}
+    local start = argi
+    local ok, result = pcall(create_session)
+    if not ok then
+      -- A failed redis.call raises the upstream's error text (with its code).
+      result = tostring(result)
+      result = redis.error_reply(string.match(result, '^%u+ ') and result or 'ERR ' .. result)
+    end
+    -- Past this creation's arguments, whatever happened to it.
+    argi = start + 14 + 2 * tonumber(ARGV[start + 13])
+    results[i] = result == 1 and done(1) or result
+  end
+  return results
 
 elseif op == 'attr_set' then
   local id, max_attrs = arg(), tonumber(arg())

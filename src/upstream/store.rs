@@ -18,13 +18,14 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use redis::Value;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::cache::{HotCache, Suspect, Ticket};
 use super::connection::{CallError, PushHandler, Upstream};
 use crate::pubsub::PubSub;
 use crate::store::{
-    Attributes, CreateSession, Key, Session, SessionLimits, Status, StoreError, StoreStats,
-    UpdateSession,
+    Attributes, CreateSession, Event, EventKind, Key, Session, SessionLimits, Status, StoreError,
+    StoreStats, UpdateSession,
 };
 
 /// The session script, loaded once and run by its SHA (redis-rs reloads it
@@ -67,6 +68,8 @@ pub struct WriteThrough {
     pub upstream: Arc<Upstream>,
     pub cache: HotCache,
     config: WriteThroughConfig,
+    /// Creations waiting for, or travelling in, a shared script call.
+    creations: Arc<Creations>,
     /// `last_active` of heartbeats answered from memory, not yet written.
     heartbeats: DashMap<Key, u64, foldhash::fast::RandomState>,
     /// Invalidated copies waiting to be checked against the upstream's
@@ -102,6 +105,7 @@ struct Reply {
 impl WriteThrough {
     pub fn new(upstream: Arc<Upstream>, config: WriteThroughConfig, pubsub: Arc<PubSub>) -> Self {
         Self {
+            creations: Arc::new(Creations::new(upstream.clone(), &config)),
             upstream,
             cache: HotCache::new(config.maxmemory),
             heartbeats: DashMap::default(),
@@ -356,36 +360,71 @@ impl WriteThrough {
 
     // ----- writes ------------------------------------------------------------
 
+    /// Creates a session, in a script call shared with concurrent creations
+    /// (see [`Creations`]). The new state is fully known here (the script
+    /// writes what it is given), so the script replies only the other
+    /// sessions it changed and the hot copy is built from the request.
     pub async fn create(&self, request: CreateSession, now: u64) -> Result<Key, StoreError> {
-        let id = match &request.id {
-            Some(id) => id.to_vec(),
-            None => uuid::Uuid::new_v4().to_string().into_bytes(),
+        // A generated id is a fresh UUID v4: the script skips its EXISTS check.
+        let (id, fresh) = match request.id {
+            Some(id) => (Key::from(&id[..]), false),
+            None => (Key::from(uuid::Uuid::new_v4().to_string().as_bytes()), true),
         };
-        let ttl = request
-            .ttl_ms
-            .unwrap_or(self.config.default_ttl_ms)
-            .to_string();
-        let max_per_user = request.max_per_user.unwrap_or(0).to_string();
-        let max_attrs = self.config.limits.max_attrs.to_string();
-        let user = request.user.as_deref().unwrap_or_default();
-        let conn = request.conn.as_deref().unwrap_or_default();
-        let mut args: Vec<&[u8]> = vec![
-            &id,
+        let ttl_ms = request.ttl_ms.unwrap_or(self.config.default_ttl_ms);
+        let expires = now + ttl_ms;
+        let user = request.user.map(|u| Key::from(&u[..]));
+        let conn = request.conn.map(|c| Key::from(&c[..]));
+        let event = crate::events::to_json(&Event {
+            kind: EventKind::Created,
+            id: id.clone(),
+            user: user.clone(),
+            conn: conn.clone(),
+            node: self.config.node.clone(),
+            at: now,
+            reason: None,
+        });
+        // This creation's arguments for the script (see `create_session`
+        // there), in one buffer until its call is built.
+        let mut args = redis::Cmd::with_capacity(14 + 2 * request.attrs.len(), 256);
+        args.arg(now)
+            .arg(&id[..])
+            .arg(user.as_deref().unwrap_or_default())
+            .arg(conn.as_deref().unwrap_or_default())
+            .arg(flag(user.is_some()))
+            .arg(flag(conn.is_some()))
+            .arg(ttl_ms)
+            .arg(request.max_per_user.unwrap_or(0))
+            .arg(self.config.limits.max_attrs)
+            .arg(flag(fresh))
+            .arg(expires)
+            .arg(expires + self.config.key_margin_ms)
+            .arg(&event[..])
+            .arg(request.attrs.len());
+        for (name, value) in &request.attrs {
+            args.arg(&name[..]).arg(&value[..]);
+        }
+        let ticket = self.ticket(&id);
+        let key = self.session_key(&id);
+        let reply = self.creations.submit(key, args).await?;
+        for other in &reply.touched {
+            self.cache.invalidate(other);
+        }
+        let session = Session {
             user,
             conn,
-            flag(request.user.is_some()),
-            flag(request.conn.is_some()),
-            ttl.as_bytes(),
-            max_per_user.as_bytes(),
-            max_attrs.as_bytes(),
-        ];
-        for (name, value) in &request.attrs {
-            args.push(name);
-            args.push(value);
-        }
-        self.mutate("create", &id, &args, now).await?;
+            node: self.config.node.clone(),
+            status: Status::Active,
+            created: now,
+            last_active: AtomicU64::new(now),
+            expires,
+            ttl: ttl_ms,
+            version: 1,
+            seq: 0,
+            attrs: Attributes::from_pairs(request.attrs.iter().map(|(n, v)| (&n[..], &v[..]))),
+        };
+        self.install(id.clone(), session, ticket);
         self.counts.created.fetch_add(1, Ordering::Relaxed);
-        Ok(Key::from(id))
+        Ok(id)
     }
 
     pub async fn attr_set(
@@ -802,6 +841,213 @@ impl WriteThrough {
                 self.cache.invalidate(id);
             }
         }
+    }
+}
+
+/// Creations travelling together (group commit): concurrent CREATEs share
+/// one call of the script, which applies each in turn and replies each one's
+/// own result, so that the upstream's per-call work (and the sidecar's) is
+/// paid once for many clients.
+///
+/// There is no timer: a creation is sent at once when fewer than
+/// [`CREATE_SENDERS`] calls are in flight, and otherwise joins the next call,
+/// sent as soon as one of those is answered. Queueing is bounded: a creation
+/// that has waited longer than the command timeout is refused with TRYAGAIN
+/// without being sent. Each creation gets its own entry of the reply: one
+/// that failed never turns the others into failures, and a call whose outcome
+/// is unknown (timed out) is reported as such to all of its creations.
+struct Creations {
+    upstream: Arc<Upstream>,
+    /// The script call's common header after the operation's name.
+    prefix: String,
+    node: Key,
+    stream_maxlen: u64,
+    key_margin_ms: u64,
+    queue: std::sync::Mutex<CreationQueue>,
+}
+
+/// At most this many calls of creations in flight: enough that the upstream
+/// never waits for the next call while one is being answered.
+const CREATE_SENDERS: usize = 2;
+/// At most this many creations in one call (each costs the upstream about
+/// 20 us: one call holds up the upstream's other clients for about a
+/// millisecond at most). The queue itself is bounded by the clients: each
+/// connection has one command at a time in flight.
+const CREATE_BATCH: usize = 64;
+
+#[derive(Default)]
+struct CreationQueue {
+    waiting: Vec<Creation>,
+    /// Tasks sending calls of creations (each has one call in flight).
+    senders: usize,
+}
+
+struct Creation {
+    /// The session's key (for the call's declared key: every key shares its
+    /// hash slot).
+    key: Vec<u8>,
+    /// The creation's arguments, packed into one buffer.
+    args: redis::Cmd,
+    queued: std::time::Instant,
+    reply: tokio::sync::oneshot::Sender<Result<Reply, StoreError>>,
+}
+
+impl Creations {
+    fn new(upstream: Arc<Upstream>, config: &WriteThroughConfig) -> Self {
+        Self {
+            upstream,
+            prefix: config.prefix.clone(),
+            node: config.node.clone(),
+            stream_maxlen: config.stream_maxlen,
+            key_margin_ms: config.key_margin_ms,
+            queue: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Queues a creation for the next call and waits for its own reply.
+    async fn submit(self: &Arc<Self>, key: Vec<u8>, args: redis::Cmd) -> Result<Reply, StoreError> {
+        let (reply, replied) = tokio::sync::oneshot::channel();
+        let start_sender = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.waiting.push(Creation {
+                key,
+                args,
+                queued: std::time::Instant::now(),
+                reply,
+            });
+            let start = queue.senders < CREATE_SENDERS;
+            queue.senders += usize::from(start);
+            start
+        };
+        if start_sender {
+            // A task of its own: the call must be answered to every creation
+            // in it even if this client goes away.
+            tokio::spawn(self.clone().send_all());
+        }
+        // The sender always answers; should it vanish (the runtime is shutting
+        // down), the creation may have been sent.
+        replied.await.unwrap_or(Err(StoreError::OutcomeUnknown))
+    }
+
+    /// Sends the waiting creations, a call at a time, until none is left.
+    async fn send_all(self: Arc<Self>) {
+        loop {
+            let batch: Vec<Creation> = {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if queue.waiting.is_empty() {
+                    queue.senders -= 1;
+                    return;
+                }
+                let n = queue.waiting.len().min(CREATE_BATCH);
+                queue.waiting.drain(..n).collect()
+            };
+            self.send(batch).await;
+        }
+    }
+
+    /// One call of the script for `batch`; answers each creation.
+    async fn send(&self, batch: Vec<Creation>) {
+        let timeout = self.upstream.command_timeout();
+        let (batch, stale): (Vec<Creation>, Vec<Creation>) = batch
+            .into_iter()
+            .partition(|creation| creation.queued.elapsed() <= timeout);
+        for creation in stale {
+            // Never sent: safe to retry.
+            let _ = creation.reply.send(Err(StoreError::Unavailable));
+        }
+        let Some(first) = batch.first() else {
+            return;
+        };
+        let span = tracing::trace_span!("upstream_creations", count = batch.len());
+        let mut call = redis::cmd("EVALSHA");
+        call.arg(SCRIPT.get_hash())
+            .arg(1)
+            .arg(&first.key[..])
+            .arg("create")
+            .arg(&self.prefix)
+            .arg(crate::store::now_ms())
+            .arg(&self.node[..])
+            .arg(self.stream_maxlen)
+            .arg(self.key_margin_ms)
+            .arg(batch.len());
+        for creation in &batch {
+            for arg in creation.args.args_iter() {
+                if let redis::Arg::Simple(arg) = arg {
+                    call.arg(arg);
+                }
+            }
+        }
+        let replies = self
+            .upstream
+            .call(async |c| {
+                match eval(c, &call).await {
+                    // Not loaded (a restarted or flushed upstream): nothing ran.
+                    Err(error)
+                        if error.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        SCRIPT.load_async(c).await?;
+                        eval(c, &call).await
+                    }
+                    other => other,
+                }
+            })
+            .instrument(span)
+            .await;
+        match replies {
+            Ok(Value::Array(entries)) if entries.len() == batch.len() => {
+                for (creation, entry) in batch.into_iter().zip(entries) {
+                    let _ = creation.reply.send(script_entry(entry));
+                }
+            }
+            // The script ran, and replied something else: what it applied
+            // cannot be told.
+            Ok(_) => {
+                for creation in batch {
+                    let _ = creation.reply.send(Err(StoreError::OutcomeUnknown));
+                }
+            }
+            Err(error) => {
+                let error = StoreError::from(error);
+                for creation in batch {
+                    let _ = creation.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Runs a script call, with an error reply as an error (its entries' errors
+/// stay in the reply: they are the creations' own).
+async fn eval(
+    c: &mut redis::aio::MultiplexedConnection,
+    call: &redis::Cmd,
+) -> redis::RedisResult<Value> {
+    match redis::aio::ConnectionLike::req_packed_command(c, call).await? {
+        Value::ServerError(error) => Err(error.into()),
+        value => Ok(value),
+    }
+}
+
+/// One creation's entry of the script's reply: `{ result, touched }` or its
+/// error.
+fn script_entry(entry: Value) -> Result<Reply, StoreError> {
+    match entry {
+        Value::Array(mut parts) => {
+            let touched = match parts.pop() {
+                Some(Value::Array(ids)) => ids.into_iter().filter_map(bulk).collect(),
+                _ => Vec::new(),
+            };
+            let result = parts.pop().unwrap_or(Value::Nil);
+            Ok(Reply { result, touched })
+        }
+        Value::ServerError(error) => Err(StoreError::Upstream(match error.details() {
+            Some(details) => format!("{} {details}", error.code()),
+            None => error.code().to_string(),
+        })),
+        _ => Err(StoreError::Upstream(
+            "ERR unexpected reply from the session script".into(),
+        )),
     }
 }
 

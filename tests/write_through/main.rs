@@ -1176,3 +1176,211 @@ fn a_timed_out_write_is_not_reported_as_retryable() {
     });
     assert!(back, "the sidecar did not reconnect after the timeout");
 }
+
+/// Calls of EVALSHA the upstream has run so far.
+fn evalsha_calls(redis: &mut redis::Connection) -> usize {
+    text(&call(redis, &["INFO", "commandstats"]))
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+/// Concurrent CREATEs share script calls (group commit), and each still gets
+/// its own outcome. While the upstream is paused, creations pile up and then
+/// travel together, mixing ones that must fail (EXISTS) with ones that
+/// succeed: no success may be reported as a failure (the client's retry would
+/// apply it twice) and no failure as a success.
+#[test]
+fn creations_sharing_a_call_each_get_their_own_outcome() {
+    const CLIENTS: usize = 16;
+    const ROUNDS: usize = 6;
+    let redis = RedisServer::start(&[]);
+    let sidecar = start_sidecar(&redis, "a", &[]);
+    let mut c = sidecar.client();
+    for w in 0..CLIENTS {
+        call(&mut c, &["SESSION.CREATE", "ID", &format!("taken-{w}")]);
+    }
+    let mut direct = redis.client();
+    let calls_before = evalsha_calls(&mut direct);
+    // Writes wait for the end of the pause (within the command timeout).
+    call(&mut direct, &["CLIENT", "PAUSE", "300", "WRITE"]);
+    let barrier = Arc::new(Barrier::new(CLIENTS));
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|w| {
+            let mut c = sidecar.client();
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                let mut generated = Vec::new();
+                for round in 0..ROUNDS {
+                    let taken = format!("taken-{w}");
+                    assert_err(
+                        &call(&mut c, &["SESSION.CREATE", "ID", &taken, "USER", "u"]),
+                        "EXISTS session already exists",
+                    );
+                    let id = format!("new-{w}-{round}");
+                    let user = format!("u-{w}");
+                    let reply = call(
+                        &mut c,
+                        &["SESSION.CREATE", "ID", &id, "USER", &user, "ATTR", "k", "v"],
+                    );
+                    assert_eq!(text(&reply), id);
+                    let reply = call(&mut c, &["SESSION.CREATE", "CONN", &id]);
+                    generated.push((text(&reply), id));
+                }
+                generated
+            })
+        })
+        .collect();
+    let generated: Vec<(String, String)> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    let creations = CLIENTS * ROUNDS * 3;
+    let calls = evalsha_calls(&mut direct) - calls_before;
+    assert!(
+        calls < creations / 2,
+        "{creations} creations took {calls} script calls: they did not travel together"
+    );
+
+    // Upstream: every acknowledged creation exactly once, nothing else.
+    let expected = CLIENTS + CLIENTS * ROUNDS * 2;
+    assert_eq!(
+        int(&call(&mut direct, &["ZCARD", "{session:events}:x"])),
+        expected as i64
+    );
+    let created_events = stream_entries(&mut direct)
+        .iter()
+        .filter(|e| field(e, "event") == Some("created"))
+        .count();
+    assert_eq!(created_events, expected);
+    for w in 0..CLIENTS {
+        let taken = upstream_hash(&mut direct, &skey(&format!("taken-{w}")));
+        assert_eq!(taken["version"], b"1", "taken-{w} was changed");
+        assert!(!taken.contains_key("user"), "taken-{w} was overwritten");
+        assert_eq!(
+            int(&call(
+                &mut direct,
+                &["ZCARD", &format!("{{session:events}}:u:u-{w}")]
+            )),
+            ROUNDS as i64
+        );
+        for round in 0..ROUNDS {
+            let id = format!("new-{w}-{round}");
+            let s = get_session(&mut c, &id, false).expect("an acknowledged creation");
+            assert_eq!(
+                (s.version, s.user.as_deref()),
+                (1, Some(format!("u-{w}").as_bytes()))
+            );
+            assert_eq!(s.attrs[&b"k"[..]], b"v");
+        }
+    }
+    for (id, conn) in &generated {
+        let s = get_session(&mut c, id, false).expect("an acknowledged creation");
+        assert_eq!(s.conn.as_deref(), Some(conn.as_bytes()));
+        assert_eq!(upstream_hash(&mut direct, &skey(id))["version"], b"1");
+    }
+}
+
+/// Optimistic concurrency through a slow upstream: workers on both sidecars
+/// update one counter with IFVERSION while the upstream keeps pausing its
+/// writes. Every update is applied at most once and acknowledged exactly
+/// when applied: the final version counts the acknowledgements, and the
+/// counter the versions.
+#[test]
+fn concurrent_ifversion_updates_through_a_slow_upstream_are_applied_once() {
+    const WORKERS: usize = 6;
+    const EACH: i64 = 25;
+    // Pauses stay well within the command timeout: every update is answered.
+    let f = Fleet::start(&["--upstream-timeout-ms", "2000"]);
+    call(
+        &mut f.a.client(),
+        &["SESSION.CREATE", "ID", "cas", "ATTR", "n", "0"],
+    );
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let pauser = {
+        let running = running.clone();
+        let mut direct = f.redis.client();
+        thread::spawn(move || {
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                // Redis ends a pause at its next cron tick (up to 100 ms
+                // late): the gap is longer, so that pauses never chain.
+                call(&mut direct, &["CLIENT", "PAUSE", "100", "WRITE"]);
+                thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    let barrier = Arc::new(Barrier::new(WORKERS));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let mut c = if w % 2 == 0 {
+                f.a.client()
+            } else {
+                f.b.client()
+            };
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                let mut acknowledged = 0;
+                while acknowledged < EACH {
+                    let s = get_session(&mut c, "cas", false).unwrap();
+                    let n: i64 = text(&Value::BulkString(s.attrs[&b"n"[..]].clone()))
+                        .parse()
+                        .unwrap();
+                    let reply = call(
+                        &mut c,
+                        &[
+                            "SESSION.UPDATE",
+                            "cas",
+                            "IFVERSION",
+                            &s.version.to_string(),
+                            "ATTR",
+                            "n",
+                            &(n + 1).to_string(),
+                        ],
+                    );
+                    match reply {
+                        Value::Int(version) => {
+                            assert_eq!(version, s.version + 1);
+                            acknowledged += 1;
+                        }
+                        other => assert_err_code(&other, "CONFLICT"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    pauser.join().unwrap();
+    let mut direct = f.redis.client();
+    let upstream = upstream_hash(&mut direct, &skey("cas"));
+    let total = WORKERS as i64 * EACH;
+    assert_eq!(upstream["version"], (1 + total).to_string().into_bytes());
+    assert_eq!(upstream["a:n"], total.to_string().into_bytes());
+}
+
+/// A creation that fails inside the script (here: the user's index key was
+/// overwritten with a string behind the sidecars' back) gets the upstream's
+/// error, and the creations beside it are not affected.
+#[test]
+fn a_creation_failing_inside_the_script_gets_the_upstream_error() {
+    let redis = RedisServer::start(&[]);
+    let sidecar = start_sidecar(&redis, "a", &[]);
+    let mut direct = redis.client();
+    call(&mut direct, &["SET", "{session:events}:u:broken", "x"]);
+    let mut c = sidecar.client();
+    let reply = call(&mut c, &["SESSION.CREATE", "ID", "b1", "USER", "broken"]);
+    assert_err_code(&reply, "WRONGTYPE");
+    assert_eq!(
+        text(&call(
+            &mut c,
+            &["SESSION.CREATE", "ID", "b2", "USER", "fine"]
+        )),
+        "b2"
+    );
+    assert_eq!(get_session(&mut c, "b2", false).unwrap().version, 1);
+}
