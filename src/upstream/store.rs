@@ -420,6 +420,7 @@ impl WriteThrough {
             ttl: ttl_ms,
             version: 1,
             seq: 0,
+            moving: false,
             attrs: Attributes::from_pairs(request.attrs.iter().map(|(n, v)| (&n[..], &v[..]))),
         };
         self.install(id.clone(), session, ticket);
