@@ -256,9 +256,14 @@ impl Upstream {
             return CallError::Unknown;
         }
         if error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error() {
+            // The connection broke under the call: it may have been sent and
+            // applied before the break (the client cannot tell which), so a
+            // blind retry could apply it twice. Once the supervisor has seen
+            // the break, calls fail fast with Unavailable before being sent.
             self.stats.unavailable.inc();
-            tracing::debug!(%error, "upstream call failed");
-            return CallError::Unavailable;
+            self.reconnect_requested.notify_one();
+            tracing::debug!(%error, "upstream connection broke during a call");
+            return CallError::Unknown;
         }
         self.stats.errors.inc();
         let message = match (error.code(), error.detail()) {

@@ -1384,3 +1384,35 @@ fn a_creation_failing_inside_the_script_gets_the_upstream_error() {
     );
     assert_eq!(get_session(&mut c, "b2", false).unwrap().version, 1);
 }
+
+/// A write in flight when the upstream connection breaks may or may not have
+/// been applied: the client is told so (TIMEOUT ... may have been applied),
+/// not invited to retry blindly (TRYAGAIN).
+#[test]
+fn a_write_in_flight_when_the_connection_breaks_is_reported_as_unknown() {
+    let redis = RedisServer::start(&[]);
+    let sidecar = start_sidecar(&redis, "a", &["--upstream-timeout-ms", "10000"]);
+    let mut admin = redis.client();
+    // Writes wait at the upstream: the creation below stays in flight.
+    assert_eq!(
+        text(&call(&mut admin, &["CLIENT", "PAUSE", "5000", "WRITE"])),
+        "OK"
+    );
+    let url = sidecar.url();
+    let creation = thread::spawn(move || {
+        let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+        call(&mut con, &["SESSION.CREATE", "ID", "inflight"])
+    });
+    let waiting = wait_until(Duration::from_secs(5), || {
+        text(&call(&mut admin, &["CLIENT", "LIST"])).contains("cmd=evalsha")
+    });
+    assert!(waiting, "the creation never reached the upstream");
+    call(
+        &mut admin,
+        &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"],
+    );
+    let reply = creation.join().unwrap();
+    let message = err_text(&reply);
+    assert!(message.starts_with("TIMEOUT"), "{message}");
+    call(&mut admin, &["CLIENT", "UNPAUSE"]);
+}
