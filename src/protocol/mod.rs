@@ -1,5 +1,7 @@
-//! The RESP wire format: requests in ([`request`]), replies out ([`reply`]).
+//! The RESP wire format: requests in ([`request`]), replies out ([`reply`]),
+//! and where a server's replies end ([`frame`]), for the proxy.
 
+pub mod frame;
 pub mod reply;
 pub mod request;
 

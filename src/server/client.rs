@@ -132,6 +132,8 @@ pub struct ClientState {
     pub subscriber: Option<(Subscriber, mpsc::Receiver<Message>)>,
     /// Set by QUIT: close once the reply is written.
     pub close: bool,
+    /// The client's side of the passthrough to the upstream.
+    pub proxy: crate::proxy::Link,
 }
 
 impl ClientState {
@@ -144,6 +146,7 @@ impl ClientState {
             patterns: HashSet::new(),
             subscriber: None,
             close: false,
+            proxy: crate::proxy::Link::default(),
         }
     }
 

@@ -103,6 +103,22 @@ async fn run(
             let restricted = !client.authenticated;
             match parser.parse(&mut input, &mut argv, shared.limits, restricted) {
                 Ok(true) => {
+                    if let Some(proxy) = &shared.proxy {
+                        // Forwarded, or answered here once the replies owed
+                        // for the commands forwarded before it are written.
+                        let lane = client.id() as usize;
+                        if proxy.forwards(&client.proxy, client.authenticated, &argv) {
+                            client
+                                .proxy
+                                .forward(proxy, client.protocol, lane, &argv, &mut output)
+                                .await;
+                            continue;
+                        }
+                        client
+                            .proxy
+                            .settle(proxy, client.protocol, lane, &mut output)
+                            .await;
+                    }
                     let mut out = ReplyWriter::new(&mut output, client.protocol);
                     execute(shared, client, &argv, &mut out).await;
                     if client.close {
@@ -116,6 +132,13 @@ async fn run(
                 }
                 Ok(false) => break,
                 Err(error) => {
+                    if let Some(proxy) = &shared.proxy {
+                        let lane = client.id() as usize;
+                        client
+                            .proxy
+                            .settle(proxy, client.protocol, lane, &mut output)
+                            .await;
+                    }
                     shared.metrics.protocol_errors.inc();
                     tracing::debug!(client = client.id(), error = error.0, "protocol error");
                     ReplyWriter::new(&mut output, client.protocol)
@@ -123,6 +146,17 @@ async fn run(
                     stream.write_all(&output).await?;
                     return Ok(());
                 }
+            }
+        }
+        if let Some(proxy) = &shared.proxy {
+            let lane = client.id() as usize;
+            client
+                .proxy
+                .flush(proxy, client.protocol, lane, &mut output)
+                .await;
+            if client.proxy.lost_state() {
+                stream.write_all(&output).await?;
+                return Ok(());
             }
         }
         if input.len() > query_limit {
@@ -160,7 +194,7 @@ async fn run(
                 None => std::future::pending().await,
             }
         };
-        let subscribed = client.subscription_count() > 0;
+        let subscribed = client.subscription_count() > 0 || client.proxy.subscribed();
         let overflow = client.subscriber.as_ref().map(|(s, _)| s.overflow.clone());
         tokio::select! {
             read = stream.read_buf(&mut input) => {
@@ -191,6 +225,13 @@ async fn run(
                             encode_message(message, &mut out);
                         }
                     }
+                }
+            }
+            read = client.proxy.readable() => {
+                client.proxy.relay(read, &mut output);
+                if client.proxy.lost_state() {
+                    stream.write_all(&output).await?;
+                    return Ok(());
                 }
             }
             _ = overflowed(overflow) => {

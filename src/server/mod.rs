@@ -19,6 +19,7 @@ use crate::fleet::Fleet;
 use crate::ops::config::Config;
 use crate::ops::metrics::Metrics;
 use crate::protocol::Limits;
+use crate::proxy::Proxy;
 use crate::pubsub::PubSub;
 use crate::sessions::Sessions;
 use crate::store::{Key, SessionLimits, SessionStore, now_ms};
@@ -37,6 +38,8 @@ pub struct Shared {
     pub pubsub: Arc<PubSub>,
     pub metrics: Metrics,
     pub clients: ClientRegistry,
+    /// Passthrough of ordinary commands, when there is an upstream.
+    pub proxy: Option<Proxy>,
     pub listen_addr: SocketAddr,
     pub advertise: String,
     pub limits: Limits,
@@ -93,6 +96,7 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     let shutdown = CancellationToken::new();
     let background = Background::default();
     let sessions = start_sessions(&config, &pubsub, &background)?;
+    let proxy = start_proxy(&config, &sessions);
     let shared = Arc::new(Shared {
         advertise: config
             .advertise
@@ -113,6 +117,7 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
         pubsub,
         metrics: Metrics::default(),
         clients: ClientRegistry::default(),
+        proxy,
         listen_addr,
         started_ms: now_ms(),
         ready: AtomicBool::new(false),
@@ -309,6 +314,23 @@ fn start_sessions(
         .spawn(store.clone().run_background(background.work_stop.clone()));
     tracing::info!(upstream = %upstream.address(), "write-through mode");
     Ok(Sessions::WriteThrough(store))
+}
+
+/// The passthrough to the write-through upstream, if there is one and the
+/// proxy can reach it (plain TCP).
+fn start_proxy(config: &Config, sessions: &Sessions) -> Option<Proxy> {
+    let Sessions::WriteThrough(store) = sessions else {
+        return None;
+    };
+    let (servers, cluster) = store.upstream.servers();
+    let timeout = Duration::from_millis(config.upstream_connect_timeout_ms);
+    match Proxy::new(servers, cluster, timeout) {
+        Ok(proxy) => Some(proxy),
+        Err(reason) => {
+            tracing::warn!(%reason, "ordinary commands will not be forwarded to the upstream");
+            None
+        }
+    }
 }
 
 /// Resolves with the signal's name on SIGTERM or SIGINT.

@@ -163,6 +163,15 @@ impl Upstream {
         })
     }
 
+    /// The servers the URL names, with its credentials and database: the
+    /// one server, or a cluster's seeds (then `true`). The proxy dials them.
+    pub fn servers(&self) -> (Vec<ConnectionInfo>, bool) {
+        match &self.target {
+            Target::Server(client) => (vec![client.get_connection_info().clone()], false),
+            Target::Cluster { seeds, .. } => (seeds.clone(), true),
+        }
+    }
+
     pub fn address(&self) -> String {
         self.address
             .read()

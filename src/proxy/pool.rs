@@ -1,0 +1,263 @@
+//! The multiplexed path: a few pipelined connections to one upstream server,
+//! shared by every client for the commands that leave no state behind.
+//!
+//! Invariant: every request gets exactly one answer, in order. Each pooled
+//! connection is one task that owns its socket: it takes every request queued
+//! so far (many clients' pipelines), writes them in one write, and hands the
+//! replies back in the order the requests were written, each request's
+//! replies as one slice of the read buffer, never re-encoded. A client's
+//! pipeline is one request, so its replies stay together and in order.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use super::ProxyStats;
+use super::endpoint::{Connection, Endpoint};
+use crate::protocol::Protocol;
+use crate::protocol::frame::FrameScanner;
+
+/// Requests queued per pooled connection before senders wait.
+const QUEUE: usize = 4096;
+/// Write the batch once it holds this much.
+const MAX_BATCH: usize = 256 * 1024;
+/// How long to fail at once after a failed connect before trying again.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
+
+/// Commands of one client, sent together, answered together.
+pub struct Request {
+    /// The commands, RESP-encoded, back to back.
+    pub commands: Bytes,
+    /// How many commands (replies to wait for).
+    pub count: usize,
+    pub reply: oneshot::Sender<Result<Bytes, Failure>>,
+}
+
+/// Why a request got no reply.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// Not sent: the upstream cannot be reached (the reason, for the log).
+    Unavailable(String),
+    /// Sent, then the connection failed: the commands may have been applied.
+    Lost,
+}
+
+/// The pooled connections to one server, per protocol version: replies
+/// come back in the protocol the client negotiated.
+pub struct Pool {
+    resp2: Vec<mpsc::Sender<Request>>,
+    resp3: Vec<mpsc::Sender<Request>>,
+}
+
+/// How pooled connections are made.
+#[derive(Clone)]
+pub struct PoolSettings {
+    pub connections: usize,
+    pub connect_timeout: Duration,
+    pub stats: Arc<ProxyStats>,
+}
+
+impl Pool {
+    /// Starts the connection tasks; each connects on its first request.
+    pub fn new(endpoint: &Endpoint, settings: &PoolSettings) -> Pool {
+        let start = |protocol| {
+            (0..settings.connections.max(1))
+                .map(|_| {
+                    let (tx, rx) = mpsc::channel(QUEUE);
+                    tokio::spawn(serve(endpoint.clone(), protocol, settings.clone(), rx));
+                    tx
+                })
+                .collect()
+        };
+        Pool {
+            resp2: start(Protocol::Resp2),
+            resp3: start(Protocol::Resp3),
+        }
+    }
+
+    /// Sends `count` commands and waits for their replies. `lane` picks the
+    /// connection (a client always uses the same one).
+    pub async fn call(
+        &self,
+        protocol: Protocol,
+        lane: usize,
+        commands: Bytes,
+        count: usize,
+    ) -> Result<Bytes, Failure> {
+        let replies = self.submit(protocol, lane, commands, count).await;
+        replies.await.unwrap_or_else(|_| Err(shut_down()))
+    }
+
+    /// Queues `count` commands; the receiver gets their replies.
+    pub async fn submit(
+        &self,
+        protocol: Protocol,
+        lane: usize,
+        commands: Bytes,
+        count: usize,
+    ) -> oneshot::Receiver<Result<Bytes, Failure>> {
+        let senders = match protocol {
+            Protocol::Resp2 => &self.resp2,
+            Protocol::Resp3 => &self.resp3,
+        };
+        let sender = &senders[lane % senders.len()];
+        let (tx, rx) = oneshot::channel();
+        let request = Request {
+            commands,
+            count,
+            reply: tx,
+        };
+        if let Err(refused) = sender.send(request).await {
+            let _ = refused.0.reply.send(Err(shut_down()));
+        }
+        rx
+    }
+}
+
+fn shut_down() -> Failure {
+    Failure::Unavailable("the pool is shut down".into())
+}
+
+/// A request written and waiting for its replies.
+struct InFlight {
+    remaining: usize,
+    reply: oneshot::Sender<Result<Bytes, Failure>>,
+}
+
+/// One pooled connection's task: connect when needed, batch, match replies.
+async fn serve(
+    endpoint: Endpoint,
+    protocol: Protocol,
+    settings: PoolSettings,
+    mut requests: mpsc::Receiver<Request>,
+) {
+    let mut connection: Option<Connection> = None;
+    let mut scanner = FrameScanner::default();
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut batch = BytesMut::with_capacity(16 * 1024);
+    let mut failed_at: Option<(Instant, String)> = None;
+    loop {
+        let readable = async {
+            match connection.as_mut() {
+                Some(c) => c.stream.read_buf(&mut c.input).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            request = requests.recv() => {
+                let Some(request) = request else { return };
+                if connection.is_none() {
+                    if let Some((at, reason)) = &failed_at
+                        && at.elapsed() < RETRY_AFTER
+                    {
+                        let reason = reason.clone();
+                        fail_queued(request, &mut requests, &reason, &settings.stats);
+                        continue;
+                    }
+                    match endpoint.connect(protocol, settings.connect_timeout).await {
+                        Ok(fresh) => {
+                            tracing::debug!(upstream = %endpoint.addr, "pooled connection up");
+                            connection = Some(fresh);
+                            scanner.reset();
+                            failed_at = None;
+                        }
+                        Err(reason) => {
+                            tracing::warn!(upstream = %endpoint.addr, %reason, "proxy cannot reach the upstream");
+                            failed_at = Some((Instant::now(), reason.clone()));
+                            fail_queued(request, &mut requests, &reason, &settings.stats);
+                            continue;
+                        }
+                    }
+                }
+                // Everything queued so far goes out in one write.
+                let mut next = Some(request);
+                while let Some(request) = next.take() {
+                    batch.extend_from_slice(&request.commands);
+                    in_flight.push_back(InFlight { remaining: request.count, reply: request.reply });
+                    if batch.len() < MAX_BATCH {
+                        next = requests.try_recv().ok();
+                    }
+                }
+                settings.stats.batches.inc();
+                let Some(live) = connection.as_mut() else { continue };
+                let written = live.stream.write_all(&batch).await;
+                batch.clear();
+                if written.is_err() {
+                    connection = None;
+                    fail_in_flight(&mut in_flight);
+                }
+            }
+            read = readable => {
+                let Some(live) = connection.as_mut() else { continue };
+                match read {
+                    Ok(n) if n > 0 => {
+                        if hand_back(&mut live.input, &mut scanner, &mut in_flight).is_err() {
+                            tracing::warn!(upstream = %endpoint.addr, "upstream sent something that is not RESP; reconnecting");
+                            connection = None;
+                            fail_in_flight(&mut in_flight);
+                        }
+                    }
+                    _ => {
+                        tracing::debug!(upstream = %endpoint.addr, "pooled connection closed");
+                        connection = None;
+                        fail_in_flight(&mut in_flight);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Hands each request whose replies are all in to its client. Pooled
+/// connections never subscribe nor track keys, so every frame is a reply.
+fn hand_back(
+    input: &mut BytesMut,
+    scanner: &mut FrameScanner,
+    in_flight: &mut VecDeque<InFlight>,
+) -> Result<(), ()> {
+    loop {
+        let Some(end) = scanner.next_frame(input).map_err(|_| ())? else {
+            return Ok(());
+        };
+        let Some(head) = in_flight.front_mut() else {
+            // A reply nobody asked for: the stream is out of step.
+            return Err(());
+        };
+        head.remaining -= 1;
+        if head.remaining == 0 {
+            let replies = input.split_to(end).freeze();
+            scanner.consumed(end);
+            if let Some(done) = in_flight.pop_front() {
+                let _ = done.reply.send(Ok(replies));
+            }
+        }
+    }
+}
+
+/// Fails a request and whatever else is queued behind it: the upstream is
+/// unreachable right now.
+fn fail_queued(
+    first: Request,
+    requests: &mut mpsc::Receiver<Request>,
+    reason: &str,
+    stats: &ProxyStats,
+) {
+    let mut next = Some(first);
+    while let Some(request) = next {
+        stats.unavailable.inc();
+        let _ = request
+            .reply
+            .send(Err(Failure::Unavailable(reason.to_string())));
+        next = requests.try_recv().ok();
+    }
+}
+
+fn fail_in_flight(in_flight: &mut VecDeque<InFlight>) {
+    for request in in_flight.drain(..) {
+        let _ = request.reply.send(Err(Failure::Lost));
+    }
+}
