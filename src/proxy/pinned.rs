@@ -268,8 +268,13 @@ impl Pinned {
             return Class::Reply;
         }
         let Some(elements) = view.elements() else {
-            // Not a flat array of strings: no message nor confirmation.
-            return Class::Reply;
+            // Not flat (an invalidation's array of keys): no message nor
+            // confirmation.
+            return if view.kind == b'>' {
+                Class::OutOfBand
+            } else {
+                Class::Reply
+            };
         };
         let kind = match elements.first() {
             Some(Element::Bulk(kind)) => kind.to_ascii_lowercase(),
