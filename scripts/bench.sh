@@ -16,6 +16,10 @@
 #   BENCH_PIPELINED_WRITE_REQUESTS  the same with -P 16 (200000)
 #   BENCH_SIDECAR_BIN         benchmark this binary instead of building one
 #   BENCH_SIDECAR_ARGS        extra flags for the sidecar, e.g. "--threads 1"
+#   BENCH_PASSTHROUGH_ARGS    extra flags for the passthrough sidecar
+#   BENCH_SECTIONS            sections to run, of: memory hot_reads
+#                             write_through passthrough (default: all, in order;
+#                             hot_reads after memory reads the hashes it stores)
 #   BENCH_KEEP_LOGS=1         keep the servers' logs instead of deleting them
 set -euo pipefail
 
@@ -499,6 +503,98 @@ section_write_through() {
     -- SESSION.CREATE USER bench TTL 3600 ATTR locale en-US -- SET "set:__rand_int__" "$(printf 'x%.0s' {1..64})"
 }
 
+# Passthrough: GET and SET through a sidecar with an upstream (the same
+# redis-server) against the same commands sent to redis-server directly and
+# through twemproxy (nutcracker) in front of it, alternating in each round.
+section_passthrough() {
+  heading "Passthrough vs redis-server direct and twemproxy (goal: sidecar/direct >= 0.90; medians of $ROUNDS rounds)"
+  ensure_nutcracker
+  local passthrough_port passthrough_pid nutcracker_port nutcracker_stats_port nutcracker_pid
+  # shellcheck disable=SC2086 # the extra flags are meant to be split
+  start_sidecar passthrough_port passthrough --upstream "redis://127.0.0.1:$REDIS_PORT" ${BENCH_PASSTHROUGH_ARGS:-}
+  passthrough_pid=$LAST_PID
+  local deadline=$((SECONDS + START_TIMEOUT_SECONDS))
+  until [[ $(info_field "$passthrough_port" upstream upstream_state) == up ]]; do
+    ((SECONDS < deadline)) || die "the passthrough sidecar did not connect to its upstream"
+    sleep 0.1
+  done
+  claim_port nutcracker_port
+  claim_port nutcracker_stats_port
+  printf '%s\n' "bench:" "  listen: 127.0.0.1:$nutcracker_port" "  redis: true" \
+    "  hash: fnv1a_64" "  distribution: ketama" "  servers:" "    - 127.0.0.1:$REDIS_PORT:1" \
+    >"$WORK_DIR/nutcracker.yml"
+  start_process nutcracker nutcracker -c "$WORK_DIR/nutcracker.yml" -o "$WORK_DIR/nutcracker-own.log" \
+    -a 127.0.0.1 -s "$nutcracker_stats_port"
+  nutcracker_pid=$LAST_PID
+  wait_for_set nutcracker "$nutcracker_pid" "$nutcracker_port"
+
+  local value reply
+  value=$(printf 'x%.0s' {1..64})
+  awk -v n="$SESSIONS" -v v="$value" 'BEGIN { for (i = 0; i < n; i++) printf "SET pt:%012d %s\n", i, v }' |
+    pipe_commands "$REDIS_PORT"
+  reply=$(cli "$passthrough_port" GET pt:000000004242) || die "GET through the sidecar failed: $reply"
+  [[ $reply == "$value" ]] || die "GET through the sidecar replied '$reply'"
+  reply=$(cli "$nutcracker_port" GET pt:000000004242) || die "GET through twemproxy failed: $reply"
+  [[ $reply == "$value" ]] || die "GET through twemproxy replied '$reply'"
+
+  local row='%-8s %8s %12s %12s %14s %9s %-11s %11s\n'
+  # shellcheck disable=SC2059 # the format is the row layout above
+  printf "$row" command pipeline direct_rps sidecar_rps twemproxy_rps sidecar/ verdict twemproxy/
+  local name pipeline round d s t r
+  local -a command
+  for name in GET SET; do
+    if [[ $name == GET ]]; then
+      command=(GET "pt:__rand_int__")
+    else
+      command=(SET "pt:__rand_int__" "$value")
+    fi
+    for pipeline in 1 "$PIPELINE_DEPTH"; do
+      local direct=() sidecar=() twemproxy=()
+      for ((round = 0; round < ROUNDS; round++)); do
+        measure "$REDIS_PORT" "$REDIS_PID" "$pipeline" "${command[@]}"
+        direct+=("$RPS")
+        measure "$passthrough_port" "$passthrough_pid" "$pipeline" "${command[@]}"
+        sidecar+=("$RPS")
+        measure "$nutcracker_port" "$nutcracker_pid" "$pipeline" "${command[@]}"
+        twemproxy+=("$RPS")
+      done
+      d=$(median "${direct[@]}") s=$(median "${sidecar[@]}") t=$(median "${twemproxy[@]}")
+      r=$(ratio "$s" "$d")
+      # shellcheck disable=SC2059
+      printf "$row" "$name" "$pipeline" "$d" "$s" "$t" "$r" "$(verdict "$r" 0.9 at-least)" "$(ratio "$t" "$d")"
+    done
+  done
+}
+
+# twemproxy is only needed by the passthrough section: installed on demand
+# (the test suite never needs it).
+ensure_nutcracker() {
+  command -v nutcracker >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null 2>&1 || die "nutcracker (twemproxy) is required for the passthrough section"
+  log "installing nutcracker (twemproxy)"
+  if [[ $(id -u) -eq 0 ]]; then
+    env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nutcracker >/dev/null
+  else
+    sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nutcracker >/dev/null
+  fi
+  command -v nutcracker >/dev/null 2>&1 || die "nutcracker is still missing after installation"
+  # The package may start a system service: nothing here uses it.
+  if command -v service >/dev/null 2>&1; then
+    service nutcracker stop >/dev/null 2>&1 || true
+  fi
+}
+
+# wait_for_set NAME PID PORT: twemproxy answers no PING; a SET shows it is up.
+wait_for_set() {
+  local name=$1 pid=$2 port=$3
+  local deadline=$((SECONDS + START_TIMEOUT_SECONDS))
+  until [[ $(cli "$port" SET bench:probe 1 2>/dev/null) == OK ]]; do
+    kill -0 "$pid" 2>/dev/null || die "$name exited during startup"
+    ((SECONDS < deadline)) || die "$name did not answer on port $port within ${START_TIMEOUT_SECONDS}s"
+    sleep 0.1
+  done
+}
+
 # The sidecar's hot-map bytes per session against what redis-server spends on
 # the same sessions stored as hashes with their expiry.
 section_memory() {
@@ -554,9 +650,13 @@ main() {
   print_environment
   # The memory section stores the sessions as hashes in redis-server, which
   # the hot-read section then reads with HGETALL.
-  section_memory
-  section_hot_reads
-  section_write_through
+  local section
+  for section in ${BENCH_SECTIONS:-memory hot_reads write_through passthrough}; do
+    case $section in
+      memory | hot_reads | write_through | passthrough) "section_$section" ;;
+      *) die "unknown section in BENCH_SECTIONS: $section" ;;
+    esac
+  done
 }
 
 main "$@"

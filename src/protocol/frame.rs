@@ -198,7 +198,7 @@ mod tests {
     #[test]
     fn finds_the_end_of_every_kind_of_reply() {
         let buf = b"+OK\r\n-ERR x\r\n:1\r\n$3\r\nabc\r\n$-1\r\n*2\r\n$1\r\na\r\n*1\r\n:2\r\n*-1\r\n*0\r\n%1\r\n+k\r\n,1.5\r\n_\r\n#t\r\n(123\r\n=7\r\ntxt:abc\r\n>2\r\n+a\r\n+b\r\n|1\r\n+a\r\n+b\r\n:5\r\n~1\r\n+x\r\n";
-        assert_eq!(frames(buf).len(), 17);
+        assert_eq!(frames(buf).len(), 16);
         assert_eq!(*frames(buf).last().unwrap(), buf.len());
     }
 

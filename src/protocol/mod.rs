@@ -6,4 +6,4 @@ pub mod reply;
 pub mod request;
 
 pub use reply::{Protocol, ReplyWriter};
-pub use request::{Limits, ProtocolError, RequestParser, parse_i64};
+pub use request::{Limits, ProtocolError, RequestParser, complete_request, parse_i64};

@@ -27,12 +27,12 @@ pub mod pool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use redis::ConnectionInfo;
 
 use crate::commands::table::{self, Cmd};
 use crate::ops::metrics::Counter;
-use crate::protocol::Protocol;
+use crate::protocol::{Limits, Protocol, complete_request};
 use cluster::Router;
 use endpoint::{Endpoint, encode_command};
 use pinned::Pinned;
@@ -304,6 +304,38 @@ impl Link {
             pinned.send_swallowed_multi();
         }
         pinned.send(argv);
+    }
+
+    /// The fast path for a pipeline of stateless commands: moves every
+    /// complete request at the front of `input` that goes to the pool as it
+    /// is (no command the sidecar answers or that pins) into the batch, byte
+    /// for byte, without parsing it into arguments. Stops at anything else,
+    /// which the caller parses as usual, in order.
+    pub async fn forward_unparsed(
+        &mut self,
+        proxy: &Proxy,
+        protocol: Protocol,
+        lane: usize,
+        input: &mut BytesMut,
+        limits: Limits,
+        output: &mut BytesMut,
+    ) {
+        if proxy.is_cluster() || self.pinned.is_some() || self.deferred_multi {
+            return;
+        }
+        while let Some((end, name)) = complete_request(input, limits) {
+            let name = &input[name];
+            if table::lookup(name).is_some() || Command::of(name) != Command::Other {
+                return;
+            }
+            proxy.stats.forwarded.inc();
+            self.batch.commands.extend_from_slice(&input[..end]);
+            self.batch.count += 1;
+            input.advance(end);
+            if self.batch.commands.len() >= BATCH_BOUND {
+                self.send_batch(proxy, protocol, lane, output).await;
+            }
+        }
     }
 
     async fn send_batch(

@@ -100,6 +100,23 @@ async fn run(
     loop {
         // Run every complete request already buffered.
         loop {
+            if let Some(proxy) = &shared.proxy
+                && client.authenticated
+                && parser.is_idle()
+            {
+                let lane = client.id() as usize;
+                client
+                    .proxy
+                    .forward_unparsed(
+                        proxy,
+                        client.protocol,
+                        lane,
+                        &mut input,
+                        shared.limits,
+                        &mut output,
+                    )
+                    .await;
+            }
             let restricted = !client.authenticated;
             match parser.parse(&mut input, &mut argv, shared.limits, restricted) {
                 Ok(true) => {
