@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::{Bytes, BytesMut};
 use redis::{ConnectionInfo, Value};
+use tokio::sync::oneshot;
 
 use super::endpoint::{Endpoint, encode_command};
-use super::pool::{Failure, Pool, PoolSettings};
+use super::pool::{Delivery, Failure, Pool, PoolSettings};
 use super::{Batch, LOST, UNAVAILABLE};
 use crate::protocol::Protocol;
 use crate::protocol::frame::FrameScanner;
@@ -364,8 +365,10 @@ impl Router {
         }
         let mut receivers = Vec::with_capacity(groups.len());
         for (pool, bytes, members, count) in groups {
-            let replies = pool.submit(protocol, lane, bytes.freeze(), count).await;
-            receivers.push((replies, members));
+            let (tx, rx) = oneshot::channel();
+            pool.submit(protocol, lane, bytes.freeze(), count, Delivery::Caller(tx))
+                .await;
+            receivers.push((rx, members));
         }
         for (replies, members) in receivers {
             let result = replies
@@ -394,12 +397,8 @@ impl Router {
                     }
                 }
                 Err(failure) => {
-                    let reply = match failure {
-                        Failure::Unavailable(_) => UNAVAILABLE,
-                        Failure::Lost => LOST,
-                    };
                     for index in members {
-                        pending[index].reply = Some(Bytes::from_static(reply));
+                        pending[index].reply = Some(Bytes::from_static(failure.reply()));
                     }
                 }
             }

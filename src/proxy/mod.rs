@@ -23,7 +23,9 @@ pub mod cluster;
 pub mod endpoint;
 pub mod pinned;
 pub mod pool;
+pub mod sink;
 
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +38,8 @@ use crate::protocol::{Limits, Protocol, complete_request};
 use cluster::Router;
 use endpoint::{Endpoint, encode_command};
 use pinned::Pinned;
-use pool::{Failure, Pool, PoolSettings};
+use pool::{Delivery, Pool, PoolSettings};
+use sink::ReplySink;
 
 /// The reply to a command that could not be sent.
 pub const UNAVAILABLE: &[u8] = b"-TRYAGAIN upstream unavailable\r\n";
@@ -46,6 +49,8 @@ pub const LOST: &[u8] = b"-ERR upstream connection lost: the command may have be
 const POOL_CONNECTIONS: usize = 2;
 /// Send a client's pending commands once they are this large.
 const BATCH_BOUND: usize = 64 * 1024;
+/// Requests a client may have in flight in the pools before it waits.
+const MAX_OWED: usize = 32;
 
 /// Counters of the passthrough path.
 #[derive(Default, Debug)]
@@ -131,33 +136,45 @@ impl Proxy {
         }
     }
 
-    /// Sends a client's batch of stateless commands and appends their
-    /// replies (or one error per command) to `output`.
+    /// Sends a client's batch of stateless commands. On a single server
+    /// with the client's socket at hand, the pooled connection writes the
+    /// replies to it; otherwise they are awaited and appended to `output`.
     async fn call(
         &self,
         protocol: Protocol,
         lane: usize,
         batch: &mut Batch,
+        sink: Option<&Arc<ReplySink>>,
         output: &mut BytesMut,
     ) {
         let count = batch.count;
-        let result = match &self.target {
-            Target::Server { pool, .. } => {
+        let result = match (&self.target, sink) {
+            (Target::Server { pool, .. }, Some(sink)) => {
+                sink.owe();
+                let commands = batch.commands.split().freeze();
+                pool.submit(
+                    protocol,
+                    lane,
+                    commands,
+                    count,
+                    Delivery::Sink(sink.clone()),
+                )
+                .await;
+                batch.clear();
+                return;
+            }
+            (Target::Server { pool, .. }, None) => {
                 pool.call(protocol, lane, batch.commands.split().freeze(), count)
                     .await
             }
-            Target::Cluster(router) => router.call(protocol, lane, batch).await,
+            (Target::Cluster(router), _) => router.call(protocol, lane, batch).await,
         };
         batch.clear();
         match result {
             Ok(replies) => output.extend_from_slice(&replies),
             Err(failure) => {
-                let reply = match failure {
-                    Failure::Unavailable(_) => UNAVAILABLE,
-                    Failure::Lost => LOST,
-                };
                 for _ in 0..count {
-                    output.extend_from_slice(reply);
+                    output.extend_from_slice(failure.reply());
                 }
             }
         }
@@ -226,6 +243,8 @@ impl Batch {
 #[derive(Default)]
 pub struct Link {
     batch: Batch,
+    /// The client's socket, where pooled connections write replies.
+    sink: Option<Arc<ReplySink>>,
     pinned: Option<Pinned>,
     /// Cluster: the client said MULTI and was told OK; the MULTI is sent
     /// with the next command, to the node of that command's key.
@@ -253,6 +272,11 @@ impl Link {
         self.lost_state
     }
 
+    /// Lets pooled connections write replies to the client's socket.
+    pub fn attach(&mut self, sink: Arc<ReplySink>) {
+        self.sink = Some(sink);
+    }
+
     /// Forwards one command: queued in the client's batch when stateless,
     /// sent on its pinned connection (pinning one if the command starts
     /// state) otherwise.
@@ -263,7 +287,7 @@ impl Link {
         lane: usize,
         argv: &[Bytes],
         output: &mut BytesMut,
-    ) {
+    ) -> io::Result<()> {
         proxy.stats.forwarded.inc();
         let command = Command::of(&argv[0]);
         if self.pinned.is_none() && !self.deferred_multi && !command.pins(argv) {
@@ -274,17 +298,17 @@ impl Link {
                 self.batch.ends.push((self.batch.commands.len(), slot));
             }
             if self.batch.commands.len() >= BATCH_BOUND {
-                self.send_batch(proxy, protocol, lane, output).await;
+                self.send_batch(proxy, protocol, lane, output).await?;
             }
-            return;
+            return Ok(());
         }
         // The replies to what was batched before come first.
-        self.send_batch(proxy, protocol, lane, output).await;
+        self.settle_pool(proxy, protocol, lane, output).await?;
         if proxy.is_cluster() && self.pinned.is_none() && command == Command::Multi {
             // The node is the one of the first key the transaction touches.
             self.deferred_multi = true;
             output.extend_from_slice(b"+OK\r\n");
-            return;
+            return Ok(());
         }
         if self.pinned.is_none() {
             match proxy.pin(protocol, argv).await {
@@ -293,17 +317,17 @@ impl Link {
                     tracing::warn!(%reason, "cannot pin an upstream connection");
                     proxy.stats.unavailable.inc();
                     output.extend_from_slice(UNAVAILABLE);
-                    return;
+                    return Ok(());
                 }
             }
         }
-        let Some(pinned) = self.pinned.as_mut() else {
-            return;
-        };
-        if std::mem::take(&mut self.deferred_multi) {
-            pinned.send_swallowed_multi();
+        if let Some(pinned) = self.pinned.as_mut() {
+            if std::mem::take(&mut self.deferred_multi) {
+                pinned.send_swallowed_multi();
+            }
+            pinned.send(argv);
         }
-        pinned.send(argv);
+        Ok(())
     }
 
     /// The fast path for a pipeline of stateless commands: moves every
@@ -319,52 +343,94 @@ impl Link {
         input: &mut BytesMut,
         limits: Limits,
         output: &mut BytesMut,
-    ) {
+    ) -> io::Result<()> {
         if proxy.is_cluster() || self.pinned.is_some() || self.deferred_multi {
-            return;
+            return Ok(());
         }
         while let Some((end, name)) = complete_request(input, limits) {
             let name = &input[name];
             if table::lookup(name).is_some() || Command::of(name) != Command::Other {
-                return;
+                break;
             }
             proxy.stats.forwarded.inc();
             self.batch.commands.extend_from_slice(&input[..end]);
             self.batch.count += 1;
             input.advance(end);
             if self.batch.commands.len() >= BATCH_BOUND {
-                self.send_batch(proxy, protocol, lane, output).await;
+                self.send_batch(proxy, protocol, lane, output).await?;
             }
         }
+        Ok(())
     }
 
+    /// Sends the batch. The client's own output is written first, so that
+    /// the replies a pooled connection writes come after it.
     async fn send_batch(
         &mut self,
         proxy: &Proxy,
         protocol: Protocol,
         lane: usize,
         output: &mut BytesMut,
-    ) {
-        if self.batch.count > 0 {
-            proxy.call(protocol, lane, &mut self.batch, output).await;
+    ) -> io::Result<()> {
+        if self.batch.count == 0 {
+            return Ok(());
+        }
+        let sink = match &proxy.target {
+            Target::Server { .. } => self.sink.as_ref(),
+            Target::Cluster(_) => None,
+        };
+        if let Some(sink) = sink
+            && !output.is_empty()
+        {
+            sink.write(output).await?;
+            output.clear();
+        }
+        proxy
+            .call(protocol, lane, &mut self.batch, sink, output)
+            .await;
+        // Bound what one client has in flight: a client that pipelines
+        // without reading its replies is made to wait, as Redis stops
+        // reading from a client whose output buffer is full.
+        if let Some(sink) = sink {
+            let (owed, backlogged) = sink.pressure();
+            if owed >= MAX_OWED || backlogged {
+                sink.settle().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the batch and waits until its replies are written.
+    async fn settle_pool(
+        &mut self,
+        proxy: &Proxy,
+        protocol: Protocol,
+        lane: usize,
+        output: &mut BytesMut,
+    ) -> io::Result<()> {
+        self.send_batch(proxy, protocol, lane, output).await?;
+        match &self.sink {
+            Some(sink) => sink.settle().await,
+            None => Ok(()),
         }
     }
 
-    /// Sends everything forwarded so far; appends the replies of the batched
-    /// commands (the pinned connection's come when they come).
+    /// Sends everything forwarded so far (the pinned connection's replies
+    /// come when they come).
     pub async fn flush(
         &mut self,
         proxy: &Proxy,
         protocol: Protocol,
         lane: usize,
         output: &mut BytesMut,
-    ) {
-        self.send_batch(proxy, protocol, lane, output).await;
+    ) -> io::Result<()> {
+        self.send_batch(proxy, protocol, lane, output).await?;
         if let Some(pinned) = self.pinned.as_mut()
             && pinned.flush().await.is_err()
         {
             self.lose_pinned(output);
         }
+        Ok(())
     }
 
     /// Sends everything forwarded so far and waits for every reply owed,
@@ -375,11 +441,13 @@ impl Link {
         protocol: Protocol,
         lane: usize,
         output: &mut BytesMut,
-    ) {
-        self.flush(proxy, protocol, lane, output).await;
+    ) -> io::Result<()> {
+        self.settle_pool(proxy, protocol, lane, output).await?;
+        self.flush(proxy, protocol, lane, output).await?;
         while self.pinned.as_ref().is_some_and(|p| p.owes_replies()) {
             self.read_pinned(output).await;
         }
+        Ok(())
     }
 
     /// Resolves when the pinned connection has something to relay (never,

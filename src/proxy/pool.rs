@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::ProxyStats;
 use super::endpoint::{Connection, Endpoint};
+use super::sink::ReplySink;
 use crate::protocol::Protocol;
 use crate::protocol::frame::FrameScanner;
 
@@ -34,7 +35,45 @@ pub struct Request {
     pub commands: Bytes,
     /// How many commands (replies to wait for).
     pub count: usize,
-    pub reply: oneshot::Sender<Result<Bytes, Failure>>,
+    pub reply: Delivery,
+}
+
+/// Where a request's replies go.
+pub enum Delivery {
+    /// Straight to the client's socket.
+    Sink(Arc<ReplySink>),
+    /// Back to the task that sent it (the cluster router, which must look at
+    /// each reply).
+    Caller(oneshot::Sender<Result<Bytes, Failure>>),
+}
+
+impl Delivery {
+    fn send(self, replies: Bytes) {
+        match self {
+            Delivery::Sink(sink) => sink.deliver(&replies),
+            Delivery::Caller(tx) => {
+                let _ = tx.send(Ok(replies));
+            }
+        }
+    }
+
+    /// One error reply per command (to the client), or the failure (to the
+    /// caller).
+    fn fail(self, failure: Failure, count: usize) {
+        match self {
+            Delivery::Sink(sink) => {
+                let reply = failure.reply();
+                let mut replies = Vec::with_capacity(reply.len() * count);
+                for _ in 0..count {
+                    replies.extend_from_slice(reply);
+                }
+                sink.deliver(&replies);
+            }
+            Delivery::Caller(tx) => {
+                let _ = tx.send(Err(failure));
+            }
+        }
+    }
 }
 
 /// Why a request got no reply.
@@ -44,6 +83,16 @@ pub enum Failure {
     Unavailable(String),
     /// Sent, then the connection failed: the commands may have been applied.
     Lost,
+}
+
+impl Failure {
+    /// The error reply a client gets for each command.
+    pub fn reply(&self) -> &'static [u8] {
+        match self {
+            Failure::Unavailable(_) => super::UNAVAILABLE,
+            Failure::Lost => super::LOST,
+        }
+    }
 }
 
 /// The pooled connections to one server, per protocol version: replies
@@ -88,33 +137,34 @@ impl Pool {
         commands: Bytes,
         count: usize,
     ) -> Result<Bytes, Failure> {
-        let replies = self.submit(protocol, lane, commands, count).await;
-        replies.await.unwrap_or_else(|_| Err(shut_down()))
+        let (tx, rx) = oneshot::channel();
+        self.submit(protocol, lane, commands, count, Delivery::Caller(tx))
+            .await;
+        rx.await.unwrap_or_else(|_| Err(shut_down()))
     }
 
-    /// Queues `count` commands; the receiver gets their replies.
+    /// Queues `count` commands; their replies go to `reply`.
     pub async fn submit(
         &self,
         protocol: Protocol,
         lane: usize,
         commands: Bytes,
         count: usize,
-    ) -> oneshot::Receiver<Result<Bytes, Failure>> {
+        reply: Delivery,
+    ) {
         let senders = match protocol {
             Protocol::Resp2 => &self.resp2,
             Protocol::Resp3 => &self.resp3,
         };
         let sender = &senders[lane % senders.len()];
-        let (tx, rx) = oneshot::channel();
         let request = Request {
             commands,
             count,
-            reply: tx,
+            reply,
         };
         if let Err(refused) = sender.send(request).await {
-            let _ = refused.0.reply.send(Err(shut_down()));
+            refused.0.reply.fail(shut_down(), count);
         }
-        rx
     }
 }
 
@@ -124,8 +174,9 @@ fn shut_down() -> Failure {
 
 /// A request written and waiting for its replies.
 struct InFlight {
+    count: usize,
     remaining: usize,
-    reply: oneshot::Sender<Result<Bytes, Failure>>,
+    reply: Delivery,
 }
 
 /// One pooled connection's task: connect when needed, batch, match replies.
@@ -177,7 +228,11 @@ async fn serve(
                 let mut next = Some(request);
                 while let Some(request) = next.take() {
                     batch.extend_from_slice(&request.commands);
-                    in_flight.push_back(InFlight { remaining: request.count, reply: request.reply });
+                    in_flight.push_back(InFlight {
+                        count: request.count,
+                        remaining: request.count,
+                        reply: request.reply,
+                    });
                     if batch.len() < MAX_BATCH {
                         next = requests.try_recv().ok();
                     }
@@ -232,7 +287,7 @@ fn hand_back(
             let replies = input.split_to(end).freeze();
             scanner.consumed(end);
             if let Some(done) = in_flight.pop_front() {
-                let _ = done.reply.send(Ok(replies));
+                done.reply.send(replies);
             }
         }
     }
@@ -249,15 +304,15 @@ fn fail_queued(
     let mut next = Some(first);
     while let Some(request) = next {
         stats.unavailable.inc();
-        let _ = request
+        request
             .reply
-            .send(Err(Failure::Unavailable(reason.to_string())));
+            .fail(Failure::Unavailable(reason.to_string()), request.count);
         next = requests.try_recv().ok();
     }
 }
 
 fn fail_in_flight(in_flight: &mut VecDeque<InFlight>) {
     for request in in_flight.drain(..) {
-        let _ = request.reply.send(Err(Failure::Lost));
+        request.reply.fail(Failure::Lost, request.count);
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +18,7 @@ use super::Shared;
 use super::client::{ClientInfo, ClientState};
 use crate::commands::{execute, unsubscribe_all};
 use crate::protocol::{ReplyWriter, RequestParser};
+use crate::proxy::sink::ReplySink;
 use crate::pubsub::{Message, Subscriber};
 use tokio::sync::mpsc;
 
@@ -85,11 +86,16 @@ fn encode_message(message: Message, out: &mut ReplyWriter) {
 
 async fn run(
     shared: &Shared,
-    mut stream: TcpStream,
+    stream: TcpStream,
     client: &mut ClientState,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
+    // The write side is shared with the proxy's pooled connections, which
+    // write the replies of forwarded commands straight to the client.
+    let (mut reader, writer) = stream.into_split();
+    let sink = Arc::new(ReplySink::new(writer));
+    client.proxy.attach(sink.clone());
     let mut parser = RequestParser::default();
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::with_capacity(READ_CHUNK);
@@ -115,7 +121,7 @@ async fn run(
                         shared.limits,
                         &mut output,
                     )
-                    .await;
+                    .await?;
             }
             let restricted = !client.authenticated;
             match parser.parse(&mut input, &mut argv, shared.limits, restricted) {
@@ -128,22 +134,22 @@ async fn run(
                             client
                                 .proxy
                                 .forward(proxy, client.protocol, lane, &argv, &mut output)
-                                .await;
+                                .await?;
                             continue;
                         }
                         client
                             .proxy
                             .settle(proxy, client.protocol, lane, &mut output)
-                            .await;
+                            .await?;
                     }
                     let mut out = ReplyWriter::new(&mut output, client.protocol);
                     execute(shared, client, &argv, &mut out).await;
                     if client.close {
-                        stream.write_all(&output).await?;
+                        sink.write(&output).await?;
                         return Ok(());
                     }
                     if output.len() >= FLUSH_AT {
-                        stream.write_all(&output).await?;
+                        sink.write(&output).await?;
                         output.clear();
                     }
                 }
@@ -154,13 +160,13 @@ async fn run(
                         client
                             .proxy
                             .settle(proxy, client.protocol, lane, &mut output)
-                            .await;
+                            .await?;
                     }
                     shared.metrics.protocol_errors.inc();
                     tracing::debug!(client = client.id(), error = error.0, "protocol error");
                     ReplyWriter::new(&mut output, client.protocol)
                         .error(&format!("ERR Protocol error: {}", error.0));
-                    stream.write_all(&output).await?;
+                    sink.write(&output).await?;
                     return Ok(());
                 }
             }
@@ -170,9 +176,9 @@ async fn run(
             client
                 .proxy
                 .flush(proxy, client.protocol, lane, &mut output)
-                .await;
+                .await?;
             if client.proxy.lost_state() {
-                stream.write_all(&output).await?;
+                sink.write(&output).await?;
                 return Ok(());
             }
         }
@@ -184,11 +190,11 @@ async fn run(
             );
             ReplyWriter::new(&mut output, client.protocol)
                 .error("ERR Protocol error: query buffer limit reached");
-            stream.write_all(&output).await?;
+            sink.write(&output).await?;
             return Ok(());
         }
         if !output.is_empty() {
-            stream.write_all(&output).await?;
+            sink.write(&output).await?;
             output.clear();
         }
         // A large request or reply once must not pin its buffer for the life
@@ -214,7 +220,7 @@ async fn run(
         let subscribed = client.subscription_count() > 0 || client.proxy.subscribed();
         let overflow = client.subscriber.as_ref().map(|(s, _)| s.overflow.clone());
         tokio::select! {
-            read = stream.read_buf(&mut input) => {
+            read = reader.read_buf(&mut input) => {
                 if read? == 0 {
                     return Ok(());
                 }
@@ -244,10 +250,11 @@ async fn run(
                     }
                 }
             }
+            _ = sink.woken() => sink.drain().await?,
             read = client.proxy.readable() => {
                 client.proxy.relay(read, &mut output);
                 if client.proxy.lost_state() {
-                    stream.write_all(&output).await?;
+                    sink.write(&output).await?;
                     return Ok(());
                 }
             }
