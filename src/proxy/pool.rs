@@ -2,11 +2,13 @@
 //! shared by every client for the commands that leave no state behind.
 //!
 //! Invariant: every request gets exactly one answer, in order. Each pooled
-//! connection is one task that owns its socket: it takes every request queued
-//! so far (many clients' pipelines), writes them in one write, and hands the
-//! replies back in the order the requests were written, each request's
-//! replies as one slice of the read buffer, never re-encoded. A client's
-//! pipeline is one request, so its replies stay together and in order.
+//! connection is one task that owns its socket: it gathers the requests
+//! queued while its previous write is unanswered (many clients' pipelines)
+//! into one write, and hands the replies back in the order the requests
+//! were written, each request's replies as one slice of the read buffer,
+//! never re-encoded, written straight to the client's socket
+//! ([`ReplySink`]). A client's pipeline is one request, so its replies stay
+//! together and in order.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,8 +26,10 @@ use crate::protocol::frame::FrameScanner;
 
 /// Requests queued per pooled connection before senders wait.
 const QUEUE: usize = 4096;
-/// Write the batch once it holds this much.
+/// Stop taking requests into the batch once it holds this much.
 const MAX_BATCH: usize = 256 * 1024;
+/// Writes whose replies may be outstanding at once on one connection.
+const MAX_UNANSWERED_WRITES: usize = 1;
 /// How long to fail at once after a failed connect before trying again.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
 
@@ -172,14 +176,22 @@ fn shut_down() -> Failure {
     Failure::Unavailable("the pool is shut down".into())
 }
 
-/// A request written and waiting for its replies.
+/// A request queued on the connection, waiting for its replies.
 struct InFlight {
     count: usize,
     remaining: usize,
     reply: Delivery,
+    /// Written to the upstream (not only batched).
+    written: bool,
+    /// The last request of a write.
+    ends_write: bool,
 }
 
 /// One pooled connection's task: connect when needed, batch, match replies.
+///
+/// Batches form by themselves under load: while a write's replies are not
+/// all in, the requests that arrive join the next batch instead of going
+/// out one by one, so the upstream reads many clients' commands at once.
 async fn serve(
     endpoint: Endpoint,
     protocol: Protocol,
@@ -190,6 +202,7 @@ async fn serve(
     let mut scanner = FrameScanner::default();
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut batch = BytesMut::with_capacity(16 * 1024);
+    let mut unanswered_writes = 0;
     let mut failed_at: Option<(Instant, String)> = None;
     loop {
         let readable = async {
@@ -199,7 +212,7 @@ async fn serve(
             }
         };
         tokio::select! {
-            request = requests.recv() => {
+            request = requests.recv(), if batch.len() < MAX_BATCH => {
                 let Some(request) = request else { return };
                 if connection.is_none() {
                     if let Some((at, reason)) = &failed_at
@@ -214,6 +227,7 @@ async fn serve(
                             tracing::debug!(upstream = %endpoint.addr, "pooled connection up");
                             connection = Some(fresh);
                             scanner.reset();
+                            unanswered_writes = 0;
                             failed_at = None;
                         }
                         Err(reason) => {
@@ -224,7 +238,6 @@ async fn serve(
                         }
                     }
                 }
-                // Everything queued so far goes out in one write.
                 let mut next = Some(request);
                 while let Some(request) = next.take() {
                     batch.extend_from_slice(&request.commands);
@@ -232,53 +245,77 @@ async fn serve(
                         count: request.count,
                         remaining: request.count,
                         reply: request.reply,
+                        written: false,
+                        ends_write: false,
                     });
                     if batch.len() < MAX_BATCH {
                         next = requests.try_recv().ok();
                     }
                 }
-                settings.stats.batches.inc();
-                let Some(live) = connection.as_mut() else { continue };
-                let written = live.stream.write_all(&batch).await;
-                batch.clear();
-                if written.is_err() {
-                    connection = None;
-                    fail_in_flight(&mut in_flight);
-                }
             }
             read = readable => {
                 let Some(live) = connection.as_mut() else { continue };
                 match read {
-                    Ok(n) if n > 0 => {
-                        if hand_back(&mut live.input, &mut scanner, &mut in_flight).is_err() {
+                    Ok(n) if n > 0 => match hand_back(&mut live.input, &mut scanner, &mut in_flight) {
+                        Ok(answered) => unanswered_writes -= answered,
+                        Err(()) => {
                             tracing::warn!(upstream = %endpoint.addr, "upstream sent something that is not RESP; reconnecting");
                             connection = None;
+                            batch.clear();
                             fail_in_flight(&mut in_flight);
                         }
-                    }
+                    },
                     _ => {
                         tracing::debug!(upstream = %endpoint.addr, "pooled connection closed");
                         connection = None;
+                        batch.clear();
                         fail_in_flight(&mut in_flight);
                     }
                 }
             }
         }
+        // Write the batch unless the last write is still unanswered: its
+        // replies come first, and meanwhile more requests join the batch.
+        if batch.is_empty() || unanswered_writes >= MAX_UNANSWERED_WRITES {
+            continue;
+        }
+        let Some(live) = connection.as_mut() else {
+            continue;
+        };
+        for request in in_flight.iter_mut().rev() {
+            if request.written {
+                break;
+            }
+            request.written = true;
+        }
+        if let Some(last) = in_flight.back_mut() {
+            last.ends_write = true;
+        }
+        settings.stats.batches.inc();
+        unanswered_writes += 1;
+        let written = live.stream.write_all(&batch).await;
+        batch.clear();
+        if written.is_err() {
+            connection = None;
+            fail_in_flight(&mut in_flight);
+        }
     }
 }
 
-/// Hands each request whose replies are all in to its client. Pooled
-/// connections never subscribe nor track keys, so every frame is a reply.
+/// Hands each request whose replies are all in to its client; returns how
+/// many writes were answered in full. Pooled connections never subscribe
+/// nor track keys, so every frame is a reply.
 fn hand_back(
     input: &mut BytesMut,
     scanner: &mut FrameScanner,
     in_flight: &mut VecDeque<InFlight>,
-) -> Result<(), ()> {
+) -> Result<usize, ()> {
+    let mut answered = 0;
     loop {
         let Some(end) = scanner.next_frame(input).map_err(|_| ())? else {
-            return Ok(());
+            return Ok(answered);
         };
-        let Some(head) = in_flight.front_mut() else {
+        let Some(head) = in_flight.front_mut().filter(|head| head.written) else {
             // A reply nobody asked for: the stream is out of step.
             return Err(());
         };
@@ -287,6 +324,7 @@ fn hand_back(
             let replies = input.split_to(end).freeze();
             scanner.consumed(end);
             if let Some(done) = in_flight.pop_front() {
+                answered += usize::from(done.ends_write);
                 done.reply.send(replies);
             }
         }
@@ -311,8 +349,15 @@ fn fail_queued(
     }
 }
 
+/// The connection failed: what was written may have been applied, what
+/// was only batched was not sent.
 fn fail_in_flight(in_flight: &mut VecDeque<InFlight>) {
     for request in in_flight.drain(..) {
-        request.reply.fail(Failure::Lost, request.count);
+        let failure = if request.written {
+            Failure::Lost
+        } else {
+            Failure::Unavailable("connection lost before the write".into())
+        };
+        request.reply.fail(failure, request.count);
     }
 }
