@@ -93,6 +93,8 @@ struct Node {
 /// Routes commands to a cluster's masters.
 pub struct Router {
     seeds: Vec<ConnectionInfo>,
+    /// The CA that verifies the nodes over TLS.
+    tls_ca: Option<Vec<u8>>,
     /// The seeds' credentials and database, for every node.
     template: Endpoint,
     settings: PoolSettings,
@@ -105,9 +107,15 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(seeds: Vec<ConnectionInfo>, template: Endpoint, settings: PoolSettings) -> Router {
+    pub fn new(
+        seeds: Vec<ConnectionInfo>,
+        tls_ca: Option<Vec<u8>>,
+        template: Endpoint,
+        settings: PoolSettings,
+    ) -> Router {
         Router {
             seeds,
+            tls_ca,
             template,
             settings,
             topology: RwLock::new(Arc::new(Topology {
@@ -171,15 +179,35 @@ impl Router {
     /// A seed's connection settings with another address.
     fn info_for(&self, addr: &str) -> Option<ConnectionInfo> {
         let (host, port) = addr.rsplit_once(':')?;
+        let (host, port) = (host.to_string(), port.parse().ok()?);
         let seed = self.seeds.first()?;
-        Some(seed.clone().set_addr(redis::ConnectionAddr::Tcp(
-            host.to_string(),
-            port.parse().ok()?,
-        )))
+        let addr = match seed.addr() {
+            redis::ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => redis::ConnectionAddr::Tcp(host, port),
+        };
+        Some(seed.clone().set_addr(addr))
     }
 
     async fn ask_slots(&self, node: &ConnectionInfo) -> redis::RedisResult<Topology> {
-        let client = redis::Client::open(node.clone())?;
+        let client = match (node.addr(), &self.tls_ca) {
+            (redis::ConnectionAddr::TcpTls { .. }, Some(ca)) => redis::Client::build_with_tls(
+                node.clone(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            )?,
+            _ => redis::Client::open(node.clone())?,
+        };
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.settings.connect_timeout))
             .set_response_timeout(Some(self.settings.connect_timeout));

@@ -1,31 +1,116 @@
-//! One upstream server as the proxy dials it: address, the URL's credentials
-//! and database, and the handshake that makes a fresh connection speak the
-//! client's protocol version, so that replies can be forwarded unchanged.
+//! One upstream server as the proxy dials it: address, TLS, the URL's
+//! credentials and database, and the handshake that makes a fresh
+//! connection speak the client's protocol version, so that replies can be
+//! forwarded unchanged.
 
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::protocol::Protocol;
 use crate::protocol::frame::{FrameScanner, FrameView};
 
 /// Where to connect and how to log in.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Endpoint {
     /// `host:port`, as CLUSTER SLOTS and MOVED name nodes.
     pub addr: String,
     pub username: Option<String>,
     pub password: Option<String>,
     pub db: i64,
+    /// TLS (`rediss://`), verified against the host name.
+    pub tls: Option<TlsConnector>,
 }
 
 /// A connected, logged-in upstream connection and the bytes already read
 /// past the handshake's replies.
 pub struct Connection {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub input: BytesMut,
+}
+
+/// A plain or TLS connection to the upstream.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A TLS client verifying servers against `ca_pem`, or the system's roots.
+pub fn tls_connector(ca_pem: Option<&[u8]>) -> Result<TlsConnector, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for certificate in CertificateDer::pem_slice_iter(pem) {
+                let certificate =
+                    certificate.map_err(|e| format!("invalid upstream CA certificate: {e}"))?;
+                roots
+                    .add(certificate)
+                    .map_err(|e| format!("invalid upstream CA certificate: {e}"))?;
+            }
+        }
+        None => {
+            for certificate in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(certificate);
+            }
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS setup: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 impl Endpoint {
@@ -46,15 +131,32 @@ impl Endpoint {
         timeout: Duration,
     ) -> Result<Connection, String> {
         let connecting = async {
-            let mut stream = TcpStream::connect(&self.addr)
+            let tcp = TcpStream::connect(&self.addr)
                 .await
                 .map_err(|e| format!("cannot connect to {}: {e}", self.addr))?;
-            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+            let mut stream = match &self.tls {
+                None => Stream::Plain(tcp),
+                Some(connector) => {
+                    let host = self
+                        .addr
+                        .rsplit_once(':')
+                        .map_or(&self.addr[..], |(h, _)| h);
+                    let name = ServerName::try_from(host.to_string())
+                        .map_err(|e| format!("invalid TLS name {host}: {e}"))?;
+                    let tls = connector
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| format!("TLS with {}: {e}", self.addr))?;
+                    Stream::Tls(Box::new(tls))
+                }
+            };
             let (handshake, replies) = self.handshake(protocol);
             stream
                 .write_all(&handshake)
                 .await
                 .map_err(|e| e.to_string())?;
+            stream.flush().await.map_err(|e| e.to_string())?;
             let mut input = BytesMut::with_capacity(16 * 1024);
             let mut scanner = FrameScanner::default();
             let mut answered = 0;

@@ -81,10 +81,12 @@ enum Target {
 
 impl Proxy {
     /// A proxy to the servers of the `--upstream` URL (`cluster`: they are a
-    /// Redis Cluster's seeds). Starts no connection yet.
+    /// Redis Cluster's seeds; `tls_ca` verifies them over TLS, instead of
+    /// the system's roots). Starts no connection yet.
     pub fn new(
         servers: Vec<ConnectionInfo>,
         cluster: bool,
+        tls_ca: Option<Vec<u8>>,
         connect_timeout: Duration,
     ) -> Result<Proxy, String> {
         let stats = Arc::new(ProxyStats::default());
@@ -93,9 +95,10 @@ impl Proxy {
             connect_timeout,
             stats: stats.clone(),
         };
-        let endpoint = endpoint_of(servers.first().ok_or("the upstream URL names no server")?)?;
+        let first = servers.first().ok_or("the upstream URL names no server")?;
+        let endpoint = endpoint_of(first, tls_ca.as_deref())?;
         let target = if cluster {
-            Target::Cluster(Router::new(servers, endpoint, settings))
+            Target::Cluster(Router::new(servers, tls_ca, endpoint, settings))
         } else {
             Target::Server {
                 pool: Pool::new(&endpoint, &settings),
@@ -204,12 +207,27 @@ impl Proxy {
     }
 }
 
-/// The proxy's view of a server the URL names: address, credentials, db.
-fn endpoint_of(info: &ConnectionInfo) -> Result<Endpoint, String> {
-    let addr = match info.addr() {
-        redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
-        // Passthrough speaks plain TCP for now; the write-through path has TLS.
-        _ => return Err("passthrough needs a plain TCP upstream (redis://)".into()),
+/// The proxy's view of a server the URL names: address, TLS, credentials,
+/// database.
+fn endpoint_of(info: &ConnectionInfo, tls_ca: Option<&[u8]>) -> Result<Endpoint, String> {
+    let (addr, tls) = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => (format!("{host}:{port}"), None),
+        redis::ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: false,
+            ..
+        } => (
+            format!("{host}:{port}"),
+            Some(endpoint::tls_connector(tls_ca)?),
+        ),
+        redis::ConnectionAddr::TcpTls { .. } => {
+            return Err(
+                "passthrough verifies the upstream's certificate: #insecure is not supported"
+                    .into(),
+            );
+        }
+        _ => return Err("passthrough needs a TCP upstream".into()),
     };
     let settings = info.redis_settings();
     Ok(Endpoint {
@@ -217,6 +235,7 @@ fn endpoint_of(info: &ConnectionInfo) -> Result<Endpoint, String> {
         username: settings.username().map(str::to_string),
         password: settings.password().map(str::to_string),
         db: settings.db(),
+        tls,
     })
 }
 

@@ -207,6 +207,7 @@ impl Pinned {
     pub async fn flush(&mut self) -> std::io::Result<()> {
         if !self.pending.is_empty() {
             self.connection.stream.write_all(&self.pending).await?;
+            self.connection.stream.flush().await?;
             self.pending.clear();
         }
         Ok(())

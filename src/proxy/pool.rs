@@ -293,7 +293,11 @@ async fn serve(
         }
         settings.stats.batches.inc();
         unanswered_writes += 1;
-        let written = live.stream.write_all(&batch).await;
+        let written = async {
+            live.stream.write_all(&batch).await?;
+            live.stream.flush().await
+        }
+        .await;
         batch.clear();
         if written.is_err() {
             connection = None;

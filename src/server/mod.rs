@@ -316,15 +316,14 @@ fn start_sessions(
     Ok(Sessions::WriteThrough(store))
 }
 
-/// The passthrough to the write-through upstream, if there is one and the
-/// proxy can reach it (plain TCP).
+/// The passthrough to the write-through upstream, if there is one.
 fn start_proxy(config: &Config, sessions: &Sessions) -> Option<Proxy> {
     let Sessions::WriteThrough(store) = sessions else {
         return None;
     };
-    let (servers, cluster) = store.upstream.servers();
+    let (servers, cluster, tls_ca) = store.upstream.servers();
     let timeout = Duration::from_millis(config.upstream_connect_timeout_ms);
-    match Proxy::new(servers, cluster, timeout) {
+    match Proxy::new(servers, cluster, tls_ca, timeout) {
         Ok(proxy) => Some(proxy),
         Err(reason) => {
             tracing::warn!(%reason, "ordinary commands will not be forwarded to the upstream");
