@@ -18,8 +18,6 @@ pub struct FrameError(pub &'static str);
 pub struct FrameScanner {
     /// Bytes of the buffer already scanned (from its start).
     pos: usize,
-    /// Start of the frame being scanned.
-    start: usize,
     /// Elements still to come in each open aggregate, innermost last.
     open: Vec<u64>,
 }
@@ -59,11 +57,7 @@ impl FrameScanner {
             // One element is complete: close the aggregates it completes.
             loop {
                 match self.open.last_mut() {
-                    None => {
-                        let end = self.pos;
-                        self.start = end;
-                        return Ok(Some(end));
-                    }
+                    None => return Ok(Some(self.pos)),
                     Some(remaining) => {
                         *remaining -= 1;
                         if *remaining > 0 {
@@ -79,12 +73,6 @@ impl FrameScanner {
     /// The buffer lost its first `n` bytes (frames handed on).
     pub fn consumed(&mut self, n: usize) {
         self.pos -= n;
-        self.start -= n;
-    }
-
-    /// Where the frame being scanned starts.
-    pub fn frame_start(&self) -> usize {
-        self.start
     }
 
     /// Forgets everything (the connection was replaced).

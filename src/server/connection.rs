@@ -4,7 +4,10 @@
 //! executed as they are parsed from the read buffer and their replies are
 //! appended to one output buffer, written to the socket when the read buffer
 //! holds no further complete request (so a pipeline of N commands costs one
-//! write, not N) or when the output passes a size bound.
+//! write, not N) or when the output passes a size bound. With an upstream,
+//! the commands the sidecar does not answer go to the [`crate::proxy`],
+//! whose pooled connections write their replies to the socket themselves;
+//! the proxy keeps both kinds of replies in order.
 
 use std::sync::Arc;
 use std::time::Duration;
