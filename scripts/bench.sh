@@ -506,18 +506,19 @@ section_write_through() {
 # Passthrough: GET and SET through a sidecar with an upstream (the same
 # redis-server) against the same commands sent to redis-server directly and
 # through twemproxy (nutcracker) in front of it, alternating in each round.
+# Two sidecars: with the default worker threads (one per core) and with
+# --threads 1 (one event loop, as redis-server and twemproxy), since on a
+# small machine the sidecar shares the cores with both of the others.
 section_passthrough() {
   heading "Passthrough vs redis-server direct and twemproxy (goal: sidecar/direct >= 0.90; medians of $ROUNDS rounds)"
   ensure_nutcracker
-  local passthrough_port passthrough_pid nutcracker_port nutcracker_stats_port nutcracker_pid
+  local sidecar_port sidecar_pid single_port single_pid nutcracker_port nutcracker_stats_port nutcracker_pid
   # shellcheck disable=SC2086 # the extra flags are meant to be split
-  start_sidecar passthrough_port passthrough --upstream "redis://127.0.0.1:$REDIS_PORT" ${BENCH_PASSTHROUGH_ARGS:-}
-  passthrough_pid=$LAST_PID
-  local deadline=$((SECONDS + START_TIMEOUT_SECONDS))
-  until [[ $(info_field "$passthrough_port" upstream upstream_state) == up ]]; do
-    ((SECONDS < deadline)) || die "the passthrough sidecar did not connect to its upstream"
-    sleep 0.1
-  done
+  start_passthrough sidecar_port passthrough ${BENCH_PASSTHROUGH_ARGS:-}
+  sidecar_pid=$LAST_PID
+  # shellcheck disable=SC2086
+  start_passthrough single_port passthrough-1-thread --threads 1 ${BENCH_PASSTHROUGH_ARGS:-}
+  single_pid=$LAST_PID
   claim_port nutcracker_port
   claim_port nutcracker_stats_port
   printf '%s\n' "bench:" "  listen: 127.0.0.1:$nutcracker_port" "  redis: true" \
@@ -528,19 +529,19 @@ section_passthrough() {
   nutcracker_pid=$LAST_PID
   wait_for_set nutcracker "$nutcracker_pid" "$nutcracker_port"
 
-  local value reply
+  local value reply port
   value=$(printf 'x%.0s' {1..64})
   awk -v n="$SESSIONS" -v v="$value" 'BEGIN { for (i = 0; i < n; i++) printf "SET pt:%012d %s\n", i, v }' |
     pipe_commands "$REDIS_PORT"
-  reply=$(cli "$passthrough_port" GET pt:000000004242) || die "GET through the sidecar failed: $reply"
-  [[ $reply == "$value" ]] || die "GET through the sidecar replied '$reply'"
-  reply=$(cli "$nutcracker_port" GET pt:000000004242) || die "GET through twemproxy failed: $reply"
-  [[ $reply == "$value" ]] || die "GET through twemproxy replied '$reply'"
+  for port in "$sidecar_port" "$single_port" "$nutcracker_port"; do
+    reply=$(cli "$port" GET pt:000000004242) || die "GET through port $port failed: $reply"
+    [[ $reply == "$value" ]] || die "GET through port $port replied '$reply'"
+  done
 
-  local row='%-8s %8s %12s %12s %14s %9s %-11s %11s\n'
+  local row='%-5s %4s %11s %11s %11s %11s %9s %-6s %9s %-6s %10s\n'
   # shellcheck disable=SC2059 # the format is the row layout above
-  printf "$row" command pipeline direct_rps sidecar_rps twemproxy_rps sidecar/ verdict twemproxy/
-  local name pipeline round d s t r
+  printf "$row" cmd -P direct sidecar "sidecar_1t" twemproxy sidecar/ "" "sidecar_1t/" "" twemproxy/
+  local name pipeline round d s u t r1 r2
   local -a command
   for name in GET SET; do
     if [[ $name == GET ]]; then
@@ -549,21 +550,40 @@ section_passthrough() {
       command=(SET "pt:__rand_int__" "$value")
     fi
     for pipeline in 1 "$PIPELINE_DEPTH"; do
-      local direct=() sidecar=() twemproxy=()
+      local direct=() sidecar=() single=() twemproxy=()
       for ((round = 0; round < ROUNDS; round++)); do
         measure "$REDIS_PORT" "$REDIS_PID" "$pipeline" "${command[@]}"
         direct+=("$RPS")
-        measure "$passthrough_port" "$passthrough_pid" "$pipeline" "${command[@]}"
+        measure "$sidecar_port" "$sidecar_pid" "$pipeline" "${command[@]}"
         sidecar+=("$RPS")
+        measure "$single_port" "$single_pid" "$pipeline" "${command[@]}"
+        single+=("$RPS")
         measure "$nutcracker_port" "$nutcracker_pid" "$pipeline" "${command[@]}"
         twemproxy+=("$RPS")
       done
-      d=$(median "${direct[@]}") s=$(median "${sidecar[@]}") t=$(median "${twemproxy[@]}")
-      r=$(ratio "$s" "$d")
+      d=$(median "${direct[@]}") s=$(median "${sidecar[@]}") u=$(median "${single[@]}")
+      t=$(median "${twemproxy[@]}")
+      r1=$(ratio "$s" "$d") r2=$(ratio "$u" "$d")
       # shellcheck disable=SC2059
-      printf "$row" "$name" "$pipeline" "$d" "$s" "$t" "$r" "$(verdict "$r" 0.9 at-least)" "$(ratio "$t" "$d")"
+      printf "$row" "$name" "$pipeline" "$d" "$s" "$u" "$t" "$r1" "$(verdict "$r1" 0.9 at-least)" \
+        "$r2" "$(verdict "$r2" 0.9 at-least)" "$(ratio "$t" "$d")"
     done
   done
+  printf '\nsidecar_1t: the same sidecar with --threads 1. Ratios are against direct.\n'
+}
+
+# start_passthrough VAR NAME [FLAG...]: a sidecar forwarding to REDIS_PORT,
+# once its upstream connection is up; sets VAR to its port and LAST_PID.
+start_passthrough() {
+  local var=$1 name=$2 port
+  shift 2
+  start_sidecar port "$name" --upstream "redis://127.0.0.1:$REDIS_PORT" "$@"
+  local deadline=$((SECONDS + START_TIMEOUT_SECONDS))
+  until [[ $(info_field "$port" upstream upstream_state) == up ]]; do
+    ((SECONDS < deadline)) || die "$name did not connect to its upstream"
+    sleep 0.1
+  done
+  printf -v "$var" '%s' "$port"
 }
 
 # twemproxy is only needed by the passthrough section: installed on demand

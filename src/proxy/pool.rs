@@ -212,7 +212,10 @@ async fn serve(
             }
         };
         tokio::select! {
-            request = requests.recv(), if batch.len() < MAX_BATCH => {
+            // While a write is unanswered the queue is not watched: senders
+            // queue without waking this task, and the requests are taken
+            // together when the replies are in.
+            request = requests.recv(), if unanswered_writes < MAX_UNANSWERED_WRITES => {
                 let Some(request) = request else { return };
                 if connection.is_none() {
                     if let Some((at, reason)) = &failed_at
@@ -238,20 +241,7 @@ async fn serve(
                         }
                     }
                 }
-                let mut next = Some(request);
-                while let Some(request) = next.take() {
-                    batch.extend_from_slice(&request.commands);
-                    in_flight.push_back(InFlight {
-                        count: request.count,
-                        remaining: request.count,
-                        reply: request.reply,
-                        written: false,
-                        ends_write: false,
-                    });
-                    if batch.len() < MAX_BATCH {
-                        next = requests.try_recv().ok();
-                    }
-                }
+                queue(request, &mut batch, &mut in_flight);
             }
             read = readable => {
                 let Some(live) = connection.as_mut() else { continue };
@@ -276,12 +266,21 @@ async fn serve(
         }
         // Write the batch unless the last write is still unanswered: its
         // replies come first, and meanwhile more requests join the batch.
-        if batch.is_empty() || unanswered_writes >= MAX_UNANSWERED_WRITES {
+        if unanswered_writes >= MAX_UNANSWERED_WRITES {
             continue;
         }
         let Some(live) = connection.as_mut() else {
             continue;
         };
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(request) => queue(request, &mut batch, &mut in_flight),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
         for request in in_flight.iter_mut().rev() {
             if request.written {
                 break;
@@ -304,6 +303,18 @@ async fn serve(
             fail_in_flight(&mut in_flight);
         }
     }
+}
+
+/// Adds a request to the batch being gathered.
+fn queue(request: Request, batch: &mut BytesMut, in_flight: &mut VecDeque<InFlight>) {
+    batch.extend_from_slice(&request.commands);
+    in_flight.push_back(InFlight {
+        count: request.count,
+        remaining: request.count,
+        reply: request.reply,
+        written: false,
+        ends_write: false,
+    });
 }
 
 /// Hands each request whose replies are all in to its client; returns how
