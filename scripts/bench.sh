@@ -575,15 +575,15 @@ section_passthrough() {
 # start_passthrough VAR NAME [FLAG...]: a sidecar forwarding to REDIS_PORT,
 # once its upstream connection is up; sets VAR to its port and LAST_PID.
 start_passthrough() {
-  local var=$1 name=$2 port
+  local target=$1 label=$2 started_port
   shift 2
-  start_sidecar port "$name" --upstream "redis://127.0.0.1:$REDIS_PORT" "$@"
+  start_sidecar started_port "$label" --upstream "redis://127.0.0.1:$REDIS_PORT" "$@"
   local deadline=$((SECONDS + START_TIMEOUT_SECONDS))
-  until [[ $(info_field "$port" upstream upstream_state) == up ]]; do
-    ((SECONDS < deadline)) || die "$name did not connect to its upstream"
+  until [[ $(info_field "$started_port" upstream upstream_state) == up ]]; do
+    ((SECONDS < deadline)) || die "$label did not connect to its upstream"
     sleep 0.1
   done
-  printf -v "$var" '%s' "$port"
+  printf -v "$target" '%s' "$started_port"
 }
 
 # twemproxy is only needed by the passthrough section: installed on demand
