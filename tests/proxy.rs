@@ -911,13 +911,8 @@ fn a_cluster_upstream_is_routed_by_slot_with_redirections_followed() {
         "ASK followed"
     );
     assert_eq!(redirections(), 1);
-    for node in [target, source] {
-        call(
-            &mut node.client(),
-            &["CLUSTER", "SETSLOT", &slot, "NODE", &target_id],
-        );
-    }
-    for node in &cluster.nodes {
+    // The target first, as Redis's resharding does.
+    for node in std::iter::once(target).chain(&cluster.nodes) {
         call(
             &mut node.client(),
             &["CLUSTER", "SETSLOT", &slot, "NODE", &target_id],
@@ -934,4 +929,38 @@ fn a_cluster_upstream_is_routed_by_slot_with_redirections_followed() {
     // And redis-cli, without -c, never sees a redirection.
     assert_eq!(sidecar.redis_cli(&["GET", "mover"]).trim(), "after");
     assert_eq!(sidecar.redis_cli(&["GET", "key42"]).trim(), "42");
+
+    // The redis crate and redis-py, as against one server: keys of all three
+    // masters in one pipeline, transactions, WATCH, pub/sub, BLPOP.
+    let mut con = sidecar.client();
+    let values: Vec<String> = redis::pipe()
+        .get("key1")
+        .get("key2")
+        .get("key3")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(values, ["1", "2", "3"]);
+    let (a, b): (i64, i64) = redis::pipe()
+        .atomic()
+        .incr("{user1}a", 10)
+        .incr("{user1}b", 10)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((a, b), (12, 13));
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/redis_py_proxy.py"
+    );
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .arg(sidecar.addr.port().to_string())
+        .arg("cluster")
+        .output()
+        .expect("python3 runs (scripts/test.sh installs redis-py)");
+    assert!(
+        output.status.success(),
+        "redis-py through the cluster failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
