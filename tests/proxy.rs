@@ -633,6 +633,33 @@ fn blpop_wakes_while_other_clients_keep_being_served() {
 }
 
 #[test]
+fn idle_timeout_spares_subscribers_and_blocked_clients() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &["--timeout", "1"]);
+    let mut idle = sidecar.raw();
+    assert_eq!(idle.cmd(&["GET", "k"]), Resp::NullBulk);
+    let mut subscriber = sidecar.raw();
+    subscriber.cmd(&["SUBSCRIBE", "c"]);
+    let mut blocked = sidecar.raw();
+    blocked.send_cmd(&["BLPOP", "q", "0"]);
+    // The idle client goes after a second; the others stay.
+    let (_, closed) = idle.read_until_closed(Duration::from_secs(5));
+    assert!(closed, "the idle client was not closed");
+    let mut pusher = sidecar.raw();
+    assert_eq!(pusher.cmd(&["PUBLISH", "c", "m"]), Resp::Int(1));
+    assert_eq!(
+        subscriber.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("message"),
+            Resp::bulk("c"),
+            Resp::bulk("m")
+        ])
+    );
+    assert_eq!(pusher.cmd(&["RPUSH", "q", "v"]), Resp::Int(1));
+    assert_eq!(blocked.read_reply(), Resp::bulks(&["q", "v"]));
+}
+
+#[test]
 fn select_pins_the_client_to_another_database() {
     let upstream = RedisServer::start(&[]);
     let sidecar = sidecar_for(&upstream.url(), &[]);

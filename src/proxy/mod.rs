@@ -279,6 +279,14 @@ impl Link {
         self.pinned.as_ref().is_some_and(|p| p.subscribed())
     }
 
+    /// Whether the client holds subscriptions on the upstream or waits
+    /// on its pinned connection (a blocking command): not idle. (Pooled
+    /// replies are written without waking the client's task, so they do
+    /// not count: the idle time runs from the client's last command.)
+    pub fn busy(&self) -> bool {
+        self.subscribed() || self.pinned.as_ref().is_some_and(|p| p.owes_replies())
+    }
+
     fn resp2_subscribed(&self) -> bool {
         self.pinned
             .as_ref()

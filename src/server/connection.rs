@@ -220,7 +220,9 @@ async fn run(
                 None => std::future::pending().await,
             }
         };
-        let subscribed = client.subscription_count() > 0 || client.proxy.subscribed();
+        // Subscribers, and clients waiting for the upstream (a blocking
+        // command), are not idle, as in Redis.
+        let subscribed = client.subscription_count() > 0 || client.proxy.busy();
         let overflow = client.subscriber.as_ref().map(|(s, _)| s.overflow.clone());
         tokio::select! {
             read = reader.read_buf(&mut input) => {
