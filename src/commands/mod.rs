@@ -67,7 +67,7 @@ pub async fn execute(
         return;
     };
     let Some(spec) = table::lookup(name) else {
-        if shared.proxy.is_some() {
+        if shared.proxy.is_some() && !client.authenticated {
             // With an upstream, an unknown command is forwarded once the
             // client has authenticated.
             out.error("NOAUTH Authentication required.");
