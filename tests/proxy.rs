@@ -768,6 +768,41 @@ fn an_unreachable_upstream_gets_a_clear_error_fast() {
 }
 
 #[test]
+fn an_unreachable_cluster_gets_a_clear_error_fast() {
+    let seeds = format!(
+        "redis+cluster://127.0.0.1:{},127.0.0.1:{}",
+        free_port(),
+        free_port()
+    );
+    let sidecar = Sidecar::start(&["--upstream", &seeds]);
+    let mut con = sidecar.raw();
+    for command in [&["GET", "k"][..], &["MGET", "a", "b"], &["BLPOP", "q", "0"]] {
+        let started = Instant::now();
+        assert_eq!(
+            con.cmd(command),
+            Resp::Error("TRYAGAIN upstream unavailable".into()),
+            "{command:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{command:?} was slow"
+        );
+    }
+    // MULTI waits for the first key to pick its node: the refusal comes with
+    // the first command, and EXEC then aborts, as Redis after a queuing error.
+    assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+    assert_eq!(
+        con.cmd(&["INCR", "k"]),
+        Resp::Error("TRYAGAIN upstream unavailable".into())
+    );
+    assert!(matches!(con.cmd(&["EXEC"]), Resp::Error(e) if e.starts_with("EXECABORT")));
+    assert_eq!(
+        con.cmd(&["GET", "k"]),
+        Resp::Error("TRYAGAIN upstream unavailable".into())
+    );
+}
+
+#[test]
 fn subscribers_are_disconnected_when_the_upstream_goes_away() {
     let mut upstream = RedisServer::start(&[]);
     let sidecar = sidecar_for(&upstream.url(), &[]);
@@ -872,6 +907,11 @@ fn a_cluster_upstream_is_routed_by_slot_with_redirections_followed() {
         con.cmd(&["EXEC"]),
         Resp::Array(vec![Resp::Int(2), Resp::Int(3)])
     );
+    assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+    assert_eq!(con.cmd(&["EXEC"]), Resp::Array(vec![]));
+    assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+    assert_eq!(con.cmd(&["DISCARD"]), Resp::Simple("OK".into()));
+    assert_eq!(con.cmd(&["GET", "{user1}a"]), Resp::bulk("2"));
     let holder = cluster.holder("{user1}a");
     assert_eq!(call(&mut holder.client(), &["GET", "{user1}b"]), bulk("3"));
     // Scripts with keys, and a blocking command, on their slot's node.

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use redis::{ConnectionInfo, Value};
@@ -25,6 +26,8 @@ use crate::protocol::frame::FrameScanner;
 
 /// Hash slots in a Redis Cluster.
 const SLOTS: usize = 16384;
+/// How long to fail at once after the slot map could not be fetched.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
 /// Redirections followed for one command before its last reply is given.
 const MAX_REDIRECTIONS: usize = 5;
 
@@ -104,6 +107,8 @@ pub struct Router {
     /// Pools by node address, kept across slot maps.
     pools: Mutex<HashMap<String, Arc<Pool>>>,
     refreshing: tokio::sync::Mutex<()>,
+    /// When fetching the slot map last failed.
+    failed_at: Mutex<Option<Instant>>,
 }
 
 impl Router {
@@ -125,6 +130,7 @@ impl Router {
             version: AtomicU64::new(0),
             pools: Mutex::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(()),
+            failed_at: Mutex::new(None),
         }
     }
 
@@ -135,9 +141,16 @@ impl Router {
             .clone()
     }
 
-    /// The slot map, fetched first if there is none yet.
+    /// The slot map, fetched first if there is none yet (unless the last
+    /// try failed moments ago: the cluster is unreachable, and commands
+    /// fail at once rather than each waiting for the seeds).
     async fn topology(&self) -> Arc<Topology> {
-        if self.version.load(Ordering::Acquire) == 0 {
+        let failed_recently = self
+            .failed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < RETRY_AFTER);
+        if self.version.load(Ordering::Acquire) == 0 && !failed_recently {
             self.refresh(0).await;
         }
         self.current()
@@ -164,6 +177,7 @@ impl Router {
         for candidate in candidates {
             match self.ask_slots(&candidate).await {
                 Ok(topology) => {
+                    *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     *self.topology.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(topology);
                     self.version.fetch_add(1, Ordering::AcqRel);
                     return;
@@ -173,6 +187,7 @@ impl Router {
                 }
             }
         }
+        *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         tracing::warn!("no cluster node answered CLUSTER SLOTS");
     }
 
@@ -298,7 +313,7 @@ impl Router {
             pending.push(Pending {
                 command: commands.slice(start..end),
                 slot,
-                asking: None,
+                redirect: None,
                 reply: None,
             });
             start = end;
@@ -317,20 +332,11 @@ impl Router {
                 let Some(reply) = &command.reply else {
                     continue;
                 };
-                match redirection(reply) {
-                    Some(Redirection::Moved(slot)) => {
-                        moved = true;
-                        redirected = true;
-                        command.slot = Some(slot);
-                        command.asking = None;
-                        command.reply = None;
-                    }
-                    Some(Redirection::Ask(addr)) => {
-                        redirected = true;
-                        command.asking = Some(addr);
-                        command.reply = None;
-                    }
-                    None => {}
+                if let Some(redirect) = redirection(reply) {
+                    redirected = true;
+                    moved |= !redirect.asking;
+                    command.redirect = Some(redirect);
+                    command.reply = None;
                 }
             }
             if !redirected {
@@ -363,10 +369,16 @@ impl Router {
             if command.reply.is_some() {
                 continue;
             }
-            let (pool, addr) = match &command.asking {
-                Some(addr) => (self.pool_for(addr), addr.clone()),
+            let pool = match &command.redirect {
+                // The node that answered MOVED or ASK named the one to ask.
+                Some(redirect) => self.pool_for(&redirect.addr),
                 None => match Self::node_of(topology, command.slot, lane) {
-                    Some(node) => (node.pool.clone(), node.endpoint.addr.clone()),
+                    Some(node) => node.pool.clone(),
+                    // No slot map at all: the cluster cannot be reached.
+                    None if topology.nodes.is_empty() => {
+                        command.reply = Some(Bytes::from_static(UNAVAILABLE));
+                        continue;
+                    }
                     None => {
                         command.reply =
                             Some(Bytes::from_static(b"-CLUSTERDOWN Hash slot not served\r\n"));
@@ -382,14 +394,13 @@ impl Router {
                 }
             };
             let (_, bytes, members, count) = &mut groups[group];
-            if command.asking.is_some() {
+            if command.redirect.as_ref().is_some_and(|r| r.asking) {
                 encode_command(bytes, &[b"ASKING"]);
                 *count += 1;
             }
             bytes.extend_from_slice(&command.command);
             *count += 1;
             members.push(index);
-            let _ = addr;
         }
         let mut receivers = Vec::with_capacity(groups.len());
         for (pool, bytes, members, count) in groups {
@@ -407,7 +418,7 @@ impl Router {
                     let mut scanner = FrameScanner::default();
                     let mut start = 0;
                     for index in members {
-                        if pending[index].asking.is_some() {
+                        if pending[index].redirect.as_ref().is_some_and(|r| r.asking) {
                             // ASKING's own OK.
                             if let Ok(Some(end)) = scanner.next_frame(&replies) {
                                 start = end;
@@ -438,26 +449,31 @@ impl Router {
 struct Pending {
     command: Bytes,
     slot: Option<u16>,
-    /// ASK: send to this node, after ASKING.
-    asking: Option<String>,
+    /// Where the last node said to ask instead.
+    redirect: Option<Redirect>,
     reply: Option<Bytes>,
 }
 
-enum Redirection {
-    Moved(u16),
-    Ask(String),
+/// `MOVED` (the slot lives at `addr` now) or `ASK` (this once, at `addr`,
+/// after ASKING).
+struct Redirect {
+    addr: String,
+    asking: bool,
 }
 
 /// `-MOVED <slot> <host:port>` or `-ASK <slot> <host:port>`.
-fn redirection(reply: &[u8]) -> Option<Redirection> {
+fn redirection(reply: &[u8]) -> Option<Redirect> {
     let line = reply.strip_prefix(b"-")?.strip_suffix(b"\r\n")?;
     let mut words = line.split(|&b| b == b' ');
     let kind = words.next()?;
-    let slot = crate::protocol::parse_i64(words.next()?)?;
-    let addr = std::str::from_utf8(words.next()?).ok()?;
+    let _slot = words.next()?;
+    let addr = std::str::from_utf8(words.next()?).ok()?.to_string();
     match kind {
-        b"MOVED" => u16::try_from(slot).ok().map(Redirection::Moved),
-        b"ASK" => Some(Redirection::Ask(addr.to_string())),
+        b"MOVED" => Some(Redirect {
+            addr,
+            asking: false,
+        }),
+        b"ASK" => Some(Redirect { addr, asking: true }),
         _ => None,
     }
 }
@@ -474,6 +490,19 @@ mod tests {
         // An empty tag does not count: the whole key is hashed.
         assert_ne!(slot_of(b"foo{}{bar}"), slot_of(b"bar"));
         assert_eq!(slot_of(b"123456789"), 12739);
+    }
+
+    #[test]
+    fn redirections_name_the_node_to_ask() {
+        let moved = redirection(b"-MOVED 3999 127.0.0.1:6381\r\n").unwrap();
+        assert_eq!(
+            (moved.addr.as_str(), moved.asking),
+            ("127.0.0.1:6381", false)
+        );
+        let ask = redirection(b"-ASK 3999 127.0.0.1:6382\r\n").unwrap();
+        assert_eq!((ask.addr.as_str(), ask.asking), ("127.0.0.1:6382", true));
+        assert!(redirection(b"-ERR MOVED 1 x\r\n").is_none());
+        assert!(redirection(b"+OK\r\n").is_none());
     }
 
     #[test]

@@ -268,6 +268,9 @@ pub struct Link {
     /// Cluster: the client said MULTI and was told OK; the MULTI is sent
     /// with the next command, to the node of that command's key.
     deferred_multi: bool,
+    /// A command of the deferred transaction could not be sent: its EXEC
+    /// is refused, as Redis refuses a transaction with a queuing error.
+    deferred_failed: bool,
     /// The pinned connection was lost with state on it: the client must be
     /// disconnected, as if its server had gone.
     lost_state: bool,
@@ -331,11 +334,32 @@ impl Link {
         }
         // The replies to what was batched before come first.
         self.settle_pool(proxy, protocol, lane, output).await?;
-        if proxy.is_cluster() && self.pinned.is_none() && command == Command::Multi {
-            // The node is the one of the first key the transaction touches.
-            self.deferred_multi = true;
-            output.extend_from_slice(b"+OK\r\n");
-            return Ok(());
+        if proxy.is_cluster() && self.pinned.is_none() {
+            match (command, self.deferred_multi) {
+                // The node is the one of the first key the transaction touches.
+                (Command::Multi, false) => {
+                    self.deferred_multi = true;
+                    self.deferred_failed = false;
+                    output.extend_from_slice(b"+OK\r\n");
+                    return Ok(());
+                }
+                // Nothing of the transaction was sent: it ends here.
+                (Command::Exec, true) => {
+                    self.deferred_multi = false;
+                    output.extend_from_slice(if self.deferred_failed {
+                        b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+                    } else {
+                        b"*0\r\n"
+                    });
+                    return Ok(());
+                }
+                (Command::Discard, true) => {
+                    self.deferred_multi = false;
+                    output.extend_from_slice(b"+OK\r\n");
+                    return Ok(());
+                }
+                _ => {}
+            }
         }
         if self.pinned.is_none() {
             match proxy.pin(protocol, argv).await {
@@ -343,6 +367,7 @@ impl Link {
                 Err(reason) => {
                     tracing::warn!(%reason, "cannot pin an upstream connection");
                     proxy.stats.unavailable.inc();
+                    self.deferred_failed |= self.deferred_multi;
                     output.extend_from_slice(UNAVAILABLE);
                     return Ok(());
                 }
@@ -522,6 +547,7 @@ impl Link {
     pub fn reset(&mut self) {
         self.pinned = None;
         self.deferred_multi = false;
+        self.deferred_failed = false;
     }
 }
 
