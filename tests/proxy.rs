@@ -271,6 +271,13 @@ fn many_clients_share_a_few_pipelined_upstream_connections() {
     for i in 1..=100 {
         assert_eq!(con.read_reply(), Resp::Int(i));
     }
+    let (_, _, metrics) = sidecar.http_get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("session_sidecar_proxy_batches_total ")),
+        "{metrics}"
+    );
     assert!(
         batches() - first <= 3,
         "{} writes for one pipeline",

@@ -5,7 +5,8 @@
 //! - Commands that leave no state on the connection are multiplexed: a
 //!   client's pipeline is one request to a small pool of pipelined upstream
 //!   connections ([`pool`]), many clients' requests are written together,
-//!   and the replies are slices of what the upstream sent.
+//!   and the replies, slices of what the upstream sent, are written straight
+//!   to each client's socket ([`sink`]).
 //! - Commands that start state on the connection (MULTI, WATCH, the SUBSCRIBE
 //!   family, blocking commands, CLIENT TRACKING, SELECT, MONITOR) pin the
 //!   client to a connection of its own ([`pinned`]) until the state is over,
