@@ -667,6 +667,38 @@ fn idle_timeout_spares_subscribers_and_blocked_clients() {
 }
 
 #[test]
+fn blocking_commands_in_a_loop_reuse_their_upstream_connection() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let accepted = || -> i64 {
+        let info = text(&call(&mut upstream.client(), &["INFO", "stats"]));
+        parse_info(&info)["total_connections_received"]
+            .parse()
+            .unwrap()
+    };
+    let mut worker = sidecar.raw();
+    let mut producer = sidecar.raw();
+    let before = accepted();
+    for i in 0..20 {
+        producer.cmd(&["RPUSH", "jobs", &i.to_string()]);
+        assert_eq!(
+            worker.cmd(&["BLPOP", "jobs", "1"]),
+            Resp::bulks(&["jobs", &i.to_string()])
+        );
+        assert_eq!(
+            worker.cmd(&["MULTI"]),
+            Resp::Simple("OK".into()),
+            "a transaction between pops"
+        );
+        assert_eq!(worker.cmd(&["EXEC"]), Resp::Array(vec![]));
+    }
+    // One pinned connection, dialed once and taken again each time (the
+    // producer's pooled one, and one per INFO call here, besides).
+    let dialed = accepted() - before;
+    assert!(dialed <= 4, "{dialed} upstream connections for 40 pins");
+}
+
+#[test]
 fn select_pins_the_client_to_another_database() {
     let upstream = RedisServer::start(&[]);
     let sidecar = sidecar_for(&upstream.url(), &[]);

@@ -38,7 +38,7 @@ use crate::ops::metrics::Counter;
 use crate::protocol::{Limits, Protocol, complete_request};
 use cluster::Router;
 use endpoint::{Endpoint, encode_command};
-use pinned::Pinned;
+use pinned::{IdleConnections, Pinned};
 use pool::{Delivery, Pool, PoolSettings};
 use sink::ReplySink;
 
@@ -71,6 +71,8 @@ pub struct ProxyStats {
 /// The passthrough to the upstream: its pools and how to pin connections.
 pub struct Proxy {
     target: Target,
+    /// Clean pinned connections, for the next client that needs one.
+    idle: Arc<IdleConnections>,
     connect_timeout: Duration,
     pub stats: Arc<ProxyStats>,
 }
@@ -108,6 +110,7 @@ impl Proxy {
         };
         Ok(Proxy {
             target,
+            idle: Arc::new(IdleConnections::default()),
             connect_timeout,
             stats,
         })
@@ -193,10 +196,14 @@ impl Proxy {
                 .await
                 .ok_or("no cluster node serves the key's slot")?,
         };
-        let connection = endpoint.connect(protocol, self.connect_timeout).await?;
+        let connection = match self.idle.take(&endpoint.addr, protocol) {
+            Some(connection) => connection,
+            None => endpoint.connect(protocol, self.connect_timeout).await?,
+        };
         self.stats.pinned.inc();
         Ok(Pinned::new(
             connection,
+            self.idle.clone(),
             protocol,
             endpoint.addr.clone(),
             endpoint.db,
@@ -526,9 +533,11 @@ impl Link {
             self.lose_pinned(output);
             return;
         }
-        if !pinned.in_use() {
+        if !pinned.in_use()
+            && let Some(pinned) = self.pinned.take()
+        {
             // The state is over: give the connection back.
-            self.pinned = None;
+            pinned.release();
         }
     }
 

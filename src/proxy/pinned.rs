@@ -8,16 +8,65 @@
 //! proxy must know is how many of those frames are replies still owed (so a
 //! reply the sidecar answers itself is written after them) and what state
 //! each reply leaves behind; it follows both as Redis itself does.
+//!
+//! A connection whose state ended normally is clean again and waits in
+//! [`IdleConnections`] for the next client that needs one, so a worker
+//! looping on BLPOP does not dial the upstream for every pop.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Command;
-use super::endpoint::{Connection, encode_command};
+use super::endpoint::{Connection, Stream, encode_command};
 use crate::protocol::Protocol;
 use crate::protocol::frame::{Element, FrameScanner, FrameView};
+
+/// Clean connections kept per upstream node and protocol version.
+const MAX_IDLE: usize = 16;
+
+/// Pinned connections given back clean: no transaction, watch,
+/// subscription, tracking, other database, nor reply owed.
+#[derive(Default)]
+pub struct IdleConnections {
+    idle: Mutex<HashMap<(String, i64), Vec<Connection>>>,
+}
+
+impl IdleConnections {
+    /// A clean connection to `node` speaking `protocol`, if one is idle and
+    /// still open.
+    pub fn take(&self, node: &str, protocol: Protocol) -> Option<Connection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let connections = idle.get_mut(&(node.to_string(), protocol.number()))?;
+        while let Some(connection) = connections.pop() {
+            if still_open(&connection) {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
+    fn put(&self, node: String, protocol: Protocol, connection: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let connections = idle.entry((node, protocol.number())).or_default();
+        if connections.len() < MAX_IDLE {
+            connections.push(connection);
+        }
+    }
+}
+
+/// Whether an idle connection is still usable: nothing to read (a closed
+/// socket reads 0, and an idle one has nothing else to say).
+fn still_open(connection: &Connection) -> bool {
+    let socket = match &connection.stream {
+        Stream::Plain(socket) => socket,
+        Stream::Tls(tls) => tls.get_ref().0,
+    };
+    connection.input.is_empty()
+        && matches!(socket.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
 
 /// Replies owed for one command, and what its reply changes.
 struct Owed {
@@ -56,6 +105,8 @@ enum Effect {
 /// The dedicated connection and the state the client holds on it.
 pub struct Pinned {
     connection: Connection,
+    /// Where the connection goes once clean again.
+    idle: Arc<IdleConnections>,
     scanner: FrameScanner,
     protocol: Protocol,
     /// The node it is connected to (`host:port`).
@@ -81,9 +132,16 @@ pub struct Pinned {
 }
 
 impl Pinned {
-    pub fn new(connection: Connection, protocol: Protocol, node: String, default_db: i64) -> Self {
+    pub fn new(
+        connection: Connection,
+        idle: Arc<IdleConnections>,
+        protocol: Protocol,
+        node: String,
+        default_db: i64,
+    ) -> Self {
         let mut pinned = Pinned {
             connection,
+            idle,
             scanner: FrameScanner::default(),
             protocol,
             node,
@@ -129,6 +187,14 @@ impl Pinned {
             || self.db != self.default_db
             || self.tracking
             || self.monitor
+    }
+
+    /// Gives the connection back for another client; only once it is not
+    /// [`Pinned::in_use`].
+    pub fn release(self) {
+        if !self.in_use() && self.connection.input.is_empty() {
+            self.idle.put(self.node, self.protocol, self.connection);
+        }
     }
 
     /// Whether state would be lost if the connection went away.
