@@ -958,6 +958,17 @@ fn a_cluster_upstream_is_routed_by_slot_with_redirections_followed() {
         con.cmd(&["EVAL", "return redis.call('get', KEYS[1])", "1", "key7"]),
         Resp::bulk("7")
     );
+    // A script loaded once runs on every master, wherever its keys live.
+    let sha = con
+        .cmd(&["SCRIPT", "LOAD", "return redis.call('get', KEYS[1])"])
+        .text();
+    for i in 1..=9 {
+        let key = format!("key{i}");
+        assert_eq!(
+            con.cmd(&["EVALSHA", &sha, "1", &key]),
+            Resp::bulk(i.to_string())
+        );
+    }
     assert_eq!(con.cmd(&["RPUSH", "{q}list", "x"]), Resp::Int(1));
     assert_eq!(
         con.cmd(&["BLPOP", "{q}list", "1"]),

@@ -46,6 +46,34 @@ pub fn slot_of(key: &[u8]) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tagged) % SLOTS as u16
 }
 
+/// Where a command goes on a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// The master of this slot (the first key's).
+    Slot(u16),
+    /// Any master: the command has no key.
+    AnyNode,
+    /// Every master: scripts and functions must be loaded (and flushed)
+    /// wherever the keys they will run on live, and FLUSHALL/FLUSHDB mean
+    /// the whole cluster. The first master's reply is given, or an error
+    /// if any master answered one.
+    EveryNode,
+}
+
+/// Where `argv` goes on a cluster.
+pub fn route(argv: &[Bytes]) -> Route {
+    let Some(name) = argv.first() else {
+        return Route::AnyNode;
+    };
+    let everywhere = [&b"script"[..], b"function", b"flushall", b"flushdb"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n));
+    if everywhere {
+        return Route::EveryNode;
+    }
+    first_key(argv).map_or(Route::AnyNode, |key| Route::Slot(slot_of(key)))
+}
+
 /// The key that routes a command: its first key, or None for a command
 /// without keys (sent to any node).
 pub fn first_key(argv: &[Bytes]) -> Option<&[u8]> {
@@ -283,19 +311,18 @@ impl Router {
     }
 
     /// The node for a slot (any node for None), as (address, pool).
-    fn node_of(topology: &Topology, slot: Option<u16>, lane: usize) -> Option<&Node> {
-        match slot {
-            Some(slot) => topology.nodes.get(topology.slots[slot as usize]? as usize),
-            None if topology.nodes.is_empty() => None,
-            None => topology.nodes.get(lane % topology.nodes.len()),
+    fn node_of(topology: &Topology, route: Route, lane: usize) -> Option<&Node> {
+        match route {
+            Route::Slot(slot) => topology.nodes.get(topology.slots[slot as usize]? as usize),
+            _ if topology.nodes.is_empty() => None,
+            Route::AnyNode | Route::EveryNode => topology.nodes.get(lane % topology.nodes.len()),
         }
     }
 
     /// The endpoint a pinned connection for `argv` goes to.
     pub async fn endpoint_for(&self, argv: &[Bytes]) -> Option<Endpoint> {
         let topology = self.topology().await;
-        let slot = first_key(argv).map(slot_of);
-        Self::node_of(&topology, slot, 0).map(|n| n.endpoint.clone())
+        Self::node_of(&topology, route(argv), 0).map(|n| n.endpoint.clone())
     }
 
     /// Sends a client's batch, each command to its slot's node, following
@@ -309,10 +336,10 @@ impl Router {
         let commands = batch.commands.split().freeze();
         let mut start = 0;
         let mut pending: Vec<Pending> = Vec::with_capacity(batch.ends.len());
-        for &(end, slot) in &batch.ends {
+        for &(end, route) in &batch.ends {
             pending.push(Pending {
                 command: commands.slice(start..end),
-                slot,
+                route,
                 redirect: None,
                 reply: None,
             });
@@ -369,11 +396,14 @@ impl Router {
             if command.reply.is_some() {
                 continue;
             }
-            let pool = match &command.redirect {
+            let pools = match &command.redirect {
                 // The node that answered MOVED or ASK named the one to ask.
-                Some(redirect) => self.pool_for(&redirect.addr),
-                None => match Self::node_of(topology, command.slot, lane) {
-                    Some(node) => node.pool.clone(),
+                Some(redirect) => vec![self.pool_for(&redirect.addr)],
+                None if command.route == Route::EveryNode && !topology.nodes.is_empty() => {
+                    topology.nodes.iter().map(|n| n.pool.clone()).collect()
+                }
+                None => match Self::node_of(topology, command.route, lane) {
+                    Some(node) => vec![node.pool.clone()],
                     // No slot map at all: the cluster cannot be reached.
                     None if topology.nodes.is_empty() => {
                         command.reply = Some(Bytes::from_static(UNAVAILABLE));
@@ -386,21 +416,23 @@ impl Router {
                     }
                 },
             };
-            let group = match groups.iter().position(|g| Arc::ptr_eq(&g.0, &pool)) {
-                Some(group) => group,
-                None => {
-                    groups.push((pool, BytesMut::new(), Vec::new(), 0));
-                    groups.len() - 1
+            for pool in pools {
+                let group = match groups.iter().position(|g| Arc::ptr_eq(&g.0, &pool)) {
+                    Some(group) => group,
+                    None => {
+                        groups.push((pool, BytesMut::new(), Vec::new(), 0));
+                        groups.len() - 1
+                    }
+                };
+                let (_, bytes, members, count) = &mut groups[group];
+                if command.redirect.as_ref().is_some_and(|r| r.asking) {
+                    encode_command(bytes, &[b"ASKING"]);
+                    *count += 1;
                 }
-            };
-            let (_, bytes, members, count) = &mut groups[group];
-            if command.redirect.as_ref().is_some_and(|r| r.asking) {
-                encode_command(bytes, &[b"ASKING"]);
+                bytes.extend_from_slice(&command.command);
                 *count += 1;
+                members.push(index);
             }
-            bytes.extend_from_slice(&command.command);
-            *count += 1;
-            members.push(index);
         }
         let mut receivers = Vec::with_capacity(groups.len());
         for (pool, bytes, members, count) in groups {
@@ -432,12 +464,15 @@ impl Router {
                             }
                             _ => Bytes::from_static(LOST),
                         };
-                        pending[index].reply = Some(reply);
+                        file(&mut pending[index].reply, reply);
                     }
                 }
                 Err(failure) => {
                     for index in members {
-                        pending[index].reply = Some(Bytes::from_static(failure.reply()));
+                        file(
+                            &mut pending[index].reply,
+                            Bytes::from_static(failure.reply()),
+                        );
                     }
                 }
             }
@@ -445,10 +480,22 @@ impl Router {
     }
 }
 
+/// Keeps a command's reply: the first one, or an error over a success (a
+/// command sent to every master fails if it failed on one).
+fn file(kept: &mut Option<Bytes>, reply: Bytes) {
+    let is_error = |r: &[u8]| matches!(r.first(), Some(b'-' | b'!'));
+    if kept
+        .as_ref()
+        .is_none_or(|k| !is_error(k) && is_error(&reply))
+    {
+        *kept = Some(reply);
+    }
+}
+
 /// One command of a batch on its way through the cluster.
 struct Pending {
     command: Bytes,
-    slot: Option<u16>,
+    route: Route,
     /// Where the last node said to ask instead.
     redirect: Option<Redirect>,
     reply: Option<Bytes>,

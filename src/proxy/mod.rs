@@ -252,9 +252,9 @@ fn endpoint_of(info: &ConnectionInfo, tls_ca: Option<&[u8]>) -> Result<Endpoint,
 pub struct Batch {
     pub commands: BytesMut,
     pub count: usize,
-    /// Where each command ends in `commands`, and its first key's hash
-    /// slot (cluster only).
-    pub ends: Vec<(usize, Option<u16>)>,
+    /// Where each command ends in `commands`, and where it goes (cluster
+    /// only).
+    pub ends: Vec<(usize, cluster::Route)>,
 }
 
 impl Batch {
@@ -332,8 +332,8 @@ impl Link {
             encode_command(&mut self.batch.commands, argv);
             self.batch.count += 1;
             if proxy.is_cluster() {
-                let slot = cluster::first_key(argv).map(cluster::slot_of);
-                self.batch.ends.push((self.batch.commands.len(), slot));
+                let route = cluster::route(argv);
+                self.batch.ends.push((self.batch.commands.len(), route));
             }
             if self.batch.commands.len() >= BATCH_BOUND {
                 self.send_batch(proxy, protocol, lane, output).await?;
