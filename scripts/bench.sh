@@ -15,9 +15,14 @@
 #   BENCH_WRITE_REQUESTS      requests per unpipelined write run (50000)
 #   BENCH_PIPELINED_WRITE_REQUESTS  the same with -P 16 (200000)
 #   BENCH_MIGRATE_SESSIONS    sessions moved between two sidecars (100000)
-#   BENCH_ONLY=migration      run only the migration section
 #   BENCH_SIDECAR_BIN         benchmark this binary instead of building one
 #   BENCH_SIDECAR_ARGS        extra flags for the sidecar, e.g. "--threads 1"
+#   BENCH_PASSTHROUGH_ARGS    extra flags for the passthrough sidecar
+#   BENCH_SECTIONS            sections to run, of: memory hot_reads
+#                             write_through passthrough migration (default: all,
+#                             in order; hot_reads after memory reads the hashes
+#                             it stores; migration alone starts only its own
+#                             sidecars)
 #   BENCH_KEEP_LOGS=1         keep the servers' logs instead of deleting them
 set -euo pipefail
 
@@ -519,6 +524,118 @@ section_write_through() {
   printf 'creation with its indexes and event; concurrent creations share a call).\n'
 }
 
+# Passthrough: GET and SET through a sidecar with an upstream (the same
+# redis-server) against the same commands sent to redis-server directly and
+# through twemproxy (nutcracker) in front of it, alternating in each round.
+# Two sidecars: with the default worker threads (one per core) and with
+# --threads 1 (one event loop, as redis-server and twemproxy), since on a
+# small machine the sidecar shares the cores with both of the others.
+section_passthrough() {
+  heading "Passthrough vs redis-server direct and twemproxy (goal: sidecar/direct >= 0.90; medians of $ROUNDS rounds)"
+  ensure_nutcracker
+  local sidecar_port sidecar_pid single_port single_pid nutcracker_port nutcracker_stats_port nutcracker_pid
+  # shellcheck disable=SC2086 # the extra flags are meant to be split
+  start_passthrough sidecar_port passthrough ${BENCH_PASSTHROUGH_ARGS:-}
+  sidecar_pid=$LAST_PID
+  # shellcheck disable=SC2086
+  start_passthrough single_port passthrough-1-thread --threads 1 ${BENCH_PASSTHROUGH_ARGS:-}
+  single_pid=$LAST_PID
+  claim_port nutcracker_port
+  claim_port nutcracker_stats_port
+  printf '%s\n' "bench:" "  listen: 127.0.0.1:$nutcracker_port" "  redis: true" \
+    "  hash: fnv1a_64" "  distribution: ketama" "  servers:" "    - 127.0.0.1:$REDIS_PORT:1" \
+    >"$WORK_DIR/nutcracker.yml"
+  start_process nutcracker nutcracker -c "$WORK_DIR/nutcracker.yml" -o "$WORK_DIR/nutcracker-own.log" \
+    -a 127.0.0.1 -s "$nutcracker_stats_port"
+  nutcracker_pid=$LAST_PID
+  wait_for_set nutcracker "$nutcracker_pid" "$nutcracker_port"
+
+  local value reply port
+  value=$(printf 'x%.0s' {1..64})
+  awk -v n="$SESSIONS" -v v="$value" 'BEGIN { for (i = 0; i < n; i++) printf "SET pt:%012d %s\n", i, v }' |
+    pipe_commands "$REDIS_PORT"
+  for port in "$sidecar_port" "$single_port" "$nutcracker_port"; do
+    reply=$(cli "$port" GET pt:000000004242) || die "GET through port $port failed: $reply"
+    [[ $reply == "$value" ]] || die "GET through port $port replied '$reply'"
+  done
+
+  local row='%-5s %4s %11s %11s %11s %11s %9s %-6s %9s %-6s %10s\n'
+  # shellcheck disable=SC2059 # the format is the row layout above
+  printf "$row" cmd -P direct sidecar "sidecar_1t" twemproxy sidecar/ "" "sidecar_1t/" "" twemproxy/
+  local name pipeline round d s u t r1 r2
+  local -a command
+  for name in GET SET; do
+    if [[ $name == GET ]]; then
+      command=(GET "pt:__rand_int__")
+    else
+      command=(SET "pt:__rand_int__" "$value")
+    fi
+    for pipeline in 1 "$PIPELINE_DEPTH"; do
+      local direct=() sidecar=() single=() twemproxy=()
+      for ((round = 0; round < ROUNDS; round++)); do
+        measure "$REDIS_PORT" "$REDIS_PID" "$pipeline" "${command[@]}"
+        direct+=("$RPS")
+        measure "$sidecar_port" "$sidecar_pid" "$pipeline" "${command[@]}"
+        sidecar+=("$RPS")
+        measure "$single_port" "$single_pid" "$pipeline" "${command[@]}"
+        single+=("$RPS")
+        measure "$nutcracker_port" "$nutcracker_pid" "$pipeline" "${command[@]}"
+        twemproxy+=("$RPS")
+      done
+      d=$(median "${direct[@]}") s=$(median "${sidecar[@]}") u=$(median "${single[@]}")
+      t=$(median "${twemproxy[@]}")
+      r1=$(ratio "$s" "$d") r2=$(ratio "$u" "$d")
+      # shellcheck disable=SC2059
+      printf "$row" "$name" "$pipeline" "$d" "$s" "$u" "$t" "$r1" "$(verdict "$r1" 0.9 at-least)" \
+        "$r2" "$(verdict "$r2" 0.9 at-least)" "$(ratio "$t" "$d")"
+    done
+  done
+  printf '\nsidecar_1t: the same sidecar with --threads 1. Ratios are against direct.\n'
+}
+
+# start_passthrough VAR NAME [FLAG...]: a sidecar forwarding to REDIS_PORT,
+# once its upstream connection is up; sets VAR to its port and LAST_PID.
+start_passthrough() {
+  local target=$1 label=$2 started_port
+  shift 2
+  start_sidecar started_port "$label" --upstream "redis://127.0.0.1:$REDIS_PORT" "$@"
+  local deadline=$((SECONDS + START_TIMEOUT_SECONDS))
+  until [[ $(info_field "$started_port" upstream upstream_state) == up ]]; do
+    ((SECONDS < deadline)) || die "$label did not connect to its upstream"
+    sleep 0.1
+  done
+  printf -v "$target" '%s' "$started_port"
+}
+
+# twemproxy is only needed by the passthrough section: installed on demand
+# (the test suite never needs it).
+ensure_nutcracker() {
+  command -v nutcracker >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null 2>&1 || die "nutcracker (twemproxy) is required for the passthrough section"
+  log "installing nutcracker (twemproxy)"
+  if [[ $(id -u) -eq 0 ]]; then
+    env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nutcracker >/dev/null
+  else
+    sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nutcracker >/dev/null
+  fi
+  command -v nutcracker >/dev/null 2>&1 || die "nutcracker is still missing after installation"
+  # The package may start a system service: nothing here uses it.
+  if command -v service >/dev/null 2>&1; then
+    service nutcracker stop >/dev/null 2>&1 || true
+  fi
+}
+
+# wait_for_set NAME PID PORT: twemproxy answers no PING; a SET shows it is up.
+wait_for_set() {
+  local name=$1 pid=$2 port=$3
+  local deadline=$((SECONDS + START_TIMEOUT_SECONDS))
+  until [[ $(cli "$port" SET bench:probe 1 2>/dev/null) == OK ]]; do
+    kill -0 "$pid" 2>/dev/null || die "$name exited during startup"
+    ((SECONDS < deadline)) || die "$name did not answer on port $port within ${START_TIMEOUT_SECONDS}s"
+    sleep 0.1
+  done
+}
+
 # The sidecar's hot-map bytes per session against what redis-server spends on
 # the same sessions stored as hashes with their expiry.
 section_memory() {
@@ -606,7 +723,9 @@ main() {
 
   check_setup
   build_sidecar
-  if [[ ${BENCH_ONLY:-} == migration ]]; then
+  local sections=${BENCH_SECTIONS:-memory hot_reads write_through passthrough migration}
+  if [[ $sections == migration ]]; then
+    # Its own sidecars only: no prefill needed.
     section_migration
     return
   fi
@@ -619,10 +738,13 @@ main() {
   print_environment
   # The memory section stores the sessions as hashes in redis-server, which
   # the hot-read section then reads with HGETALL.
-  section_memory
-  section_hot_reads
-  section_write_through
-  section_migration
+  local section
+  for section in $sections; do
+    case $section in
+      memory | hot_reads | write_through | passthrough | migration) "section_$section" ;;
+      *) die "unknown section in BENCH_SECTIONS: $section" ;;
+    esac
+  done
 }
 
 main "$@"

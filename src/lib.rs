@@ -4,7 +4,8 @@
 //! Data flow: [`server`] accepts connections and reads bytes; [`protocol`]
 //! parses requests and encodes replies (RESP2/RESP3); [`commands`] turns a
 //! request into a call on the [`store`] (sessions and their indexes) or the
-//! local [`pubsub`] broker; the store reports lifecycle [`events`]. [`ops`]
+//! local [`pubsub`] broker, or (with an upstream) is forwarded there by the
+//! [`proxy`]; the store reports lifecycle [`events`]. [`ops`]
 //! holds what operators touch: configuration, logs, metrics, health.
 #![deny(unsafe_code)]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
@@ -15,6 +16,7 @@ pub mod fleet;
 pub mod migrate;
 pub mod ops;
 pub mod protocol;
+pub mod proxy;
 pub mod pubsub;
 pub mod server;
 pub mod sessions;

@@ -120,8 +120,28 @@ fn rediss_upstream_is_verified_against_the_given_ca() {
     assert_eq!(stored.as_deref(), Some("over-tls"));
 
     // Without the CA the certificate cannot be verified: nothing is written.
+    // Ordinary commands pass through over TLS too, multiplexed and pinned.
+    assert_eq!(
+        query(&trusted, &["SET", "plain", "over-tls"]).unwrap(),
+        redis::Value::Okay
+    );
+    let plain: Option<String> = redis::cmd("GET")
+        .arg("plain")
+        .query(&mut redis.client())
+        .unwrap();
+    assert_eq!(plain.as_deref(), Some("over-tls"));
+    query(&trusted, &["RPUSH", "queue", "job"]).unwrap();
+    let popped: Vec<String> = redis::cmd("BLPOP")
+        .arg("queue")
+        .arg(1)
+        .query(&mut trusted.client())
+        .unwrap();
+    assert_eq!(popped, ["queue", "job"]);
+
     let untrusting = Sidecar::start(&["--upstream", &url]);
     let error = query(&untrusting, &["SESSION.CREATE", "ID", "unverified"]).unwrap_err();
+    assert_eq!(error.code(), Some("TRYAGAIN"), "{error}");
+    let error = query(&untrusting, &["GET", "plain"]).unwrap_err();
     assert_eq!(error.code(), Some("TRYAGAIN"), "{error}");
     let exists: i64 = redis::cmd("EXISTS")
         .arg("{session:events}:s:unverified")

@@ -155,6 +155,7 @@ pub fn quit(client: &mut ClientState, out: &mut ReplyWriter) -> CommandResult {
 /// RESET: back to a fresh connection's state.
 pub fn reset(shared: &Shared, client: &mut ClientState, out: &mut ReplyWriter) -> CommandResult {
     super::pubsub::unsubscribe_all(shared, client);
+    client.proxy.reset();
     client.set_protocol(Protocol::Resp2);
     out.set_protocol(Protocol::Resp2);
     *client.info.name.lock().unwrap_or_else(|p| p.into_inner()) = None;

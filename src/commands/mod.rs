@@ -67,6 +67,12 @@ pub async fn execute(
         return;
     };
     let Some(spec) = table::lookup(name) else {
+        if shared.proxy.is_some() && !client.authenticated {
+            // With an upstream, an unknown command is forwarded once the
+            // client has authenticated.
+            out.error("NOAUTH Authentication required.");
+            return;
+        }
         shared.metrics.unknown_commands.inc();
         out.error(&unknown_command(name, &argv[1..]));
         return;

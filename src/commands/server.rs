@@ -128,6 +128,14 @@ fn write_section(shared: &Shared, section: &str, sessions_total: i64, text: &mut
                 field("heartbeat_flushes", &m.load(&w.heartbeat_flushes));
                 field("cache_verified", &m.load(&w.verified));
             }
+            if let Some(proxy) = &shared.proxy {
+                let p = &proxy.stats;
+                field("proxy_forwarded", &p.forwarded.get());
+                field("proxy_batches", &p.batches.get());
+                field("proxy_pinned", &p.pinned.get());
+                field("proxy_unavailable", &p.unavailable.get());
+                field("proxy_redirections", &p.redirections.get());
+            }
         }
         "migration" => {
             let g = &shared.migration;

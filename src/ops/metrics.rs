@@ -219,6 +219,38 @@ pub fn render(shared: &Shared) -> String {
         "Channels with subscribers.",
         shared.pubsub.channel_count() as u64,
     );
+    if let Some(proxy) = &shared.proxy {
+        let p = &proxy.stats;
+        for (name, help, value) in [
+            (
+                "proxy_forwarded_total",
+                "Commands passed through to the upstream.",
+                &p.forwarded,
+            ),
+            (
+                "proxy_batches_total",
+                "Batch writes on pooled upstream connections.",
+                &p.batches,
+            ),
+            (
+                "proxy_pinned_total",
+                "Upstream connections pinned to a client.",
+                &p.pinned,
+            ),
+            (
+                "proxy_unavailable_total",
+                "Forwarded commands refused: upstream unreachable.",
+                &p.unavailable,
+            ),
+            (
+                "proxy_redirections_total",
+                "Cluster MOVED and ASK redirections followed.",
+                &p.redirections,
+            ),
+        ] {
+            metric(name, "counter", help, value.get());
+        }
+    }
     if let Some(store) = shared.upstream() {
         let u = &store.upstream.stats;
         let w = &store.stats;

@@ -166,6 +166,57 @@ impl RequestParser {
     }
 }
 
+impl RequestParser {
+    /// Whether the parser is between requests (holds no partial one).
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::Idle)
+    }
+}
+
+/// The complete multibulk request at the front of `buf`, without consuming
+/// it: its length and where its name is. None when it is not complete yet,
+/// is inline, or breaks a limit: the [`RequestParser`] then takes it, and
+/// refuses it if it must. For the proxy, which forwards a request's bytes
+/// as they came.
+pub fn complete_request(buf: &[u8], limits: Limits) -> Option<(usize, std::ops::Range<usize>)> {
+    fn number(buf: &[u8], at: usize, kind: u8) -> Option<(i64, usize)> {
+        if buf.get(at) != Some(&kind) {
+            return None;
+        }
+        let end = at
+            + 1
+            + buf
+                .get(at + 1..)?
+                .iter()
+                .take(24)
+                .position(|&b| b == b'\r')?;
+        if buf.get(end + 1) != Some(&b'\n') {
+            return None;
+        }
+        Some((parse_i64(&buf[at + 1..end])?, end + 2))
+    }
+    let (count, mut pos) = number(buf, 0, b'*')?;
+    if count <= 0 || count as usize > limits.max_args {
+        return None;
+    }
+    let mut name = 0..0;
+    for i in 0..count {
+        let (len, start) = number(buf, pos, b'$')?;
+        if len < 0 || len as usize > limits.max_bulk_len {
+            return None;
+        }
+        let end = start + len as usize;
+        if buf.get(end..end + 2)? != b"\r\n" {
+            return None;
+        }
+        if i == 0 {
+            name = start..end;
+        }
+        pos = end + 2;
+    }
+    Some((pos, name))
+}
+
 fn expected_dollar(got: u8) -> &'static str {
     // Redis says "expected '$', got 'X'"; the byte is not worth an allocation.
     match got {
@@ -343,6 +394,21 @@ mod tests {
         max_bulk_len: 1024,
         max_args: 8,
     };
+
+    #[test]
+    fn complete_requests_are_found_without_being_consumed() {
+        let request = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n";
+        assert_eq!(complete_request(request, LIMITS), Some((20, 8..11)));
+        for cut in 0..20 {
+            assert_eq!(complete_request(&request[..cut], LIMITS), None, "cut {cut}");
+        }
+        // Inline, empty, over a limit or malformed: left to the parser.
+        assert_eq!(complete_request(b"GET k\r\n", LIMITS), None);
+        assert_eq!(complete_request(b"*0\r\n", LIMITS), None);
+        assert_eq!(complete_request(b"*9\r\n", LIMITS), None);
+        assert_eq!(complete_request(b"*1\r\n$2000\r\n", LIMITS), None);
+        assert_eq!(complete_request(b"*1\r\n$1\r\nabc\r\n", LIMITS), None);
+    }
 
     fn parse_all(input: &[u8]) -> Result<Vec<Vec<Bytes>>, ProtocolError> {
         let mut parser = RequestParser::default();

@@ -134,6 +134,8 @@ pub struct ClientState {
     pub subscriber: Option<(Subscriber, mpsc::Receiver<Message>)>,
     /// Set by QUIT: close once the reply is written.
     pub close: bool,
+    /// The client's side of the passthrough to the upstream.
+    pub proxy: crate::proxy::Link,
 }
 
 impl ClientState {
@@ -147,6 +149,7 @@ impl ClientState {
             patterns: HashSet::new(),
             subscriber: None,
             close: false,
+            proxy: crate::proxy::Link::default(),
         }
     }
 

@@ -4,13 +4,16 @@
 //! executed as they are parsed from the read buffer and their replies are
 //! appended to one output buffer, written to the socket when the read buffer
 //! holds no further complete request (so a pipeline of N commands costs one
-//! write, not N) or when the output passes a size bound.
+//! write, not N) or when the output passes a size bound. With an upstream,
+//! the commands the sidecar does not answer go to the [`crate::proxy`],
+//! whose pooled connections write their replies to the socket themselves;
+//! the proxy keeps both kinds of replies in order.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +21,7 @@ use super::Shared;
 use super::client::{ClientInfo, ClientState};
 use crate::commands::{execute, unsubscribe_all};
 use crate::protocol::{ReplyWriter, RequestParser};
+use crate::proxy::sink::ReplySink;
 use crate::pubsub::{Message, Subscriber};
 use tokio::sync::mpsc;
 
@@ -85,11 +89,16 @@ fn encode_message(message: Message, out: &mut ReplyWriter) {
 
 async fn run(
     shared: &Shared,
-    mut stream: TcpStream,
+    stream: TcpStream,
     client: &mut ClientState,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
+    // The write side is shared with the proxy's pooled connections, which
+    // write the replies of forwarded commands straight to the client.
+    let (mut reader, writer) = stream.into_split();
+    let sink = Arc::new(ReplySink::new(writer));
+    client.proxy.attach(sink.clone());
     let mut parser = RequestParser::default();
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::with_capacity(READ_CHUNK);
@@ -100,29 +109,80 @@ async fn run(
     loop {
         // Run every complete request already buffered.
         loop {
+            if let Some(proxy) = &shared.proxy
+                && client.authenticated
+                && parser.is_idle()
+            {
+                let lane = client.id() as usize;
+                client
+                    .proxy
+                    .forward_unparsed(
+                        proxy,
+                        client.protocol,
+                        lane,
+                        &mut input,
+                        shared.limits,
+                        &mut output,
+                    )
+                    .await?;
+            }
             let restricted = !client.authenticated;
             match parser.parse(&mut input, &mut argv, shared.limits, restricted) {
                 Ok(true) => {
+                    if let Some(proxy) = &shared.proxy {
+                        // Forwarded, or answered here once the replies owed
+                        // for the commands forwarded before it are written.
+                        let lane = client.id() as usize;
+                        if proxy.forwards(&client.proxy, client.authenticated, &argv) {
+                            client
+                                .proxy
+                                .forward(proxy, client.protocol, lane, &argv, &mut output)
+                                .await?;
+                            continue;
+                        }
+                        client
+                            .proxy
+                            .settle(proxy, client.protocol, lane, &mut output)
+                            .await?;
+                    }
                     let mut out = ReplyWriter::new(&mut output, client.protocol);
                     execute(shared, client, &argv, &mut out).await;
                     if client.close {
-                        stream.write_all(&output).await?;
+                        sink.write(&output).await?;
                         return Ok(());
                     }
                     if output.len() >= FLUSH_AT {
-                        stream.write_all(&output).await?;
+                        sink.write(&output).await?;
                         output.clear();
                     }
                 }
                 Ok(false) => break,
                 Err(error) => {
+                    if let Some(proxy) = &shared.proxy {
+                        let lane = client.id() as usize;
+                        client
+                            .proxy
+                            .settle(proxy, client.protocol, lane, &mut output)
+                            .await?;
+                    }
                     shared.metrics.protocol_errors.inc();
                     tracing::debug!(client = client.id(), error = error.0, "protocol error");
                     ReplyWriter::new(&mut output, client.protocol)
                         .error(&format!("ERR Protocol error: {}", error.0));
-                    stream.write_all(&output).await?;
+                    sink.write(&output).await?;
                     return Ok(());
                 }
+            }
+        }
+        if let Some(proxy) = &shared.proxy {
+            let lane = client.id() as usize;
+            client
+                .proxy
+                .flush(proxy, client.protocol, lane, &mut output)
+                .await?;
+            if client.proxy.lost_state() {
+                sink.write(&output).await?;
+                return Ok(());
             }
         }
         if input.len() > query_limit {
@@ -133,11 +193,11 @@ async fn run(
             );
             ReplyWriter::new(&mut output, client.protocol)
                 .error("ERR Protocol error: query buffer limit reached");
-            stream.write_all(&output).await?;
+            sink.write(&output).await?;
             return Ok(());
         }
         if !output.is_empty() {
-            stream.write_all(&output).await?;
+            sink.write(&output).await?;
             output.clear();
         }
         // A large request or reply once must not pin its buffer for the life
@@ -160,10 +220,12 @@ async fn run(
                 None => std::future::pending().await,
             }
         };
-        let subscribed = client.subscription_count() > 0;
+        // Subscribers, and clients waiting for the upstream (a blocking
+        // command), are not idle, as in Redis.
+        let subscribed = client.subscription_count() > 0 || client.proxy.busy();
         let overflow = client.subscriber.as_ref().map(|(s, _)| s.overflow.clone());
         tokio::select! {
-            read = stream.read_buf(&mut input) => {
+            read = reader.read_buf(&mut input) => {
                 if read? == 0 {
                     return Ok(());
                 }
@@ -191,6 +253,14 @@ async fn run(
                             encode_message(message, &mut out);
                         }
                     }
+                }
+            }
+            _ = sink.woken() => sink.drain().await?,
+            read = client.proxy.readable() => {
+                client.proxy.relay(read, &mut output);
+                if client.proxy.lost_state() {
+                    sink.write(&output).await?;
+                    return Ok(());
                 }
             }
             _ = overflowed(overflow) => {

@@ -19,6 +19,7 @@ use crate::fleet::Fleet;
 use crate::ops::config::Config;
 use crate::ops::metrics::Metrics;
 use crate::protocol::Limits;
+use crate::proxy::Proxy;
 use crate::pubsub::PubSub;
 use crate::sessions::Sessions;
 use crate::store::{Key, SessionLimits, SessionStore, now_ms};
@@ -38,6 +39,8 @@ pub struct Shared {
     pub pubsub: Arc<PubSub>,
     pub metrics: Metrics,
     pub clients: ClientRegistry,
+    /// Passthrough of ordinary commands, when there is an upstream.
+    pub proxy: Option<Proxy>,
     pub listen_addr: SocketAddr,
     pub advertise: String,
     pub limits: Limits,
@@ -95,6 +98,7 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     let shutdown = CancellationToken::new();
     let background = Background::default();
     let sessions = start_sessions(&config, &pubsub, &background)?;
+    let proxy = start_proxy(&config, &sessions);
     let shared = Arc::new(Shared {
         advertise: config
             .advertise
@@ -117,6 +121,7 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
         pubsub,
         metrics: Metrics::default(),
         clients: ClientRegistry::default(),
+        proxy,
         listen_addr,
         started_ms: now_ms(),
         ready: AtomicBool::new(false),
@@ -319,6 +324,22 @@ fn start_sessions(
         .spawn(store.clone().run_background(background.work_stop.clone()));
     tracing::info!(upstream = %upstream.address(), "write-through mode");
     Ok(Sessions::WriteThrough(store))
+}
+
+/// The passthrough to the write-through upstream, if there is one.
+fn start_proxy(config: &Config, sessions: &Sessions) -> Option<Proxy> {
+    let Sessions::WriteThrough(store) = sessions else {
+        return None;
+    };
+    let (servers, cluster, tls_ca) = store.upstream.servers();
+    let timeout = Duration::from_millis(config.upstream_connect_timeout_ms);
+    match Proxy::new(servers, cluster, tls_ca, timeout) {
+        Ok(proxy) => Some(proxy),
+        Err(reason) => {
+            tracing::warn!(%reason, "ordinary commands will not be forwarded to the upstream");
+            None
+        }
+    }
 }
 
 /// Resolves with the signal's name on SIGTERM or SIGINT.

@@ -88,6 +88,8 @@ pub struct Upstream {
     /// (the link may be dead without the socket knowing).
     reconnect_requested: tokio::sync::Notify,
     timeouts: Timeouts,
+    /// The CA to verify a TLS upstream with (the system's when None).
+    tls_ca: Option<Vec<u8>>,
     pub stats: UpstreamStats,
 }
 
@@ -128,6 +130,7 @@ impl Upstream {
         ca_pem: Option<Vec<u8>>,
         timeouts: Timeouts,
     ) -> Result<Upstream, String> {
+        let tls_ca = ca_pem.clone();
         let (target, address) = match cluster_seeds(url)? {
             Some(seeds) => {
                 let address = seeds
@@ -159,8 +162,20 @@ impl Upstream {
             generation: tokio::sync::watch::Sender::new(0),
             reconnect_requested: tokio::sync::Notify::new(),
             timeouts,
+            tls_ca,
             stats: UpstreamStats::default(),
         })
+    }
+
+    /// The servers the URL names, with its credentials and database: the
+    /// one server, or a cluster's seeds (then `true`); and the CA that
+    /// verifies them over TLS. The proxy dials them.
+    pub fn servers(&self) -> (Vec<ConnectionInfo>, bool, Option<Vec<u8>>) {
+        let (servers, cluster) = match &self.target {
+            Target::Server(client) => (vec![client.get_connection_info().clone()], false),
+            Target::Cluster { seeds, .. } => (seeds.clone(), true),
+        };
+        (servers, cluster, self.tls_ca.clone())
     }
 
     pub fn address(&self) -> String {

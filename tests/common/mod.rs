@@ -18,6 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::{ConnectionLike, ToRedisArgs, Value};
 
+pub mod cluster;
+
 /// How long a sidecar or redis-server may take to become ready.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(15);
 /// Default bound on any single reply a test waits for.

@@ -1401,10 +1401,27 @@ fn a_write_in_flight_when_the_connection_breaks_is_reported_as_unknown() {
     let url = sidecar.url();
     let creation = thread::spawn(move || {
         let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
-        call(&mut con, &["SESSION.CREATE", "ID", "inflight"])
+        // A large attribute marks our call among the sidecar's periodic
+        // script calls (sweeps, audits), which the pause holds too.
+        let marker = "m".repeat(200_000);
+        call(
+            &mut con,
+            &["SESSION.CREATE", "ID", "inflight", "ATTR", "m", &marker],
+        )
     });
     let waiting = wait_until(Duration::from_secs(5), || {
-        text(&call(&mut admin, &["CLIENT", "LIST"])).contains("cmd=evalsha")
+        // Held either as the paused command's arguments or, behind another
+        // paused call on the same connection, in its query buffer.
+        text(&call(&mut admin, &["CLIENT", "LIST"]))
+            .lines()
+            .any(|line| {
+                let held: u64 = line
+                    .split(' ')
+                    .filter_map(|f| f.strip_prefix("argv-mem=").or(f.strip_prefix("qbuf=")))
+                    .map(|n| n.parse::<u64>().unwrap_or(0))
+                    .sum();
+                held >= 200_000
+            })
     });
     assert!(waiting, "the creation never reached the upstream");
     call(

@@ -1,0 +1,627 @@
+//! Passthrough: every command the sidecar does not answer itself goes to
+//! the upstream unchanged, and its reply comes back unchanged, in the
+//! protocol version the client negotiated.
+//!
+//! - Commands that leave no state on the connection are multiplexed: a
+//!   client's pipeline is one request to a small pool of pipelined upstream
+//!   connections ([`pool`]), many clients' requests are written together,
+//!   and the replies, slices of what the upstream sent, are written straight
+//!   to each client's socket ([`sink`]).
+//! - Commands that start state on the connection (MULTI, WATCH, the SUBSCRIBE
+//!   family, blocking commands, CLIENT TRACKING, SELECT, MONITOR) pin the
+//!   client to a connection of its own ([`pinned`]) until the state is over,
+//!   so a blocked or subscribed client never holds up another.
+//! - On a Redis Cluster ([`cluster`]) each command goes to the master of its
+//!   first key's slot; MOVED and ASK are followed, and the nodes themselves
+//!   answer CROSSSLOT for keys in several slots.
+//!
+//! Invariant: every request gets exactly one reply, in order. A client's
+//! forwarded commands are sent in order and their replies written in order;
+//! before a command the sidecar answers itself, the replies owed for the
+//! forwarded commands before it are written first ([`Link::settle`]).
+
+pub mod cluster;
+pub mod endpoint;
+pub mod pinned;
+pub mod pool;
+pub mod sink;
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use redis::ConnectionInfo;
+
+use crate::commands::table::{self, Cmd};
+use crate::ops::metrics::Counter;
+use crate::protocol::{Limits, Protocol, complete_request};
+use cluster::Router;
+use endpoint::{Endpoint, encode_command};
+use pinned::{IdleConnections, Pinned};
+use pool::{Delivery, Pool, PoolSettings};
+use sink::ReplySink;
+
+/// The reply to a command that could not be sent.
+pub const UNAVAILABLE: &[u8] = b"-TRYAGAIN upstream unavailable\r\n";
+/// The reply to a command sent on a connection that then failed.
+pub const LOST: &[u8] = b"-ERR upstream connection lost: the command may have been applied\r\n";
+/// Pooled connections per upstream server and protocol version.
+const POOL_CONNECTIONS: usize = 2;
+/// Send a client's pending commands once they are this large.
+const BATCH_BOUND: usize = 64 * 1024;
+/// Requests a client may have in flight in the pools before it waits.
+const MAX_OWED: usize = 32;
+
+/// Counters of the passthrough path.
+#[derive(Default, Debug)]
+pub struct ProxyStats {
+    /// Commands forwarded to the upstream.
+    pub forwarded: Counter,
+    /// Writes of batches on pooled connections.
+    pub batches: Counter,
+    /// Connections pinned to a client.
+    pub pinned: Counter,
+    /// Commands refused because the upstream could not be reached.
+    pub unavailable: Counter,
+    /// MOVED and ASK redirections followed.
+    pub redirections: Counter,
+}
+
+/// The passthrough to the upstream: its pools and how to pin connections.
+pub struct Proxy {
+    target: Target,
+    /// Clean pinned connections, for the next client that needs one.
+    idle: Arc<IdleConnections>,
+    connect_timeout: Duration,
+    pub stats: Arc<ProxyStats>,
+}
+
+enum Target {
+    Server { endpoint: Endpoint, pool: Pool },
+    Cluster(Router),
+}
+
+impl Proxy {
+    /// A proxy to the servers of the `--upstream` URL (`cluster`: they are a
+    /// Redis Cluster's seeds; `tls_ca` verifies them over TLS, instead of
+    /// the system's roots). Starts no connection yet.
+    pub fn new(
+        servers: Vec<ConnectionInfo>,
+        cluster: bool,
+        tls_ca: Option<Vec<u8>>,
+        connect_timeout: Duration,
+    ) -> Result<Proxy, String> {
+        let stats = Arc::new(ProxyStats::default());
+        let settings = PoolSettings {
+            connections: POOL_CONNECTIONS,
+            connect_timeout,
+            stats: stats.clone(),
+        };
+        let first = servers.first().ok_or("the upstream URL names no server")?;
+        let endpoint = endpoint_of(first, tls_ca.as_deref())?;
+        let target = if cluster {
+            Target::Cluster(Router::new(servers, tls_ca, endpoint, settings))
+        } else {
+            Target::Server {
+                pool: Pool::new(&endpoint, &settings),
+                endpoint,
+            }
+        };
+        Ok(Proxy {
+            target,
+            idle: Arc::new(IdleConnections::default()),
+            connect_timeout,
+            stats,
+        })
+    }
+
+    /// Whether a request goes to the upstream rather than being answered by
+    /// the sidecar: every command it does not know, the SUBSCRIBE family and
+    /// PUBLISH (the channels are the upstream's), SELECT, CLIENT TRACKING and
+    /// CACHING; and, on a RESP2 subscribed connection, everything but QUIT
+    /// and RESET, since the upstream decides what is allowed there.
+    pub fn forwards(&self, link: &Link, authenticated: bool, argv: &[Bytes]) -> bool {
+        if !authenticated {
+            return false;
+        }
+        let Some(spec) = argv.first().and_then(|name| table::lookup(name)) else {
+            return true;
+        };
+        if link.resp2_subscribed() {
+            return !matches!(spec.cmd, Cmd::Quit | Cmd::Reset);
+        }
+        match spec.cmd {
+            Cmd::Subscribe | Cmd::Unsubscribe | Cmd::Psubscribe | Cmd::Punsubscribe => true,
+            Cmd::Publish | Cmd::Select => true,
+            Cmd::Client => argv.get(1).is_some_and(|sub| {
+                [&b"tracking"[..], b"caching", b"getredir", b"trackinginfo"]
+                    .iter()
+                    .any(|name| sub.eq_ignore_ascii_case(name))
+            }),
+            _ => false,
+        }
+    }
+
+    /// Sends a client's batch of stateless commands. On a single server
+    /// with the client's socket at hand, the pooled connection writes the
+    /// replies to it; otherwise they are awaited and appended to `output`.
+    async fn call(
+        &self,
+        protocol: Protocol,
+        lane: usize,
+        batch: &mut Batch,
+        sink: Option<&Arc<ReplySink>>,
+        output: &mut BytesMut,
+    ) {
+        let count = batch.count;
+        let result = match (&self.target, sink) {
+            (Target::Server { pool, .. }, Some(sink)) => {
+                sink.owe();
+                let commands = batch.commands.split().freeze();
+                pool.submit(
+                    protocol,
+                    lane,
+                    commands,
+                    count,
+                    Delivery::Sink(sink.clone()),
+                )
+                .await;
+                batch.clear();
+                return;
+            }
+            (Target::Server { pool, .. }, None) => {
+                pool.call(protocol, lane, batch.commands.split().freeze(), count)
+                    .await
+            }
+            (Target::Cluster(router), _) => router.call(protocol, lane, batch).await,
+        };
+        batch.clear();
+        match result {
+            Ok(replies) => output.extend_from_slice(&replies),
+            Err(failure) => {
+                for _ in 0..count {
+                    output.extend_from_slice(failure.reply());
+                }
+            }
+        }
+    }
+
+    /// A connection of the client's own, to the server of `argv`'s key.
+    async fn pin(&self, protocol: Protocol, argv: &[Bytes]) -> Result<Pinned, String> {
+        let endpoint = match &self.target {
+            Target::Server { endpoint, .. } => endpoint.clone(),
+            Target::Cluster(router) => router
+                .endpoint_for(argv)
+                .await
+                .ok_or("no cluster node serves the key's slot")?,
+        };
+        let connection = match self.idle.take(&endpoint.addr, protocol) {
+            Some(connection) => connection,
+            None => endpoint.connect(protocol, self.connect_timeout).await?,
+        };
+        self.stats.pinned.inc();
+        Ok(Pinned::new(
+            connection,
+            self.idle.clone(),
+            protocol,
+            endpoint.addr.clone(),
+            endpoint.db,
+        ))
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
+    }
+}
+
+/// The proxy's view of a server the URL names: address, TLS, credentials,
+/// database.
+fn endpoint_of(info: &ConnectionInfo, tls_ca: Option<&[u8]>) -> Result<Endpoint, String> {
+    let (addr, tls) = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => (format!("{host}:{port}"), None),
+        redis::ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: false,
+            ..
+        } => (
+            format!("{host}:{port}"),
+            Some(endpoint::tls_connector(tls_ca)?),
+        ),
+        redis::ConnectionAddr::TcpTls { .. } => {
+            return Err(
+                "passthrough verifies the upstream's certificate: #insecure is not supported"
+                    .into(),
+            );
+        }
+        _ => return Err("passthrough needs a TCP upstream".into()),
+    };
+    let settings = info.redis_settings();
+    Ok(Endpoint {
+        addr,
+        username: settings.username().map(str::to_string),
+        password: settings.password().map(str::to_string),
+        db: settings.db(),
+        tls,
+    })
+}
+
+/// A client's stateless commands waiting to be sent together.
+#[derive(Default)]
+pub struct Batch {
+    pub commands: BytesMut,
+    pub count: usize,
+    /// Where each command ends in `commands`, and where it goes (cluster
+    /// only).
+    pub ends: Vec<(usize, cluster::Route)>,
+}
+
+impl Batch {
+    fn clear(&mut self) {
+        self.commands.clear();
+        self.count = 0;
+        self.ends.clear();
+    }
+}
+
+/// A client's side of the passthrough: its pending batch and its pinned
+/// connection, if it holds one.
+#[derive(Default)]
+pub struct Link {
+    batch: Batch,
+    /// The client's socket, where pooled connections write replies.
+    sink: Option<Arc<ReplySink>>,
+    pinned: Option<Pinned>,
+    /// Cluster: the client said MULTI and was told OK; the MULTI is sent
+    /// with the next command, to the node of that command's key.
+    deferred_multi: bool,
+    /// A command of the deferred transaction could not be sent: its EXEC
+    /// is refused, as Redis refuses a transaction with a queuing error.
+    deferred_failed: bool,
+    /// The pinned connection was lost with state on it: the client must be
+    /// disconnected, as if its server had gone.
+    lost_state: bool,
+}
+
+impl Link {
+    /// Whether the client holds subscriptions on the upstream.
+    pub fn subscribed(&self) -> bool {
+        self.pinned.as_ref().is_some_and(|p| p.subscribed())
+    }
+
+    /// Whether the client holds subscriptions on the upstream or waits
+    /// on its pinned connection (a blocking command): not idle. (Pooled
+    /// replies are written without waking the client's task, so they do
+    /// not count: the idle time runs from the client's last command.)
+    pub fn busy(&self) -> bool {
+        self.subscribed() || self.pinned.as_ref().is_some_and(|p| p.owes_replies())
+    }
+
+    fn resp2_subscribed(&self) -> bool {
+        self.pinned
+            .as_ref()
+            .is_some_and(|p| p.protocol() == Protocol::Resp2 && p.subscribed())
+    }
+
+    /// Whether the client must be disconnected: its upstream connection
+    /// was lost with a transaction, subscriptions or tracking on it.
+    pub fn lost_state(&self) -> bool {
+        self.lost_state
+    }
+
+    /// Lets pooled connections write replies to the client's socket.
+    pub fn attach(&mut self, sink: Arc<ReplySink>) {
+        self.sink = Some(sink);
+    }
+
+    /// Forwards one command: queued in the client's batch when stateless,
+    /// sent on its pinned connection (pinning one if the command starts
+    /// state) otherwise.
+    pub async fn forward(
+        &mut self,
+        proxy: &Proxy,
+        protocol: Protocol,
+        lane: usize,
+        argv: &[Bytes],
+        output: &mut BytesMut,
+    ) -> io::Result<()> {
+        proxy.stats.forwarded.inc();
+        let command = Command::of(&argv[0]);
+        if self.pinned.is_none() && !self.deferred_multi && !command.pins(argv) {
+            encode_command(&mut self.batch.commands, argv);
+            self.batch.count += 1;
+            if proxy.is_cluster() {
+                let route = cluster::route(argv);
+                self.batch.ends.push((self.batch.commands.len(), route));
+            }
+            if self.batch.commands.len() >= BATCH_BOUND {
+                self.send_batch(proxy, protocol, lane, output).await?;
+            }
+            return Ok(());
+        }
+        // The replies to what was batched before come first.
+        self.settle_pool(proxy, protocol, lane, output).await?;
+        if proxy.is_cluster() && self.pinned.is_none() {
+            match (command, self.deferred_multi) {
+                // The node is the one of the first key the transaction touches.
+                (Command::Multi, false) => {
+                    self.deferred_multi = true;
+                    self.deferred_failed = false;
+                    output.extend_from_slice(b"+OK\r\n");
+                    return Ok(());
+                }
+                // Nothing of the transaction was sent: it ends here.
+                (Command::Exec, true) => {
+                    self.deferred_multi = false;
+                    output.extend_from_slice(if self.deferred_failed {
+                        b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+                    } else {
+                        b"*0\r\n"
+                    });
+                    return Ok(());
+                }
+                (Command::Discard, true) => {
+                    self.deferred_multi = false;
+                    output.extend_from_slice(b"+OK\r\n");
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        if self.pinned.is_none() {
+            match proxy.pin(protocol, argv).await {
+                Ok(pinned) => self.pinned = Some(pinned),
+                Err(reason) => {
+                    tracing::warn!(%reason, "cannot pin an upstream connection");
+                    proxy.stats.unavailable.inc();
+                    self.deferred_failed |= self.deferred_multi;
+                    output.extend_from_slice(UNAVAILABLE);
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(pinned) = self.pinned.as_mut() {
+            if std::mem::take(&mut self.deferred_multi) {
+                pinned.send_swallowed_multi();
+            }
+            pinned.send(argv);
+        }
+        Ok(())
+    }
+
+    /// The fast path for a pipeline of stateless commands: moves every
+    /// complete request at the front of `input` that goes to the pool as it
+    /// is (no command the sidecar answers or that pins) into the batch, byte
+    /// for byte, without parsing it into arguments. Stops at anything else,
+    /// which the caller parses as usual, in order.
+    pub async fn forward_unparsed(
+        &mut self,
+        proxy: &Proxy,
+        protocol: Protocol,
+        lane: usize,
+        input: &mut BytesMut,
+        limits: Limits,
+        output: &mut BytesMut,
+    ) -> io::Result<()> {
+        if proxy.is_cluster() || self.pinned.is_some() || self.deferred_multi {
+            return Ok(());
+        }
+        while let Some((end, name)) = complete_request(input, limits) {
+            let name = &input[name];
+            if table::lookup(name).is_some() || Command::of(name) != Command::Other {
+                break;
+            }
+            proxy.stats.forwarded.inc();
+            self.batch.commands.extend_from_slice(&input[..end]);
+            self.batch.count += 1;
+            input.advance(end);
+            if self.batch.commands.len() >= BATCH_BOUND {
+                self.send_batch(proxy, protocol, lane, output).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the batch. The client's own output is written first, so that
+    /// the replies a pooled connection writes come after it.
+    async fn send_batch(
+        &mut self,
+        proxy: &Proxy,
+        protocol: Protocol,
+        lane: usize,
+        output: &mut BytesMut,
+    ) -> io::Result<()> {
+        if self.batch.count == 0 {
+            return Ok(());
+        }
+        let sink = match &proxy.target {
+            Target::Server { .. } => self.sink.as_ref(),
+            Target::Cluster(_) => None,
+        };
+        if let Some(sink) = sink
+            && !output.is_empty()
+        {
+            sink.write(output).await?;
+            output.clear();
+        }
+        proxy
+            .call(protocol, lane, &mut self.batch, sink, output)
+            .await;
+        // Bound what one client has in flight: a client that pipelines
+        // without reading its replies is made to wait, as Redis stops
+        // reading from a client whose output buffer is full.
+        if let Some(sink) = sink {
+            let (owed, backlogged) = sink.pressure();
+            if owed >= MAX_OWED || backlogged {
+                sink.settle().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the batch and waits until its replies are written.
+    async fn settle_pool(
+        &mut self,
+        proxy: &Proxy,
+        protocol: Protocol,
+        lane: usize,
+        output: &mut BytesMut,
+    ) -> io::Result<()> {
+        self.send_batch(proxy, protocol, lane, output).await?;
+        match &self.sink {
+            Some(sink) => sink.settle().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Sends everything forwarded so far (the pinned connection's replies
+    /// come when they come).
+    pub async fn flush(
+        &mut self,
+        proxy: &Proxy,
+        protocol: Protocol,
+        lane: usize,
+        output: &mut BytesMut,
+    ) -> io::Result<()> {
+        self.send_batch(proxy, protocol, lane, output).await?;
+        if let Some(pinned) = self.pinned.as_mut()
+            && pinned.flush().await.is_err()
+        {
+            self.lose_pinned(output);
+        }
+        Ok(())
+    }
+
+    /// Sends everything forwarded so far and waits for every reply owed,
+    /// before a command the sidecar answers itself.
+    pub async fn settle(
+        &mut self,
+        proxy: &Proxy,
+        protocol: Protocol,
+        lane: usize,
+        output: &mut BytesMut,
+    ) -> io::Result<()> {
+        self.settle_pool(proxy, protocol, lane, output).await?;
+        self.flush(proxy, protocol, lane, output).await?;
+        while self.pinned.as_ref().is_some_and(|p| p.owes_replies()) {
+            self.read_pinned(output).await;
+        }
+        Ok(())
+    }
+
+    /// Resolves when the pinned connection has something to relay (never,
+    /// without one); [`Link::relay`] then relays it.
+    pub async fn readable(&mut self) -> std::io::Result<usize> {
+        match self.pinned.as_mut() {
+            Some(pinned) => pinned.read().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Relays what the pinned connection received, after [`Link::readable`].
+    pub fn relay(&mut self, read: std::io::Result<usize>, output: &mut BytesMut) {
+        let Some(pinned) = self.pinned.as_mut() else {
+            return;
+        };
+        let relayed = match read {
+            Ok(n) if n > 0 => pinned.relay(output),
+            _ => Err("closed"),
+        };
+        if let Err(reason) = relayed {
+            tracing::debug!(reason, node = %pinned.node, "pinned upstream connection lost");
+            self.lose_pinned(output);
+            return;
+        }
+        if !pinned.in_use()
+            && let Some(pinned) = self.pinned.take()
+        {
+            // The state is over: give the connection back.
+            pinned.release();
+        }
+    }
+
+    async fn read_pinned(&mut self, output: &mut BytesMut) {
+        let read = self.readable().await;
+        self.relay(read, output);
+    }
+
+    fn lose_pinned(&mut self, output: &mut BytesMut) {
+        if let Some(mut pinned) = self.pinned.take() {
+            pinned.fail_owed(output);
+            self.lost_state |= pinned.holds_state();
+        }
+    }
+
+    /// Drops the pinned connection and its state (RESET).
+    pub fn reset(&mut self) {
+        self.pinned = None;
+        self.deferred_multi = false;
+        self.deferred_failed = false;
+    }
+}
+
+/// The forwarded commands the proxy must tell apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Multi,
+    Exec,
+    Discard,
+    Watch,
+    Unwatch,
+    Select,
+    Client,
+    Monitor,
+    Subscribe,
+    Psubscribe,
+    Ssubscribe,
+    Unsubscribe,
+    Punsubscribe,
+    Sunsubscribe,
+    /// Blocks until data arrives or a timeout passes.
+    Blocking,
+    /// XREAD and XREADGROUP: blocking with a BLOCK argument.
+    StreamRead,
+    Other,
+}
+
+impl Command {
+    pub fn of(name: &[u8]) -> Command {
+        let mut lower = [0u8; 16];
+        if name.len() > lower.len() {
+            return Command::Other;
+        }
+        for (to, from) in lower.iter_mut().zip(name) {
+            *to = from.to_ascii_lowercase();
+        }
+        match &lower[..name.len()] {
+            b"multi" => Command::Multi,
+            b"exec" => Command::Exec,
+            b"discard" => Command::Discard,
+            b"watch" => Command::Watch,
+            b"unwatch" => Command::Unwatch,
+            b"select" => Command::Select,
+            b"client" => Command::Client,
+            b"monitor" => Command::Monitor,
+            b"subscribe" => Command::Subscribe,
+            b"psubscribe" => Command::Psubscribe,
+            b"ssubscribe" => Command::Ssubscribe,
+            b"unsubscribe" => Command::Unsubscribe,
+            b"punsubscribe" => Command::Punsubscribe,
+            b"sunsubscribe" => Command::Sunsubscribe,
+            b"blpop" | b"brpop" | b"brpoplpush" | b"blmove" | b"blmpop" | b"bzpopmin"
+            | b"bzpopmax" | b"bzmpop" | b"wait" | b"waitaof" => Command::Blocking,
+            b"xread" | b"xreadgroup" => Command::StreamRead,
+            _ => Command::Other,
+        }
+    }
+
+    /// Whether the command needs a connection of the client's own.
+    fn pins(self, argv: &[Bytes]) -> bool {
+        match self {
+            Command::Other | Command::Exec | Command::Discard | Command::Unwatch => false,
+            Command::StreamRead => argv.iter().any(|a| a.eq_ignore_ascii_case(b"block")),
+            _ => true,
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! A client's own upstream connection, for as long as it holds state there:
+//! a transaction (MULTI, WATCH), subscriptions, a blocking command, key
+//! tracking, another database. The client pins it by the command that
+//! starts the state and gives it back when the state is over.
+//!
+//! Everything the upstream sends on it is relayed to the client in the order
+//! it arrives (replies, messages, invalidations), byte for byte. What the
+//! proxy must know is how many of those frames are replies still owed (so a
+//! reply the sidecar answers itself is written after them) and what state
+//! each reply leaves behind; it follows both as Redis itself does.
+//!
+//! A connection whose state ended normally is clean again and waits in
+//! [`IdleConnections`] for the next client that needs one, so a worker
+//! looping on BLPOP does not dial the upstream for every pop.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::Command;
+use super::endpoint::{Connection, Stream, encode_command};
+use crate::protocol::Protocol;
+use crate::protocol::frame::{Element, FrameScanner, FrameView};
+
+/// Clean connections kept per upstream node and protocol version.
+const MAX_IDLE: usize = 16;
+
+/// Pinned connections given back clean: no transaction, watch,
+/// subscription, tracking, other database, nor reply owed.
+#[derive(Default)]
+pub struct IdleConnections {
+    idle: Mutex<HashMap<(String, i64), Vec<Connection>>>,
+}
+
+impl IdleConnections {
+    /// A clean connection to `node` speaking `protocol`, if one is idle and
+    /// still open.
+    pub fn take(&self, node: &str, protocol: Protocol) -> Option<Connection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let connections = idle.get_mut(&(node.to_string(), protocol.number()))?;
+        while let Some(connection) = connections.pop() {
+            if still_open(&connection) {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
+    fn put(&self, node: String, protocol: Protocol, connection: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let connections = idle.entry((node, protocol.number())).or_default();
+        if connections.len() < MAX_IDLE {
+            connections.push(connection);
+        }
+    }
+}
+
+/// Whether an idle connection is still usable: nothing to read (a closed
+/// socket reads 0, and an idle one has nothing else to say).
+fn still_open(connection: &Connection) -> bool {
+    let socket = match &connection.stream {
+        Stream::Plain(socket) => socket,
+        Stream::Tls(tls) => tls.get_ref().0,
+    };
+    connection.input.is_empty()
+        && matches!(socket.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// Replies owed for one command, and what its reply changes.
+struct Owed {
+    frames: usize,
+    effect: Effect,
+    /// Not relayed: a command the proxy sent on its own (cluster MULTI).
+    swallow: bool,
+}
+
+/// What a frame from the upstream is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Reply,
+    /// A (un)subscription's reply, with the subscriptions left.
+    Confirmation {
+        shard: bool,
+        count: i64,
+    },
+    /// Sent by the upstream on its own: a message, an invalidation.
+    OutOfBand,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    None,
+    Multi,
+    /// EXEC or DISCARD: the transaction and its watches are over.
+    EndMulti,
+    Watch,
+    Unwatch,
+    Select(i64),
+    Tracking(bool),
+    Monitor,
+}
+
+/// The dedicated connection and the state the client holds on it.
+pub struct Pinned {
+    connection: Connection,
+    /// Where the connection goes once clean again.
+    idle: Arc<IdleConnections>,
+    scanner: FrameScanner,
+    protocol: Protocol,
+    /// The node it is connected to (`host:port`).
+    pub node: String,
+    /// Commands to write at the next flush.
+    pending: BytesMut,
+    owed: VecDeque<Owed>,
+    /// A MULTI was sent and no EXEC/DISCARD yet: replies are QUEUED.
+    queuing: bool,
+    in_multi: bool,
+    watching: bool,
+    channels: HashSet<Bytes>,
+    patterns: HashSet<Bytes>,
+    shard_channels: HashSet<Bytes>,
+    db: i64,
+    default_db: i64,
+    tracking: bool,
+    monitor: bool,
+    /// Subscriptions the upstream last confirmed (channels and patterns;
+    /// shard channels).
+    confirmed: i64,
+    confirmed_shard: i64,
+}
+
+impl Pinned {
+    pub fn new(
+        connection: Connection,
+        idle: Arc<IdleConnections>,
+        protocol: Protocol,
+        node: String,
+        default_db: i64,
+    ) -> Self {
+        let mut pinned = Pinned {
+            connection,
+            idle,
+            scanner: FrameScanner::default(),
+            protocol,
+            node,
+            pending: BytesMut::new(),
+            owed: VecDeque::new(),
+            queuing: false,
+            in_multi: false,
+            watching: false,
+            channels: HashSet::new(),
+            patterns: HashSet::new(),
+            shard_channels: HashSet::new(),
+            db: default_db,
+            default_db,
+            tracking: false,
+            monitor: false,
+            confirmed: 0,
+            confirmed_shard: 0,
+        };
+        // Bytes read past the handshake are the start of the first reply.
+        pinned.connection.input.reserve(16 * 1024);
+        pinned
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Whether the client holds subscriptions here (in RESP2 it may then only
+    /// run pub/sub commands, which the upstream enforces).
+    pub fn subscribed(&self) -> bool {
+        !(self.channels.is_empty() && self.patterns.is_empty() && self.shard_channels.is_empty())
+    }
+
+    /// Whether some state lives on the connection, or replies are owed.
+    pub fn in_use(&self) -> bool {
+        !self.owed.is_empty()
+            || !self.pending.is_empty()
+            || self.queuing
+            || self.in_multi
+            || self.watching
+            || self.subscribed()
+            || self.subscribed_upstream()
+            || self.db != self.default_db
+            || self.tracking
+            || self.monitor
+    }
+
+    /// Gives the connection back for another client; only once it is not
+    /// [`Pinned::in_use`].
+    pub fn release(self) {
+        if !self.in_use() && self.connection.input.is_empty() {
+            self.idle.put(self.node, self.protocol, self.connection);
+        }
+    }
+
+    /// Whether state would be lost if the connection went away.
+    pub fn holds_state(&self) -> bool {
+        self.in_multi || self.watching || self.subscribed() || self.tracking || self.monitor
+    }
+
+    pub fn owes_replies(&self) -> bool {
+        !self.owed.is_empty() && !self.monitor
+    }
+
+    /// Sends MULTI on the proxy's own account (its OK was already given).
+    pub fn send_swallowed_multi(&mut self) {
+        encode_command(&mut self.pending, &[b"MULTI"]);
+        self.queuing = true;
+        self.owed.push_back(Owed {
+            frames: 1,
+            effect: Effect::Multi,
+            swallow: true,
+        });
+    }
+
+    /// Queues one of the client's commands and notes what its reply will be.
+    pub fn send(&mut self, argv: &[Bytes]) {
+        encode_command(&mut self.pending, argv);
+        let mut frames = 1;
+        let mut effect = Effect::None;
+        let args = &argv[1..];
+        let command = Command::of(&argv[0]);
+        if self.queuing {
+            if matches!(command, Command::Exec | Command::Discard) {
+                self.queuing = false;
+                effect = Effect::EndMulti;
+            }
+        } else {
+            match command {
+                Command::Multi => {
+                    self.queuing = true;
+                    effect = Effect::Multi;
+                }
+                Command::Exec | Command::Discard => effect = Effect::EndMulti,
+                Command::Watch => effect = Effect::Watch,
+                Command::Unwatch => effect = Effect::Unwatch,
+                Command::Select => {
+                    effect = args
+                        .first()
+                        .and_then(|db| crate::protocol::parse_i64(db))
+                        .map_or(Effect::None, Effect::Select);
+                }
+                Command::Client
+                    if args
+                        .first()
+                        .is_some_and(|s| s.eq_ignore_ascii_case(b"tracking")) =>
+                {
+                    let on = args.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"on"));
+                    effect = Effect::Tracking(on);
+                }
+                Command::Monitor => effect = Effect::Monitor,
+                Command::Subscribe => frames = subscribe(&mut self.channels, args),
+                Command::Psubscribe => frames = subscribe(&mut self.patterns, args),
+                Command::Ssubscribe => frames = subscribe(&mut self.shard_channels, args),
+                Command::Unsubscribe => frames = unsubscribe(&mut self.channels, args),
+                Command::Punsubscribe => frames = unsubscribe(&mut self.patterns, args),
+                Command::Sunsubscribe => frames = unsubscribe(&mut self.shard_channels, args),
+                _ => {}
+            }
+        }
+        self.owed.push_back(Owed {
+            frames,
+            effect,
+            swallow: false,
+        });
+    }
+
+    /// Writes what was queued.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            self.connection.stream.write_all(&self.pending).await?;
+            self.connection.stream.flush().await?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads what the upstream sent; 0 when it closed.
+    pub async fn read(&mut self) -> std::io::Result<usize> {
+        let input = &mut self.connection.input;
+        if input.capacity() - input.len() < 4096 {
+            input.reserve(16 * 1024);
+        }
+        self.connection.stream.read_buf(input).await
+    }
+
+    /// Relays every complete frame read so far to `output`, in order, and
+    /// applies the state the replies among them leave.
+    pub fn relay(&mut self, output: &mut BytesMut) -> Result<(), &'static str> {
+        loop {
+            let input = &self.connection.input;
+            let Some(end) = self.scanner.next_frame(input).map_err(|e| e.0)? else {
+                return Ok(());
+            };
+            let view = FrameView::new(&input[..end]);
+            let class = self.classify(&view);
+            let failed = view.is_error();
+            let mut relayed = true;
+            if let Class::Confirmation { shard, count } = class {
+                if shard {
+                    self.confirmed_shard = count;
+                } else {
+                    self.confirmed = count;
+                }
+            }
+            if !self.monitor && class != Class::OutOfBand {
+                let Some(owed) = self.owed.front_mut() else {
+                    return Err("a reply nobody asked for");
+                };
+                owed.frames -= 1;
+                relayed = !owed.swallow;
+                if owed.frames == 0 {
+                    let effect = owed.effect;
+                    self.owed.pop_front();
+                    self.apply(effect, failed);
+                }
+            }
+            if relayed {
+                output.extend_from_slice(&self.connection.input[..end]);
+            }
+            let _ = self.connection.input.split_to(end);
+            self.scanner.consumed(end);
+        }
+    }
+
+    /// What a frame is: a reply, or a frame the upstream sent on its own (a
+    /// message, an invalidation). Subscription confirmations are replies and
+    /// carry how many subscriptions the connection holds.
+    fn classify(&self, view: &FrameView) -> Class {
+        if !matches!(view.kind, b'>' | b'*') {
+            return Class::Reply;
+        }
+        let Some(elements) = view.elements() else {
+            // Not flat (an invalidation's array of keys): no message nor
+            // confirmation.
+            return if view.kind == b'>' {
+                Class::OutOfBand
+            } else {
+                Class::Reply
+            };
+        };
+        let kind = match elements.first() {
+            Some(Element::Bulk(kind)) => kind.to_ascii_lowercase(),
+            _ => return Class::Reply,
+        };
+        let count = match elements.get(2) {
+            Some(Element::Int(count)) => Some(*count),
+            _ => None,
+        };
+        match (&kind[..], count) {
+            (b"subscribe" | b"psubscribe" | b"unsubscribe" | b"punsubscribe", Some(count))
+                if view.kind == b'>' || self.subscribed_upstream() || self.subscribed() =>
+            {
+                Class::Confirmation {
+                    shard: false,
+                    count,
+                }
+            }
+            (b"ssubscribe" | b"sunsubscribe", Some(count))
+                if view.kind == b'>' || self.subscribed_upstream() || self.subscribed() =>
+            {
+                Class::Confirmation { shard: true, count }
+            }
+            // RESP3: every other push is out of band.
+            _ if view.kind == b'>' => Class::OutOfBand,
+            // RESP2: a subscribed connection gets messages as arrays.
+            (b"message" | b"pmessage" | b"smessage", _) if self.subscribed_upstream() => {
+                Class::OutOfBand
+            }
+            _ => Class::Reply,
+        }
+    }
+
+    /// Whether the upstream has confirmed subscriptions on this connection.
+    fn subscribed_upstream(&self) -> bool {
+        self.confirmed > 0 || self.confirmed_shard > 0
+    }
+
+    fn apply(&mut self, effect: Effect, failed: bool) {
+        match effect {
+            Effect::None => {}
+            Effect::Multi => self.in_multi = !failed || self.in_multi,
+            Effect::EndMulti if !failed || self.in_multi => {
+                self.in_multi = false;
+                self.watching = false;
+            }
+            Effect::Watch if !failed => self.watching = true,
+            Effect::Unwatch if !failed => self.watching = false,
+            Effect::Select(db) if !failed => self.db = db,
+            Effect::Tracking(on) if !failed => self.tracking = on,
+            Effect::Monitor if !failed => self.monitor = true,
+            _ => {}
+        }
+    }
+
+    /// The replies still owed, as errors, when the connection is lost.
+    pub fn fail_owed(&mut self, output: &mut BytesMut) {
+        for owed in self.owed.drain(..) {
+            if owed.swallow {
+                continue;
+            }
+            for _ in 0..owed.frames {
+                output.extend_from_slice(super::LOST);
+            }
+        }
+    }
+}
+
+/// SUBSCRIBE-like: one confirmation per name (an arity error without any).
+fn subscribe(set: &mut HashSet<Bytes>, names: &[Bytes]) -> usize {
+    for name in names {
+        set.insert(Bytes::copy_from_slice(name));
+    }
+    names.len().max(1)
+}
+
+/// UNSUBSCRIBE-like: one confirmation per name; without names, one per
+/// subscription held (one when there is none), as Redis.
+fn unsubscribe(set: &mut HashSet<Bytes>, names: &[Bytes]) -> usize {
+    if names.is_empty() {
+        let frames = set.len().max(1);
+        set.clear();
+        return frames;
+    }
+    for name in names {
+        set.remove(name);
+    }
+    names.len()
+}

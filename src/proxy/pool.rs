@@ -1,0 +1,378 @@
+//! The multiplexed path: a few pipelined connections to one upstream server,
+//! shared by every client for the commands that leave no state behind.
+//!
+//! Invariant: every request gets exactly one answer, in order. Each pooled
+//! connection is one task that owns its socket: it gathers the requests
+//! queued while its previous write is unanswered (many clients' pipelines)
+//! into one write, and hands the replies back in the order the requests
+//! were written, each request's replies as one slice of the read buffer,
+//! never re-encoded, written straight to the client's socket
+//! ([`ReplySink`]). A client's pipeline is one request, so its replies stay
+//! together and in order.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use super::ProxyStats;
+use super::endpoint::{Connection, Endpoint};
+use super::sink::ReplySink;
+use crate::protocol::Protocol;
+use crate::protocol::frame::FrameScanner;
+
+/// Requests queued per pooled connection before senders wait.
+const QUEUE: usize = 4096;
+/// Stop taking requests into the batch once it holds this much.
+const MAX_BATCH: usize = 256 * 1024;
+/// Writes whose replies may be outstanding at once on one connection.
+const MAX_UNANSWERED_WRITES: usize = 1;
+/// How long to fail at once after a failed connect before trying again.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
+
+/// Commands of one client, sent together, answered together.
+pub struct Request {
+    /// The commands, RESP-encoded, back to back.
+    pub commands: Bytes,
+    /// How many commands (replies to wait for).
+    pub count: usize,
+    pub reply: Delivery,
+}
+
+/// Where a request's replies go.
+pub enum Delivery {
+    /// Straight to the client's socket.
+    Sink(Arc<ReplySink>),
+    /// Back to the task that sent it (the cluster router, which must look at
+    /// each reply).
+    Caller(oneshot::Sender<Result<Bytes, Failure>>),
+}
+
+impl Delivery {
+    fn send(self, replies: Bytes) {
+        match self {
+            Delivery::Sink(sink) => sink.deliver(&replies),
+            Delivery::Caller(tx) => {
+                let _ = tx.send(Ok(replies));
+            }
+        }
+    }
+
+    /// One error reply per command (to the client), or the failure (to the
+    /// caller).
+    fn fail(self, failure: Failure, count: usize) {
+        match self {
+            Delivery::Sink(sink) => {
+                let reply = failure.reply();
+                let mut replies = Vec::with_capacity(reply.len() * count);
+                for _ in 0..count {
+                    replies.extend_from_slice(reply);
+                }
+                sink.deliver(&replies);
+            }
+            Delivery::Caller(tx) => {
+                let _ = tx.send(Err(failure));
+            }
+        }
+    }
+}
+
+/// Why a request got no reply.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// Not sent: the upstream cannot be reached (the reason, for the log).
+    Unavailable(String),
+    /// Sent, then the connection failed: the commands may have been applied.
+    Lost,
+}
+
+impl Failure {
+    /// The error reply a client gets for each command.
+    pub fn reply(&self) -> &'static [u8] {
+        match self {
+            Failure::Unavailable(_) => super::UNAVAILABLE,
+            Failure::Lost => super::LOST,
+        }
+    }
+}
+
+/// The pooled connections to one server, per protocol version: replies
+/// come back in the protocol the client negotiated.
+pub struct Pool {
+    resp2: Vec<mpsc::Sender<Request>>,
+    resp3: Vec<mpsc::Sender<Request>>,
+}
+
+/// How pooled connections are made.
+#[derive(Clone)]
+pub struct PoolSettings {
+    pub connections: usize,
+    pub connect_timeout: Duration,
+    pub stats: Arc<ProxyStats>,
+}
+
+impl Pool {
+    /// Starts the connection tasks; each connects on its first request.
+    pub fn new(endpoint: &Endpoint, settings: &PoolSettings) -> Pool {
+        let start = |protocol| {
+            (0..settings.connections.max(1))
+                .map(|_| {
+                    let (tx, rx) = mpsc::channel(QUEUE);
+                    tokio::spawn(serve(endpoint.clone(), protocol, settings.clone(), rx));
+                    tx
+                })
+                .collect()
+        };
+        Pool {
+            resp2: start(Protocol::Resp2),
+            resp3: start(Protocol::Resp3),
+        }
+    }
+
+    /// Sends `count` commands and waits for their replies. `lane` picks the
+    /// connection (a client always uses the same one).
+    pub async fn call(
+        &self,
+        protocol: Protocol,
+        lane: usize,
+        commands: Bytes,
+        count: usize,
+    ) -> Result<Bytes, Failure> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(protocol, lane, commands, count, Delivery::Caller(tx))
+            .await;
+        rx.await.unwrap_or_else(|_| Err(shut_down()))
+    }
+
+    /// Queues `count` commands; their replies go to `reply`.
+    pub async fn submit(
+        &self,
+        protocol: Protocol,
+        lane: usize,
+        commands: Bytes,
+        count: usize,
+        reply: Delivery,
+    ) {
+        let senders = match protocol {
+            Protocol::Resp2 => &self.resp2,
+            Protocol::Resp3 => &self.resp3,
+        };
+        let sender = &senders[lane % senders.len()];
+        let request = Request {
+            commands,
+            count,
+            reply,
+        };
+        if let Err(refused) = sender.send(request).await {
+            refused.0.reply.fail(shut_down(), count);
+        }
+    }
+}
+
+fn shut_down() -> Failure {
+    Failure::Unavailable("the pool is shut down".into())
+}
+
+/// A request queued on the connection, waiting for its replies.
+struct InFlight {
+    count: usize,
+    remaining: usize,
+    reply: Delivery,
+    /// Written to the upstream (not only batched).
+    written: bool,
+    /// The last request of a write.
+    ends_write: bool,
+}
+
+/// One pooled connection's task: connect when needed, batch, match replies.
+///
+/// Batches form by themselves under load: while a write's replies are not
+/// all in, the requests that arrive join the next batch instead of going
+/// out one by one, so the upstream reads many clients' commands at once.
+async fn serve(
+    endpoint: Endpoint,
+    protocol: Protocol,
+    settings: PoolSettings,
+    mut requests: mpsc::Receiver<Request>,
+) {
+    let mut connection: Option<Connection> = None;
+    let mut scanner = FrameScanner::default();
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut batch = BytesMut::with_capacity(16 * 1024);
+    let mut unanswered_writes = 0;
+    let mut failed_at: Option<(Instant, String)> = None;
+    loop {
+        let readable = async {
+            match connection.as_mut() {
+                Some(c) => c.stream.read_buf(&mut c.input).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // While a write is unanswered the queue is not watched: senders
+            // queue without waking this task, and the requests are taken
+            // together when the replies are in.
+            request = requests.recv(), if unanswered_writes < MAX_UNANSWERED_WRITES => {
+                let Some(request) = request else { return };
+                if connection.is_none() {
+                    if let Some((at, reason)) = &failed_at
+                        && at.elapsed() < RETRY_AFTER
+                    {
+                        let reason = reason.clone();
+                        fail_queued(request, &mut requests, &reason, &settings.stats);
+                        continue;
+                    }
+                    match endpoint.connect(protocol, settings.connect_timeout).await {
+                        Ok(fresh) => {
+                            tracing::debug!(upstream = %endpoint.addr, "pooled connection up");
+                            connection = Some(fresh);
+                            scanner.reset();
+                            unanswered_writes = 0;
+                            failed_at = None;
+                        }
+                        Err(reason) => {
+                            tracing::warn!(upstream = %endpoint.addr, %reason, "proxy cannot reach the upstream");
+                            failed_at = Some((Instant::now(), reason.clone()));
+                            fail_queued(request, &mut requests, &reason, &settings.stats);
+                            continue;
+                        }
+                    }
+                }
+                queue(request, &mut batch, &mut in_flight);
+            }
+            read = readable => {
+                let Some(live) = connection.as_mut() else { continue };
+                match read {
+                    Ok(n) if n > 0 => match hand_back(&mut live.input, &mut scanner, &mut in_flight) {
+                        Ok(answered) => unanswered_writes -= answered,
+                        Err(()) => {
+                            tracing::warn!(upstream = %endpoint.addr, "upstream sent something that is not RESP; reconnecting");
+                            connection = None;
+                            batch.clear();
+                            fail_in_flight(&mut in_flight);
+                        }
+                    },
+                    _ => {
+                        tracing::debug!(upstream = %endpoint.addr, "pooled connection closed");
+                        connection = None;
+                        batch.clear();
+                        fail_in_flight(&mut in_flight);
+                    }
+                }
+            }
+        }
+        // Write the batch unless the last write is still unanswered: its
+        // replies come first, and meanwhile more requests join the batch.
+        if unanswered_writes >= MAX_UNANSWERED_WRITES {
+            continue;
+        }
+        let Some(live) = connection.as_mut() else {
+            continue;
+        };
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(request) => queue(request, &mut batch, &mut in_flight),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        for request in in_flight.iter_mut().rev() {
+            if request.written {
+                break;
+            }
+            request.written = true;
+        }
+        if let Some(last) = in_flight.back_mut() {
+            last.ends_write = true;
+        }
+        settings.stats.batches.inc();
+        unanswered_writes += 1;
+        let written = async {
+            live.stream.write_all(&batch).await?;
+            live.stream.flush().await
+        }
+        .await;
+        batch.clear();
+        if written.is_err() {
+            connection = None;
+            fail_in_flight(&mut in_flight);
+        }
+    }
+}
+
+/// Adds a request to the batch being gathered.
+fn queue(request: Request, batch: &mut BytesMut, in_flight: &mut VecDeque<InFlight>) {
+    batch.extend_from_slice(&request.commands);
+    in_flight.push_back(InFlight {
+        count: request.count,
+        remaining: request.count,
+        reply: request.reply,
+        written: false,
+        ends_write: false,
+    });
+}
+
+/// Hands each request whose replies are all in to its client; returns how
+/// many writes were answered in full. Pooled connections never subscribe
+/// nor track keys, so every frame is a reply.
+fn hand_back(
+    input: &mut BytesMut,
+    scanner: &mut FrameScanner,
+    in_flight: &mut VecDeque<InFlight>,
+) -> Result<usize, ()> {
+    let mut answered = 0;
+    loop {
+        let Some(end) = scanner.next_frame(input).map_err(|_| ())? else {
+            return Ok(answered);
+        };
+        let Some(head) = in_flight.front_mut().filter(|head| head.written) else {
+            // A reply nobody asked for: the stream is out of step.
+            return Err(());
+        };
+        head.remaining -= 1;
+        if head.remaining == 0 {
+            let replies = input.split_to(end).freeze();
+            scanner.consumed(end);
+            if let Some(done) = in_flight.pop_front() {
+                answered += usize::from(done.ends_write);
+                done.reply.send(replies);
+            }
+        }
+    }
+}
+
+/// Fails a request and whatever else is queued behind it: the upstream is
+/// unreachable right now.
+fn fail_queued(
+    first: Request,
+    requests: &mut mpsc::Receiver<Request>,
+    reason: &str,
+    stats: &ProxyStats,
+) {
+    let mut next = Some(first);
+    while let Some(request) = next {
+        stats.unavailable.inc();
+        request
+            .reply
+            .fail(Failure::Unavailable(reason.to_string()), request.count);
+        next = requests.try_recv().ok();
+    }
+}
+
+/// The connection failed: what was written may have been applied, what
+/// was only batched was not sent.
+fn fail_in_flight(in_flight: &mut VecDeque<InFlight>) {
+    for request in in_flight.drain(..) {
+        let failure = if request.written {
+            Failure::Lost
+        } else {
+            Failure::Unavailable("connection lost before the write".into())
+        };
+        request.reply.fail(failure, request.count);
+    }
+}

@@ -1,0 +1,145 @@
+//! A client's socket as the pooled connections see it: the task that reads a
+//! client's replies from the upstream writes them straight to the client,
+//! so a multiplexed command costs the client's task no second wake-up.
+//!
+//! Invariant: replies reach the socket in the order of the client's
+//! commands. The pooled connections deliver in the order the requests were
+//! sent; the client's task writes its own output (replies it answered
+//! itself, replies relayed from a pinned connection) only when no reply is
+//! owed by a pool ([`ReplySink::settle`]), and sends no request to a pool
+//! before its own output is written. What a pooled connection cannot write
+//! at once (the client reads slowly) waits in a backlog the client's task
+//! writes; replies delivered meanwhile queue behind it.
+
+use std::io;
+use std::sync::Mutex;
+
+use bytes::BytesMut;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
+
+/// The write side of a client connection, shared with the pools.
+pub struct ReplySink {
+    writer: OwnedWriteHalf,
+    state: Mutex<SinkState>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct SinkState {
+    /// Requests sent to a pool whose replies are not delivered yet.
+    owed: usize,
+    /// Replies not written yet, oldest first.
+    backlog: BytesMut,
+    /// The client's task is writing (part of) the backlog.
+    writing: bool,
+    /// The client's task waits for every reply owed.
+    waiting: bool,
+}
+
+impl ReplySink {
+    pub fn new(writer: OwnedWriteHalf) -> ReplySink {
+        ReplySink {
+            writer,
+            state: Mutex::new(SinkState::default()),
+            wake: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SinkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A request was sent to a pool: its replies are owed.
+    pub fn owe(&self) {
+        self.lock().owed += 1;
+    }
+
+    /// How many requests are owed, and whether replies wait in the backlog.
+    pub fn pressure(&self) -> (usize, bool) {
+        let state = self.lock();
+        (state.owed, !state.backlog.is_empty())
+    }
+
+    /// A pooled connection's side: one request's replies, in order.
+    pub fn deliver(&self, replies: &[u8]) {
+        let mut state = self.lock();
+        state.owed = state.owed.saturating_sub(1);
+        if state.backlog.is_empty() && !state.writing {
+            match self.writer.try_write(replies) {
+                Ok(written) => state.backlog.extend_from_slice(&replies[written..]),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    state.backlog.extend_from_slice(replies);
+                }
+                // The client is gone; its task will find out when reading.
+                Err(_) => {}
+            }
+        } else {
+            state.backlog.extend_from_slice(replies);
+        }
+        let backlogged = !state.backlog.is_empty() && !state.writing;
+        if backlogged || (state.waiting && state.owed == 0) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Resolves when a pool left replies in the backlog (or the client's task
+    /// may stop waiting); [`ReplySink::drain`] writes them.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Writes the backlog until it is empty.
+    pub async fn drain(&self) -> io::Result<()> {
+        loop {
+            let chunk = {
+                let mut state = self.lock();
+                if state.backlog.is_empty() {
+                    state.writing = false;
+                    return Ok(());
+                }
+                state.writing = true;
+                state.backlog.split()
+            };
+            if let Err(error) = write_all(&self.writer, &chunk).await {
+                self.lock().writing = false;
+                return Err(error);
+            }
+        }
+    }
+
+    /// Waits until every reply owed is delivered and written.
+    pub async fn settle(&self) -> io::Result<()> {
+        loop {
+            {
+                let mut state = self.lock();
+                state.waiting = state.owed > 0;
+                if !state.waiting {
+                    break;
+                }
+            }
+            // A notification sent before this wait is kept: none is lost.
+            self.wake.notified().await;
+            self.drain().await?;
+        }
+        self.drain().await
+    }
+
+    /// Writes the client task's own output; only when nothing is owed.
+    pub async fn write(&self, output: &[u8]) -> io::Result<()> {
+        write_all(&self.writer, output).await
+    }
+}
+
+async fn write_all(writer: &OwnedWriteHalf, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        writer.writable().await?;
+        match writer.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => buf = &buf[written..],
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}

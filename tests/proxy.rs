@@ -1,0 +1,1083 @@
+//! Passthrough (issue 5): with an upstream, every command the sidecar does
+//! not answer itself goes to the upstream and its reply comes back unchanged.
+//! Real redis-servers (and a real 3-master cluster), the real binary, and the
+//! clients a new user would pick: raw sockets where bytes matter, the `redis`
+//! crate, redis-cli and redis-py.
+
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::*;
+use redis::Value;
+
+/// A sidecar in front of `redis`, once its upstream connection is up.
+fn sidecar_for(url: &str, extra: &[&str]) -> Sidecar {
+    let mut args = vec!["--upstream", url];
+    args.extend_from_slice(extra);
+    let sidecar = Sidecar::start(&args);
+    let up = wait_until(Duration::from_secs(15), || {
+        sidecar
+            .info("upstream")
+            .get("upstream_state")
+            .map(String::as_str)
+            == Some("up")
+    });
+    assert!(
+        up,
+        "never reached the upstream; logs:\n{}",
+        sidecar.logs().join("\n")
+    );
+    sidecar
+}
+
+/// A command mix over every data type, errors included, with `{p}` standing
+/// for a key prefix. No command whose reply depends on time or hash order.
+fn command_mix() -> Vec<Vec<&'static str>> {
+    let mix: &[&[&str]] = &[
+        &["SET", "{p}s", "hello"],
+        &["GET", "{p}s"],
+        &["APPEND", "{p}s", " world"],
+        &["STRLEN", "{p}s"],
+        &["GETRANGE", "{p}s", "0", "4"],
+        &["SETNX", "{p}s", "x"],
+        &["SET", "{p}s2", "v", "NX", "GET"],
+        &["MSET", "{p}a", "1", "{p}b", "2"],
+        &["MGET", "{p}a", "{p}b", "{p}missing"],
+        &["INCR", "{p}a"],
+        &["INCRBY", "{p}a", "10"],
+        &["INCRBYFLOAT", "{p}a", "1.5"],
+        &["DECR", "{p}b"],
+        &["GET", "{p}missing"],
+        &["SET", "{p}e", "v", "EX", "100000"],
+        &["EXPIRE", "{p}s", "100000"],
+        &["PERSIST", "{p}s"],
+        &["TTL", "{p}s"],
+        &["EXPIRE", "{p}missing", "10"],
+        &["EXISTS", "{p}s", "{p}missing", "{p}s"],
+        &["TYPE", "{p}s"],
+        &["GETDEL", "{p}e"],
+        &["DEL", "{p}b", "{p}missing"],
+        &["HSET", "{p}h", "f1", "v1", "f2", "v2"],
+        &["HGET", "{p}h", "f1"],
+        &["HGETALL", "{p}h"],
+        &["HINCRBY", "{p}h", "n", "5"],
+        &["HINCRBYFLOAT", "{p}h", "x", "0.25"],
+        &["HKEYS", "{p}h"],
+        &["HMGET", "{p}h", "f1", "nope"],
+        &["HDEL", "{p}h", "f2"],
+        &["HEXISTS", "{p}h", "f2"],
+        &["HLEN", "{p}h"],
+        &["LPUSH", "{p}l", "a", "b", "c"],
+        &["RPUSH", "{p}l", "d"],
+        &["LRANGE", "{p}l", "0", "-1"],
+        &["LPOP", "{p}l"],
+        &["LLEN", "{p}l"],
+        &["LINDEX", "{p}l", "1"],
+        &["LPOP", "{p}missing"],
+        &["SADD", "{p}set", "x", "y", "z"],
+        &["SISMEMBER", "{p}set", "y"],
+        &["SMISMEMBER", "{p}set", "x", "q"],
+        &["SCARD", "{p}set"],
+        &["SREM", "{p}set", "z"],
+        &["ZADD", "{p}z", "1", "a", "2", "b", "3", "c"],
+        &["ZRANGE", "{p}z", "0", "-1", "WITHSCORES"],
+        &["ZSCORE", "{p}z", "b"],
+        &["ZSCORE", "{p}z", "nope"],
+        &["ZINCRBY", "{p}z", "2.5", "a"],
+        &["ZRANK", "{p}z", "c"],
+        &["ZRANGEBYSCORE", "{p}z", "2", "+inf"],
+        &["ZPOPMIN", "{p}z"],
+        &["ZCARD", "{p}z"],
+        &["XADD", "{p}x", "1-1", "f", "v"],
+        &["XADD", "{p}x", "2-1", "g", "w"],
+        &["XLEN", "{p}x"],
+        &["XRANGE", "{p}x", "-", "+"],
+        &["XREAD", "COUNT", "10", "STREAMS", "{p}x", "0"],
+        &["XGROUP", "CREATE", "{p}x", "grp", "0"],
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "grp",
+            "c1",
+            "COUNT",
+            "1",
+            "STREAMS",
+            "{p}x",
+            ">",
+        ],
+        &["XACK", "{p}x", "grp", "1-1"],
+        &["XADD", "{p}x", "1-0", "too", "old"],
+        &["EVAL", "return {KEYS[1], ARGV[1], 7}", "1", "{p}k", "arg"],
+        &["EVAL", "return redis.call('incr', KEYS[1])", "1", "{p}n"],
+        &["EVAL", "return redis.error_reply('custom failure')", "0"],
+        &["EVAL", "return {1, 2.5, 'three', false}", "0"],
+        &["SCRIPT", "LOAD", "return 41 + 1"],
+        &["EVALSHA", "a3dbd9c3f4bc2aea1bd2d2a4b24e1dc0df39ef28", "0"],
+        &["EVALSHA", "0000000000000000000000000000000000000000", "0"],
+        &["GET", "{p}h"],
+        &["INCR", "{p}s"],
+        &["SET", "{p}s"],
+        &["HSET", "{p}h", "odd"],
+        &["NOSUCHCOMMAND", "x", "y"],
+        &["OBJECT", "ENCODING", "{p}h"],
+        &["ECHO", "echoed by the sidecar, the same bytes"],
+    ];
+    mix.iter().map(|command| command.to_vec()).collect()
+}
+
+fn with_prefix(command: &[&str], prefix: &str) -> Vec<String> {
+    command
+        .iter()
+        .map(|word| word.replace("{p}", prefix))
+        .collect()
+}
+
+fn hello3(con: &mut RawConn) {
+    match con.cmd(&["HELLO", "3"]) {
+        Resp::Map(_) => {}
+        other => panic!("HELLO 3 replied {other:?}"),
+    }
+}
+
+#[test]
+fn a_command_mix_gets_the_replies_redis_server_gives_in_resp2_and_resp3() {
+    let upstream = RedisServer::start(&[]);
+    let direct = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    for resp3 in [false, true] {
+        let mut through = sidecar.raw();
+        let mut straight = RawConn::connect(direct.addr);
+        if resp3 {
+            hello3(&mut through);
+            hello3(&mut straight);
+        }
+        // One command at a time.
+        let prefix = format!("one{}:", u8::from(resp3));
+        for command in command_mix() {
+            let command = with_prefix(&command, &prefix);
+            let expected = straight.cmd(&command);
+            let got = through.cmd(&command);
+            assert_eq!(got, expected, "{command:?} (resp3: {resp3})");
+        }
+        // The whole mix as one pipeline: the same replies, in order.
+        let prefix = format!("pipe{}:", u8::from(resp3));
+        let mut pipeline = Vec::new();
+        for command in command_mix() {
+            pipeline.extend(encode_cmd(&with_prefix(&command, &prefix)));
+        }
+        through.send(&pipeline).unwrap();
+        straight.send(&pipeline).unwrap();
+        for command in command_mix() {
+            let expected = straight.read_reply();
+            let got = through.read_reply();
+            assert_eq!(got, expected, "pipelined {command:?} (resp3: {resp3})");
+        }
+    }
+}
+
+#[test]
+fn the_redis_crate_sees_the_same_values_through_the_sidecar() {
+    let upstream = RedisServer::start(&[]);
+    let direct = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let direct_resp3 = format!("redis://{}/?protocol=resp3", direct.addr);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        for resp3 in [false, true] {
+            let (mut through, mut straight) = if resp3 {
+                (
+                    sidecar.async_client_resp3().await,
+                    redis::Client::open(direct_resp3.as_str())
+                        .unwrap()
+                        .get_multiplexed_async_connection()
+                        .await
+                        .unwrap(),
+                )
+            } else {
+                (
+                    sidecar.async_client().await,
+                    redis::Client::open(direct.url())
+                        .unwrap()
+                        .get_multiplexed_async_connection()
+                        .await
+                        .unwrap(),
+                )
+            };
+            let prefix = format!("crate{}:", u8::from(resp3));
+            for command in command_mix() {
+                let command = with_prefix(&command, &prefix);
+                let expected = acall(&mut straight, &command).await;
+                let got = acall(&mut through, &command).await;
+                assert_eq!(got, expected, "{command:?} (resp3: {resp3})");
+            }
+            // An atomic pipeline (MULTI/EXEC) through the crate.
+            let (a, b): (i64, i64) = redis::pipe()
+                .atomic()
+                .incr(format!("{prefix}atomic"), 1)
+                .incr(format!("{prefix}atomic"), 2)
+                .query_async(&mut through)
+                .await
+                .unwrap();
+            assert_eq!((a, b), (1, 3));
+        }
+    });
+}
+
+#[test]
+fn many_clients_share_a_few_pipelined_upstream_connections() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let connected = || -> usize {
+        let info = text(&call(&mut upstream.client(), &["INFO", "clients"]));
+        parse_info(&info)["connected_clients"].parse().unwrap()
+    };
+    let before = connected();
+    let clients: Vec<_> = (0..20)
+        .map(|i| {
+            let addr = sidecar.addr;
+            thread::spawn(move || {
+                let mut con = RawConn::connect(addr);
+                for j in 0..50 {
+                    let key = format!("c{i}:{j}");
+                    assert_eq!(con.cmd(&["SET", &key, "v"]), Resp::Simple("OK".into()));
+                    assert_eq!(con.cmd(&["GET", &key]), Resp::bulk("v"));
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    // 20 clients, 2,000 commands: a couple of pooled connections upstream
+    // (the counter includes this test's own connection).
+    assert!(
+        connected() <= before + 2,
+        "{} upstream connections",
+        connected()
+    );
+
+    // A client's pipeline is one request: one write upstream.
+    let batches = || -> u64 { sidecar.info("upstream")["proxy_batches"].parse().unwrap() };
+    let first = batches();
+    let mut con = sidecar.raw();
+    let mut pipeline = Vec::new();
+    for _ in 0..100 {
+        pipeline.extend(encode_cmd(&["INCR", "counter"]));
+    }
+    con.send(&pipeline).unwrap();
+    for i in 1..=100 {
+        assert_eq!(con.read_reply(), Resp::Int(i));
+    }
+    let (_, _, metrics) = sidecar.http_get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("session_sidecar_proxy_batches_total ")),
+        "{metrics}"
+    );
+    assert!(
+        batches() - first <= 3,
+        "{} writes for one pipeline",
+        batches() - first
+    );
+}
+
+#[test]
+fn session_commands_and_plain_commands_interleave_in_one_pipeline() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut con = sidecar.raw();
+    let commands: &[&[&str]] = &[
+        &["SET", "plain", "1"],
+        &["SESSION.CREATE", "ID", "s1", "USER", "alice"],
+        &["INCR", "plain"],
+        &["SESSION.ATTR.SET", "s1", "k", "v"],
+        &["GET", "plain"],
+        &["PING"],
+        &["MULTI"],
+        &["INCR", "plain"],
+        &["EXEC"],
+        &["SESSION.ATTR.GET", "s1", "k"],
+        &["HSET", "h", "f", "v"],
+        &["SESSION.EXISTS", "s1"],
+        &["BLPOP", "nothing", "0.05"],
+        &["SESSION.BYUSER", "alice"],
+        &["GET", "plain"],
+    ];
+    let mut pipeline = Vec::new();
+    for command in commands {
+        pipeline.extend(encode_cmd(command));
+    }
+    con.send(&pipeline).unwrap();
+    let replies: Vec<Resp> = commands.iter().map(|_| con.read_reply()).collect();
+    assert_eq!(
+        replies,
+        vec![
+            Resp::Simple("OK".into()),
+            Resp::bulk("s1"),
+            Resp::Int(2),
+            Resp::Int(2),
+            Resp::bulk("2"),
+            Resp::Simple("PONG".into()),
+            Resp::Simple("OK".into()),
+            Resp::Simple("QUEUED".into()),
+            Resp::Array(vec![Resp::Int(3)]),
+            Resp::bulks(&["v"]),
+            Resp::Int(1),
+            Resp::Int(1),
+            Resp::NullArray,
+            Resp::bulks(&["s1"]),
+            Resp::bulk("3"),
+        ]
+    );
+}
+
+#[test]
+fn multi_exec_discard_and_execabort_behave_as_redis() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut con = sidecar.raw();
+    assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+    assert_eq!(con.cmd(&["SET", "t", "1"]), Resp::Simple("QUEUED".into()));
+    assert_eq!(con.cmd(&["INCR", "t"]), Resp::Simple("QUEUED".into()));
+    assert_eq!(
+        con.cmd(&["EXEC"]),
+        Resp::Array(vec![Resp::Simple("OK".into()), Resp::Int(2)])
+    );
+    assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+    assert_eq!(con.cmd(&["INCR", "t"]), Resp::Simple("QUEUED".into()));
+    assert_eq!(con.cmd(&["DISCARD"]), Resp::Simple("OK".into()));
+    assert_eq!(con.cmd(&["GET", "t"]), Resp::bulk("2"));
+    // A command refused while queuing aborts the transaction.
+    assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+    assert!(matches!(con.cmd(&["INCR"]), Resp::Error(e) if e.starts_with("ERR wrong number")));
+    assert!(matches!(con.cmd(&["EXEC"]), Resp::Error(e) if e.starts_with("EXECABORT")));
+    assert_eq!(
+        con.cmd(&["EXEC"]),
+        Resp::Error("ERR EXEC without MULTI".into())
+    );
+    // The transaction is over: the next commands are multiplexed again and
+    // see its effects.
+    assert_eq!(upstream_get(&upstream, "t"), Some("2".into()));
+    assert_eq!(int_of(&con.cmd(&["INCR", "t"])), 3);
+}
+
+fn upstream_get(redis: &RedisServer, key: &str) -> Option<String> {
+    match call(&mut redis.client(), &["GET", key]) {
+        Value::Nil => None,
+        other => Some(text(&other)),
+    }
+}
+
+fn int_of(reply: &Resp) -> i64 {
+    match reply {
+        Resp::Int(n) => *n,
+        other => panic!("expected an integer, got {other:?}"),
+    }
+}
+
+#[test]
+fn watch_aborts_exec_when_another_client_changes_the_key() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    for resp3 in [false, true] {
+        let mut watcher = sidecar.raw();
+        if resp3 {
+            hello3(&mut watcher);
+        }
+        let mut other = sidecar.raw();
+        assert_eq!(watcher.cmd(&["SET", "w", "0"]), Resp::Simple("OK".into()));
+        assert_eq!(watcher.cmd(&["WATCH", "w"]), Resp::Simple("OK".into()));
+        assert_eq!(watcher.cmd(&["GET", "w"]), Resp::bulk("0"));
+        assert_eq!(
+            other.cmd(&["SET", "w", "changed"]),
+            Resp::Simple("OK".into())
+        );
+        assert_eq!(watcher.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+        assert_eq!(
+            watcher.cmd(&["SET", "w", "mine"]),
+            Resp::Simple("QUEUED".into())
+        );
+        let aborted = if resp3 { Resp::Null } else { Resp::NullArray };
+        assert_eq!(watcher.cmd(&["EXEC"]), aborted);
+        assert_eq!(watcher.cmd(&["GET", "w"]), Resp::bulk("changed"));
+        // Without a concurrent change, the same transaction applies; UNWATCH
+        // ends the watch.
+        assert_eq!(watcher.cmd(&["WATCH", "w"]), Resp::Simple("OK".into()));
+        assert_eq!(watcher.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+        assert_eq!(
+            watcher.cmd(&["SET", "w", "mine"]),
+            Resp::Simple("QUEUED".into())
+        );
+        assert_eq!(
+            watcher.cmd(&["EXEC"]),
+            Resp::Array(vec![Resp::Simple("OK".into())])
+        );
+        assert_eq!(watcher.cmd(&["WATCH", "w"]), Resp::Simple("OK".into()));
+        assert_eq!(watcher.cmd(&["UNWATCH"]), Resp::Simple("OK".into()));
+        assert_eq!(other.cmd(&["GET", "w"]), Resp::bulk("mine"));
+    }
+}
+
+#[test]
+fn subscribe_and_psubscribe_receive_messages_in_resp2_and_resp3() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut publisher = sidecar.raw();
+
+    // RESP2: confirmations and messages are arrays; only pub/sub commands
+    // and PING are allowed, as the upstream says.
+    let mut sub2 = sidecar.raw();
+    sub2.send_cmd(&["SUBSCRIBE", "news", "sport"]);
+    assert_eq!(
+        sub2.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("subscribe"),
+            Resp::bulk("news"),
+            Resp::Int(1)
+        ])
+    );
+    assert_eq!(
+        sub2.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("subscribe"),
+            Resp::bulk("sport"),
+            Resp::Int(2)
+        ])
+    );
+    assert_eq!(
+        sub2.cmd(&["PSUBSCRIBE", "n*"]),
+        Resp::Array(vec![
+            Resp::bulk("psubscribe"),
+            Resp::bulk("n*"),
+            Resp::Int(3)
+        ])
+    );
+    assert_eq!(sub2.cmd(&["PING"]), Resp::bulks(&["pong", ""]));
+    assert!(
+        matches!(sub2.cmd(&["GET", "x"]), Resp::Error(e) if e.contains("only (P|S)SUBSCRIBE")),
+        "RESP2 subscribed context"
+    );
+
+    // RESP3: pushes; other commands still run, local and forwarded ones.
+    let mut sub3 = sidecar.raw();
+    hello3(&mut sub3);
+    assert_eq!(
+        sub3.cmd(&["SUBSCRIBE", "news"]),
+        Resp::Push(vec![
+            Resp::bulk("subscribe"),
+            Resp::bulk("news"),
+            Resp::Int(1)
+        ])
+    );
+    assert_eq!(sub3.cmd(&["SET", "k", "v"]), Resp::Simple("OK".into()));
+    assert_eq!(sub3.cmd(&["SESSION.EXISTS", "nope"]), Resp::Int(0));
+
+    assert_eq!(publisher.cmd(&["PUBLISH", "news", "hello"]), Resp::Int(3));
+    assert_eq!(
+        sub2.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("message"),
+            Resp::bulk("news"),
+            Resp::bulk("hello")
+        ])
+    );
+    assert_eq!(
+        sub2.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("pmessage"),
+            Resp::bulk("n*"),
+            Resp::bulk("news"),
+            Resp::bulk("hello")
+        ])
+    );
+    assert_eq!(
+        sub3.read_reply(),
+        Resp::Push(vec![
+            Resp::bulk("message"),
+            Resp::bulk("news"),
+            Resp::bulk("hello")
+        ])
+    );
+    // A message published on the upstream directly arrives too.
+    call(&mut upstream.client(), &["PUBLISH", "sport", "goal"]);
+    assert_eq!(
+        sub2.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("message"),
+            Resp::bulk("sport"),
+            Resp::bulk("goal")
+        ])
+    );
+
+    // Unsubscribing from everything gives the connection back.
+    sub2.send_cmd(&["UNSUBSCRIBE"]);
+    let mut left = Vec::new();
+    for _ in 0..2 {
+        match sub2.read_reply() {
+            Resp::Array(parts) => left.push(parts[2].clone()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(left, [Resp::Int(2), Resp::Int(1)]);
+    assert_eq!(
+        sub2.cmd(&["PUNSUBSCRIBE"]),
+        Resp::Array(vec![
+            Resp::bulk("punsubscribe"),
+            Resp::bulk("n*"),
+            Resp::Int(0)
+        ])
+    );
+    assert_eq!(sub2.cmd(&["GET", "k"]), Resp::bulk("v"));
+    assert_eq!(sub2.cmd(&["PING"]), Resp::Simple("PONG".into()));
+}
+
+#[test]
+fn lifecycle_events_reach_subscribers_through_the_upstream() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut events = EventSubscriber::new(&sidecar, "session:events", false);
+    call(
+        &mut sidecar.client(),
+        &["SESSION.CREATE", "ID", "e1", "USER", "bob"],
+    );
+    let created = events
+        .wait_for(Duration::from_secs(5), |event| event["id"] == "e1")
+        .expect("the created event");
+    assert_eq!(created["event"], "created");
+}
+
+#[test]
+fn blpop_wakes_while_other_clients_keep_being_served() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    // Several clients blocked at once, with every kind of blocking command.
+    let mut blpop = sidecar.raw();
+    blpop.send_cmd(&["BLPOP", "queue", "0"]);
+    let mut bzpopmin = sidecar.raw();
+    bzpopmin.send_cmd(&["BZPOPMIN", "zqueue", "0"]);
+    let mut xread = sidecar.raw();
+    xread.send_cmd(&["XREAD", "BLOCK", "0", "STREAMS", "stream", "$"]);
+    let mut blmove = sidecar.raw();
+    blmove.send_cmd(&["BLMOVE", "src", "dst", "LEFT", "RIGHT", "0"]);
+    // Make sure they are blocked upstream before anything is pushed.
+    let blocked = wait_until(Duration::from_secs(5), || {
+        let info = text(&call(&mut upstream.client(), &["INFO", "clients"]));
+        parse_info(&info).get("blocked_clients").map(String::as_str) == Some("4")
+    });
+    assert!(blocked, "the four clients never blocked upstream");
+
+    // Meanwhile every other client is served, one command at a time and in
+    // pipelines, each reply within a second.
+    let others: Vec<_> = (0..4)
+        .map(|i| {
+            let addr = sidecar.addr;
+            thread::spawn(move || {
+                let mut con = RawConn::connect(addr);
+                for j in 0..100 {
+                    let key = format!("other{i}:{j}");
+                    con.send_cmd(&["SET", &key, "x"]);
+                    assert_eq!(
+                        con.read_reply_within(Duration::from_secs(1)),
+                        Resp::Simple("OK".into())
+                    );
+                    assert_eq!(con.cmd(&["GET", &key]), Resp::bulk("x"));
+                }
+            })
+        })
+        .collect();
+    for other in others {
+        other.join().unwrap();
+    }
+    assert!(
+        blpop.try_read_reply(Duration::from_millis(50)).is_err(),
+        "BLPOP answered before anything was pushed"
+    );
+
+    let mut pusher = sidecar.raw();
+    pusher.cmd(&["RPUSH", "queue", "job"]);
+    pusher.cmd(&["ZADD", "zqueue", "1", "m"]);
+    pusher.cmd(&["XADD", "stream", "5-1", "f", "v"]);
+    pusher.cmd(&["RPUSH", "src", "moved"]);
+    assert_eq!(blpop.read_reply(), Resp::bulks(&["queue", "job"]));
+    assert_eq!(bzpopmin.read_reply(), Resp::bulks(&["zqueue", "m", "1"]));
+    assert_eq!(
+        xread.read_reply(),
+        Resp::Array(vec![Resp::Array(vec![
+            Resp::bulk("stream"),
+            Resp::Array(vec![Resp::Array(vec![
+                Resp::bulk("5-1"),
+                Resp::bulks(&["f", "v"])
+            ])])
+        ])])
+    );
+    assert_eq!(blmove.read_reply(), Resp::bulk("moved"));
+    // A blocking command that times out, then the connection is multiplexed again.
+    let started = Instant::now();
+    assert_eq!(blpop.cmd(&["BLPOP", "queue", "0.1"]), Resp::NullArray);
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert_eq!(blpop.cmd(&["GET", "other0:0"]), Resp::bulk("x"));
+    // A client that disconnects while blocked frees its upstream connection.
+    let mut gone = sidecar.raw();
+    gone.send_cmd(&["BLPOP", "never", "0"]);
+    let blocked = wait_until(Duration::from_secs(5), || {
+        let info = text(&call(&mut upstream.client(), &["INFO", "clients"]));
+        parse_info(&info).get("blocked_clients").map(String::as_str) == Some("1")
+    });
+    assert!(blocked);
+    drop(gone);
+    let unblocked = wait_until(Duration::from_secs(5), || {
+        let info = text(&call(&mut upstream.client(), &["INFO", "clients"]));
+        parse_info(&info).get("blocked_clients").map(String::as_str) == Some("0")
+    });
+    assert!(
+        unblocked,
+        "the upstream still blocks for a client that left"
+    );
+}
+
+#[test]
+fn idle_timeout_spares_subscribers_and_blocked_clients() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &["--timeout", "1"]);
+    let mut idle = sidecar.raw();
+    assert_eq!(idle.cmd(&["GET", "k"]), Resp::NullBulk);
+    let mut subscriber = sidecar.raw();
+    subscriber.cmd(&["SUBSCRIBE", "c"]);
+    let mut blocked = sidecar.raw();
+    blocked.send_cmd(&["BLPOP", "q", "0"]);
+    // The idle client goes after a second; the others stay.
+    let (_, closed) = idle.read_until_closed(Duration::from_secs(5));
+    assert!(closed, "the idle client was not closed");
+    let mut pusher = sidecar.raw();
+    assert_eq!(pusher.cmd(&["PUBLISH", "c", "m"]), Resp::Int(1));
+    assert_eq!(
+        subscriber.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("message"),
+            Resp::bulk("c"),
+            Resp::bulk("m")
+        ])
+    );
+    assert_eq!(pusher.cmd(&["RPUSH", "q", "v"]), Resp::Int(1));
+    assert_eq!(blocked.read_reply(), Resp::bulks(&["q", "v"]));
+}
+
+#[test]
+fn blocking_commands_in_a_loop_reuse_their_upstream_connection() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let accepted = || -> i64 {
+        let info = text(&call(&mut upstream.client(), &["INFO", "stats"]));
+        parse_info(&info)["total_connections_received"]
+            .parse()
+            .unwrap()
+    };
+    let mut worker = sidecar.raw();
+    let mut producer = sidecar.raw();
+    let before = accepted();
+    for i in 0..20 {
+        producer.cmd(&["RPUSH", "jobs", &i.to_string()]);
+        assert_eq!(
+            worker.cmd(&["BLPOP", "jobs", "1"]),
+            Resp::bulks(&["jobs", &i.to_string()])
+        );
+        assert_eq!(
+            worker.cmd(&["MULTI"]),
+            Resp::Simple("OK".into()),
+            "a transaction between pops"
+        );
+        assert_eq!(worker.cmd(&["EXEC"]), Resp::Array(vec![]));
+    }
+    // One pinned connection, dialed once and taken again each time (the
+    // producer's pooled one, and one per INFO call here, besides).
+    let dialed = accepted() - before;
+    assert!(dialed <= 4, "{dialed} upstream connections for 40 pins");
+}
+
+#[test]
+fn select_pins_the_client_to_another_database() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut con = sidecar.raw();
+    assert_eq!(con.cmd(&["SELECT", "3"]), Resp::Simple("OK".into()));
+    assert_eq!(con.cmd(&["SET", "in3", "yes"]), Resp::Simple("OK".into()));
+    assert_eq!(
+        con.cmd(&["SELECT", "99"]),
+        Resp::Error("ERR DB index is out of range".into())
+    );
+    assert_eq!(con.cmd(&["GET", "in3"]), Resp::bulk("yes"));
+    assert_eq!(con.cmd(&["SELECT", "0"]), Resp::Simple("OK".into()));
+    assert_eq!(con.cmd(&["GET", "in3"]), Resp::NullBulk);
+    let mut direct = upstream.client();
+    call(&mut direct, &["SELECT", "3"]);
+    assert_eq!(call(&mut direct, &["GET", "in3"]), bulk("yes"));
+}
+
+#[test]
+fn client_tracking_delivers_invalidations_on_the_pinned_connection() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut tracked = sidecar.raw();
+    hello3(&mut tracked);
+    assert_eq!(
+        tracked.cmd(&["CLIENT", "TRACKING", "ON"]),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(tracked.cmd(&["GET", "cached"]), Resp::Null);
+    call(&mut sidecar.client(), &["SET", "cached", "new"]);
+    assert_eq!(
+        tracked.read_reply(),
+        Resp::Push(vec![
+            Resp::bulk("invalidate"),
+            Resp::Array(vec![Resp::bulk("cached")])
+        ])
+    );
+}
+
+#[test]
+fn the_clients_auth_is_the_sidecars_own_and_the_upstreams_comes_from_the_url() {
+    let upstream = RedisServer::start(&[]);
+    call(
+        &mut upstream.client(),
+        &["CONFIG", "SET", "requirepass", "upstream-secret"],
+    );
+    let url = format!("redis://:upstream-secret@{}/2", upstream.addr);
+    let sidecar = sidecar_for(&url, &["--requirepass", "client-secret"]);
+    let mut con = sidecar.raw();
+    assert_eq!(
+        con.cmd(&["GET", "k"]),
+        Resp::Error("NOAUTH Authentication required.".into())
+    );
+    assert!(matches!(
+        con.cmd(&["AUTH", "upstream-secret"]),
+        Resp::Error(e) if e.starts_with("WRONGPASS")
+    ));
+    assert_eq!(
+        con.cmd(&["AUTH", "client-secret"]),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(con.cmd(&["SET", "k", "v"]), Resp::Simple("OK".into()));
+    assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+    assert_eq!(con.cmd(&["GET", "k"]), Resp::Simple("QUEUED".into()));
+    assert_eq!(con.cmd(&["EXEC"]), Resp::Array(vec![Resp::bulk("v")]));
+    // The URL's database, on pooled and pinned connections alike.
+    let mut direct = redis::Client::open(format!("redis://:upstream-secret@{}/2", upstream.addr))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    assert_eq!(call(&mut direct, &["GET", "k"]), bulk("v"));
+}
+
+#[test]
+fn an_unreachable_upstream_gets_a_clear_error_fast() {
+    let port = free_port();
+    let sidecar = Sidecar::start(&["--upstream", &format!("redis://127.0.0.1:{port}")]);
+    let mut con = sidecar.raw();
+    for command in [
+        &["GET", "k"][..],
+        &["BLPOP", "q", "0"],
+        &["MULTI"],
+        &["SUBSCRIBE", "c"],
+    ] {
+        let started = Instant::now();
+        assert_eq!(
+            con.cmd(command),
+            Resp::Error("TRYAGAIN upstream unavailable".into()),
+            "{command:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{command:?} was slow"
+        );
+    }
+    // The upstream comes up: the next commands go through.
+    let _upstream = RedisServer::start_on_port(port, &[]);
+    let through = wait_until(Duration::from_secs(10), || {
+        con.cmd(&["SET", "k", "v"]) == Resp::Simple("OK".into())
+    });
+    assert!(
+        through,
+        "commands never went through to the restarted upstream"
+    );
+    assert_eq!(con.cmd(&["GET", "k"]), Resp::bulk("v"));
+}
+
+#[test]
+fn an_unreachable_cluster_gets_a_clear_error_fast() {
+    let seeds = format!(
+        "redis+cluster://127.0.0.1:{},127.0.0.1:{}",
+        free_port(),
+        free_port()
+    );
+    let sidecar = Sidecar::start(&["--upstream", &seeds]);
+    let mut con = sidecar.raw();
+    for command in [&["GET", "k"][..], &["MGET", "a", "b"], &["BLPOP", "q", "0"]] {
+        let started = Instant::now();
+        assert_eq!(
+            con.cmd(command),
+            Resp::Error("TRYAGAIN upstream unavailable".into()),
+            "{command:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{command:?} was slow"
+        );
+    }
+    // MULTI waits for the first key to pick its node: the refusal comes with
+    // the first command, and EXEC then aborts, as Redis after a queuing error.
+    assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+    assert_eq!(
+        con.cmd(&["INCR", "k"]),
+        Resp::Error("TRYAGAIN upstream unavailable".into())
+    );
+    assert!(matches!(con.cmd(&["EXEC"]), Resp::Error(e) if e.starts_with("EXECABORT")));
+    assert_eq!(
+        con.cmd(&["GET", "k"]),
+        Resp::Error("TRYAGAIN upstream unavailable".into())
+    );
+}
+
+#[test]
+fn subscribers_are_disconnected_when_the_upstream_goes_away() {
+    let mut upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut sub = sidecar.raw();
+    sub.cmd(&["SUBSCRIBE", "c"]);
+    let mut plain = sidecar.raw();
+    assert_eq!(plain.cmd(&["SET", "k", "v"]), Resp::Simple("OK".into()));
+    upstream.kill9();
+    // Its subscriptions are gone with the connection: so is the client, as
+    // if it had been connected to the upstream itself.
+    let (_, closed) = sub.read_until_closed(Duration::from_secs(5));
+    assert!(closed, "the subscriber was left without its subscriptions");
+    let refused = wait_until(Duration::from_secs(5), || {
+        plain.cmd(&["GET", "k"]) == Resp::Error("TRYAGAIN upstream unavailable".into())
+    });
+    assert!(
+        refused,
+        "commands are not refused while the upstream is down"
+    );
+}
+
+#[test]
+fn redis_cli_and_redis_py_work_through_the_sidecar() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    assert_eq!(sidecar.redis_cli(&["SET", "cli", "42"]).trim(), "OK");
+    assert_eq!(sidecar.redis_cli(&["INCR", "cli"]).trim(), "43");
+    assert_eq!(sidecar.redis_cli(&["HSET", "clih", "a", "1"]).trim(), "1");
+    assert_eq!(sidecar.redis_cli(&["-3", "HGETALL", "clih"]).trim(), "a 1");
+    let piped = sidecar.redis_cli_with_stdin(&[], Some(b"MULTI\nINCR cli\nEXEC\nGET cli\n"));
+    assert_eq!(piped.trim(), "OK\nQUEUED\n44\n44");
+
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/redis_py_proxy.py"
+    );
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .arg(sidecar.addr.port().to_string())
+        .output()
+        .expect("python3 runs (scripts/test.sh installs redis-py)");
+    assert!(
+        output.status.success(),
+        "redis-py passthrough check failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_cluster_upstream_is_routed_by_slot_with_redirections_followed() {
+    let cluster = Cluster::start();
+    let sidecar = sidecar_for(&cluster.url(), &[]);
+    let mut con = sidecar.raw();
+
+    // Keys spread over the three masters, each where its slot is served.
+    for i in 0..60 {
+        let key = format!("key{i}");
+        assert_eq!(
+            con.cmd(&["SET", &key, &i.to_string()]),
+            Resp::Simple("OK".into())
+        );
+        cluster.holder(&key);
+    }
+    let holders: std::collections::BTreeSet<_> = (0..60)
+        .map(|i| cluster.holder(&format!("key{i}")).addr)
+        .collect();
+    assert_eq!(holders.len(), 3, "the keys did not spread over the masters");
+    // A pipeline across nodes: replies in order.
+    let mut pipeline = Vec::new();
+    for i in 0..60 {
+        pipeline.extend(encode_cmd(&["GET", &format!("key{i}")]));
+    }
+    con.send(&pipeline).unwrap();
+    for i in 0..60 {
+        assert_eq!(con.read_reply(), Resp::bulk(i.to_string()));
+    }
+    // Multi-key commands: one slot works, several get Redis's CROSSSLOT.
+    assert_eq!(
+        con.cmd(&["MSET", "{user1}a", "1", "{user1}b", "2"]),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(
+        con.cmd(&["MGET", "{user1}a", "{user1}b"]),
+        Resp::bulks(&["1", "2"])
+    );
+    assert_eq!(
+        con.cmd(&["MGET", "key1", "key2"]),
+        Resp::Error("CROSSSLOT Keys in request don't hash to the same slot".into())
+    );
+    // A transaction goes to the node of its keys' slot.
+    assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+    assert_eq!(
+        con.cmd(&["INCR", "{user1}a"]),
+        Resp::Simple("QUEUED".into())
+    );
+    assert_eq!(
+        con.cmd(&["INCR", "{user1}b"]),
+        Resp::Simple("QUEUED".into())
+    );
+    assert_eq!(
+        con.cmd(&["EXEC"]),
+        Resp::Array(vec![Resp::Int(2), Resp::Int(3)])
+    );
+    assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+    assert_eq!(con.cmd(&["EXEC"]), Resp::Array(vec![]));
+    assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+    assert_eq!(con.cmd(&["DISCARD"]), Resp::Simple("OK".into()));
+    assert_eq!(con.cmd(&["GET", "{user1}a"]), Resp::bulk("2"));
+    let holder = cluster.holder("{user1}a");
+    assert_eq!(call(&mut holder.client(), &["GET", "{user1}b"]), bulk("3"));
+    // Scripts with keys, and a blocking command, on their slot's node.
+    assert_eq!(
+        con.cmd(&["EVAL", "return redis.call('get', KEYS[1])", "1", "key7"]),
+        Resp::bulk("7")
+    );
+    // A script loaded once runs on every master, wherever its keys live.
+    let sha = con
+        .cmd(&["SCRIPT", "LOAD", "return redis.call('get', KEYS[1])"])
+        .text();
+    for i in 1..=9 {
+        let key = format!("key{i}");
+        assert_eq!(
+            con.cmd(&["EVALSHA", &sha, "1", &key]),
+            Resp::bulk(i.to_string())
+        );
+    }
+    assert_eq!(con.cmd(&["RPUSH", "{q}list", "x"]), Resp::Int(1));
+    assert_eq!(
+        con.cmd(&["BLPOP", "{q}list", "1"]),
+        Resp::bulks(&["{q}list", "x"])
+    );
+
+    // Move the slot of `mover` to another master: while it migrates the
+    // source answers ASK, once moved MOVED; the client sees neither.
+    assert_eq!(
+        con.cmd(&["SET", "mover", "before"]),
+        Resp::Simple("OK".into())
+    );
+    let source = cluster.holder("mover");
+    let target = cluster
+        .nodes
+        .iter()
+        .find(|n| n.addr != source.addr)
+        .unwrap();
+    let id = |node: &RedisServer| text(&call(&mut node.client(), &["CLUSTER", "MYID"]));
+    let (source_id, target_id) = (id(source), id(target));
+    let slot = int(&call(
+        &mut source.client(),
+        &["CLUSTER", "KEYSLOT", "mover"],
+    ))
+    .to_string();
+    call(
+        &mut target.client(),
+        &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id],
+    );
+    call(
+        &mut source.client(),
+        &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id],
+    );
+    let migrated = call(
+        &mut source.client(),
+        &[
+            "MIGRATE",
+            "127.0.0.1",
+            &target.addr.port().to_string(),
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            "mover",
+        ],
+    );
+    assert_eq!(migrated, Value::Okay);
+    let redirections = || -> u64 {
+        sidecar.info("upstream")["proxy_redirections"]
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(redirections(), 0);
+    assert_eq!(
+        con.cmd(&["GET", "mover"]),
+        Resp::bulk("before"),
+        "ASK followed"
+    );
+    assert_eq!(redirections(), 1);
+    // The target first, as Redis's resharding does.
+    for node in std::iter::once(target).chain(&cluster.nodes) {
+        call(
+            &mut node.client(),
+            &["CLUSTER", "SETSLOT", &slot, "NODE", &target_id],
+        );
+    }
+    assert_eq!(
+        con.cmd(&["SET", "mover", "after"]),
+        Resp::Simple("OK".into()),
+        "MOVED followed"
+    );
+    assert_eq!(redirections(), 2);
+    assert_eq!(call(&mut target.client(), &["GET", "mover"]), bulk("after"));
+    assert_eq!(con.cmd(&["GET", "mover"]), Resp::bulk("after"));
+    // And redis-cli, without -c, never sees a redirection.
+    assert_eq!(sidecar.redis_cli(&["GET", "mover"]).trim(), "after");
+    assert_eq!(sidecar.redis_cli(&["GET", "key42"]).trim(), "42");
+
+    // The redis crate and redis-py, as against one server: keys of all three
+    // masters in one pipeline, transactions, WATCH, pub/sub, BLPOP.
+    let mut con = sidecar.client();
+    let values: Vec<String> = redis::pipe()
+        .get("key1")
+        .get("key2")
+        .get("key3")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(values, ["1", "2", "3"]);
+    let (a, b): (i64, i64) = redis::pipe()
+        .atomic()
+        .incr("{user1}a", 10)
+        .incr("{user1}b", 10)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((a, b), (12, 13));
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/redis_py_proxy.py"
+    );
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .arg(sidecar.addr.port().to_string())
+        .arg("cluster")
+        .output()
+        .expect("python3 runs (scripts/test.sh installs redis-py)");
+    assert!(
+        output.status.success(),
+        "redis-py through the cluster failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
