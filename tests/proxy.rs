@@ -475,8 +475,21 @@ fn subscribe_and_psubscribe_receive_messages_in_resp2_and_resp3() {
     );
     assert_eq!(sub3.cmd(&["SET", "k", "v"]), Resp::Simple("OK".into()));
     assert_eq!(sub3.cmd(&["SESSION.EXISTS", "nope"]), Resp::Int(0));
+    // A client that switches protocols while subscribed gets its messages
+    // in the new one.
+    let mut switching = sidecar.raw();
+    hello3(&mut switching);
+    assert_eq!(
+        switching.cmd(&["SUBSCRIBE", "news"]),
+        Resp::Push(vec![
+            Resp::bulk("subscribe"),
+            Resp::bulk("news"),
+            Resp::Int(1)
+        ])
+    );
+    assert!(matches!(switching.cmd(&["HELLO", "2"]), Resp::Array(_)));
 
-    assert_eq!(publisher.cmd(&["PUBLISH", "news", "hello"]), Resp::Int(3));
+    assert_eq!(publisher.cmd(&["PUBLISH", "news", "hello"]), Resp::Int(4));
     assert_eq!(
         sub2.read_reply(),
         Resp::Array(vec![
@@ -497,6 +510,14 @@ fn subscribe_and_psubscribe_receive_messages_in_resp2_and_resp3() {
     assert_eq!(
         sub3.read_reply(),
         Resp::Push(vec![
+            Resp::bulk("message"),
+            Resp::bulk("news"),
+            Resp::bulk("hello")
+        ])
+    );
+    assert_eq!(
+        switching.read_reply(),
+        Resp::Array(vec![
             Resp::bulk("message"),
             Resp::bulk("news"),
             Resp::bulk("hello")
