@@ -863,13 +863,17 @@ fn an_unreachable_cluster_gets_a_clear_error_fast() {
 }
 
 #[test]
-fn subscribers_are_disconnected_when_the_upstream_goes_away() {
+fn subscribers_are_disconnected_when_the_upstream_goes_away_and_others_recover() {
     let mut upstream = RedisServer::start(&[]);
     let sidecar = sidecar_for(&upstream.url(), &[]);
     let mut sub = sidecar.raw();
     sub.cmd(&["SUBSCRIBE", "c"]);
     let mut plain = sidecar.raw();
     assert_eq!(plain.cmd(&["SET", "k", "v"]), Resp::Simple("OK".into()));
+    // A clean pinned connection waits for reuse: it must not be taken
+    // once the upstream is gone.
+    assert_eq!(plain.cmd(&["BLPOP", "q", "0.01"]), Resp::NullArray);
+    let port = upstream.port();
     upstream.kill9();
     // Its subscriptions are gone with the connection: so is the client, as
     // if it had been connected to the upstream itself.
@@ -881,6 +885,23 @@ fn subscribers_are_disconnected_when_the_upstream_goes_away() {
     assert!(
         refused,
         "commands are not refused while the upstream is down"
+    );
+    // The upstream is back (empty): pooled and pinned commands go through
+    // on fresh connections.
+    let _back = RedisServer::start_on_port(port, &[]);
+    let through = wait_until(Duration::from_secs(10), || {
+        plain.cmd(&["SET", "k", "again"]) == Resp::Simple("OK".into())
+    });
+    assert!(
+        through,
+        "commands never went through to the restarted upstream"
+    );
+    assert_eq!(plain.cmd(&["RPUSH", "q", "x"]), Resp::Int(1));
+    assert_eq!(plain.cmd(&["BLPOP", "q", "1"]), Resp::bulks(&["q", "x"]));
+    let mut sub = sidecar.raw();
+    assert_eq!(
+        sub.cmd(&["SUBSCRIBE", "c"]),
+        Resp::Array(vec![Resp::bulk("subscribe"), Resp::bulk("c"), Resp::Int(1)])
     );
 }
 
