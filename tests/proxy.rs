@@ -475,8 +475,21 @@ fn subscribe_and_psubscribe_receive_messages_in_resp2_and_resp3() {
     );
     assert_eq!(sub3.cmd(&["SET", "k", "v"]), Resp::Simple("OK".into()));
     assert_eq!(sub3.cmd(&["SESSION.EXISTS", "nope"]), Resp::Int(0));
+    // A client that switches protocols while subscribed gets its messages
+    // in the new one.
+    let mut switching = sidecar.raw();
+    hello3(&mut switching);
+    assert_eq!(
+        switching.cmd(&["SUBSCRIBE", "news"]),
+        Resp::Push(vec![
+            Resp::bulk("subscribe"),
+            Resp::bulk("news"),
+            Resp::Int(1)
+        ])
+    );
+    assert!(matches!(switching.cmd(&["HELLO", "2"]), Resp::Array(_)));
 
-    assert_eq!(publisher.cmd(&["PUBLISH", "news", "hello"]), Resp::Int(3));
+    assert_eq!(publisher.cmd(&["PUBLISH", "news", "hello"]), Resp::Int(4));
     assert_eq!(
         sub2.read_reply(),
         Resp::Array(vec![
@@ -497,6 +510,14 @@ fn subscribe_and_psubscribe_receive_messages_in_resp2_and_resp3() {
     assert_eq!(
         sub3.read_reply(),
         Resp::Push(vec![
+            Resp::bulk("message"),
+            Resp::bulk("news"),
+            Resp::bulk("hello")
+        ])
+    );
+    assert_eq!(
+        switching.read_reply(),
+        Resp::Array(vec![
             Resp::bulk("message"),
             Resp::bulk("news"),
             Resp::bulk("hello")
@@ -842,13 +863,17 @@ fn an_unreachable_cluster_gets_a_clear_error_fast() {
 }
 
 #[test]
-fn subscribers_are_disconnected_when_the_upstream_goes_away() {
+fn subscribers_are_disconnected_when_the_upstream_goes_away_and_others_recover() {
     let mut upstream = RedisServer::start(&[]);
     let sidecar = sidecar_for(&upstream.url(), &[]);
     let mut sub = sidecar.raw();
     sub.cmd(&["SUBSCRIBE", "c"]);
     let mut plain = sidecar.raw();
     assert_eq!(plain.cmd(&["SET", "k", "v"]), Resp::Simple("OK".into()));
+    // A clean pinned connection waits for reuse: it must not be taken
+    // once the upstream is gone.
+    assert_eq!(plain.cmd(&["BLPOP", "q", "0.01"]), Resp::NullArray);
+    let port = upstream.port();
     upstream.kill9();
     // Its subscriptions are gone with the connection: so is the client, as
     // if it had been connected to the upstream itself.
@@ -860,6 +885,23 @@ fn subscribers_are_disconnected_when_the_upstream_goes_away() {
     assert!(
         refused,
         "commands are not refused while the upstream is down"
+    );
+    // The upstream is back (empty): pooled and pinned commands go through
+    // on fresh connections.
+    let _back = RedisServer::start_on_port(port, &[]);
+    let through = wait_until(Duration::from_secs(10), || {
+        plain.cmd(&["SET", "k", "again"]) == Resp::Simple("OK".into())
+    });
+    assert!(
+        through,
+        "commands never went through to the restarted upstream"
+    );
+    assert_eq!(plain.cmd(&["RPUSH", "q", "x"]), Resp::Int(1));
+    assert_eq!(plain.cmd(&["BLPOP", "q", "1"]), Resp::bulks(&["q", "x"]));
+    let mut sub = sidecar.raw();
+    assert_eq!(
+        sub.cmd(&["SUBSCRIBE", "c"]),
+        Resp::Array(vec![Resp::bulk("subscribe"), Resp::bulk("c"), Resp::Int(1)])
     );
 }
 

@@ -485,10 +485,12 @@ impl Link {
         output: &mut BytesMut,
     ) -> io::Result<()> {
         self.send_batch(proxy, protocol, lane, output).await?;
-        if let Some(pinned) = self.pinned.as_mut()
-            && pinned.flush().await.is_err()
-        {
-            self.lose_pinned(output);
+        if let Some(pinned) = self.pinned.as_mut() {
+            // The client may have switched protocols with HELLO meanwhile.
+            pinned.switch_protocol(protocol);
+            if pinned.flush().await.is_err() {
+                self.lose_pinned(output);
+            }
         }
         Ok(())
     }

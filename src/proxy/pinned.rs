@@ -217,6 +217,22 @@ impl Pinned {
         });
     }
 
+    /// Makes the connection speak `protocol`, which the client switched to
+    /// with HELLO (answered by the sidecar): a HELLO of the proxy's own.
+    pub fn switch_protocol(&mut self, protocol: Protocol) {
+        if protocol == self.protocol {
+            return;
+        }
+        let version = protocol.number().to_string();
+        encode_command(&mut self.pending, &[&b"HELLO"[..], version.as_bytes()]);
+        self.protocol = protocol;
+        self.owed.push_back(Owed {
+            frames: 1,
+            effect: Effect::None,
+            swallow: true,
+        });
+    }
+
     /// Queues one of the client's commands and notes what its reply will be.
     pub fn send(&mut self, argv: &[Bytes]) {
         encode_command(&mut self.pending, argv);
