@@ -103,10 +103,18 @@ impl Sessions {
     pub async fn exists(&self, ids: &[Bytes], now: u64) -> Result<usize> {
         match self {
             Sessions::Standalone(store) => {
-                if let Some(to) = ids.iter().find_map(|id| store.moved_to(id, now)) {
+                let live = ids.iter().filter(|id| store.exists(id, now)).count();
+                // Forwarding entries are made before sessions leave: one
+                // that is not found here is found there.
+                if live < ids.len()
+                    && let Some(to) = ids
+                        .iter()
+                        .filter(|id| !store.exists(id, now))
+                        .find_map(|id| store.moved_to(id, now))
+                {
                     return Err(StoreError::Moved(to));
                 }
-                Ok(ids.iter().filter(|id| store.exists(id, now)).count())
+                Ok(live)
             }
             Sessions::WriteThrough(store) => store.exists(ids, now).await,
         }
@@ -146,7 +154,7 @@ impl Sessions {
 
     pub async fn attr_del(&self, id: &[u8], names: &[Bytes], now: u64) -> Result<usize> {
         match self {
-            Sessions::Standalone(store) => match store.attr_del(id, names, now) {
+            Sessions::Standalone(store) => match store.attr_del(id, names, now)? {
                 0 => missing(store, id, now, 0),
                 removed => Ok(removed),
             },
@@ -179,7 +187,7 @@ impl Sessions {
     /// The heartbeat: ms left after it, or None when missing.
     pub async fn touch(&self, id: &[u8], now: u64) -> Result<Option<u64>> {
         match self {
-            Sessions::Standalone(store) => match store.touch(id, now) {
+            Sessions::Standalone(store) => match store.touch(id, now)? {
                 None => missing(store, id, now, None),
                 left => Ok(left),
             },
@@ -189,7 +197,7 @@ impl Sessions {
 
     pub async fn expire(&self, id: &[u8], ttl_ms: u64, now: u64) -> Result<bool> {
         match self {
-            Sessions::Standalone(store) => match store.expire(id, ttl_ms, now) {
+            Sessions::Standalone(store) => match store.expire(id, ttl_ms, now)? {
                 false => missing(store, id, now, false),
                 true => Ok(true),
             },
@@ -204,12 +212,7 @@ impl Sessions {
         reason: Option<&'static str>,
     ) -> Result<usize> {
         match self {
-            Sessions::Standalone(store) => {
-                if let Some(to) = ids.iter().find_map(|id| store.moved_to(id.as_ref(), now)) {
-                    return Err(StoreError::Moved(to));
-                }
-                store.delete(ids, now, reason)
-            }
+            Sessions::Standalone(store) => store.delete(ids, now, reason),
             Sessions::WriteThrough(store) => store.delete(ids, now, reason).await,
         }
     }

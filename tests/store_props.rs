@@ -92,7 +92,10 @@ fn apply(store: &SessionStore, op: Op, now: &mut u64) -> Result<(), TestCaseErro
         }
         Op::Delete(id) => {
             let deleted = store.delete(&[b("s", id)], now, None);
-            prop_assert!(matches!(deleted, Ok(_) | Err(StoreError::Moving)));
+            prop_assert!(matches!(
+                deleted,
+                Ok(_) | Err(StoreError::Moving) | Err(StoreError::Moved(_))
+            ));
         }
         Op::Bind(id, conn) => {
             if store.bind(&b("s", id), &b("c", conn), now).is_ok() {
@@ -103,10 +106,12 @@ fn apply(store: &SessionStore, op: Op, now: &mut u64) -> Result<(), TestCaseErro
             let _ = store.unbind(&b("s", id), grace, now);
         }
         Op::Touch(id) => {
-            store.touch(&b("s", id), now);
+            let touched = store.touch(&b("s", id), now);
+            prop_assert!(matches!(touched, Ok(_) | Err(StoreError::Moving)));
         }
         Op::Expire(id, ttl) => {
-            store.expire(&b("s", id), ttl, now);
+            let set = store.expire(&b("s", id), ttl, now);
+            prop_assert!(matches!(set, Ok(_) | Err(StoreError::Moving)));
         }
         Op::Update {
             id,
@@ -343,6 +348,10 @@ proptest! {
                             // Marked: every write is refused, reads still served.
                             prop_assert!(a.exists(id, now));
                             prop_assert_eq!(a.attr_set(id, &[(Bytes::from("k"), Bytes::from("w"))], now), Err(StoreError::Moving));
+                            // Every write says so, none answers "missing".
+                            prop_assert_eq!(a.attr_del(id, &[Bytes::from("a")], now), Err(StoreError::Moving));
+                            prop_assert_eq!(a.expire(id, 500, now), Err(StoreError::Moving));
+                            prop_assert_eq!(a.delete(std::slice::from_ref(id), now, None), Err(StoreError::Moving));
                         }
                     }
                 }

@@ -160,6 +160,7 @@ pub fn reset(shared: &Shared, client: &mut ClientState, out: &mut ReplyWriter) -
     out.set_protocol(Protocol::Resp2);
     *client.info.name.lock().unwrap_or_else(|p| p.into_inner()) = None;
     client.authenticated = shared.config.requirepass.is_none();
+    client.peer = false;
     out.simple("RESET");
     Ok(())
 }

@@ -589,7 +589,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         "session.import",
         SessionImport,
         -2,
-        &["write"],
+        &["write", "denyoom"],
         "session",
         "Peer protocol: takes sessions handed over by another sidecar.",
         [

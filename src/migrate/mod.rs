@@ -266,11 +266,11 @@ async fn migrate_in_span(
         stats.failed_migrations.fetch_add(1, Ordering::Relaxed);
         return Err(format!("{} is this sidecar", target.addr));
     }
-    let to = Arc::new(MovedTo {
+    let to = Destination {
         node: peer.node.clone(),
         addr: peer.addr.clone(),
-        until: now_ms().saturating_add(shared.config.moved_grace.saturating_mul(1000)),
-    });
+        grace_ms: shared.config.moved_grace.saturating_mul(1000),
+    };
     if let Sessions::Standalone(store) = &shared.sessions {
         store.purge_moved(now_ms());
     }
@@ -324,7 +324,7 @@ async fn move_batch(
     shared: &Shared,
     peer: &Peer,
     source: &str,
-    to: &Arc<MovedTo>,
+    to: &Destination,
     ids: &[Key],
 ) -> Result<usize, String> {
     match &shared.sessions {
@@ -365,14 +365,28 @@ async fn move_batch(
 struct Pending<'a> {
     store: &'a crate::store::SessionStore,
     ids: Vec<Key>,
-    to: &'a Arc<MovedTo>,
+    to: &'a Destination,
 }
 
 impl Pending<'_> {
     fn settle(&mut self, taken: &[bool]) -> usize {
         let ids = std::mem::take(&mut self.ids);
-        self.store.finish_move(&ids, taken, self.to, now_ms())
+        let now = now_ms();
+        // The forwarding period starts when the sessions leave.
+        let to = Arc::new(MovedTo {
+            node: self.to.node.clone(),
+            addr: self.to.addr.clone(),
+            until: now.saturating_add(self.to.grace_ms),
+        });
+        self.store.finish_move(&ids, taken, &to, now)
     }
+}
+
+/// The target, as SESSIONMOVED names it, and how long it is named.
+struct Destination {
+    node: String,
+    addr: String,
+    grace_ms: u64,
 }
 
 impl Drop for Pending<'_> {
@@ -429,6 +443,12 @@ pub async fn drain(shared: &Shared, timeout_after: Duration) -> Result<usize, St
             ids.sort_unstable();
             // Contiguous shares, one per peer, moved at the same time.
             let share = ids.len().div_ceil(peers.len());
+            let shares = ids.chunks(share).count();
+            // Peers left without a share this round stay for the next.
+            let mut working: Vec<String> = peers[shares..].to_vec();
+            // No call outlives the deadline by more than its own timeout,
+            // itself cut to what is left.
+            let timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
             let mut runs = FuturesUnordered::new();
             for (addr, ids) in peers.iter().zip(ids.chunks(share)) {
                 let target = Target {
@@ -448,11 +468,12 @@ pub async fn drain(shared: &Shared, timeout_after: Duration) -> Result<usize, St
                 results.push(result);
             }
             let mut progress = 0;
-            let mut working = Vec::new();
+            let mut answered = 0;
             for (addr, outcome) in results {
                 match outcome {
                     Ok(Outcome { moved, error: None }) => {
                         progress += moved;
+                        answered += 1;
                         working.push(addr);
                     }
                     Ok(Outcome {
@@ -466,10 +487,13 @@ pub async fn drain(shared: &Shared, timeout_after: Duration) -> Result<usize, St
                 }
             }
             moved += progress;
-            if progress == 0 && working.len() == peers.len() {
+            if progress == 0 && answered == shares {
                 // Every peer answered and none took anything: what is left
                 // is refused everywhere (moving, or changed meanwhile).
-                return Ok(moved);
+                return Err(format!(
+                    "{} sessions could not be drained ({moved} moved): the peers refused them",
+                    ids.len()
+                ));
             }
             peers = working;
         }

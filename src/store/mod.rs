@@ -391,15 +391,17 @@ impl SessionStore {
         })
     }
 
-    pub fn attr_del(&self, id: &[u8], names: &[Bytes], now: u64) -> usize {
-        self.write(id, now, |_, s| {
+    /// How many of the attributes were removed (0 when the session is
+    /// missing); an error only when the session is moving.
+    pub fn attr_del(&self, id: &[u8], names: &[Bytes], now: u64) -> Result<usize, StoreError> {
+        let removed = self.write(id, now, |_, s| {
             let removed = s.attrs.remove(names.iter().map(|n| &n[..]));
             if removed > 0 {
                 s.mutated(now);
             }
             Ok(removed)
-        })
-        .unwrap_or(0)
+        });
+        missing_as(removed, 0)
     }
 
     pub fn attr_incrby(
@@ -426,42 +428,47 @@ impl SessionStore {
 
     /// The heartbeat: `last_active` = now; the expiry slides to now + ttl only
     /// when less than half the ttl remains. Returns the ms left after it.
-    pub fn touch(&self, id: &[u8], now: u64) -> Option<u64> {
+    /// None when the session is missing; an error when it must extend a
+    /// moving session.
+    pub fn touch(&self, id: &[u8], now: u64) -> Result<Option<u64>, StoreError> {
         // Most heartbeats do not extend: answer them under the read lock.
         {
-            let session = self.sessions.get(id)?;
+            let Some(session) = self.sessions.get(id) else {
+                return Ok(None);
+            };
             if !session.is_live(now) {
-                return None;
+                return Ok(None);
             }
             let left = session.expires - now;
             if left >= session.ttl / 2 {
                 session.last_active.store(now, Ordering::Relaxed);
-                return Some(left);
+                return Ok(Some(left));
             }
         }
-        self.write(id, now, |_, s| {
+        let extended = self.write(id, now, |_, s| {
             let left = s.expires - now;
             if left >= s.ttl / 2 {
                 // Another heartbeat extended it between the two locks.
                 *s.last_active.get_mut() = now;
-                return Ok(left);
+                return Ok(Some(left));
             }
             s.expires = now.saturating_add(s.ttl);
             s.mutated(now);
-            Ok(s.ttl)
-        })
-        .ok()
+            Ok(Some(s.ttl))
+        });
+        missing_as(extended, None)
     }
 
     /// SESSION.EXPIRE: a new ttl, and expires = now + ttl.
-    pub fn expire(&self, id: &[u8], ttl_ms: u64, now: u64) -> bool {
-        self.write(id, now, |_, s| {
+    /// Whether the session was there; an error when it is moving.
+    pub fn expire(&self, id: &[u8], ttl_ms: u64, now: u64) -> Result<bool, StoreError> {
+        let set = self.write(id, now, |_, s| {
             s.ttl = ttl_ms;
             s.expires = now.saturating_add(ttl_ms);
             s.mutated(now);
-            Ok(())
-        })
-        .is_ok()
+            Ok(true)
+        });
+        missing_as(set, false)
     }
 
     // ----- membership writes (index lock) ------------------------------
@@ -645,6 +652,15 @@ impl SessionStore {
         let indexes = self.lock_indexes();
         if ids.iter().any(|id| self.is_moving(id.as_ref())) {
             return Err(StoreError::Moving);
+        }
+        // Under the lock finish_move takes: a session is either still here
+        // or already forwarded.
+        if let Some(to) = ids
+            .iter()
+            .filter(|id| !self.sessions.contains_key(id.as_ref()))
+            .find_map(|id| self.moved_to(id.as_ref(), now))
+        {
+            return Err(StoreError::Moved(to));
         }
         Ok(self.delete_locked(indexes, ids.iter().map(|id| id.as_ref()), now, reason))
     }
@@ -947,9 +963,12 @@ impl SessionStore {
                     continue;
                 }
             }
+            // A conn held here by a moving session, or an expiry past what
+            // a ttl could give: refused.
             if t.conn
                 .as_ref()
                 .is_some_and(|c| self.conn_holder_moving(&indexes, c, &id))
+                || t.expires > now.saturating_add(self.limits.max_ttl_ms)
             {
                 taken.push(false);
                 continue;
@@ -969,7 +988,8 @@ impl SessionStore {
                 node: self.node.clone(),
                 status: t.status,
                 created: t.created,
-                last_active: AtomicU64::new(t.last_active),
+                // The owner change is a mutation, as in write-through mode.
+                last_active: AtomicU64::new(now.max(t.last_active)),
                 expires: t.expires,
                 ttl: t.ttl,
                 version,
@@ -1096,6 +1116,14 @@ impl SessionStore {
             ));
         }
         Ok(())
+    }
+}
+
+/// A missing session as `value`; other outcomes as they are.
+fn missing_as<T>(result: Result<T, StoreError>, value: T) -> Result<T, StoreError> {
+    match result {
+        Err(StoreError::NoSession) => Ok(value),
+        other => other,
     }
 }
 

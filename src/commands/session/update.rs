@@ -1,7 +1,7 @@
 //! SESSION.UPDATE id [IFVERSION v] [USER user] [CONN conn] [STATUS active|disconnected]
 //! [TTL s | PTTL ms] [ATTR name value]... [DELATTR name]...
 
-use super::{attribute, check_attr_count, name, ttl_ms};
+use super::{attribute, check_attr_count, name, refuse_while_draining, ttl_ms};
 use crate::commands::{Args, CommandError, CommandResult};
 use crate::protocol::ReplyWriter;
 use crate::server::Shared;
@@ -38,6 +38,10 @@ pub async fn update(
         } else {
             return Err(CommandError::Syntax);
         }
+    }
+    if request.conn.is_some() {
+        // Binding a connection here is what a draining sidecar refuses.
+        refuse_while_draining(shared)?;
     }
     let version = shared.sessions.update(id, &request, now_ms()).await?;
     out.int(version as i64);
