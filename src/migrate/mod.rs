@@ -287,7 +287,7 @@ async fn migrate_in_span(
                 error = Some("deadline reached".to_string());
                 break;
             }
-            in_flight.push(move_batch(shared, &peer, &source, &to, chunk));
+            in_flight.push(move_batch(shared, target, &peer, &source, &to, chunk));
         }
         match in_flight.next().await {
             Some(Ok(n)) => moved += n,
@@ -322,6 +322,7 @@ async fn migrate_in_span(
 /// Moves one batch: marked, sent, and settled by the target's reply.
 async fn move_batch(
     shared: &Shared,
+    target: &Target,
     peer: &Peer,
     source: &str,
     to: &Destination,
@@ -338,7 +339,7 @@ async fn move_batch(
                 ids: batch.iter().map(|(id, _)| id.clone()).collect(),
                 to,
             };
-            let taken = peer.import(source, &batch).await?;
+            let taken = import_settled(target, peer, source, &batch).await?;
             Ok(pending.settle(&taken))
         }
         Sessions::WriteThrough(store) => {
@@ -346,7 +347,7 @@ async fn move_batch(
             if batch.is_empty() {
                 return Ok(0);
             }
-            let taken = peer.import(source, &batch).await?;
+            let taken = import_settled(target, peer, source, &batch).await?;
             let moved: Vec<Key> = batch
                 .iter()
                 .zip(&taken)
@@ -357,6 +358,33 @@ async fn move_batch(
             Ok(moved.len())
         }
     }
+}
+
+/// Sends a batch and gets the target's verdict. A batch whose reply was
+/// lost (a timeout, a broken connection) may have been taken: it is sent
+/// again, identically, on a new connection, and the target acknowledges what
+/// it already holds (standalone: the same session at the same state;
+/// write-through: a session it already owns). Only when that fails too is
+/// the batch given up (the target is presumed gone).
+async fn import_settled(
+    target: &Target,
+    peer: &Peer,
+    source: &str,
+    batch: &[(Key, Vec<u8>)],
+) -> Result<Vec<bool>, String> {
+    let first = match peer.import(source, batch).await {
+        Ok(taken) => return Ok(taken),
+        Err(error) => error,
+    };
+    tracing::debug!(error = %first, "import reply lost; asking again");
+    let again = async {
+        let fresh = Peer::connect(source, target).await?;
+        if fresh.node != peer.node {
+            return Err(format!("{} is now another sidecar", target.addr));
+        }
+        fresh.import(source, batch).await
+    };
+    again.await.map_err(|_| first)
 }
 
 /// A standalone batch marked moving and not yet settled: dropped unsettled

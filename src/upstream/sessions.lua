@@ -513,7 +513,10 @@ elseif op == 'migrate' then
   while argi <= #ARGV do
     local id, version = arg(), arg()
     local s = must_load(id)
-    if s and s.version == version and s.node == from then
+    if s and s.node == node then
+      -- Already ours: a batch sent again after its reply was lost.
+      table.insert(results, reply(id))
+    elseif s and s.version == version and s.node == from then
       s.node = node
       redis.call('HSET', skey(id), 'node', node)
       bump(id, s)
