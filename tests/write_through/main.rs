@@ -457,12 +457,19 @@ fn upstream_killed_and_restarted_fails_fast_then_recovers_by_itself() {
                 vec!["SESSION.UPDATE", "r4", "ATTR", "z", "1"],
                 vec!["SESSION.ATTR.INCRBY", "r0", "n", "1"],
             ];
-            for args in &writes {
+            for (i, args) in writes.iter().enumerate() {
                 let started = Instant::now();
                 let v = call(con, args);
                 let took = started.elapsed();
                 worst = worst.max(took);
                 latencies.push(took);
+                // The very first write may reach the dead connection before
+                // the sidecar has seen it break: sent into it, its outcome is
+                // unknown, and it says so rather than invite a retry.
+                if round == 0 && i == 0 && err_text(&v).starts_with("TIMEOUT") {
+                    assert!(err_text(&v).contains("may have been applied"));
+                    continue;
+                }
                 assert_err(&v, "TRYAGAIN upstream unavailable");
                 assert!(
                     took < Duration::from_secs(1),
