@@ -720,3 +720,22 @@ fn migrating_to_something_that_is_not_a_sidecar_moves_nothing() {
         2
     );
 }
+
+#[test]
+fn write_through_migrate_all_moves_the_owned_sessions_that_are_not_hot() {
+    let redis = RedisServer::start(&[]);
+    // A hot cache far too small for the sessions: most copies are evicted.
+    let a = write_through(&redis, "a", &["--maxmemory", "20kb"]);
+    let b = write_through(&redis, "b", &[]);
+    create_sessions(&a, "s", 300);
+    let hot = count_local(&a);
+    assert!(hot < 300, "{hot} hot");
+    assert_eq!(int(&migrate(&a, &b, &["ALL"])), 300);
+    let mut upstream = redis.client();
+    for i in 0..300 {
+        assert_eq!(upstream_field(&mut upstream, &format!("s{i}"), "node"), "b");
+    }
+    // Sessions of other sidecars are not a's to hand over.
+    create_sessions(&b, "t", 5);
+    assert_eq!(int(&migrate(&a, &b, &["ALL"])), 0);
+}

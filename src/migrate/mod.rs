@@ -191,7 +191,7 @@ async fn select(shared: &Shared, selection: &Selection, now: u64) -> Result<Vec<
     Ok(match selection {
         Selection::All => match &shared.sessions {
             Sessions::Standalone(store) => store.all_ids(now),
-            Sessions::WriteThrough(store) => store.hot_owned(now),
+            Sessions::WriteThrough(store) => store.all_owned(now).await?,
         },
         Selection::Ids(ids) => ids.iter().map(|id| Key::from(&id[..])).collect(),
         Selection::Conns(conns) => {

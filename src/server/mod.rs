@@ -191,7 +191,9 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     shared.ready.store(false, Ordering::Relaxed);
     // The sessions go to the live peers while this sidecar's clients are
     // still served (they get TRYAGAIN, then SESSIONMOVED, for moving ones).
-    if shared.sessions.count_local(now_ms()) > 0 {
+    // (Write-through: the sessions this sidecar owns may not all be hot;
+    // the drain asks the upstream.)
+    if shared.upstream().is_some() || shared.sessions.count_local(now_ms()) > 0 {
         let deadline = Duration::from_millis(shared.config.drain_timeout_ms);
         let _ = crate::migrate::drain(&shared, deadline).await;
     }

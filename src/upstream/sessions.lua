@@ -502,6 +502,20 @@ elseif op == 'audit' then
   end
   return done({ scanned[1], repaired })
 
+elseif op == 'owned' then
+  -- A page of the expiry index (every session), keeping the live sessions
+  -- owned by the calling sidecar: how a drain finds those it does not hold hot.
+  local cursor, page = arg(), arg()
+  local scanned = redis.call('ZSCAN', xkey, cursor, 'COUNT', page)
+  local members = scanned[2]
+  local owned = {}
+  for i = 1, #members, 2 do
+    if tonumber(members[i + 1]) > now and redis.call('HGET', skey(members[i]), 'node') == node then
+      table.insert(owned, members[i])
+    end
+  end
+  return done({ scanned[1], owned })
+
 elseif op == 'migrate' then
   -- Hands sessions to the calling sidecar (`node`), as SESSION.IMPORT does on
   -- the sidecar taking them: each one that is live, still owned by `from` and

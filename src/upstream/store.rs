@@ -591,10 +591,28 @@ impl WriteThrough {
 
     // ----- migration -----------------------------------------------------------
 
-    /// The ids of the hot copies of sessions this sidecar owns.
-    pub fn hot_owned(&self, now: u64) -> Vec<Key> {
+    /// The ids of every live session this sidecar owns: those held hot, and
+    /// those the upstream says are ours (a scan of the expiry index, a page
+    /// per script call), for copies evicted or never read here.
+    pub async fn all_owned(&self, now: u64) -> Result<Vec<Key>, StoreError> {
+        const PAGE: &[u8] = b"1000";
         let node = &self.config.node;
-        self.cache.ids_where(now, |s| s.node == *node)
+        let mut owned = self.cache.ids_where(now, |s| s.node == *node);
+        let mut cursor = b"0".to_vec();
+        loop {
+            let reply = self.run("owned", &[], &[&cursor, PAGE], now).await?;
+            let (next, ids) = pair(reply.result);
+            if let Some(Value::Array(ids)) = ids {
+                owned.extend(ids.into_iter().filter_map(bulk).map(Key::from));
+            }
+            cursor = next.and_then(bulk).unwrap_or_else(|| b"0".to_vec());
+            if cursor == b"0" {
+                break;
+            }
+        }
+        owned.sort_unstable();
+        owned.dedup();
+        Ok(owned)
     }
 
     /// The portable form of the live sessions among `ids` that this sidecar
