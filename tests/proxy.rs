@@ -1123,3 +1123,74 @@ fn a_cluster_upstream_is_routed_by_slot_with_redirections_followed() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// An upstream that accepts commands but answers none: the waiting clients
+/// get an error after --proxy-timeout-ms, not a hang, and the pooled
+/// connection is replaced once the upstream answers again.
+#[test]
+fn a_silent_upstream_gets_an_error_after_the_proxy_timeout() {
+    let redis = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&redis.url(), &["--proxy-timeout-ms", "300"]);
+    let mut con = sidecar.raw();
+    assert_eq!(con.cmd(&["SET", "k", "v"]), Resp::Simple("OK".into()));
+    let mut admin = redis.client();
+    call(&mut admin, &["CLIENT", "PAUSE", "3000", "ALL"]);
+    let started = Instant::now();
+    let reply = con.cmd(&["GET", "k"]);
+    assert!(
+        format!("{reply:?}").contains("may have been applied"),
+        "{reply:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    call(&mut admin, &["CLIENT", "UNPAUSE"]);
+    let through = wait_until(Duration::from_secs(10), || {
+        con.cmd(&["GET", "k"]) == Resp::bulk("v")
+    });
+    assert!(through);
+}
+
+/// The upstream dies while a pooled command waits for its reply: the client
+/// gets an error, and the pool serves again once the upstream is back.
+#[test]
+fn an_upstream_dying_under_a_waiting_command_does_not_wedge_the_pool() {
+    let mut redis = RedisServer::start(&["--enable-debug-command", "yes"]);
+    let port = redis.port();
+    let sidecar = sidecar_for(&redis.url(), &["--proxy-timeout-ms", "0"]);
+    let mut con = sidecar.raw();
+    assert_eq!(con.cmd(&["SET", "k", "v"]), Resp::Simple("OK".into()));
+    // The upstream stops answering anyone (it sleeps), then dies with the
+    // GET below written to it and unanswered.
+    let url = redis.url();
+    let sleeper = std::thread::spawn(move || {
+        let mut admin = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let _: redis::RedisResult<Value> =
+            redis::cmd("DEBUG").arg("SLEEP").arg(5).query(&mut admin);
+    });
+    let asleep = wait_until(Duration::from_secs(5), || {
+        let mut probe = RawConn::connect(redis.addr);
+        probe.send_cmd(&["PING"]);
+        probe.try_read_reply(Duration::from_millis(50)).is_err()
+    });
+    assert!(asleep, "the upstream never went to sleep");
+    con.send_cmd(&["GET", "k"]);
+    assert!(
+        con.try_read_reply(Duration::from_millis(100)).is_err(),
+        "the GET was answered by a sleeping upstream"
+    );
+    redis.kill9();
+    let _ = sleeper.join();
+    let reply = con.read_reply_within(Duration::from_secs(5));
+    assert!(
+        format!("{reply:?}").contains("may have been applied"),
+        "{reply:?}"
+    );
+    let _back = RedisServer::start_on_port(port, &[]);
+    let through = wait_until(Duration::from_secs(10), || {
+        con.cmd(&["SET", "k", "w"]) == Resp::Simple("OK".into())
+    });
+    assert!(through, "the pool never served again");
+}

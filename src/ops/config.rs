@@ -122,6 +122,16 @@ pub struct Config {
     #[arg(long, env = "SESSION_SIDECAR_REGISTRY_INTERVAL_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
     pub registry_interval_ms: u64,
 
+    /// Milliseconds a pooled upstream connection may go without any reply
+    /// while commands wait on it, before they get an error and it is
+    /// replaced (0 = wait forever). Blocking commands are not pooled.
+    #[arg(
+        long,
+        env = "SESSION_SIDECAR_PROXY_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub proxy_timeout_ms: u64,
+
     /// Secret peers must present (SESSION.PEERAUTH) before SESSION.IMPORT, and
     /// that SESSION.MIGRATE and SESSION.DRAIN send to their targets.
     #[arg(long, env = "SESSION_SIDECAR_PEER_SECRET", hide_env_values = true)]

@@ -91,11 +91,13 @@ impl Proxy {
         cluster: bool,
         tls_ca: Option<Vec<u8>>,
         connect_timeout: Duration,
+        reply_timeout: Option<Duration>,
     ) -> Result<Proxy, String> {
         let stats = Arc::new(ProxyStats::default());
         let settings = PoolSettings {
             connections: POOL_CONNECTIONS,
             connect_timeout,
+            reply_timeout,
             stats: stats.clone(),
         };
         let first = servers.first().ok_or("the upstream URL names no server")?;

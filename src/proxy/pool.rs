@@ -111,6 +111,8 @@ pub struct Pool {
 pub struct PoolSettings {
     pub connections: usize,
     pub connect_timeout: Duration,
+    /// How long commands may wait on a connection that replies nothing.
+    pub reply_timeout: Option<Duration>,
     pub stats: Arc<ProxyStats>,
 }
 
@@ -204,7 +206,17 @@ async fn serve(
     let mut batch = BytesMut::with_capacity(16 * 1024);
     let mut unanswered_writes = 0;
     let mut failed_at: Option<(Instant, String)> = None;
+    // When the connection last showed progress (a write, or replies).
+    let mut progress = Instant::now();
     loop {
+        let stalled = async {
+            match settings.reply_timeout {
+                Some(timeout) if unanswered_writes > 0 => {
+                    tokio::time::sleep_until((progress + timeout).into()).await
+                }
+                _ => std::future::pending().await,
+            }
+        };
         let readable = async {
             match connection.as_mut() {
                 Some(c) => c.stream.read_buf(&mut c.input).await,
@@ -247,21 +259,35 @@ async fn serve(
                 let Some(live) = connection.as_mut() else { continue };
                 match read {
                     Ok(n) if n > 0 => match hand_back(&mut live.input, &mut scanner, &mut in_flight) {
-                        Ok(answered) => unanswered_writes -= answered,
+                        Ok(answered) => {
+                            unanswered_writes -= answered;
+                            progress = Instant::now();
+                        }
                         Err(()) => {
                             tracing::warn!(upstream = %endpoint.addr, "upstream sent something that is not RESP; reconnecting");
                             connection = None;
+                            unanswered_writes = 0;
                             batch.clear();
                             fail_in_flight(&mut in_flight);
                         }
                     },
                     _ => {
                         tracing::debug!(upstream = %endpoint.addr, "pooled connection closed");
+                        // Nothing more can be answered on it: the queue is
+                        // watched again (the next request reconnects).
                         connection = None;
+                        unanswered_writes = 0;
                         batch.clear();
                         fail_in_flight(&mut in_flight);
                     }
                 }
+            }
+            _ = stalled => {
+                tracing::warn!(upstream = %endpoint.addr, "upstream sent no reply in time; replacing the pooled connection");
+                connection = None;
+                unanswered_writes = 0;
+                batch.clear();
+                fail_in_flight(&mut in_flight);
             }
         }
         // Write the batch unless the last write is still unanswered: its
@@ -291,6 +317,9 @@ async fn serve(
             last.ends_write = true;
         }
         settings.stats.batches.inc();
+        if unanswered_writes == 0 {
+            progress = Instant::now();
+        }
         unanswered_writes += 1;
         let written = async {
             live.stream.write_all(&batch).await?;
@@ -300,6 +329,7 @@ async fn serve(
         batch.clear();
         if written.is_err() {
             connection = None;
+            unanswered_writes = 0;
             fail_in_flight(&mut in_flight);
         }
     }

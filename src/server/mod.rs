@@ -335,7 +335,9 @@ fn start_proxy(config: &Config, sessions: &Sessions) -> Option<Proxy> {
     };
     let (servers, cluster, tls_ca) = store.upstream.servers();
     let timeout = Duration::from_millis(config.upstream_connect_timeout_ms);
-    match Proxy::new(servers, cluster, tls_ca, timeout) {
+    let reply_timeout =
+        (config.proxy_timeout_ms > 0).then(|| Duration::from_millis(config.proxy_timeout_ms));
+    match Proxy::new(servers, cluster, tls_ca, timeout, reply_timeout) {
         Ok(proxy) => Some(proxy),
         Err(reason) => {
             tracing::warn!(%reason, "ordinary commands will not be forwarded to the upstream");
