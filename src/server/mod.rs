@@ -193,7 +193,9 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     // still served (they get TRYAGAIN, then SESSIONMOVED, for moving ones).
     // (Write-through: the sessions this sidecar owns may not all be hot;
     // the drain asks the upstream.)
-    if shared.upstream().is_some() || shared.sessions.count_local(now_ms()) > 0 {
+    // Standalone without --peers there is nowhere to drain to.
+    let has_peers = shared.upstream().is_some() || !shared.config.peers.is_empty();
+    if has_peers && (shared.upstream().is_some() || shared.sessions.count_local(now_ms()) > 0) {
         let deadline = Duration::from_millis(shared.config.drain_timeout_ms);
         let _ = crate::migrate::drain(&shared, deadline).await;
     }
