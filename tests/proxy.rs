@@ -492,20 +492,11 @@ fn subscribe_and_psubscribe_receive_messages_in_resp2_and_resp3() {
     assert_eq!(publisher.cmd(&["PUBLISH", "news", "hello"]), Resp::Int(4));
     assert_eq!(
         sub2.read_reply(),
-        Resp::Array(vec![
-            Resp::bulk("message"),
-            Resp::bulk("news"),
-            Resp::bulk("hello")
-        ])
+        Resp::bulks(&["message", "news", "hello"])
     );
     assert_eq!(
         sub2.read_reply(),
-        Resp::Array(vec![
-            Resp::bulk("pmessage"),
-            Resp::bulk("n*"),
-            Resp::bulk("news"),
-            Resp::bulk("hello")
-        ])
+        Resp::bulks(&["pmessage", "n*", "news", "hello"])
     );
     assert_eq!(
         sub3.read_reply(),
@@ -517,21 +508,13 @@ fn subscribe_and_psubscribe_receive_messages_in_resp2_and_resp3() {
     );
     assert_eq!(
         switching.read_reply(),
-        Resp::Array(vec![
-            Resp::bulk("message"),
-            Resp::bulk("news"),
-            Resp::bulk("hello")
-        ])
+        Resp::bulks(&["message", "news", "hello"])
     );
     // A message published on the upstream directly arrives too.
     call(&mut upstream.client(), &["PUBLISH", "sport", "goal"]);
     assert_eq!(
         sub2.read_reply(),
-        Resp::Array(vec![
-            Resp::bulk("message"),
-            Resp::bulk("sport"),
-            Resp::bulk("goal")
-        ])
+        Resp::bulks(&["message", "sport", "goal"])
     );
 
     // Unsubscribing from everything gives the connection back.
@@ -675,14 +658,7 @@ fn idle_timeout_spares_subscribers_and_blocked_clients() {
     assert!(closed, "the idle client was not closed");
     let mut pusher = sidecar.raw();
     assert_eq!(pusher.cmd(&["PUBLISH", "c", "m"]), Resp::Int(1));
-    assert_eq!(
-        subscriber.read_reply(),
-        Resp::Array(vec![
-            Resp::bulk("message"),
-            Resp::bulk("c"),
-            Resp::bulk("m")
-        ])
-    );
+    assert_eq!(subscriber.read_reply(), Resp::bulks(&["message", "c", "m"]));
     assert_eq!(pusher.cmd(&["RPUSH", "q", "v"]), Resp::Int(1));
     assert_eq!(blocked.read_reply(), Resp::bulks(&["q", "v"]));
 }
@@ -752,10 +728,7 @@ fn client_tracking_delivers_invalidations_on_the_pinned_connection() {
     call(&mut sidecar.client(), &["SET", "cached", "new"]);
     assert_eq!(
         tracked.read_reply(),
-        Resp::Push(vec![
-            Resp::bulk("invalidate"),
-            Resp::Array(vec![Resp::bulk("cached")])
-        ])
+        Resp::Push(vec![Resp::bulk("invalidate"), Resp::bulks(&["cached"])])
     );
 }
 
@@ -784,7 +757,7 @@ fn the_clients_auth_is_the_sidecars_own_and_the_upstreams_comes_from_the_url() {
     assert_eq!(con.cmd(&["SET", "k", "v"]), Resp::Simple("OK".into()));
     assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
     assert_eq!(con.cmd(&["GET", "k"]), Resp::Simple("QUEUED".into()));
-    assert_eq!(con.cmd(&["EXEC"]), Resp::Array(vec![Resp::bulk("v")]));
+    assert_eq!(con.cmd(&["EXEC"]), Resp::bulks(&["v"]));
     // The URL's database, on pooled and pinned connections alike.
     let mut direct = redis::Client::open(format!("redis://:upstream-secret@{}/2", upstream.addr))
         .unwrap()
