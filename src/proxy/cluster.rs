@@ -222,22 +222,12 @@ impl Router {
     /// A seed's connection settings with another address.
     fn info_for(&self, addr: &str) -> Option<ConnectionInfo> {
         let (host, port) = addr.rsplit_once(':')?;
-        let (host, port) = (host.to_string(), port.parse().ok()?);
         let seed = self.seeds.first()?;
-        let addr = match seed.addr() {
-            redis::ConnectionAddr::TcpTls {
-                insecure,
-                tls_params,
-                ..
-            } => redis::ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure: *insecure,
-                tls_params: tls_params.clone(),
-            },
-            _ => redis::ConnectionAddr::Tcp(host, port),
-        };
-        Some(seed.clone().set_addr(addr))
+        Some(crate::upstream::connection::at_address(
+            seed,
+            host.to_string(),
+            port.parse().ok()?,
+        ))
     }
 
     async fn ask_slots(&self, node: &ConnectionInfo) -> redis::RedisResult<Topology> {

@@ -523,25 +523,31 @@ async fn ask_seed(
         let Some(Value::Int(port)) = master.get(1) else {
             continue;
         };
-        let addr = match seed.addr() {
-            redis::ConnectionAddr::TcpTls {
-                insecure,
-                tls_params,
-                ..
-            } => redis::ConnectionAddr::TcpTls {
-                host,
-                port: *port as u16,
-                insecure: *insecure,
-                tls_params: tls_params.clone(),
-            },
-            _ => redis::ConnectionAddr::Tcp(host, *port as u16),
-        };
-        return Ok(seed.clone().set_addr(addr));
+        return Ok(at_address(seed, host, *port as u16));
     }
     Err(RedisError::from((
         redis::ErrorKind::Client,
         "no master serves the sidecar's hash slot",
     )))
+}
+
+/// `seed`'s connection settings (credentials, database, TLS) for another
+/// node of the same deployment, at `host:port`.
+pub fn at_address(seed: &ConnectionInfo, host: String, port: u16) -> ConnectionInfo {
+    let addr = match seed.addr() {
+        redis::ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => redis::ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => redis::ConnectionAddr::Tcp(host, port),
+    };
+    seed.clone().set_addr(addr)
 }
 
 /// The keys of an `invalidate` push: an array of keys, or nil for "all".
