@@ -135,7 +135,7 @@ impl Fleet {
             let timeout = self.peer_timeout;
             let secret = self.peer_secret.clone();
             probes.spawn(async move {
-                tokio::time::timeout(timeout, probe(addr, secret))
+                tokio::time::timeout(timeout, probe(addr, secret, timeout))
                     .await
                     .ok()
                     .flatten()
@@ -242,16 +242,10 @@ fn parse_entry(value: &Value) -> Option<NodeInfo> {
 }
 
 /// Who answers at `addr`: its node id (INFO server) and hot sessions.
-async fn probe(addr: String, secret: Option<String>) -> Option<NodeInfo> {
-    let client = redis::Client::open(format!("redis://{addr}")).ok()?;
-    let mut connection = client.get_multiplexed_async_connection().await.ok()?;
-    if let Some(secret) = secret {
-        redis::cmd("SESSION.PEERAUTH")
-            .arg(secret)
-            .query_async::<()>(&mut connection)
-            .await
-            .ok()?;
-    }
+async fn probe(addr: String, secret: Option<String>, timeout: Duration) -> Option<NodeInfo> {
+    let mut connection = crate::migrate::connect_peer(&addr, secret.as_deref(), timeout)
+        .await
+        .ok()?;
     let info: String = redis::cmd("INFO")
         .arg("server")
         .query_async(&mut connection)

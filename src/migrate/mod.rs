@@ -35,7 +35,6 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
-use tracing::Instrument;
 
 use crate::server::Shared;
 use crate::sessions::Sessions;
@@ -101,31 +100,8 @@ struct Peer {
 
 impl Peer {
     async fn connect(source: &str, target: &Target) -> Result<Peer, String> {
-        let (host, port) = target
-            .addr
-            .rsplit_once(':')
-            .ok_or_else(|| format!("invalid target address {}", target.addr))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("invalid target port {port}"))?;
-        let client = redis::Client::open((host.to_string(), port)).map_err(|e| e.to_string())?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(target.timeout))
-            .set_response_timeout(Some(target.timeout));
-        let mut connection = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| format!("cannot connect to {}: {}", target.addr, describe(&e)))?;
-        if let Some(secret) = &target.secret {
-            redis::cmd("SESSION.PEERAUTH")
-                .arg(secret)
-                .query_async::<()>(&mut connection)
-                .await
-                .map_err(|e| {
-                    format!("{} refused the peer secret: {}", target.addr, describe(&e))
-                })?;
-        }
+        let mut connection =
+            connect_peer(&target.addr, target.secret.as_deref(), target.timeout).await?;
         let reply: Value = redis::cmd("SESSION.IMPORT")
             .arg(source)
             .query_async(&mut connection)
@@ -167,6 +143,39 @@ impl Peer {
         }
         Ok(taken)
     }
+}
+
+/// A connection to the sidecar at `addr` (`host:port`, `[v6]:port`),
+/// authenticated with the peer secret when one is given; every reply
+/// awaited at most `timeout`.
+pub async fn connect_peer(
+    addr: &str,
+    secret: Option<&str>,
+    timeout: Duration,
+) -> Result<MultiplexedConnection, String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("invalid peer address {addr}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("invalid peer port {port}"))?;
+    let client = redis::Client::open((host.to_string(), port)).map_err(|e| e.to_string())?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let mut connection = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {}", describe(&e)))?;
+    if let Some(secret) = secret {
+        redis::cmd("SESSION.PEERAUTH")
+            .arg(secret)
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(|e| format!("{addr} refused the peer secret: {}", describe(&e)))?;
+    }
+    Ok(connection)
 }
 
 /// A peer's error as it worded it (`CODE detail`), or the client's own.
@@ -231,20 +240,12 @@ pub async fn migrate(
 
 /// Moves `ids` to `target`; no batch starts after `deadline` (a batch in
 /// flight always ends: acknowledged, refused, or timed out).
+#[tracing::instrument(
+    name = "migrate",
+    skip_all,
+    fields(target = %target.addr, sessions = ids.len())
+)]
 async fn migrate_ids(
-    shared: &Shared,
-    target: &Target,
-    ids: Vec<Key>,
-    started: Instant,
-    deadline: Option<Instant>,
-) -> Result<Outcome, String> {
-    let span = tracing::info_span!("migrate", target = %target.addr, sessions = ids.len());
-    migrate_in_span(shared, target, ids, started, deadline)
-        .instrument(span)
-        .await
-}
-
-async fn migrate_in_span(
     shared: &Shared,
     target: &Target,
     ids: Vec<Key>,
