@@ -522,6 +522,18 @@ impl SessionStore {
         Some(event)
     }
 
+    /// Adds a new session under the index lock, with its user and expiry
+    /// entries and its memory (the counterpart of [`Self::remove_locked`];
+    /// its connection entry is the caller's, see [`Self::take_conn_locked`]).
+    fn insert_locked(&self, indexes: &mut Indexes, id: Key, session: Session) {
+        if let Some(user) = &session.user {
+            indexes.add_user(user, (session.created, session.seq), &id);
+        }
+        self.expiry.insert(session.expires, id.clone());
+        self.account(0, session.memory(&id));
+        self.sessions.insert(id, session);
+    }
+
     /// Points `conn` at session `id` in the index, taking it away from
     /// whichever other session held it: that session keeps its data, with
     /// conn nil and status disconnected.
@@ -629,13 +641,8 @@ impl SessionStore {
             moving: false,
             attrs: Attributes::from_pairs(request.attrs.iter().map(|(n, v)| (&n[..], &v[..]))),
         };
-        if let Some(user) = &session.user {
-            indexes.add_user(user, (session.created, session.seq), &id);
-        }
-        self.expiry.insert(session.expires, id.clone());
-        self.account(0, session.memory(&id));
         events.push(Event::of(EventKind::Created, &id, &session, now, None));
-        self.sessions.insert(id.clone(), session);
+        self.insert_locked(&mut indexes, id.clone(), session);
         drop(indexes);
         self.stats.created.fetch_add(1, Ordering::Relaxed);
         self.events.publish(events);
@@ -997,15 +1004,10 @@ impl SessionStore {
                 moving: false,
                 attrs: t.attrs,
             };
-            if let Some(user) = &session.user {
-                indexes.add_user(user, (session.created, session.seq), &id);
-            }
             if let Some(conn) = &session.conn {
                 self.take_conn_locked(&mut indexes, conn, &id, now, &mut events);
             }
-            self.expiry.insert(session.expires, id.clone());
-            self.account(0, session.memory(&id));
-            self.sessions.insert(id, session);
+            self.insert_locked(&mut indexes, id, session);
             self.stats.migrated_in.fetch_add(1, Ordering::Relaxed);
         }
         drop(indexes);
