@@ -439,6 +439,44 @@ fn build_cmd<A: ToRedisArgs>(args: &[A]) -> redis::Cmd {
     cmd
 }
 
+/// One optimistic increment of the integer attribute `name` of session `id`:
+/// reads the session, then `SESSION.UPDATE id IFVERSION <its version> ATTR
+/// name n+1`. True when acknowledged (at the next version), false when
+/// refused with `CONFLICT version is N`.
+#[track_caller]
+pub fn cas_increment(con: &mut redis::Connection, id: &str, name: &str) -> bool {
+    let s = get_session(con, id, false).expect("the session exists");
+    let n: i64 = String::from_utf8(s.attrs[name.as_bytes()].clone())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let version = s.version.to_string();
+    let next = (n + 1).to_string();
+    let reply = call(
+        con,
+        &[
+            "SESSION.UPDATE",
+            id,
+            "IFVERSION",
+            &version,
+            "ATTR",
+            name,
+            &next,
+        ],
+    );
+    match reply {
+        Value::Int(new) => {
+            assert_eq!(new, s.version + 1);
+            true
+        }
+        other => {
+            let e = err_text(&other);
+            assert!(e.starts_with("CONFLICT version is "), "{e}");
+            false
+        }
+    }
+}
+
 /// Sends one command and returns the raw reply, server errors included as
 /// `Value::ServerError`. Panics on I/O errors.
 pub fn call<A: ToRedisArgs>(con: &mut redis::Connection, args: &[A]) -> Value {

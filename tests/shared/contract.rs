@@ -1067,33 +1067,10 @@ pub fn concurrent_ifversion_updates_are_never_lost_or_doubled<T: Target>() {
                 let mut done = 0;
                 let mut conflicts = 0;
                 while done < EACH {
-                    let s = get_session(&mut c, "cas", false).unwrap();
-                    let n: i64 = String::from_utf8(s.attrs[&b"n"[..]].clone())
-                        .unwrap()
-                        .parse()
-                        .unwrap();
-                    let v = call(
-                        &mut c,
-                        &[
-                            "SESSION.UPDATE",
-                            "cas",
-                            "IFVERSION",
-                            &s.version.to_string(),
-                            "ATTR",
-                            "n",
-                            &(n + 1).to_string(),
-                        ],
-                    );
-                    match v {
-                        Value::Int(new) => {
-                            assert_eq!(new, s.version + 1);
-                            done += 1;
-                        }
-                        other => {
-                            let e = err_text(&other);
-                            assert!(e.starts_with("CONFLICT version is "), "{e}");
-                            conflicts += 1;
-                        }
+                    if cas_increment(&mut c, "cas", "n") {
+                        done += 1;
+                    } else {
+                        conflicts += 1;
                     }
                 }
                 conflicts

@@ -1331,28 +1331,8 @@ fn concurrent_ifversion_updates_through_a_slow_upstream_are_applied_once() {
                 barrier.wait();
                 let mut acknowledged = 0;
                 while acknowledged < EACH {
-                    let s = get_session(&mut c, "cas", false).unwrap();
-                    let n: i64 = text(&Value::BulkString(s.attrs[&b"n"[..]].clone()))
-                        .parse()
-                        .unwrap();
-                    let reply = call(
-                        &mut c,
-                        &[
-                            "SESSION.UPDATE",
-                            "cas",
-                            "IFVERSION",
-                            &s.version.to_string(),
-                            "ATTR",
-                            "n",
-                            &(n + 1).to_string(),
-                        ],
-                    );
-                    match reply {
-                        Value::Int(version) => {
-                            assert_eq!(version, s.version + 1);
-                            acknowledged += 1;
-                        }
-                        other => assert_err_code(&other, "CONFLICT"),
+                    if cas_increment(&mut c, "cas", "n") {
+                        acknowledged += 1;
                     }
                 }
             })
