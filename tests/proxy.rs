@@ -889,21 +889,7 @@ fn redis_cli_and_redis_py_work_through_the_sidecar() {
     let piped = sidecar.redis_cli_with_stdin(&[], Some(b"MULTI\nINCR cli\nEXEC\nGET cli\n"));
     assert_eq!(piped.trim(), "OK\nQUEUED\n44\n44");
 
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/redis_py_proxy.py"
-    );
-    let output = std::process::Command::new("python3")
-        .arg(script)
-        .arg(sidecar.addr.port().to_string())
-        .output()
-        .expect("python3 runs (scripts/test.sh installs redis-py)");
-    assert!(
-        output.status.success(),
-        "redis-py passthrough check failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_python_check("redis_py_proxy.py", &sidecar, &[]);
 }
 
 #[test]
@@ -1079,22 +1065,7 @@ fn a_cluster_upstream_is_routed_by_slot_with_redirections_followed() {
         .query(&mut con)
         .unwrap();
     assert_eq!((a, b), (12, 13));
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/redis_py_proxy.py"
-    );
-    let output = std::process::Command::new("python3")
-        .arg(script)
-        .arg(sidecar.addr.port().to_string())
-        .arg("cluster")
-        .output()
-        .expect("python3 runs (scripts/test.sh installs redis-py)");
-    assert!(
-        output.status.success(),
-        "redis-py through the cluster failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_python_check("redis_py_proxy.py", &sidecar, &["cluster"]);
 }
 
 /// An upstream that accepts commands but answers none: the waiting clients

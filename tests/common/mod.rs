@@ -439,6 +439,26 @@ fn build_cmd<A: ToRedisArgs>(args: &[A]) -> redis::Cmd {
     cmd
 }
 
+/// Runs `tests/python/<script> <sidecar's port> <args...>` (redis-py checks;
+/// scripts/test.sh installs redis-py) and fails with its output unless it
+/// succeeds.
+#[track_caller]
+pub fn run_python_check(script: &str, sidecar: &Sidecar, args: &[&str]) {
+    let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("python3")
+        .arg(&path)
+        .arg(sidecar.addr.port().to_string())
+        .args(args)
+        .output()
+        .expect("python3 runs (scripts/test.sh installs redis-py)");
+    assert!(
+        output.status.success(),
+        "{script} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// One optimistic increment of the integer attribute `name` of session `id`:
 /// reads the session, then `SESSION.UPDATE id IFVERSION <its version> ATTR
 /// name n+1`. True when acknowledged (at the next version), false when
