@@ -191,11 +191,11 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     shared.ready.store(false, Ordering::Relaxed);
     // The sessions go to the live peers while this sidecar's clients are
     // still served (they get TRYAGAIN, then SESSIONMOVED, for moving ones).
-    // (Write-through: the sessions this sidecar owns may not all be hot;
-    // the drain asks the upstream.)
-    // Standalone without --peers there is nowhere to drain to.
-    let has_peers = shared.upstream().is_some() || !shared.config.peers.is_empty();
-    if has_peers && (shared.upstream().is_some() || shared.sessions.count_local(now_ms()) > 0) {
+    // Write-through: the sessions it owns may not all be hot, the drain asks
+    // the upstream. Standalone: only with --peers is there a place to go.
+    let standalone_with_sessions =
+        !shared.config.peers.is_empty() && shared.sessions.count_local(now_ms()) > 0;
+    if shared.upstream().is_some() || standalone_with_sessions {
         let deadline = Duration::from_millis(shared.config.drain_timeout_ms);
         let _ = crate::migrate::drain(&shared, deadline).await;
     }
