@@ -103,18 +103,21 @@ impl Sessions {
     pub async fn exists(&self, ids: &[Bytes], now: u64) -> Result<usize> {
         match self {
             Sessions::Standalone(store) => {
-                let live = ids.iter().filter(|id| store.exists(id, now)).count();
                 // Forwarding entries are made before sessions leave: one
                 // that is not found here is found there.
-                if live < ids.len()
-                    && let Some(to) = ids
-                        .iter()
-                        .filter(|id| !store.exists(id, now))
-                        .find_map(|id| store.moved_to(id, now))
-                {
-                    return Err(StoreError::Moved(to));
+                let mut live = 0;
+                let mut moved = None;
+                for id in ids {
+                    if store.exists(id, now) {
+                        live += 1;
+                    } else if moved.is_none() {
+                        moved = store.moved_to(id, now);
+                    }
                 }
-                Ok(live)
+                match moved {
+                    Some(to) => Err(StoreError::Moved(to)),
+                    None => Ok(live),
+                }
             }
             Sessions::WriteThrough(store) => store.exists(ids, now).await,
         }
