@@ -662,11 +662,12 @@ impl SessionStore {
         }
         // Under the lock finish_move takes: a session is either still here
         // or already forwarded.
-        if let Some(to) = ids
-            .iter()
-            .filter(|id| !self.sessions.contains_key(id.as_ref()))
-            .find_map(|id| self.moved_to(id.as_ref(), now))
-        {
+        if let Some(to) = ids.iter().find_map(|id| {
+            // The forwarding check first: without moves it costs nothing.
+            let id = id.as_ref();
+            self.moved_to(id, now)
+                .filter(|_| !self.sessions.contains_key(id))
+        }) {
             return Err(StoreError::Moved(to));
         }
         Ok(self.delete_locked(indexes, ids.iter().map(|id| id.as_ref()), now, reason))
