@@ -147,6 +147,16 @@ fn apply(store: &SessionStore, op: Op, now: &mut u64) -> Result<(), TestCaseErro
     Ok(())
 }
 
+/// A store on node n1 with a one-minute default ttl, its events dropped.
+fn quiet_store() -> SessionStore {
+    SessionStore::new(
+        b"n1",
+        60_000,
+        SessionLimits::default(),
+        Arc::new(Recorder::default()),
+    )
+}
+
 fn b(prefix: &str, n: u8) -> Bytes {
     Bytes::from(format!("{prefix}{n}"))
 }
@@ -198,12 +208,7 @@ proptest! {
 /// MAXPERUSER holds under concurrent logins from many threads.
 #[test]
 fn max_per_user_is_atomic_under_concurrency() {
-    let store = Arc::new(SessionStore::new(
-        b"n1",
-        60_000,
-        SessionLimits::default(),
-        Arc::new(Recorder::default()),
-    ));
+    let store = Arc::new(quiet_store());
     let now = 1_000_000;
     let threads: Vec<_> = (0..8)
         .map(|t| {
@@ -234,12 +239,7 @@ fn max_per_user_is_atomic_under_concurrency() {
 /// session that holds the connection it names.
 #[test]
 fn conflicting_update_leaves_the_connection_where_it_was() {
-    let store = SessionStore::new(
-        b"n1",
-        60_000,
-        SessionLimits::default(),
-        Arc::new(Recorder::default()),
-    );
+    let store = quiet_store();
     let now = 1_000_000;
     let create = |id: &str, conn: Option<&str>| CreateSession {
         id: Some(Bytes::from(id.to_string())),
@@ -269,12 +269,7 @@ fn conflicting_update_leaves_the_connection_where_it_was() {
 /// form and stays exact through deletions, expiry and KILLUSER.
 #[test]
 fn a_user_with_many_sessions_keeps_an_exact_index() {
-    let store = SessionStore::new(
-        b"n1",
-        60_000,
-        SessionLimits::default(),
-        Arc::new(Recorder::default()),
-    );
+    let store = quiet_store();
     let now = 1_000_000;
     for i in 0..200u64 {
         let request = CreateSession {
