@@ -28,18 +28,13 @@ fn main() -> ExitCode {
     // TLS to the upstream (rediss://) uses rustls with ring's cryptography;
     // this fails only if a provider is installed already, which is as good.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    // One thread: a current-thread runtime, as Redis's single event loop,
-    // with no work stealing or cross-thread wake-ups.
-    let mut builder = match config.threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(threads) => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(usize::from(threads));
-            builder
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = match builder.enable_all().build() {
+    // The main thread is the first event loop (accepting, background work,
+    // clients); the server starts the others (`--threads`), each a
+    // current-thread runtime of its own: see server::workers.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "cannot start the runtime");

@@ -450,7 +450,55 @@ fn a_taken_listen_port_is_a_startup_error() {
     assert!(!status.unwrap().success());
 }
 
-/// `--threads 1` runs one event loop: it serves and shuts down cleanly.
+/// `--threads 3` runs three event loops: the clients are spread over them,
+/// every loop serves the one store, and the sidecar shuts down cleanly.
+#[test]
+fn several_event_loops_share_one_store_and_stop_cleanly() {
+    let mut sc = Sidecar::start(&["--threads", "3"]);
+    let mut clients: Vec<_> = (0..6).map(|_| sc.client()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let id = format!("s{i}");
+        assert_eq!(call(c, &["SESSION.CREATE", "ID", &id]), bulk(&id));
+    }
+    // Each client sees the sessions the others created, on other loops.
+    for c in &mut clients {
+        for i in 0..6 {
+            assert_eq!(
+                call(c, &["SESSION.EXISTS", &format!("s{i}")]),
+                Value::Int(1)
+            );
+        }
+    }
+    // Six clients and the INFO one: the least loaded loop takes each.
+    let info = sc.info("clients");
+    assert_eq!(info["event_loops"], "3");
+    let per_loop: Vec<usize> = info["event_loop_clients"]
+        .split(',')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(per_loop.len(), 3);
+    assert_eq!(per_loop.iter().sum::<usize>(), 7, "{per_loop:?}");
+    assert!(per_loop.iter().all(|&n| n >= 2), "{per_loop:?}");
+    let (_, _, metrics) = sc.http_get("/metrics");
+    assert!(
+        metrics.contains("session_sidecar_event_loop_clients{loop=\"2\"} 2"),
+        "{metrics}"
+    );
+    drop(clients);
+    let released = wait_until(Duration::from_secs(5), || {
+        sc.info("clients")["event_loop_clients"]
+            .split(',')
+            .map(|n| n.parse::<usize>().unwrap())
+            .sum::<usize>()
+            == 1
+    });
+    assert!(released, "the loops still count the closed clients");
+    sc.sigterm();
+    assert!(sc.wait_exit(Duration::from_secs(10)).success());
+}
+
+/// `--threads 1` (the default) runs one event loop: it serves and shuts
+/// down cleanly.
 #[test]
 fn a_single_thread_serves_and_stops() {
     let mut sc = Sidecar::start(&["--threads", "1"]);

@@ -228,8 +228,19 @@ fn the_redis_crate_sees_the_same_values_through_the_sidecar() {
 
 #[test]
 fn many_clients_share_a_few_pipelined_upstream_connections() {
+    many_clients_share_pooled_connections(1);
+}
+
+/// With several event loops, each has its pool: still a few connections.
+#[test]
+fn many_clients_on_three_event_loops_share_their_loops_pools() {
+    many_clients_share_pooled_connections(3);
+}
+
+fn many_clients_share_pooled_connections(loops: usize) {
     let upstream = RedisServer::start(&[]);
-    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let threads = loops.to_string();
+    let sidecar = sidecar_for(&upstream.url(), &["--threads", &threads]);
     let connected = || -> usize {
         let info = text(&call(&mut upstream.client(), &["INFO", "clients"]));
         parse_info(&info)["connected_clients"].parse().unwrap()
@@ -252,9 +263,9 @@ fn many_clients_share_a_few_pipelined_upstream_connections() {
         client.join().unwrap();
     }
     // 20 clients, 2,000 commands: a couple of pooled connections upstream
-    // (the counter includes this test's own connection).
+    // per event loop (the counter includes this test's own connection).
     assert!(
-        connected() <= before + 2,
+        connected() <= before + 2 * loops,
         "{} upstream connections",
         connected()
     );
@@ -556,8 +567,19 @@ fn lifecycle_events_reach_subscribers_through_the_upstream() {
 
 #[test]
 fn blpop_wakes_while_other_clients_keep_being_served() {
+    blocked_clients_hold_up_nobody(1);
+}
+
+/// The same with the blocked and the served clients spread over two loops.
+#[test]
+fn blpop_on_two_event_loops_wakes_while_other_clients_keep_being_served() {
+    blocked_clients_hold_up_nobody(2);
+}
+
+fn blocked_clients_hold_up_nobody(loops: usize) {
     let upstream = RedisServer::start(&[]);
-    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let threads = loops.to_string();
+    let sidecar = sidecar_for(&upstream.url(), &["--threads", &threads]);
     // Several clients blocked at once, with every kind of blocking command.
     let mut blpop = sidecar.raw();
     blpop.send_cmd(&["BLPOP", "queue", "0"]);

@@ -92,6 +92,10 @@ fn write_section(shared: &Shared, section: &str, sessions_total: i64, text: &mut
         }
         "clients" => {
             field("connected_clients", &shared.clients.len());
+            let per_loop: Vec<String> =
+                shared.loop_clients().iter().map(usize::to_string).collect();
+            field("event_loops", &per_loop.len());
+            field("event_loop_clients", &per_loop.join(","));
             field("maxclients", &shared.config.maxclients);
             field("blocked_clients", &0);
             field("pubsub_clients", &shared.pubsub_clients());

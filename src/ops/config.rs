@@ -201,9 +201,11 @@ pub struct Config {
     #[arg(long, env = "SESSION_SIDECAR_SHUTDOWN_TIMEOUT", default_value_t = 25)]
     pub shutdown_timeout: u64,
 
-    /// Worker threads serving clients [default: the number of CPUs].
-    #[arg(long, env = "SESSION_SIDECAR_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
-    pub threads: Option<u16>,
+    /// Event loops serving clients, a thread each; 0: one per CPU this
+    /// process may use (its cgroup's quota counted). One loop, as Redis and
+    /// as a sidecar sharing its pod's CPUs is best served.
+    #[arg(long, env = "SESSION_SIDECAR_THREADS", default_value_t = 1)]
+    pub threads: u16,
 
     /// Log format.
     #[arg(
@@ -268,6 +270,15 @@ impl Config {
     }
 
     /// The node id: the flag, else the hostname.
+    /// How many event loops serve clients: `--threads`, or the CPUs this
+    /// process may use (its cgroup's CPU quota included).
+    pub fn worker_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            threads => usize::from(threads),
+        }
+    }
+
     pub fn node_id(&self) -> String {
         self.node_id.clone().unwrap_or_else(hostname)
     }

@@ -328,6 +328,14 @@ pub fn render(shared: &Shared) -> String {
             m.load(&w.heartbeat_flushes),
         );
     }
+    out.push_str("# HELP session_sidecar_event_loop_clients Client connections per event loop.\n");
+    out.push_str("# TYPE session_sidecar_event_loop_clients gauge\n");
+    for (index, clients) in shared.loop_clients().iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "session_sidecar_event_loop_clients{{loop=\"{index}\"}} {clients}"
+        );
+    }
     out.push_str("# HELP session_sidecar_commands_total Commands processed, by command.\n");
     out.push_str("# TYPE session_sidecar_commands_total counter\n");
     for spec in COMMANDS {

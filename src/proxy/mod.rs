@@ -27,7 +27,7 @@ pub mod pool;
 pub mod sink;
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -78,20 +78,38 @@ pub struct Proxy {
 }
 
 enum Target {
-    Server { endpoint: Endpoint, pool: Pool },
+    Server {
+        endpoint: Endpoint,
+        /// One pool per event loop, started on it at its first use, so a
+        /// client's commands and their replies stay on the client's thread.
+        pools: Box<[OnceLock<Pool>]>,
+        settings: PoolSettings,
+    },
     Cluster(Router),
+}
+
+/// The calling event loop's pool, started on it if this is its first use.
+fn local_pool<'a>(
+    endpoint: &Endpoint,
+    pools: &'a [OnceLock<Pool>],
+    settings: &PoolSettings,
+) -> &'a Pool {
+    let slot = &pools[crate::server::workers::current() % pools.len()];
+    slot.get_or_init(|| Pool::new(endpoint, settings))
 }
 
 impl Proxy {
     /// A proxy to the servers of the `--upstream` URL (`cluster`: they are a
     /// Redis Cluster's seeds; `tls_ca` verifies them over TLS, instead of
-    /// the system's roots). Starts no connection yet.
+    /// the system's roots), served from `workers` event loops. Starts no
+    /// connection yet.
     pub fn new(
         servers: Vec<ConnectionInfo>,
         cluster: bool,
         tls_ca: Option<Vec<u8>>,
         connect_timeout: Duration,
         reply_timeout: Option<Duration>,
+        workers: usize,
     ) -> Result<Proxy, String> {
         let stats = Arc::new(ProxyStats::default());
         let settings = PoolSettings {
@@ -106,8 +124,9 @@ impl Proxy {
             Target::Cluster(Router::new(servers, tls_ca, endpoint, settings))
         } else {
             Target::Server {
-                pool: Pool::new(&endpoint, &settings),
                 endpoint,
+                pools: (0..workers.max(1)).map(|_| OnceLock::new()).collect(),
+                settings,
             }
         };
         Ok(Proxy {
@@ -157,10 +176,25 @@ impl Proxy {
         output: &mut BytesMut,
     ) {
         let count = batch.count;
-        let result = match (&self.target, sink) {
-            (Target::Server { pool, .. }, Some(sink)) => {
+        let (endpoint, pools, settings) = match &self.target {
+            Target::Server {
+                endpoint,
+                pools,
+                settings,
+            } => (endpoint, pools, settings),
+            Target::Cluster(router) => {
+                let result = router.call(protocol, lane, batch).await;
+                batch.clear();
+                Self::append(result, count, output);
+                return;
+            }
+        };
+        let pool = local_pool(endpoint, pools, settings);
+        let result = match sink {
+            Some(sink) => {
                 sink.owe();
                 let commands = batch.commands.split().freeze();
+                batch.clear();
                 pool.submit(
                     protocol,
                     lane,
@@ -169,16 +203,19 @@ impl Proxy {
                     Delivery::Sink(sink.clone()),
                 )
                 .await;
-                batch.clear();
                 return;
             }
-            (Target::Server { pool, .. }, None) => {
+            None => {
                 pool.call(protocol, lane, batch.commands.split().freeze(), count)
                     .await
             }
-            (Target::Cluster(router), _) => router.call(protocol, lane, batch).await,
         };
         batch.clear();
+        Self::append(result, count, output);
+    }
+
+    /// Appends the replies awaited for `count` commands, or an error for each.
+    fn append(result: Result<Bytes, pool::Failure>, count: usize, output: &mut BytesMut) {
         match result {
             Ok(replies) => output.extend_from_slice(&replies),
             Err(failure) => {

@@ -23,15 +23,18 @@ use super::Command;
 use super::endpoint::{Connection, Stream, encode_command};
 use crate::protocol::Protocol;
 use crate::protocol::frame::{Element, FrameScanner, FrameView};
+use crate::server::workers;
 
 /// Clean connections kept per upstream node and protocol version.
 const MAX_IDLE: usize = 16;
 
 /// Pinned connections given back clean: no transaction, watch,
-/// subscription, tracking, other database, nor reply owed.
+/// subscription, tracking, other database, nor reply owed. Kept per event
+/// loop: a connection is registered with the reactor of the loop that
+/// opened it, and is reused there.
 #[derive(Default)]
 pub struct IdleConnections {
-    idle: Mutex<HashMap<(String, i64), Vec<Connection>>>,
+    idle: Mutex<HashMap<(usize, String, i64), Vec<Connection>>>,
 }
 
 impl IdleConnections {
@@ -39,7 +42,8 @@ impl IdleConnections {
     /// still open.
     pub fn take(&self, node: &str, protocol: Protocol) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let connections = idle.get_mut(&(node.to_string(), protocol.number()))?;
+        let key = (workers::current(), node.to_string(), protocol.number());
+        let connections = idle.get_mut(&key)?;
         while let Some(connection) = connections.pop() {
             if still_open(&connection) {
                 return Some(connection);
@@ -50,7 +54,8 @@ impl IdleConnections {
 
     fn put(&self, node: String, protocol: Protocol, connection: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let connections = idle.entry((node, protocol.number())).or_default();
+        let key = (workers::current(), node, protocol.number());
+        let connections = idle.entry(key).or_default();
         if connections.len() < MAX_IDLE {
             connections.push(connection);
         }

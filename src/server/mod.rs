@@ -3,6 +3,7 @@
 
 pub mod client;
 mod connection;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct Shared {
     pub limits: Limits,
     pub started_ms: u64,
     ready: AtomicBool,
+    /// Live clients per event loop ([`workers`]).
+    loop_load: Arc<[std::sync::atomic::AtomicUsize]>,
 }
 
 impl Shared {
@@ -75,6 +78,14 @@ impl Shared {
         }
     }
 
+    /// Client connections per event loop.
+    pub fn loop_clients(&self) -> Vec<usize> {
+        self.loop_load
+            .iter()
+            .map(|l| l.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Clients with at least one subscription.
     pub fn pubsub_clients(&self) -> usize {
         self.clients.all().iter().filter(|c| c.is_pubsub()).count()
@@ -99,6 +110,7 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     let background = Background::default();
     let sessions = start_sessions(&config, &pubsub, &background)?;
     let proxy = start_proxy(&config, &sessions);
+    let config_loops = config.worker_threads();
     let shared = Arc::new(Shared {
         advertise: config
             .advertise
@@ -125,6 +137,7 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
         listen_addr,
         started_ms: now_ms(),
         ready: AtomicBool::new(false),
+        loop_load: workers::load_counters(config_loops),
     });
 
     background.work.spawn(
@@ -149,6 +162,8 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     );
 
     let tracker = TaskTracker::new();
+    let workers = workers::Workers::start(&shared, &tracker, &shutdown)
+        .map_err(|e| format!("cannot start the worker threads: {e}"))?;
     let signal = shutdown_signal();
     tokio::pin!(signal);
     loop {
@@ -180,12 +195,7 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
         }
         let local_addr = stream.local_addr().unwrap_or(listen_addr);
         let info = shared.clients.register(addr, local_addr);
-        tracker.spawn(connection::serve(
-            shared.clone(),
-            stream,
-            info,
-            shutdown.clone(),
-        ));
+        workers.dispatch(stream, info, &shared, &tracker, &shutdown);
     }
 
     shared.ready.store(false, Ordering::Relaxed);
@@ -339,7 +349,14 @@ fn start_proxy(config: &Config, sessions: &Sessions) -> Option<Proxy> {
     let timeout = Duration::from_millis(config.upstream_connect_timeout_ms);
     let reply_timeout =
         (config.proxy_timeout_ms > 0).then(|| Duration::from_millis(config.proxy_timeout_ms));
-    match Proxy::new(servers, cluster, tls_ca, timeout, reply_timeout) {
+    match Proxy::new(
+        servers,
+        cluster,
+        tls_ca,
+        timeout,
+        reply_timeout,
+        config.worker_threads(),
+    ) {
         Ok(proxy) => Some(proxy),
         Err(reason) => {
             tracing::warn!(%reason, "ordinary commands will not be forwarded to the upstream");

@@ -1,0 +1,174 @@
+//! Thread per core: `--threads` event loops, each a current-thread runtime on
+//! a thread of its own, as Envoy's workers or memcached's threads. A client
+//! connection lives on one loop for its whole life, and the passthrough pools
+//! are per loop ([`current`]), so the hot path (client socket → pool →
+//! upstream → client socket) never wakes another thread. Loop 0 is the main
+//! thread, which also accepts connections and runs the background work
+//! (upstream supervision, sweeps, metrics); `--threads 1` is Redis's single
+//! event loop.
+//!
+//! Invariant: every accepted connection is served by exactly one loop, and
+//! counted in that loop's load until its task ends.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Shared;
+use super::client::ClientInfo;
+use super::connection;
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The event loop the calling thread runs (0 on any thread that is not a
+/// worker's: the main thread, or a test's runtime).
+pub fn current() -> usize {
+    WORKER.with(Cell::get)
+}
+
+/// A connection handed to a worker.
+struct Accepted {
+    stream: std::net::TcpStream,
+    info: Arc<ClientInfo>,
+}
+
+/// The event loops serving clients, and how many clients each serves.
+pub struct Workers {
+    /// Loops 1.. (loop 0 is the caller's).
+    remote: Vec<mpsc::UnboundedSender<Accepted>>,
+    /// Live clients per loop, 0 included.
+    load: Arc<[AtomicUsize]>,
+}
+
+impl Workers {
+    /// Starts the worker threads beside the calling one, one per load
+    /// counter of `shared` but the first.
+    pub fn start(
+        shared: &Arc<Shared>,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> std::io::Result<Workers> {
+        let load = shared.loop_load.clone();
+        let count = load.len();
+        let mut remote = Vec::with_capacity(count - 1);
+        for index in 1..count {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (shared, tracker, shutdown, load) = (
+                shared.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+                load.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("worker-{index}"))
+                .spawn(move || {
+                    WORKER.with(|w| w.set(index));
+                    runtime.block_on(serve_handed(index, rx, shared, tracker, shutdown, load));
+                })?;
+            remote.push(tx);
+        }
+        Ok(Workers { remote, load })
+    }
+
+    /// Serves an accepted connection on the least loaded loop (the caller's
+    /// on a tie, then the lowest).
+    pub fn dispatch(
+        &self,
+        stream: TcpStream,
+        info: Arc<ClientInfo>,
+        shared: &Arc<Shared>,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
+        let index = (0..self.load.len())
+            .min_by_key(|&i| self.load[i].load(Ordering::Relaxed))
+            .unwrap_or(0);
+        self.load[index].fetch_add(1, Ordering::Relaxed);
+        if index == 0 {
+            tracker.spawn(serve_counted(
+                shared.clone(),
+                stream,
+                info,
+                shutdown.clone(),
+                self.load.clone(),
+                0,
+            ));
+            return;
+        }
+        // Off this loop's reactor, onto the worker's.
+        let handed = stream.into_std().and_then(|stream| {
+            self.remote[index - 1]
+                .send(Accepted {
+                    stream,
+                    info: info.clone(),
+                })
+                .map_err(|_| std::io::Error::other("the worker is gone"))
+        });
+        if let Err(error) = handed {
+            tracing::warn!(%error, worker = index, "cannot hand the connection to its worker");
+            self.load[index].fetch_sub(1, Ordering::Relaxed);
+            shared.clients.unregister(info.id);
+        }
+    }
+}
+
+/// A live-client counter per event loop, `loops` of them (at least one).
+pub fn load_counters(loops: usize) -> Arc<[AtomicUsize]> {
+    (0..loops.max(1)).map(|_| AtomicUsize::new(0)).collect()
+}
+
+/// A worker's loop: serves the connections handed to it, until the process
+/// exits (the main thread decides when).
+async fn serve_handed(
+    index: usize,
+    mut handed: mpsc::UnboundedReceiver<Accepted>,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    load: Arc<[AtomicUsize]>,
+) {
+    while let Some(Accepted { stream, info }) = handed.recv().await {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => {
+                tracker.spawn(serve_counted(
+                    shared.clone(),
+                    stream,
+                    info,
+                    shutdown.clone(),
+                    load.clone(),
+                    index,
+                ));
+            }
+            Err(error) => {
+                tracing::warn!(%error, worker = index, "cannot serve a handed connection");
+                load[index].fetch_sub(1, Ordering::Relaxed);
+                shared.clients.unregister(info.id);
+            }
+        }
+    }
+    // Accepting is over; the clients already here are served until the
+    // main thread exits the process.
+    std::future::pending::<()>().await;
+}
+
+async fn serve_counted(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    info: Arc<ClientInfo>,
+    shutdown: CancellationToken,
+    load: Arc<[AtomicUsize]>,
+    index: usize,
+) {
+    connection::serve(shared, stream, info, shutdown).await;
+    load[index].fetch_sub(1, Ordering::Relaxed);
+}
