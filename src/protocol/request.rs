@@ -179,21 +179,28 @@ impl RequestParser {
 /// refuses it if it must. For the proxy, which forwards a request's bytes
 /// as they came.
 pub fn complete_request(buf: &[u8], limits: Limits) -> Option<(usize, std::ops::Range<usize>)> {
+    // `<kind><digits>\r\n`, in one pass: a non-negative number without a
+    // leading zero and of at most 18 digits (anything else is left to the
+    // full parser, which words the error).
     fn number(buf: &[u8], at: usize, kind: u8) -> Option<(i64, usize)> {
         if buf.get(at) != Some(&kind) {
             return None;
         }
-        let end = at
-            + 1
-            + buf
-                .get(at + 1..)?
-                .iter()
-                .take(24)
-                .position(|&b| b == b'\r')?;
-        if buf.get(end + 1) != Some(&b'\n') {
+        let start = at + 1;
+        let mut end = start;
+        let mut value: i64 = 0;
+        while let Some(&digit) = buf.get(end) {
+            if !digit.is_ascii_digit() || end - start == 18 {
+                break;
+            }
+            value = value * 10 + i64::from(digit - b'0');
+            end += 1;
+        }
+        let leading_zero = buf.get(start) == Some(&b'0') && end - start > 1;
+        if end == start || leading_zero || buf.get(end..end + 2)? != b"\r\n" {
             return None;
         }
-        Some((parse_i64(&buf[at + 1..end])?, end + 2))
+        Some((value, end + 2))
     }
     let (count, mut pos) = number(buf, 0, b'*')?;
     if count <= 0 || count as usize > limits.max_args {
@@ -408,6 +415,26 @@ mod tests {
         assert_eq!(complete_request(b"*9\r\n", LIMITS), None);
         assert_eq!(complete_request(b"*1\r\n$2000\r\n", LIMITS), None);
         assert_eq!(complete_request(b"*1\r\n$1\r\nabc\r\n", LIMITS), None);
+        assert_eq!(complete_request(b"*1\r\n$-1\r\n", LIMITS), None);
+        assert_eq!(complete_request(b"*1\r\n$04\r\nPING\r\n", LIMITS), None);
+        assert_eq!(complete_request(b"*01\r\n$4\r\nPING\r\n", LIMITS), None);
+        assert_eq!(complete_request(b"*1 \r\n$4\r\nPING\r\n", LIMITS), None);
+        assert_eq!(complete_request(b"*1\r\n$4x\r\nPING\r\n", LIMITS), None);
+        let huge = b"*1\r\n$1000000000000000000\r\n";
+        assert_eq!(complete_request(huge, LIMITS), None);
+        let wide = Limits {
+            max_bulk_len: usize::MAX,
+            max_args: usize::MAX,
+        };
+        assert_eq!(
+            complete_request(b"*1\r\n$0\r\n\r\n", wide),
+            Some((10, 8..8))
+        );
+        // More digits than any length has: left to the parser.
+        assert_eq!(
+            complete_request(b"*1\r\n$1234567890123456789\r\n", wide),
+            None
+        );
     }
 
     fn parse_all(input: &[u8]) -> Result<Vec<Vec<Bytes>>, ProtocolError> {

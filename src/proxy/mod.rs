@@ -46,8 +46,10 @@ use sink::ReplySink;
 pub const UNAVAILABLE: &[u8] = b"-TRYAGAIN upstream unavailable\r\n";
 /// The reply to a command sent on a connection that then failed.
 pub const LOST: &[u8] = b"-ERR upstream connection lost: the command may have been applied\r\n";
-/// Pooled connections per upstream server and protocol version.
-const POOL_CONNECTIONS: usize = 2;
+/// Pooled connections per event loop, upstream server and protocol
+/// version: one, so that a loop's clients share the biggest batches (two
+/// cost 5-10% of pipelined throughput here, in upstream reads and writes).
+const POOL_CONNECTIONS: usize = 1;
 /// Send a client's pending commands once they are this large.
 const BATCH_BOUND: usize = 64 * 1024;
 /// Requests a client may have in flight in the pools before it waits.
@@ -321,6 +323,29 @@ pub struct Link {
     /// The pinned connection was lost with state on it: the client must be
     /// disconnected, as if its server had gone.
     lost_state: bool,
+    /// The last command name found to go to the pool as it is, byte for
+    /// byte: a pipeline of one command is looked up once.
+    plain_name: PlainName,
+}
+
+/// A command name of up to 16 bytes.
+#[derive(Default)]
+struct PlainName {
+    bytes: [u8; 16],
+    len: usize,
+}
+
+impl PlainName {
+    fn is(&self, name: &[u8]) -> bool {
+        self.len == name.len() && self.bytes[..self.len] == *name
+    }
+
+    fn set(&mut self, name: &[u8]) {
+        if name.len() <= self.bytes.len() {
+            self.bytes[..name.len()].copy_from_slice(name);
+            self.len = name.len();
+        }
+    }
 }
 
 impl Link {
@@ -448,8 +473,11 @@ impl Link {
         }
         while let Some((end, name)) = complete_request(input, limits) {
             let name = &input[name];
-            if table::lookup(name).is_some() || Command::of(name) != Command::Other {
-                break;
+            if !self.plain_name.is(name) {
+                if table::lookup(name).is_some() || Command::of(name) != Command::Other {
+                    break;
+                }
+                self.plain_name.set(name);
             }
             proxy.stats.forwarded.inc();
             self.batch.commands.extend_from_slice(&input[..end]);
