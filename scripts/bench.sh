@@ -527,19 +527,19 @@ section_write_through() {
 # Passthrough: GET and SET through a sidecar with an upstream (the same
 # redis-server) against the same commands sent to redis-server directly and
 # through twemproxy (nutcracker) in front of it, alternating in each round.
-# Two sidecars: with the default worker threads (one per core) and with
-# --threads 1 (one event loop, as redis-server and twemproxy), since on a
+# Two sidecars: with the default, one event loop (as redis-server and
+# twemproxy), and with --threads 2 (an event loop per core here), since on a
 # small machine the sidecar shares the cores with both of the others.
 section_passthrough() {
   heading "Passthrough vs redis-server direct and twemproxy (goal: sidecar/direct >= 0.90; medians of $ROUNDS rounds)"
   ensure_nutcracker
-  local sidecar_port sidecar_pid single_port single_pid nutcracker_port nutcracker_stats_port nutcracker_pid
+  local sidecar_port sidecar_pid two_port two_pid nutcracker_port nutcracker_stats_port nutcracker_pid
   # shellcheck disable=SC2086 # the extra flags are meant to be split
   start_passthrough sidecar_port passthrough ${BENCH_PASSTHROUGH_ARGS:-}
   sidecar_pid=$LAST_PID
   # shellcheck disable=SC2086
-  start_passthrough single_port passthrough-1-thread --threads 1 ${BENCH_PASSTHROUGH_ARGS:-}
-  single_pid=$LAST_PID
+  start_passthrough two_port passthrough-2-threads --threads 2 ${BENCH_PASSTHROUGH_ARGS:-}
+  two_pid=$LAST_PID
   claim_port nutcracker_port
   claim_port nutcracker_stats_port
   printf '%s\n' "bench:" "  listen: 127.0.0.1:$nutcracker_port" "  redis: true" \
@@ -554,14 +554,14 @@ section_passthrough() {
   value=$(printf 'x%.0s' {1..64})
   awk -v n="$SESSIONS" -v v="$value" 'BEGIN { for (i = 0; i < n; i++) printf "SET pt:%012d %s\n", i, v }' |
     pipe_commands "$REDIS_PORT"
-  for port in "$sidecar_port" "$single_port" "$nutcracker_port"; do
+  for port in "$sidecar_port" "$two_port" "$nutcracker_port"; do
     reply=$(cli "$port" GET pt:000000004242) || die "GET through port $port failed: $reply"
     [[ $reply == "$value" ]] || die "GET through port $port replied '$reply'"
   done
 
   local row='%-5s %4s %11s %11s %11s %11s %9s %-6s %9s %-6s %10s\n'
   # shellcheck disable=SC2059 # the format is the row layout above
-  printf "$row" cmd -P direct sidecar "sidecar_1t" twemproxy sidecar/ "" "sidecar_1t/" "" twemproxy/
+  printf "$row" cmd -P direct sidecar "sidecar_2t" twemproxy sidecar/ "" "sidecar_2t/" "" twemproxy/
   local name pipeline round d s u t r1 r2
   local -a command
   for name in GET SET; do
@@ -571,18 +571,18 @@ section_passthrough() {
       command=(SET "pt:__rand_int__" "$value")
     fi
     for pipeline in 1 "$PIPELINE_DEPTH"; do
-      local direct=() sidecar=() single=() twemproxy=()
+      local direct=() sidecar=() two=() twemproxy=()
       for ((round = 0; round < ROUNDS; round++)); do
         measure "$REDIS_PORT" "$REDIS_PID" "$pipeline" "${command[@]}"
         direct+=("$RPS")
         measure "$sidecar_port" "$sidecar_pid" "$pipeline" "${command[@]}"
         sidecar+=("$RPS")
-        measure "$single_port" "$single_pid" "$pipeline" "${command[@]}"
-        single+=("$RPS")
+        measure "$two_port" "$two_pid" "$pipeline" "${command[@]}"
+        two+=("$RPS")
         measure "$nutcracker_port" "$nutcracker_pid" "$pipeline" "${command[@]}"
         twemproxy+=("$RPS")
       done
-      d=$(median "${direct[@]}") s=$(median "${sidecar[@]}") u=$(median "${single[@]}")
+      d=$(median "${direct[@]}") s=$(median "${sidecar[@]}") u=$(median "${two[@]}")
       t=$(median "${twemproxy[@]}")
       r1=$(ratio "$s" "$d") r2=$(ratio "$u" "$d")
       # shellcheck disable=SC2059
@@ -590,7 +590,7 @@ section_passthrough() {
         "$r2" "$(verdict "$r2" 0.9 at-least)" "$(ratio "$t" "$d")"
     done
   done
-  printf '\nsidecar_1t: the same sidecar with --threads 1. Ratios are against direct.\n'
+  printf '\nsidecar_2t: the same sidecar with --threads 2. Ratios are against direct.\n'
 }
 
 # start_passthrough VAR NAME [FLAG...]: a sidecar forwarding to REDIS_PORT,

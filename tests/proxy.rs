@@ -914,6 +914,26 @@ fn redis_cli_and_redis_py_work_through_the_sidecar() {
     run_python_check("redis_py_proxy.py", &sidecar, &[]);
 }
 
+/// Every key SCAN finds for `pattern`, following the cursor to 0.
+fn scan_all(con: &mut RawConn, pattern: &str) -> std::collections::BTreeSet<String> {
+    let mut cursor = "0".to_string();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10_000 {
+        let Resp::Array(parts) = con.cmd(&["SCAN", &cursor, "MATCH", pattern, "COUNT", "7"]) else {
+            panic!("SCAN did not answer an array");
+        };
+        cursor = parts[0].text();
+        let Resp::Array(keys) = &parts[1] else {
+            panic!("SCAN's keys are not an array");
+        };
+        seen.extend(keys.iter().map(Resp::text));
+        if cursor == "0" {
+            return seen;
+        }
+    }
+    panic!("SCAN never came back to cursor 0");
+}
+
 #[test]
 fn a_cluster_upstream_is_routed_by_slot_with_redirections_followed() {
     let cluster = Cluster::start();
@@ -942,6 +962,46 @@ fn a_cluster_upstream_is_routed_by_slot_with_redirections_followed() {
     for i in 0..60 {
         assert_eq!(con.read_reply(), Resp::bulk(i.to_string()));
     }
+    // The whole keyspace, as from one Redis: KEYS joins the masters', SCAN
+    // walks them all (RESP2 and RESP3), DBSIZE sums them, RANDOMKEY finds a
+    // key wherever it is.
+    let expected: std::collections::BTreeSet<String> = (0..60).map(|i| format!("key{i}")).collect();
+    let Resp::Array(keys) = con.cmd(&["KEYS", "key*"]) else {
+        panic!("KEYS did not answer an array");
+    };
+    let keys: Vec<String> = keys.iter().map(Resp::text).collect();
+    assert_eq!(keys.len(), 60, "{keys:?}");
+    assert_eq!(
+        keys.into_iter().collect::<std::collections::BTreeSet<_>>(),
+        expected
+    );
+    assert_eq!(scan_all(&mut con, "key*"), expected);
+    let mut resp3 = sidecar.raw();
+    hello3(&mut resp3);
+    assert_eq!(scan_all(&mut resp3, "key*"), expected);
+    assert_eq!(
+        con.cmd(&["SCAN", "1023"]),
+        Resp::Error("ERR invalid cursor".into())
+    );
+    assert_eq!(
+        con.cmd(&["SCAN", "x"]),
+        Resp::Error("ERR invalid cursor".into())
+    );
+    let masters_dbsize = || -> i64 {
+        cluster
+            .nodes
+            .iter()
+            .map(|n| int(&call(&mut n.client(), &["DBSIZE"])))
+            .sum()
+    };
+    let summed = wait_until(Duration::from_secs(5), || {
+        let before = masters_dbsize();
+        let through = con.cmd(&["DBSIZE"]);
+        through == Resp::Int(before) && before == masters_dbsize()
+    });
+    assert!(summed, "DBSIZE is not the masters' total");
+    let key = con.cmd(&["RANDOMKEY"]).text();
+    assert_eq!(con.cmd(&["EXISTS", &key]), Resp::Int(1));
     // Multi-key commands: one slot works, several get Redis's CROSSSLOT.
     assert_eq!(
         con.cmd(&["MSET", "{user1}a", "1", "{user1}b", "2"]),

@@ -8,6 +8,11 @@
 //! Only the first key routes a command: a node checks the others and answers
 //! CROSSSLOT itself when they are in another slot, which the client gets
 //! verbatim, as from Redis.
+//!
+//! The sidecar looks like one Redis, so the commands about the whole keyspace
+//! ask every master: DBSIZE sums, KEYS joins, RANDOMKEY takes any key, and
+//! SCAN walks the masters one after the other, its cursor carrying which
+//! master (the low [`SCAN_NODE_BITS`] bits) and where in it (the rest).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +51,10 @@ pub fn slot_of(key: &[u8]) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tagged) % SLOTS as u16
 }
 
+/// Bits of a SCAN cursor that say which master it is at (the masters in
+/// address order), below the master's own cursor.
+pub const SCAN_NODE_BITS: u32 = 10;
+
 /// Where a command goes on a cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -53,11 +62,27 @@ pub enum Route {
     Slot(u16),
     /// Any master: the command has no key.
     AnyNode,
-    /// Every master: scripts and functions must be loaded (and flushed)
-    /// wherever the keys they will run on live, and FLUSHALL/FLUSHDB mean
-    /// the whole cluster. The first master's reply is given, or an error
-    /// if any master answered one.
-    EveryNode,
+    /// Every master, the replies made one (an error if any master answered
+    /// one).
+    EveryNode(Merge),
+    /// SCAN, at this master (index in address order); the command carries
+    /// the master's own cursor.
+    Scan(u16),
+}
+
+/// How the replies of a command sent to every master become one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merge {
+    /// The first master's: scripts and functions must be loaded (and
+    /// flushed) wherever the keys they will run on live, and FLUSHALL and
+    /// FLUSHDB mean the whole cluster.
+    First,
+    /// The sum of the integers (DBSIZE).
+    Sum,
+    /// One array of every master's elements (KEYS).
+    Concat,
+    /// The first that is not nil (RANDOMKEY).
+    AnyValue,
 }
 
 /// Where `argv` goes on a cluster.
@@ -65,13 +90,135 @@ pub fn route(argv: &[Bytes]) -> Route {
     let Some(name) = argv.first() else {
         return Route::AnyNode;
     };
-    let everywhere = [&b"script"[..], b"function", b"flushall", b"flushdb"]
-        .iter()
-        .any(|n| name.eq_ignore_ascii_case(n));
-    if everywhere {
-        return Route::EveryNode;
+    let is = |word: &[u8]| name.eq_ignore_ascii_case(word);
+    let merge = if is(b"script") || is(b"function") || is(b"flushall") || is(b"flushdb") {
+        Merge::First
+    } else if is(b"dbsize") {
+        Merge::Sum
+    } else if is(b"keys") {
+        Merge::Concat
+    } else if is(b"randomkey") {
+        Merge::AnyValue
+    } else {
+        return first_key(argv).map_or(Route::AnyNode, |key| Route::Slot(slot_of(key)));
+    };
+    Route::EveryNode(merge)
+}
+
+/// Encodes `argv` for the cluster into `out` and says where it goes: as it
+/// is, except SCAN, whose cursor is split into the master to ask and that
+/// master's cursor (a cursor that is not a number goes to any master as it
+/// is, which answers Redis's error).
+pub fn prepare(argv: &[Bytes], out: &mut BytesMut) -> Route {
+    let is_scan = argv
+        .first()
+        .is_some_and(|n| n.eq_ignore_ascii_case(b"scan"));
+    let cursor = argv
+        .get(1)
+        .filter(|_| is_scan)
+        .and_then(|c| std::str::from_utf8(c).ok())
+        .and_then(|c| c.parse::<u64>().ok());
+    let Some(cursor) = cursor else {
+        encode_command(out, argv);
+        return route(argv);
+    };
+    let node = cursor & ((1 << SCAN_NODE_BITS) - 1);
+    let own = (cursor >> SCAN_NODE_BITS).to_string();
+    let mut rewritten: Vec<&[u8]> = argv.iter().map(|a| &a[..]).collect();
+    rewritten[1] = own.as_bytes();
+    encode_command(out, &rewritten);
+    Route::Scan(node as u16)
+}
+
+/// A master's SCAN reply with the cursor made the cluster's: the same master
+/// further on, the next master from its start, or 0 after the last one.
+/// Anything but a cursor-and-keys array (an error) is left as it is.
+fn scan_reply(reply: &Bytes, node: u16, nodes: usize) -> Bytes {
+    let Some(rest) = reply.strip_prefix(b"*2\r\n$") else {
+        return reply.clone();
+    };
+    let Some(eol) = rest.iter().position(|&b| b == b'\r') else {
+        return reply.clone();
+    };
+    let Some(len) = std::str::from_utf8(&rest[..eol])
+        .ok()
+        .and_then(|l| l.parse::<usize>().ok())
+    else {
+        return reply.clone();
+    };
+    let start = eol + 2;
+    let Some(own) = rest
+        .get(start..start + len)
+        .and_then(|c| std::str::from_utf8(c).ok())
+        .and_then(|c| c.parse::<u64>().ok())
+    else {
+        return reply.clone();
+    };
+    let elements = &rest[(start + len + 2).min(rest.len())..];
+    let cursor = match own {
+        0 if usize::from(node) + 1 < nodes => u64::from(node) + 1,
+        0 => 0,
+        own if own >> (64 - SCAN_NODE_BITS) == 0 => (own << SCAN_NODE_BITS) | u64::from(node),
+        _ => return Bytes::from_static(b"-ERR the node's SCAN cursor is too large to carry\r\n"),
+    };
+    let cursor = cursor.to_string();
+    let mut out = BytesMut::with_capacity(reply.len() + 8);
+    out.extend_from_slice(b"*2\r\n$");
+    out.extend_from_slice(cursor.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(cursor.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(elements);
+    out.freeze()
+}
+
+/// Every master's reply to one command, made one.
+fn merge(how: Merge, parts: &[Bytes]) -> Bytes {
+    let is_error = |r: &[u8]| matches!(r.first(), Some(b'-' | b'!'));
+    if let Some(error) = parts.iter().find(|p| is_error(p)) {
+        return error.clone();
     }
-    first_key(argv).map_or(Route::AnyNode, |key| Route::Slot(slot_of(key)))
+    let Some(first) = parts.first() else {
+        return Bytes::from_static(UNAVAILABLE);
+    };
+    // `<kind><number>\r\n<rest>`, as (number, rest).
+    let header = |part: &Bytes, kind: u8| -> Option<(i64, Bytes)> {
+        let rest = part.strip_prefix(&[kind])?;
+        let eol = rest.iter().position(|&b| b == b'\r')?;
+        let n = crate::protocol::parse_i64(&rest[..eol])?;
+        Some((n, part.slice(1 + eol + 2..)))
+    };
+    match how {
+        Merge::First => first.clone(),
+        Merge::Sum => {
+            let mut sum: i64 = 0;
+            for part in parts {
+                let Some((n, _)) = header(part, b':') else {
+                    return part.clone();
+                };
+                sum = sum.saturating_add(n);
+            }
+            Bytes::from(format!(":{sum}\r\n"))
+        }
+        Merge::Concat => {
+            let mut count: i64 = 0;
+            let mut elements = BytesMut::new();
+            for part in parts {
+                let Some((n, rest)) = header(part, b'*') else {
+                    return part.clone();
+                };
+                count += n.max(0);
+                elements.extend_from_slice(&rest);
+            }
+            let mut out = BytesMut::from(format!("*{count}\r\n").as_bytes());
+            out.extend_from_slice(&elements);
+            out.freeze()
+        }
+        Merge::AnyValue => {
+            let nil = |p: &[u8]| matches!(p, b"$-1\r\n" | b"_\r\n" | b"*-1\r\n");
+            parts.iter().find(|p| !nil(p)).unwrap_or(first).clone()
+        }
+    }
 }
 
 /// The key that routes a command: its first key, or None for a command
@@ -289,6 +436,19 @@ impl Router {
                 slots[slot as usize] = Some(index as u16);
             }
         }
+        // In address order, whichever node answered and however the slots
+        // moved: a SCAN cursor names a master by its place in this order.
+        let mut order: Vec<usize> = (0..nodes.len()).collect();
+        order.sort_by(|&a, &b| nodes[a].endpoint.addr.cmp(&nodes[b].endpoint.addr));
+        let mut place = vec![0u16; nodes.len()];
+        for (new, &old) in order.iter().enumerate() {
+            place[old] = new as u16;
+        }
+        for slot in slots.iter_mut().flatten() {
+            *slot = place[usize::from(*slot)];
+        }
+        let mut nodes: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
+        let nodes = order.iter().filter_map(|&old| nodes[old].take()).collect();
         Ok(Topology { slots, nodes })
     }
 
@@ -305,7 +465,8 @@ impl Router {
         match route {
             Route::Slot(slot) => topology.nodes.get(topology.slots[slot as usize]? as usize),
             _ if topology.nodes.is_empty() => None,
-            Route::AnyNode | Route::EveryNode => topology.nodes.get(lane % topology.nodes.len()),
+            Route::Scan(node) => topology.nodes.get(usize::from(node)),
+            Route::AnyNode | Route::EveryNode(_) => topology.nodes.get(lane % topology.nodes.len()),
         }
     }
 
@@ -332,6 +493,7 @@ impl Router {
                 route,
                 redirect: None,
                 reply: None,
+                parts: Vec::new(),
             });
             start = end;
         }
@@ -389,8 +551,16 @@ impl Router {
             let pools = match &command.redirect {
                 // The node that answered MOVED or ASK named the one to ask.
                 Some(redirect) => vec![self.pool_for(&redirect.addr)],
-                None if command.route == Route::EveryNode && !topology.nodes.is_empty() => {
+                None if matches!(command.route, Route::EveryNode(_))
+                    && !topology.nodes.is_empty() =>
+                {
                     topology.nodes.iter().map(|n| n.pool.clone()).collect()
+                }
+                None if matches!(command.route, Route::Scan(node) if usize::from(node) >= topology.nodes.len())
+                    && !topology.nodes.is_empty() =>
+                {
+                    command.reply = Some(Bytes::from_static(b"-ERR invalid cursor\r\n"));
+                    continue;
                 }
                 None => match Self::node_of(topology, command.route, lane) {
                     Some(node) => vec![node.pool.clone()],
@@ -454,31 +624,28 @@ impl Router {
                             }
                             _ => Bytes::from_static(LOST),
                         };
-                        file(&mut pending[index].reply, reply);
+                        pending[index].parts.push(reply);
                     }
                 }
                 Err(failure) => {
                     for index in members {
-                        file(
-                            &mut pending[index].reply,
-                            Bytes::from_static(failure.reply()),
-                        );
+                        pending[index]
+                            .parts
+                            .push(Bytes::from_static(failure.reply()));
                     }
                 }
             }
         }
-    }
-}
-
-/// Keeps a command's reply: the first one, or an error over a success (a
-/// command sent to every master fails if it failed on one).
-fn file(kept: &mut Option<Bytes>, reply: Bytes) {
-    let is_error = |r: &[u8]| matches!(r.first(), Some(b'-' | b'!'));
-    if kept
-        .as_ref()
-        .is_none_or(|k| !is_error(k) && is_error(&reply))
-    {
-        *kept = Some(reply);
+        for command in pending.iter_mut().filter(|c| !c.parts.is_empty()) {
+            let parts = std::mem::take(&mut command.parts);
+            command.reply = Some(match command.route {
+                Route::EveryNode(how) if command.redirect.is_none() => merge(how, &parts),
+                Route::Scan(node) if command.redirect.is_none() => {
+                    scan_reply(&parts[0], node, topology.nodes.len())
+                }
+                _ => parts[0].clone(),
+            });
+        }
     }
 }
 
@@ -489,6 +656,9 @@ struct Pending {
     /// Where the last node said to ask instead.
     redirect: Option<Redirect>,
     reply: Option<Bytes>,
+    /// This round's replies (one per master for a command sent to every
+    /// master), made the reply at the end of the round.
+    parts: Vec<Bytes>,
 }
 
 /// `MOVED` (the slot lives at `addr` now) or `ASK` (this once, at `addr`,
@@ -540,6 +710,81 @@ mod tests {
         assert_eq!((ask.addr.as_str(), ask.asking), ("127.0.0.1:6382", true));
         assert!(redirection(b"-ERR MOVED 1 x\r\n").is_none());
         assert!(redirection(b"+OK\r\n").is_none());
+    }
+
+    #[test]
+    fn scan_cursors_carry_the_master_and_its_cursor() {
+        let argv: Vec<Bytes> = ["SCAN", "5122", "COUNT", "5"]
+            .iter()
+            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+            .collect();
+        let mut out = BytesMut::new();
+        // 5122 = 5 << 10 | 2: master 2, its cursor 5.
+        assert_eq!(prepare(&argv, &mut out), Route::Scan(2));
+        assert_eq!(
+            &out[..],
+            b"*4\r\n$4\r\nSCAN\r\n$1\r\n5\r\n$5\r\nCOUNT\r\n$1\r\n5\r\n"
+        );
+        let reply = |cursor: &str| {
+            Bytes::from(format!(
+                "*2\r\n${}\r\n{cursor}\r\n*1\r\n$1\r\nk\r\n",
+                cursor.len()
+            ))
+        };
+        // Further on the same master; the next master from 0; done after the last.
+        assert_eq!(
+            scan_reply(&reply("9"), 2, 3),
+            reply(&(9 << 10 | 2).to_string())
+        );
+        assert_eq!(scan_reply(&reply("0"), 1, 3), reply("2"));
+        assert_eq!(scan_reply(&reply("0"), 2, 3), reply("0"));
+        let error = Bytes::from_static(b"-ERR syntax error\r\n");
+        assert_eq!(scan_reply(&error, 0, 3), error);
+        assert!(scan_reply(&reply(&u64::MAX.to_string()), 0, 3).starts_with(b"-ERR"));
+    }
+
+    #[test]
+    fn every_masters_replies_are_merged() {
+        let parts = |ps: &[&'static str]| -> Vec<Bytes> {
+            ps.iter()
+                .map(|p| Bytes::from_static(p.as_bytes()))
+                .collect()
+        };
+        assert_eq!(
+            merge(Merge::Sum, &parts(&[":3\r\n", ":0\r\n", ":4\r\n"])),
+            ":7\r\n"
+        );
+        assert_eq!(
+            merge(
+                Merge::Concat,
+                &parts(&[
+                    "*1\r\n$1\r\na\r\n",
+                    "*0\r\n",
+                    "*2\r\n$1\r\nb\r\n$1\r\nc\r\n"
+                ])
+            ),
+            "*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n"
+        );
+        assert_eq!(
+            merge(
+                Merge::AnyValue,
+                &parts(&["$-1\r\n", "_\r\n", "$1\r\nk\r\n"])
+            ),
+            "$1\r\nk\r\n"
+        );
+        assert_eq!(
+            merge(Merge::AnyValue, &parts(&["$-1\r\n", "$-1\r\n"])),
+            "$-1\r\n"
+        );
+        assert_eq!(
+            merge(Merge::First, &parts(&["+OK\r\n", "+OK\r\n"])),
+            "+OK\r\n"
+        );
+        // An error from any master is the reply.
+        assert_eq!(
+            merge(Merge::Sum, &parts(&[":1\r\n", "-ERR down\r\n"])),
+            "-ERR down\r\n"
+        );
     }
 
     #[test]

@@ -393,12 +393,13 @@ impl Link {
         proxy.stats.forwarded.inc();
         let command = Command::of(&argv[0]);
         if self.pinned.is_none() && !self.deferred_multi && !command.pins(argv) {
-            encode_command(&mut self.batch.commands, argv);
-            self.batch.count += 1;
             if proxy.is_cluster() {
-                let route = cluster::route(argv);
+                let route = cluster::prepare(argv, &mut self.batch.commands);
                 self.batch.ends.push((self.batch.commands.len(), route));
+            } else {
+                encode_command(&mut self.batch.commands, argv);
             }
+            self.batch.count += 1;
             if self.batch.commands.len() >= BATCH_BOUND {
                 self.send_batch(proxy, protocol, lane, output).await?;
             }

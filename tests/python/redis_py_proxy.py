@@ -31,6 +31,16 @@ def check(protocol: int, port: int, cluster: bool) -> None:
     except redis.ResponseError as error:
         assert str(error).startswith("WRONGTYPE"), error
 
+    # The whole keyspace, as one Redis answers for it (on a cluster, every
+    # master's keys).
+    for i in range(30):
+        r.set(f"{p}many:{i}", i)
+    wanted = {f"{p}many:{i}" for i in range(30)}
+    assert set(r.scan_iter(match=p + "many:*", count=4)) == wanted
+    assert set(r.keys(p + "many:*")) == wanted
+    assert r.dbsize() >= 30
+    assert r.exists(r.randomkey()) == 1
+
     # A session and plain commands on the same connection.
     sid = r.execute_command("SESSION.CREATE", "ID", p + "sess", "USER", "u")
     assert sid == p + "sess"
