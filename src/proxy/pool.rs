@@ -8,7 +8,10 @@
 //! were written, each request's replies as one slice of the read buffer,
 //! never re-encoded, written straight to the client's socket
 //! ([`ReplySink`]). A client's pipeline is one request, so its replies stay
-//! together and in order.
+//! together and in order. The replies a read completes are written to the
+//! clients after the next batch goes out (or, if the connection fails,
+//! before the failures of the requests behind them), so the upstream is not
+//! idle while they are.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -208,6 +211,10 @@ async fn serve(
     let mut failed_at: Option<(Instant, String)> = None;
     // When the connection last showed progress (a write, or replies).
     let mut progress = Instant::now();
+    // Requests answered in full by the last read, handed to their clients
+    // once the next batch is written: the upstream works on that batch while
+    // the replies are written to the clients.
+    let mut answered: Vec<(Delivery, Bytes)> = Vec::new();
     loop {
         let stalled = async {
             match settings.reply_timeout {
@@ -258,9 +265,9 @@ async fn serve(
             read = readable => {
                 let Some(live) = connection.as_mut() else { continue };
                 match read {
-                    Ok(n) if n > 0 => match hand_back(&mut live.input, &mut scanner, &mut in_flight) {
-                        Ok(answered) => {
-                            unanswered_writes -= answered;
+                    Ok(n) if n > 0 => match hand_back(&mut live.input, &mut scanner, &mut in_flight, &mut answered) {
+                        Ok(writes) => {
+                            unanswered_writes -= writes;
                             progress = Instant::now();
                         }
                         Err(()) => {
@@ -268,6 +275,7 @@ async fn serve(
                             connection = None;
                             unanswered_writes = 0;
                             batch.clear();
+                            deliver(&mut answered);
                             fail_in_flight(&mut in_flight);
                         }
                     },
@@ -292,46 +300,57 @@ async fn serve(
         }
         // Write the batch unless the last write is still unanswered: its
         // replies come first, and meanwhile more requests join the batch.
-        if unanswered_writes >= MAX_UNANSWERED_WRITES {
-            continue;
-        }
-        let Some(live) = connection.as_mut() else {
-            continue;
-        };
-        while batch.len() < MAX_BATCH {
-            match requests.try_recv() {
-                Ok(request) => queue(request, &mut batch, &mut in_flight),
-                Err(_) => break,
+        'write: {
+            if unanswered_writes >= MAX_UNANSWERED_WRITES {
+                break 'write;
+            }
+            let Some(live) = connection.as_mut() else {
+                break 'write;
+            };
+            while batch.len() < MAX_BATCH {
+                match requests.try_recv() {
+                    Ok(request) => queue(request, &mut batch, &mut in_flight),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                break 'write;
+            }
+            for request in in_flight.iter_mut().rev() {
+                if request.written {
+                    break;
+                }
+                request.written = true;
+            }
+            if let Some(last) = in_flight.back_mut() {
+                last.ends_write = true;
+            }
+            settings.stats.batches.inc();
+            if unanswered_writes == 0 {
+                progress = Instant::now();
+            }
+            unanswered_writes += 1;
+            let written = async {
+                live.stream.write_all(&batch).await?;
+                live.stream.flush().await
+            }
+            .await;
+            batch.clear();
+            if written.is_err() {
+                connection = None;
+                unanswered_writes = 0;
+                deliver(&mut answered);
+                fail_in_flight(&mut in_flight);
             }
         }
-        if batch.is_empty() {
-            continue;
-        }
-        for request in in_flight.iter_mut().rev() {
-            if request.written {
-                break;
-            }
-            request.written = true;
-        }
-        if let Some(last) = in_flight.back_mut() {
-            last.ends_write = true;
-        }
-        settings.stats.batches.inc();
-        if unanswered_writes == 0 {
-            progress = Instant::now();
-        }
-        unanswered_writes += 1;
-        let written = async {
-            live.stream.write_all(&batch).await?;
-            live.stream.flush().await
-        }
-        .await;
-        batch.clear();
-        if written.is_err() {
-            connection = None;
-            unanswered_writes = 0;
-            fail_in_flight(&mut in_flight);
-        }
+        deliver(&mut answered);
+    }
+}
+
+/// Hands the answered requests their replies, in order.
+fn deliver(answered: &mut Vec<(Delivery, Bytes)>) {
+    for (delivery, replies) in answered.drain(..) {
+        delivery.send(replies);
     }
 }
 
@@ -354,11 +373,12 @@ fn hand_back(
     input: &mut BytesMut,
     scanner: &mut FrameScanner,
     in_flight: &mut VecDeque<InFlight>,
+    answered: &mut Vec<(Delivery, Bytes)>,
 ) -> Result<usize, ()> {
-    let mut answered = 0;
+    let mut writes = 0;
     loop {
         let Some(end) = scanner.next_frame(input).map_err(|_| ())? else {
-            return Ok(answered);
+            return Ok(writes);
         };
         let Some(head) = in_flight.front_mut().filter(|head| head.written) else {
             // A reply nobody asked for: the stream is out of step.
@@ -369,8 +389,8 @@ fn hand_back(
             let replies = input.split_to(end).freeze();
             scanner.consumed(end);
             if let Some(done) = in_flight.pop_front() {
-                answered += usize::from(done.ends_write);
-                done.reply.send(replies);
+                writes += usize::from(done.ends_write);
+                answered.push((done.reply, replies));
             }
         }
     }
