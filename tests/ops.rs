@@ -469,6 +469,12 @@ fn several_event_loops_share_one_store_and_stop_cleanly() {
             );
         }
     }
+    // Standalone, the keyspace is the sessions held, as Redis counts keys.
+    assert!(
+        sc.info("keyspace")["db0"].starts_with("keys=6,"),
+        "{:?}",
+        sc.info("keyspace")
+    );
     // Six clients and the INFO one: the least loaded loop takes each.
     let info = sc.info("clients");
     assert_eq!(info["event_loops"], "3");

@@ -296,6 +296,41 @@ fn many_clients_share_pooled_connections(loops: usize) {
     );
 }
 
+/// INFO keyspace through the sidecar is the upstream's, where the data is
+/// (in every database), in the default INFO too.
+#[test]
+fn info_keyspace_is_the_upstreams() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut con = sidecar.raw();
+    for i in 0..25 {
+        assert_eq!(
+            con.cmd(&["SET", &format!("k{i}"), "v"]),
+            Resp::Simple("OK".into())
+        );
+    }
+    assert_eq!(con.cmd(&["EXPIRE", "k0", "100"]), Resp::Int(1));
+    let mut direct = upstream.client();
+    call(&mut direct, &["SELECT", "1"]);
+    call(&mut direct, &["SET", "elsewhere", "v"]);
+    // keys and expires (avg_ttl moves with time) per database.
+    let counts = |text: &str| -> Vec<(String, String)> {
+        parse_info(text)
+            .into_iter()
+            .filter(|(db, _)| db.starts_with("db"))
+            .map(|(db, fields)| (db, fields.split(",avg_ttl").next().unwrap().to_string()))
+            .collect()
+    };
+    let same = wait_until(Duration::from_secs(5), || {
+        let theirs = counts(&text(&call(&mut upstream.client(), &["INFO", "keyspace"])));
+        let ours = counts(&con.cmd(&["INFO", "keyspace"]).text());
+        ours == theirs && ours.len() == 2
+    });
+    assert!(same, "{:?}", counts(&con.cmd(&["INFO", "keyspace"]).text()));
+    let default = con.cmd(&["INFO"]).text();
+    assert!(default.contains("# Keyspace\r\ndb0:keys="), "{default}");
+}
+
 #[test]
 fn session_commands_and_plain_commands_interleave_in_one_pipeline() {
     let upstream = RedisServer::start(&[]);
@@ -1002,6 +1037,15 @@ fn a_cluster_upstream_is_routed_by_slot_with_redirections_followed() {
     assert!(summed, "DBSIZE is not the masters' total");
     let key = con.cmd(&["RANDOMKEY"]).text();
     assert_eq!(con.cmd(&["EXISTS", &key]), Resp::Int(1));
+    // INFO keyspace is the cluster's, summed over the masters.
+    let counted = wait_until(Duration::from_secs(5), || {
+        let before = masters_dbsize();
+        let info = parse_info(&con.cmd(&["INFO", "keyspace"]).text());
+        info.get("db0")
+            .is_some_and(|db0| db0.starts_with(&format!("keys={before},")))
+            && before == masters_dbsize()
+    });
+    assert!(counted, "INFO keyspace does not count the masters' keys");
     // Multi-key commands: one slot works, several get Redis's CROSSSLOT.
     assert_eq!(
         con.cmd(&["MSET", "{user1}a", "1", "{user1}b", "2"]),

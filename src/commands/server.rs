@@ -17,6 +17,7 @@ const SECTIONS: &[&str] = &[
     "migration",
     "stats",
     "memory",
+    "keyspace",
 ];
 
 /// INFO [section ...]: Redis's `# Section` / `field:value` text.
@@ -45,13 +46,34 @@ pub async fn info(
             .map_or(-1, |n| n as i64),
         false => -1,
     };
+    // With passthrough the data is the upstream's: so is the keyspace
+    // section (the sessions are keys there too).
+    let upstream_keyspace = match (&shared.proxy, wanted("keyspace")) {
+        (Some(proxy), true) => {
+            let wait = std::time::Duration::from_millis(shared.config.upstream_timeout_ms);
+            tokio::time::timeout(wait, proxy.keyspace())
+                .await
+                .ok()
+                .flatten()
+        }
+        _ => None,
+    };
     let mut text = String::new();
     for section in SECTIONS {
         if wanted(section) && (*section != "upstream" || shared.upstream().is_some()) {
             if !text.is_empty() {
                 text.push_str("\r\n");
             }
-            write_section(shared, section, total, &mut text);
+            match (&shared.proxy, *section) {
+                (Some(_), "keyspace") => {
+                    text.push_str("# Keyspace\r\n");
+                    for line in upstream_keyspace.iter().flatten() {
+                        text.push_str(line);
+                        text.push_str("\r\n");
+                    }
+                }
+                _ => write_section(shared, section, total, &mut text),
+            }
         }
     }
     out.verbatim(&text);

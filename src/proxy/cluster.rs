@@ -83,6 +83,9 @@ pub enum Merge {
     Concat,
     /// The first that is not nil (RANDOMKEY).
     AnyValue,
+    /// INFO keyspace's `dbN:keys=..,expires=..,avg_ttl=..` lines, summed
+    /// per database (the sidecar's own INFO asks it of every master).
+    Keyspace,
 }
 
 /// Where `argv` goes on a cluster.
@@ -218,7 +221,64 @@ fn merge(how: Merge, parts: &[Bytes]) -> Bytes {
             let nil = |p: &[u8]| matches!(p, b"$-1\r\n" | b"_\r\n" | b"*-1\r\n");
             parts.iter().find(|p| !nil(p)).unwrap_or(first).clone()
         }
+        Merge::Keyspace => {
+            let mut text = String::from("# Keyspace\r\n");
+            for line in keyspace_sum(parts.iter().map(|p| String::from_utf8_lossy(p))) {
+                text.push_str(&line);
+                text.push_str("\r\n");
+            }
+            let mut out = BytesMut::new();
+            encode_bulk(&mut out, text.as_bytes());
+            out.freeze()
+        }
     }
+}
+
+/// The `dbN:keys=..,expires=..,avg_ttl=..` lines of several INFO keyspace
+/// texts, one per database: keys and expires summed, avg_ttl weighted by
+/// the expires. Other lines and fields are left out.
+pub fn keyspace_sum<S: AsRef<str>>(texts: impl Iterator<Item = S>) -> Vec<String> {
+    let mut dbs: std::collections::BTreeMap<u32, (u64, u64, u128)> = Default::default();
+    for text in texts {
+        for line in text.as_ref().lines() {
+            let Some((db, fields)) = line.trim().split_once(':') else {
+                continue;
+            };
+            let Some(number) = db.strip_prefix("db").and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let (mut keys, mut expires, mut avg_ttl) = (0u64, 0u64, 0u64);
+            for field in fields.split(',') {
+                let Some((name, value)) = field.split_once('=') else {
+                    continue;
+                };
+                let value = value.parse::<u64>().unwrap_or(0);
+                match name {
+                    "keys" => keys = value,
+                    "expires" => expires = value,
+                    "avg_ttl" => avg_ttl = value,
+                    _ => {}
+                }
+            }
+            let entry = dbs.entry(number).or_default();
+            entry.0 += keys;
+            entry.1 += expires;
+            entry.2 += u128::from(avg_ttl) * u128::from(expires);
+        }
+    }
+    dbs.into_iter()
+        .map(|(db, (keys, expires, weighted))| {
+            let avg_ttl = weighted.checked_div(u128::from(expires)).unwrap_or(0);
+            format!("db{db}:keys={keys},expires={expires},avg_ttl={avg_ttl}")
+        })
+        .collect()
+}
+
+/// A RESP2 bulk string.
+fn encode_bulk(out: &mut BytesMut, data: &[u8]) {
+    out.extend_from_slice(format!("${}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The key that routes a command: its first key, or None for a command
@@ -784,6 +844,24 @@ mod tests {
         assert_eq!(
             merge(Merge::Sum, &parts(&[":1\r\n", "-ERR down\r\n"])),
             "-ERR down\r\n"
+        );
+    }
+
+    #[test]
+    fn keyspaces_are_summed_per_database() {
+        let a = "# Keyspace\r\ndb0:keys=10,expires=2,avg_ttl=1000\r\ndb3:keys=1,expires=0,avg_ttl=0\r\n";
+        let b = "$60\r\n# Keyspace\r\ndb0:keys=5,expires=2,avg_ttl=3000,subexpiry=0\r\n";
+        assert_eq!(
+            keyspace_sum([a, b, "", "junk:1"].into_iter()),
+            [
+                "db0:keys=15,expires=4,avg_ttl=2000",
+                "db3:keys=1,expires=0,avg_ttl=0"
+            ]
+        );
+        let merged = merge(Merge::Keyspace, &[Bytes::from(b), Bytes::from(a)]);
+        assert!(merged.starts_with(b"$"), "{merged:?}");
+        assert!(
+            String::from_utf8_lossy(&merged).contains("db0:keys=15,expires=4,avg_ttl=2000\r\n")
         );
     }
 

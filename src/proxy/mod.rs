@@ -254,6 +254,26 @@ impl Proxy {
     fn is_cluster(&self) -> bool {
         matches!(self.target, Target::Cluster(_))
     }
+
+    /// The upstream's INFO keyspace lines (`dbN:keys=..`; every master's,
+    /// summed, on a cluster), or None when it does not answer.
+    pub async fn keyspace(&self) -> Option<Vec<String>> {
+        let mut batch = Batch::default();
+        encode_command(&mut batch.commands, &[&b"INFO"[..], b"keyspace"]);
+        batch.count = 1;
+        if self.is_cluster() {
+            let route = cluster::Route::EveryNode(cluster::Merge::Keyspace);
+            batch.ends.push((batch.commands.len(), route));
+        }
+        let mut reply = BytesMut::new();
+        self.call(Protocol::Resp2, 0, &mut batch, None, &mut reply)
+            .await;
+        let text = reply.strip_prefix(b"$")?;
+        let text = &text[text.iter().position(|&b| b == b'\n')? + 1..];
+        Some(cluster::keyspace_sum(std::iter::once(
+            String::from_utf8_lossy(text),
+        )))
+    }
 }
 
 /// The proxy's view of a server the URL names: address, TLS, credentials,
