@@ -507,6 +507,15 @@ fn subscribe_and_psubscribe_receive_messages_in_resp2_and_resp3() {
         matches!(sub2.cmd(&["GET", "x"]), Resp::Error(e) if e.contains("only (P|S)SUBSCRIBE")),
         "RESP2 subscribed context"
     );
+    // CLIENT LIST and INFO count the subscriptions held upstream.
+    let listed = text(&call(&mut sidecar.client(), &["CLIENT", "LIST"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains(" flags=P ") && l.contains(" sub=2 psub=1 ")),
+        "{listed}"
+    );
+    assert_eq!(sidecar.info("clients")["pubsub_clients"], "1");
 
     // RESP3: pushes; other commands still run, local and forwarded ones.
     let mut sub3 = sidecar.raw();

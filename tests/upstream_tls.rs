@@ -148,5 +148,24 @@ fn rediss_upstream_is_verified_against_the_given_ca() {
         .query(&mut redis.client())
         .unwrap();
     assert_eq!(exists, 0);
+
+    // `#insecure` (encrypted, certificate not checked), as redis-rs reads
+    // the URL: sessions and passthrough both work.
+    let insecure = Sidecar::start(&["--upstream", &format!("{url}/#insecure")]);
+    let created = wait_until(Duration::from_secs(10), || {
+        query(&insecure, &["SESSION.CREATE", "ID", "insecure"]).is_ok()
+    });
+    assert!(created, "no write went through the #insecure TLS upstream");
+    assert_eq!(
+        query(&insecure, &["GET", "plain"]).unwrap(),
+        redis::Value::BulkString(b"over-tls".to_vec())
+    );
+    query(&insecure, &["RPUSH", "queue", "again"]).unwrap();
+    let popped: Vec<String> = redis::cmd("BLPOP")
+        .arg("queue")
+        .arg(1)
+        .query(&mut insecure.client())
+        .unwrap();
+    assert_eq!(popped, ["queue", "again"]);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -156,6 +156,7 @@ pub fn quit(client: &mut ClientState, out: &mut ReplyWriter) -> CommandResult {
 pub fn reset(shared: &Shared, client: &mut ClientState, out: &mut ReplyWriter) -> CommandResult {
     super::pubsub::unsubscribe_all(shared, client);
     client.proxy.reset();
+    client.sync_subscription_counts();
     client.set_protocol(Protocol::Resp2);
     out.set_protocol(Protocol::Resp2);
     *client.info.name.lock().unwrap_or_else(|p| p.into_inner()) = None;

@@ -284,17 +284,15 @@ fn endpoint_of(info: &ConnectionInfo, tls_ca: Option<&[u8]>) -> Result<Endpoint,
         redis::ConnectionAddr::TcpTls {
             host,
             port,
-            insecure: false,
+            insecure,
             ..
-        } => (
-            format!("{host}:{port}"),
-            Some(endpoint::tls_connector(tls_ca)?),
-        ),
-        redis::ConnectionAddr::TcpTls { .. } => {
-            return Err(
-                "passthrough verifies the upstream's certificate: #insecure is not supported"
-                    .into(),
-            );
+        } => {
+            let connector = if *insecure {
+                endpoint::insecure_tls_connector()?
+            } else {
+                endpoint::tls_connector(tls_ca)?
+            };
+            (format!("{host}:{port}"), Some(connector))
         }
         _ => return Err("passthrough needs a TCP upstream".into()),
     };
@@ -380,6 +378,19 @@ impl Link {
     /// not count: the idle time runs from the client's last command.)
     pub fn busy(&self) -> bool {
         self.subscribed() || self.pinned.as_ref().is_some_and(|p| p.owes_replies())
+    }
+
+    /// Channels (shard channels included) and patterns the client is
+    /// subscribed to on the upstream.
+    pub fn subscription_counts(&self) -> (usize, usize) {
+        self.pinned
+            .as_ref()
+            .map_or((0, 0), Pinned::subscription_counts)
+    }
+
+    /// Whether the client holds a connection of its own upstream.
+    pub fn is_pinned(&self) -> bool {
+        self.pinned.is_some()
     }
 
     fn resp2_subscribed(&self) -> bool {

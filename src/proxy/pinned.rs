@@ -176,6 +176,14 @@ impl Pinned {
 
     /// Whether the client holds subscriptions here (in RESP2 it may then only
     /// run pub/sub commands, which the upstream enforces).
+    /// Channels (shard channels included) and patterns subscribed to.
+    pub fn subscription_counts(&self) -> (usize, usize) {
+        (
+            self.channels.len() + self.shard_channels.len(),
+            self.patterns.len(),
+        )
+    }
+
     pub fn subscribed(&self) -> bool {
         !(self.channels.is_empty() && self.patterns.is_empty() && self.shard_channels.is_empty())
     }

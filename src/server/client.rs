@@ -182,12 +182,15 @@ impl ClientState {
             .store(protocol.number() as u64, Ordering::Relaxed);
     }
 
+    /// Publishes the subscription counts (the sidecar's own and those held
+    /// on the upstream through the proxy) for CLIENT LIST and INFO.
     pub fn sync_subscription_counts(&self) {
+        let (channels, patterns) = self.proxy.subscription_counts();
         self.info
             .subscriptions
-            .store(self.channels.len(), Ordering::Relaxed);
+            .store(self.channels.len() + channels, Ordering::Relaxed);
         self.info
             .patterns
-            .store(self.patterns.len(), Ordering::Relaxed);
+            .store(self.patterns.len() + patterns, Ordering::Relaxed);
     }
 }

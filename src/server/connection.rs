@@ -138,6 +138,9 @@ async fn run(
                                 .proxy
                                 .forward(proxy, client.protocol, lane, &argv, &mut output)
                                 .await?;
+                            if client.proxy.is_pinned() {
+                                client.sync_subscription_counts();
+                            }
                             continue;
                         }
                         client
@@ -258,6 +261,7 @@ async fn run(
             _ = sink.woken() => sink.drain().await?,
             read = client.proxy.readable() => {
                 client.proxy.relay(read, &mut output);
+                client.sync_subscription_counts();
                 if client.proxy.lost_state() {
                     sink.write(&output).await?;
                     return Ok(());
