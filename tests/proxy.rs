@@ -516,6 +516,32 @@ fn subscribe_and_psubscribe_receive_messages_in_resp2_and_resp3() {
         "{listed}"
     );
     assert_eq!(sidecar.info("clients")["pubsub_clients"], "1");
+    // Shard channels too (SSUBSCRIBE, SPUBLISH), counted apart.
+    let mut shard = sidecar.raw();
+    assert_eq!(
+        shard.cmd(&["SSUBSCRIBE", "orders"]),
+        Resp::Array(vec![
+            Resp::bulk("ssubscribe"),
+            Resp::bulk("orders"),
+            Resp::Int(1)
+        ])
+    );
+    let listed = text(&call(&mut sidecar.client(), &["CLIENT", "LIST"]));
+    assert!(
+        listed.lines().any(|l| l.contains(" sub=0 psub=0 ssub=1 ")),
+        "{listed}"
+    );
+    assert_eq!(publisher.cmd(&["SPUBLISH", "orders", "o1"]), Resp::Int(1));
+    assert_eq!(
+        shard.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("smessage"),
+            Resp::bulk("orders"),
+            Resp::bulk("o1")
+        ])
+    );
+    assert_eq!(sidecar.info("clients")["pubsub_clients"], "2");
+    drop(shard);
 
     // RESP3: pushes; other commands still run, local and forwarded ones.
     let mut sub3 = sidecar.raw();
@@ -1023,10 +1049,16 @@ fn a_cluster_upstream_is_routed_by_slot_with_redirections_followed() {
     let mut resp3 = sidecar.raw();
     hello3(&mut resp3);
     assert_eq!(scan_all(&mut resp3, "key*"), expected);
+    // Also for a client holding a connection of its own (RESP3 tracking).
     assert_eq!(
-        con.cmd(&["SCAN", "1023"]),
-        Resp::Error("ERR invalid cursor".into())
+        resp3.cmd(&["CLIENT", "TRACKING", "ON"]),
+        Resp::Simple("OK".into())
     );
+    assert_eq!(scan_all(&mut resp3, "key*"), expected);
+    let Resp::Array(keys) = resp3.cmd(&["KEYS", "key*"]) else {
+        panic!("KEYS did not answer an array");
+    };
+    assert_eq!(keys.len(), 60);
     assert_eq!(
         con.cmd(&["SCAN", "x"]),
         Resp::Error("ERR invalid cursor".into())

@@ -269,7 +269,6 @@ impl Config {
         Ok(Config::from_arg_matches(&matches)?)
     }
 
-    /// The node id: the flag, else the hostname.
     /// How many event loops serve clients: `--threads`, or the CPUs this
     /// process may use (its cgroup's CPU quota included).
     pub fn worker_threads(&self) -> usize {
@@ -279,6 +278,7 @@ impl Config {
         }
     }
 
+    /// The node id: the flag, else the hostname.
     pub fn node_id(&self) -> String {
         self.node_id.clone().unwrap_or_else(hostname)
     }

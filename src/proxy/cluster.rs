@@ -12,7 +12,8 @@
 //! The sidecar looks like one Redis, so the commands about the whole keyspace
 //! ask every master: DBSIZE sums, KEYS joins, RANDOMKEY takes any key, and
 //! SCAN walks the masters one after the other, its cursor carrying which
-//! master (the low [`SCAN_NODE_BITS`] bits) and where in it (the rest).
+//! master (the low [`SCAN_SLOT_BITS`] bits: a slot it serves, its lowest,
+//! which survives a failover) and where in it (the rest).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,9 +52,9 @@ pub fn slot_of(key: &[u8]) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tagged) % SLOTS as u16
 }
 
-/// Bits of a SCAN cursor that say which master it is at (the masters in
-/// address order), below the master's own cursor.
-pub const SCAN_NODE_BITS: u32 = 10;
+/// Bits of a SCAN cursor that name the master it is at (by a slot it
+/// serves), below the master's own cursor.
+pub const SCAN_SLOT_BITS: u32 = 14;
 
 /// Where a command goes on a cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,8 +66,8 @@ pub enum Route {
     /// Every master, the replies made one (an error if any master answered
     /// one).
     EveryNode(Merge),
-    /// SCAN, at this master (index in address order); the command carries
-    /// the master's own cursor.
+    /// SCAN, at the master serving this slot; the command carries the
+    /// master's own cursor.
     Scan(u16),
 }
 
@@ -108,6 +109,16 @@ pub fn route(argv: &[Bytes]) -> Route {
     Route::EveryNode(merge)
 }
 
+/// Whether `argv` is about the whole keyspace (asked of every master, or
+/// SCAN): answered through the router even for a client holding a
+/// connection of its own, outside a transaction.
+pub fn about_the_keyspace(argv: &[Bytes]) -> bool {
+    let is_scan = argv
+        .first()
+        .is_some_and(|n| n.eq_ignore_ascii_case(b"scan"));
+    is_scan || matches!(route(argv), Route::EveryNode(how) if how != Merge::First)
+}
+
 /// Encodes `argv` for the cluster into `out` and says where it goes: as it
 /// is, except SCAN, whose cursor is split into the master to ask and that
 /// master's cursor (a cursor that is not a number goes to any master as it
@@ -125,18 +136,19 @@ pub fn prepare(argv: &[Bytes], out: &mut BytesMut) -> Route {
         encode_command(out, argv);
         return route(argv);
     };
-    let node = cursor & ((1 << SCAN_NODE_BITS) - 1);
-    let own = (cursor >> SCAN_NODE_BITS).to_string();
+    let slot = cursor & ((1 << SCAN_SLOT_BITS) - 1);
+    let own = (cursor >> SCAN_SLOT_BITS).to_string();
     let mut rewritten: Vec<&[u8]> = argv.iter().map(|a| &a[..]).collect();
     rewritten[1] = own.as_bytes();
     encode_command(out, &rewritten);
-    Route::Scan(node as u16)
+    Route::Scan(slot as u16)
 }
 
 /// A master's SCAN reply with the cursor made the cluster's: the same master
-/// further on, the next master from its start, or 0 after the last one.
-/// Anything but a cursor-and-keys array (an error) is left as it is.
-fn scan_reply(reply: &Bytes, node: u16, nodes: usize) -> Bytes {
+/// further on (named by `slot`, as the client's cursor named it), the next
+/// master (by lowest slot) from its start, or 0 after the last one. Anything
+/// but a cursor-and-keys array (an error) is left as it is.
+fn scan_reply(reply: &Bytes, slot: u16, topology: &Topology) -> Bytes {
     let Some(rest) = reply.strip_prefix(b"*2\r\n$") else {
         return reply.clone();
     };
@@ -150,8 +162,9 @@ fn scan_reply(reply: &Bytes, node: u16, nodes: usize) -> Bytes {
         return reply.clone();
     };
     let start = eol + 2;
-    let Some(own) = rest
-        .get(start..start + len)
+    let Some(own) = start
+        .checked_add(len)
+        .and_then(|end| rest.get(start..end))
         .and_then(|c| std::str::from_utf8(c).ok())
         .and_then(|c| c.parse::<u64>().ok())
     else {
@@ -159,9 +172,11 @@ fn scan_reply(reply: &Bytes, node: u16, nodes: usize) -> Bytes {
     };
     let elements = &rest[(start + len + 2).min(rest.len())..];
     let cursor = match own {
-        0 if usize::from(node) + 1 < nodes => u64::from(node) + 1,
-        0 => 0,
-        own if own >> (64 - SCAN_NODE_BITS) == 0 => (own << SCAN_NODE_BITS) | u64::from(node),
+        0 => topology
+            .scan_node(slot)
+            .and_then(|here| topology.next_first_slot(here))
+            .map_or(0, u64::from),
+        own if own >> (64 - SCAN_SLOT_BITS) == 0 => (own << SCAN_SLOT_BITS) | u64::from(slot),
         _ => return Bytes::from_static(b"-ERR the node's SCAN cursor is too large to carry\r\n"),
     };
     let cursor = cursor.to_string();
@@ -218,8 +233,14 @@ fn merge(how: Merge, parts: &[Bytes]) -> Bytes {
             out.freeze()
         }
         Merge::AnyValue => {
+            // A master picked at random among those that have a key.
             let nil = |p: &[u8]| matches!(p, b"$-1\r\n" | b"_\r\n" | b"*-1\r\n");
-            parts.iter().find(|p| !nil(p)).unwrap_or(first).clone()
+            let found: Vec<&Bytes> = parts.iter().filter(|p| !nil(p)).collect();
+            let pick = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8);
+            match found.len() {
+                0 => first.clone(),
+                n => found[(pick % n as u64) as usize].clone(),
+            }
         }
         Merge::Keyspace => {
             let mut text = String::from("# Keyspace\r\n");
@@ -325,7 +346,33 @@ struct Topology {
 
 struct Node {
     endpoint: Endpoint,
-    pool: Arc<Pool>,
+    /// The lowest slot it serves: its name in SCAN cursors.
+    first_slot: u16,
+}
+
+impl Topology {
+    /// The master a SCAN cursor's slot names: the one serving it (slot 0,
+    /// a new scan, starts at the master with the lowest slot whichever it
+    /// is).
+    fn scan_node(&self, slot: u16) -> Option<usize> {
+        let serving = self.slots.get(usize::from(slot)).copied().flatten();
+        match serving {
+            Some(node) => Some(usize::from(node)),
+            None if slot == 0 => (0..self.nodes.len()).min_by_key(|&n| self.nodes[n].first_slot),
+            None => None,
+        }
+    }
+
+    /// The lowest slot of the master after `node` in the order of their
+    /// lowest slots, if any.
+    fn next_first_slot(&self, node: usize) -> Option<u16> {
+        let after = self.nodes.get(node)?.first_slot;
+        self.nodes
+            .iter()
+            .map(|n| n.first_slot)
+            .filter(|&first| first > after)
+            .min()
+    }
 }
 
 /// Routes commands to a cluster's masters.
@@ -340,7 +387,9 @@ pub struct Router {
     /// Bumped at every new slot map.
     version: AtomicU64,
     /// Pools by node address, kept across slot maps.
-    pools: Mutex<HashMap<String, Arc<Pool>>>,
+    /// Pools by event loop, then node address, kept across slot maps: a
+    /// loop's clients use its own pools, as with a single server.
+    pools: Mutex<HashMap<usize, HashMap<String, Arc<Pool>>>>,
     refreshing: tokio::sync::Mutex<()>,
     /// When fetching the slot map last failed.
     failed_at: Mutex<Option<Instant>>,
@@ -486,8 +535,8 @@ impl Router {
                 Some(index) => index,
                 None => {
                     nodes.push(Node {
-                        pool: self.pool_for(&addr),
                         endpoint: self.template.at(&addr),
+                        first_slot: u16::MAX,
                     });
                     nodes.len() - 1
                 }
@@ -496,28 +545,24 @@ impl Router {
                 slots[slot as usize] = Some(index as u16);
             }
         }
-        // In address order, whichever node answered and however the slots
-        // moved: a SCAN cursor names a master by its place in this order.
-        let mut order: Vec<usize> = (0..nodes.len()).collect();
-        order.sort_by(|&a, &b| nodes[a].endpoint.addr.cmp(&nodes[b].endpoint.addr));
-        let mut place = vec![0u16; nodes.len()];
-        for (new, &old) in order.iter().enumerate() {
-            place[old] = new as u16;
+        for (slot, node) in slots.iter().enumerate() {
+            if let Some(node) = node.and_then(|n| nodes.get_mut(usize::from(n))) {
+                node.first_slot = node.first_slot.min(slot as u16);
+            }
         }
-        for slot in slots.iter_mut().flatten() {
-            *slot = place[usize::from(*slot)];
-        }
-        let mut nodes: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
-        let nodes = order.iter().filter_map(|&old| nodes[old].take()).collect();
         Ok(Topology { slots, nodes })
     }
 
+    /// The calling event loop's pool to `addr`, started on it at first use.
     fn pool_for(&self, addr: &str) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        pools
-            .entry(addr.to_string())
-            .or_insert_with(|| Arc::new(Pool::new(&self.template.at(addr), &self.settings)))
-            .clone()
+        let mine = pools.entry(crate::server::workers::current()).or_default();
+        if let Some(pool) = mine.get(addr) {
+            return pool.clone();
+        }
+        let pool = Arc::new(Pool::new(&self.template.at(addr), &self.settings));
+        mine.insert(addr.to_string(), pool.clone());
+        pool
     }
 
     /// The node for a slot (any node for None), as (address, pool).
@@ -525,7 +570,7 @@ impl Router {
         match route {
             Route::Slot(slot) => topology.nodes.get(topology.slots[slot as usize]? as usize),
             _ if topology.nodes.is_empty() => None,
-            Route::Scan(node) => topology.nodes.get(usize::from(node)),
+            Route::Scan(slot) => topology.nodes.get(topology.scan_node(slot)?),
             Route::AnyNode | Route::EveryNode(_) => topology.nodes.get(lane % topology.nodes.len()),
         }
     }
@@ -614,16 +659,11 @@ impl Router {
                 None if matches!(command.route, Route::EveryNode(_))
                     && !topology.nodes.is_empty() =>
                 {
-                    topology.nodes.iter().map(|n| n.pool.clone()).collect()
-                }
-                None if matches!(command.route, Route::Scan(node) if usize::from(node) >= topology.nodes.len())
-                    && !topology.nodes.is_empty() =>
-                {
-                    command.reply = Some(Bytes::from_static(b"-ERR invalid cursor\r\n"));
-                    continue;
+                    let nodes = topology.nodes.iter();
+                    nodes.map(|n| self.pool_for(&n.endpoint.addr)).collect()
                 }
                 None => match Self::node_of(topology, command.route, lane) {
-                    Some(node) => vec![node.pool.clone()],
+                    Some(node) => vec![self.pool_for(&node.endpoint.addr)],
                     // No slot map at all: the cluster cannot be reached.
                     None if topology.nodes.is_empty() => {
                         command.reply = Some(Bytes::from_static(UNAVAILABLE));
@@ -700,8 +740,8 @@ impl Router {
             let parts = std::mem::take(&mut command.parts);
             command.reply = Some(match command.route {
                 Route::EveryNode(how) if command.redirect.is_none() => merge(how, &parts),
-                Route::Scan(node) if command.redirect.is_none() => {
-                    scan_reply(&parts[0], node, topology.nodes.len())
+                Route::Scan(slot) if command.redirect.is_none() => {
+                    scan_reply(&parts[0], slot, topology)
                 }
                 _ => parts[0].clone(),
             });
@@ -774,33 +814,63 @@ mod tests {
 
     #[test]
     fn scan_cursors_carry_the_master_and_its_cursor() {
-        let argv: Vec<Bytes> = ["SCAN", "5122", "COUNT", "5"]
+        let argv: Vec<Bytes> = ["SCAN", "81925", "COUNT", "5"]
             .iter()
             .map(|w| Bytes::copy_from_slice(w.as_bytes()))
             .collect();
         let mut out = BytesMut::new();
-        // 5122 = 5 << 10 | 2: master 2, its cursor 5.
-        assert_eq!(prepare(&argv, &mut out), Route::Scan(2));
+        // 81925 = 5 << 14 | 5: the master serving slot 5, its cursor 5.
+        assert_eq!(prepare(&argv, &mut out), Route::Scan(5));
         assert_eq!(
             &out[..],
             b"*4\r\n$4\r\nSCAN\r\n$1\r\n5\r\n$5\r\nCOUNT\r\n$1\r\n5\r\n"
         );
+        // Three masters serving 0-5460, 5461-10922, 10923-16383, listed in
+        // another order, as CLUSTER SLOTS may.
+        let node = |addr: &str, first_slot: u16| Node {
+            endpoint: Endpoint {
+                addr: addr.into(),
+                username: None,
+                password: None,
+                db: 0,
+                tls: None,
+            },
+            first_slot,
+        };
+        let mut slots = vec![None; SLOTS];
+        for (slot, owner) in slots.iter_mut().enumerate() {
+            *owner = Some(match slot {
+                0..5461 => 1,
+                5461..10923 => 2,
+                _ => 0,
+            });
+        }
+        let topology = Topology {
+            slots,
+            nodes: vec![node("c:3", 10923), node("a:1", 0), node("b:2", 5461)],
+        };
         let reply = |cursor: &str| {
             Bytes::from(format!(
                 "*2\r\n${}\r\n{cursor}\r\n*1\r\n$1\r\nk\r\n",
                 cursor.len()
             ))
         };
-        // Further on the same master; the next master from 0; done after the last.
-        assert_eq!(
-            scan_reply(&reply("9"), 2, 3),
-            reply(&(9 << 10 | 2).to_string())
-        );
-        assert_eq!(scan_reply(&reply("0"), 1, 3), reply("2"));
-        assert_eq!(scan_reply(&reply("0"), 2, 3), reply("0"));
+        // Further on the same master, named as the client named it.
+        let further = (9u64 << 14 | 7).to_string();
+        assert_eq!(scan_reply(&reply("9"), 7, &topology), reply(&further));
+        // The next master from its start, by lowest slot; 0 after the last.
+        assert_eq!(scan_reply(&reply("0"), 0, &topology), reply("5461"));
+        assert_eq!(scan_reply(&reply("0"), 6000, &topology), reply("10923"));
+        assert_eq!(scan_reply(&reply("0"), 10923, &topology), reply("0"));
+        assert_eq!(topology.scan_node(12000), Some(0));
         let error = Bytes::from_static(b"-ERR syntax error\r\n");
-        assert_eq!(scan_reply(&error, 0, 3), error);
-        assert!(scan_reply(&reply(&u64::MAX.to_string()), 0, 3).starts_with(b"-ERR"));
+        assert_eq!(scan_reply(&error, 0, &topology), error);
+        let too_far = reply(&u64::MAX.to_string());
+        assert!(scan_reply(&too_far, 0, &topology).starts_with(b"-ERR"));
+        let short = Bytes::from_static(b"*2\r\n$99999999999999999999\r\n1\r\n");
+        assert_eq!(scan_reply(&short, 0, &topology), short);
+        let lying = Bytes::from_static(b"*2\r\n$18446744073709551615\r\n1\r\n");
+        assert_eq!(scan_reply(&lying, 0, &topology), lying);
     }
 
     #[test]

@@ -380,12 +380,12 @@ impl Link {
         self.subscribed() || self.pinned.as_ref().is_some_and(|p| p.owes_replies())
     }
 
-    /// Channels (shard channels included) and patterns the client is
-    /// subscribed to on the upstream.
-    pub fn subscription_counts(&self) -> (usize, usize) {
+    /// Channels, patterns and shard channels the client is subscribed to
+    /// on the upstream.
+    pub fn subscription_counts(&self) -> (usize, usize, usize) {
         self.pinned
             .as_ref()
-            .map_or((0, 0), Pinned::subscription_counts)
+            .map_or((0, 0, 0), Pinned::subscription_counts)
     }
 
     /// Whether the client holds a connection of its own upstream.
@@ -435,6 +435,20 @@ impl Link {
                 self.send_batch(proxy, protocol, lane, output).await?;
             }
             return Ok(());
+        }
+        // On a cluster, a client with a connection of its own (RESP3
+        // subscriptions, tracking, WATCH) still gets the whole keyspace's
+        // answer, after the replies it is owed.
+        let pinned_outside_transaction = self
+            .pinned
+            .as_ref()
+            .is_some_and(|p| !p.captures_commands() && !self.resp2_subscribed());
+        if proxy.is_cluster() && pinned_outside_transaction && cluster::about_the_keyspace(argv) {
+            self.settle(proxy, protocol, lane, output).await?;
+            let route = cluster::prepare(argv, &mut self.batch.commands);
+            self.batch.ends.push((self.batch.commands.len(), route));
+            self.batch.count += 1;
+            return self.send_batch(proxy, protocol, lane, output).await;
         }
         // The replies to what was batched before come first.
         self.settle_pool(proxy, protocol, lane, output).await?;

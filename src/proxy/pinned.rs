@@ -25,7 +25,7 @@ use crate::protocol::Protocol;
 use crate::protocol::frame::{Element, FrameScanner, FrameView};
 use crate::server::workers;
 
-/// Clean connections kept per upstream node and protocol version.
+/// Clean connections kept per event loop, upstream node and protocol version.
 const MAX_IDLE: usize = 16;
 
 /// Pinned connections given back clean: no transaction, watch,
@@ -174,16 +174,17 @@ impl Pinned {
         self.protocol
     }
 
-    /// Whether the client holds subscriptions here (in RESP2 it may then only
-    /// run pub/sub commands, which the upstream enforces).
-    /// Channels (shard channels included) and patterns subscribed to.
-    pub fn subscription_counts(&self) -> (usize, usize) {
+    /// Channels, patterns and shard channels subscribed to.
+    pub fn subscription_counts(&self) -> (usize, usize, usize) {
         (
-            self.channels.len() + self.shard_channels.len(),
+            self.channels.len(),
             self.patterns.len(),
+            self.shard_channels.len(),
         )
     }
 
+    /// Whether the client holds subscriptions here (in RESP2 it may then only
+    /// run pub/sub commands, which the upstream enforces).
     pub fn subscribed(&self) -> bool {
         !(self.channels.is_empty() && self.patterns.is_empty() && self.shard_channels.is_empty())
     }
@@ -213,6 +214,11 @@ impl Pinned {
     /// Whether state would be lost if the connection went away.
     pub fn holds_state(&self) -> bool {
         self.in_multi || self.watching || self.subscribed() || self.tracking || self.monitor
+    }
+
+    /// Inside MULTI (or MONITOR): what is sent belongs to the connection.
+    pub fn captures_commands(&self) -> bool {
+        self.in_multi || self.queuing || self.monitor
     }
 
     pub fn owes_replies(&self) -> bool {

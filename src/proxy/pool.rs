@@ -9,12 +9,15 @@
 //! never re-encoded, written straight to the client's socket
 //! ([`ReplySink`]). A client's pipeline is one request, so its replies stay
 //! together and in order. The replies a read completes are written to the
-//! clients after the next batch goes out (or, if the connection fails,
-//! before the failures of the requests behind them), so the upstream is not
-//! idle while they are.
+//! clients once the next batch is handed to the socket (before waiting on
+//! it, if it is full; before the failures of the requests behind them, if
+//! the connection fails), so the upstream is not idle while they are.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -330,13 +333,30 @@ async fn serve(
                 progress = Instant::now();
             }
             unanswered_writes += 1;
-            let written = async {
-                live.stream.write_all(&batch).await?;
-                live.stream.flush().await
-            }
-            .await;
+            let written = {
+                let mut write = std::pin::pin!(async {
+                    live.stream.write_all(&batch).await?;
+                    live.stream.flush().await
+                });
+                // The socket mostly takes a batch at once. When it cannot,
+                // the replies already read go out first instead of waiting
+                // for it, and the write is bounded as a reply is.
+                match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => {
+                        deliver(&mut answered);
+                        match settings.reply_timeout {
+                            Some(limit) => tokio::time::timeout(limit, write)
+                                .await
+                                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+                            None => write.await,
+                        }
+                    }
+                }
+            };
             batch.clear();
-            if written.is_err() {
+            if let Err(error) = written {
+                tracing::warn!(upstream = %endpoint.addr, %error, "cannot write to the pooled connection; replacing it");
                 connection = None;
                 unanswered_writes = 0;
                 deliver(&mut answered);

@@ -27,6 +27,8 @@ pub struct ClientInfo {
     pub protocol: AtomicU64,
     pub subscriptions: AtomicUsize,
     pub patterns: AtomicUsize,
+    /// Shard channels (SSUBSCRIBE), held on the upstream.
+    pub shard_subscriptions: AtomicUsize,
     /// The last command, as its [`Cmd`] number (`usize::MAX`: none yet), for
     /// CLIENT LIST's `cmd=`.
     pub last_command: AtomicUsize,
@@ -35,7 +37,10 @@ pub struct ClientInfo {
 impl ClientInfo {
     /// Whether the client holds subscriptions.
     pub fn is_pubsub(&self) -> bool {
-        self.subscriptions.load(Ordering::Relaxed) + self.patterns.load(Ordering::Relaxed) > 0
+        self.subscriptions.load(Ordering::Relaxed)
+            + self.patterns.load(Ordering::Relaxed)
+            + self.shard_subscriptions.load(Ordering::Relaxed)
+            > 0
     }
 
     /// The CLIENT LIST / CLIENT INFO line, in Redis's format.
@@ -49,13 +54,14 @@ impl ClientInfo {
         let (lib_name, lib_ver) = self.lib.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let subscriptions = self.subscriptions.load(Ordering::Relaxed);
         let patterns = self.patterns.load(Ordering::Relaxed);
-        let flags = if subscriptions + patterns > 0 {
+        let shard = self.shard_subscriptions.load(Ordering::Relaxed);
+        let flags = if subscriptions + patterns + shard > 0 {
             "P"
         } else {
             "N"
         };
         format!(
-            "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={flags} db=0 sub={subscriptions} psub={patterns} ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={flags} db=0 sub={subscriptions} psub={patterns} ssub={shard} multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
             self.addr,
             self.local_addr,
@@ -95,6 +101,7 @@ impl ClientRegistry {
             protocol: AtomicU64::new(2),
             subscriptions: AtomicUsize::new(0),
             patterns: AtomicUsize::new(0),
+            shard_subscriptions: AtomicUsize::new(0),
             last_command: AtomicUsize::new(usize::MAX),
         });
         self.clients.insert(id, info.clone());
@@ -185,12 +192,15 @@ impl ClientState {
     /// Publishes the subscription counts (the sidecar's own and those held
     /// on the upstream through the proxy) for CLIENT LIST and INFO.
     pub fn sync_subscription_counts(&self) {
-        let (channels, patterns) = self.proxy.subscription_counts();
+        let (channels, patterns, shard_channels) = self.proxy.subscription_counts();
         self.info
             .subscriptions
             .store(self.channels.len() + channels, Ordering::Relaxed);
         self.info
             .patterns
             .store(self.patterns.len() + patterns, Ordering::Relaxed);
+        self.info
+            .shard_subscriptions
+            .store(shard_channels, Ordering::Relaxed);
     }
 }
