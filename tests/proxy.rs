@@ -331,6 +331,72 @@ fn info_keyspace_is_the_upstreams() {
     assert!(default.contains("# Keyspace\r\ndb0:keys="), "{default}");
 }
 
+/// CONFIG is the upstream's (keyspace notifications, as Spring Session sets
+/// them), but for the sidecar's own parameters (its listener, its limits).
+#[test]
+fn config_is_the_upstreams_but_for_the_sidecars_own_parameters() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut con = sidecar.raw();
+    assert_eq!(
+        con.cmd(&["CONFIG", "SET", "notify-keyspace-events", "Ex"]),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(
+        call(
+            &mut upstream.client(),
+            &["CONFIG", "GET", "notify-keyspace-events"]
+        ),
+        redis::Value::Array(vec![bulk("notify-keyspace-events"), bulk("xE")])
+    );
+    let Resp::Array(pairs) = con.cmd(&[
+        "CONFIG",
+        "GET",
+        "notify-keyspace-events",
+        "port",
+        "maxmemory",
+    ]) else {
+        panic!("CONFIG GET did not answer an array");
+    };
+    let pairs: std::collections::BTreeMap<String, String> = pairs
+        .chunks(2)
+        .map(|p| (p[0].text(), p[1].text()))
+        .collect();
+    let port = sidecar.addr.port().to_string();
+    assert_eq!(
+        pairs.get("notify-keyspace-events").map(String::as_str),
+        Some("xE")
+    );
+    assert_eq!(pairs.get("port"), Some(&port), "the sidecar's own port");
+    assert_eq!(pairs.get("maxmemory").map(String::as_str), Some("0"));
+    assert_eq!(pairs.len(), 3, "{pairs:?}");
+    // The sidecar's own parameters cannot be set; the upstream's errors
+    // come back verbatim.
+    assert_eq!(
+        con.cmd(&["CONFIG", "SET", "port", "1"]),
+        Resp::Error(
+            "ERR CONFIG SET failed (possibly related to argument 'port') - can't set immutable config"
+                .into()
+        )
+    );
+    let direct = RawConn::connect(upstream.addr).cmd(&["CONFIG", "SET", "nosuch", "1"]);
+    assert!(matches!(&direct, Resp::Error(_)), "{direct:?}");
+    assert_eq!(con.cmd(&["CONFIG", "SET", "nosuch", "1"]), direct);
+    // The notifications reach a subscriber through the sidecar.
+    let mut subscriber = sidecar.raw();
+    subscriber.cmd(&["PSUBSCRIBE", "__keyevent@0__:expired"]);
+    con.cmd(&["SET", "short", "v", "PX", "20"]);
+    assert_eq!(
+        subscriber.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("pmessage"),
+            Resp::bulk("__keyevent@0__:expired"),
+            Resp::bulk("__keyevent@0__:expired"),
+            Resp::bulk("short")
+        ])
+    );
+}
+
 #[test]
 fn session_commands_and_plain_commands_interleave_in_one_pipeline() {
     let upstream = RedisServer::start(&[]);

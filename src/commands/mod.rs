@@ -7,7 +7,7 @@ mod args;
 mod connection;
 mod pubsub;
 pub use pubsub::unsubscribe_all;
-mod server;
+pub mod server;
 mod session;
 pub mod table;
 
@@ -124,7 +124,7 @@ pub async fn execute(
         Cmd::Client => connection::client(shared, client, &mut args, out),
         Cmd::Info => server::info(shared, &mut args, out).await,
         Cmd::Command => server::command(&mut args, out),
-        Cmd::Config => server::config(shared, &mut args, out),
+        Cmd::Config => server::config(shared, &mut args, out).await,
         Cmd::Time => server::time(out),
         Cmd::Subscribe => pubsub::subscribe(shared, client, &mut args, out).await,
         Cmd::Unsubscribe => pubsub::unsubscribe(shared, client, &mut args, out),

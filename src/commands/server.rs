@@ -339,13 +339,57 @@ fn write_args(args: &[Arg], out: &mut ReplyWriter) {
 }
 
 /// CONFIG GET parameter [parameter ...]: a read-only view of the configuration.
-pub fn config(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+/// The parameters that are the sidecar's own (its listener, its limits, its
+/// flags): with an upstream, CONFIG GET answers these from the sidecar and
+/// every other from the upstream, and CONFIG SET of these is refused while
+/// the others go to the upstream ([`crate::proxy::Proxy::forwards`]).
+pub const OWN_PARAMETERS: &[&str] = &[
+    "bind",
+    "port",
+    "maxclients",
+    "timeout",
+    "proto-max-bulk-len",
+    "client-query-buffer-limit",
+    "prefix",
+    "default-ttl",
+    "node-id",
+    "advertise",
+    "max-args",
+    "max-name-len",
+    "max-value-len",
+    "max-attrs",
+];
+
+/// Whether CONFIG SET's arguments name one of the sidecar's own parameters.
+pub fn sets_own_parameter(argv: &[bytes::Bytes]) -> bool {
+    argv.iter().skip(2).step_by(2).any(|name| {
+        OWN_PARAMETERS
+            .iter()
+            .any(|own| name.eq_ignore_ascii_case(own.as_bytes()))
+    })
+}
+
+/// CONFIG GET (the sidecar's parameters; with an upstream, the upstream's
+/// too) and CONFIG SET (only of the upstream's, forwarded before this runs).
+pub async fn config(
+    shared: &Shared,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
     let sub = args.required()?;
     if !super::args::Keyword::of(sub).is("GET") {
         if super::args::Keyword::of(sub).is("SET") {
-            return Err(CommandError::err(
-                "ERR CONFIG SET is not supported: the configuration is read-only",
-            ));
+            let name = args
+                .rest()
+                .first()
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .unwrap_or_default();
+            return Err(CommandError::err(match shared.proxy {
+                Some(_) => format!(
+                    "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config"
+                ),
+                None => "ERR CONFIG SET is not supported: the configuration is read-only".into(),
+            }));
         }
         return Err(CommandError::err(format!(
             "ERR unknown subcommand '{}'. Try CONFIG HELP.",
@@ -385,11 +429,26 @@ pub fn config(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> Comman
         ("max-value-len", c.max_value_len.to_string()),
         ("max-attrs", c.max_attrs.to_string()),
     ];
-    let patterns: Vec<Vec<u8>> = args.rest().iter().map(|p| p.to_ascii_lowercase()).collect();
-    let matching: Vec<&(&str, String)> = params
-        .iter()
+    let asked = args.rest();
+    let patterns: Vec<Vec<u8>> = asked.iter().map(|p| p.to_ascii_lowercase()).collect();
+    let mut matching: Vec<(String, String)> = params
+        .into_iter()
+        .filter(|(name, _)| shared.proxy.is_none() || OWN_PARAMETERS.contains(name))
         .filter(|(name, _)| patterns.iter().any(|p| glob_match(p, name.as_bytes())))
+        .map(|(name, value)| (name.to_string(), value))
         .collect();
+    if let Some(proxy) = &shared.proxy {
+        let wait = std::time::Duration::from_millis(shared.config.upstream_timeout_ms);
+        let upstream = tokio::time::timeout(wait, proxy.config_get(asked))
+            .await
+            .map_err(|_| CommandError::err("TRYAGAIN upstream unavailable"))?
+            .map_err(CommandError::err)?;
+        matching.extend(
+            upstream
+                .into_iter()
+                .filter(|(name, _)| !OWN_PARAMETERS.contains(&name.as_str())),
+        );
+    }
     out.map(matching.len());
     for (name, value) in matching {
         out.bulk(name.as_bytes());

@@ -95,17 +95,19 @@ pub fn route(argv: &[Bytes]) -> Route {
         return Route::AnyNode;
     };
     let is = |word: &[u8]| name.eq_ignore_ascii_case(word);
-    let merge = if is(b"script") || is(b"function") || is(b"flushall") || is(b"flushdb") {
-        Merge::First
-    } else if is(b"dbsize") {
-        Merge::Sum
-    } else if is(b"keys") {
-        Merge::Concat
-    } else if is(b"randomkey") {
-        Merge::AnyValue
-    } else {
-        return first_key(argv).map_or(Route::AnyNode, |key| Route::Slot(slot_of(key)));
-    };
+    let configures = is(b"config") && argv.get(1).is_some_and(|s| !s.eq_ignore_ascii_case(b"get"));
+    let merge =
+        if is(b"script") || is(b"function") || is(b"flushall") || is(b"flushdb") || configures {
+            Merge::First
+        } else if is(b"dbsize") {
+            Merge::Sum
+        } else if is(b"keys") {
+            Merge::Concat
+        } else if is(b"randomkey") {
+            Merge::AnyValue
+        } else {
+            return first_key(argv).map_or(Route::AnyNode, |key| Route::Slot(slot_of(key)));
+        };
     Route::EveryNode(merge)
 }
 

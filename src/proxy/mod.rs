@@ -35,6 +35,7 @@ use redis::ConnectionInfo;
 
 use crate::commands::table::{self, Cmd};
 use crate::ops::metrics::Counter;
+use crate::protocol::frame::{Element, FrameView};
 use crate::protocol::{Limits, Protocol, complete_request};
 use cluster::Router;
 use endpoint::{Endpoint, encode_command};
@@ -157,6 +158,14 @@ impl Proxy {
         match spec.cmd {
             Cmd::Subscribe | Cmd::Unsubscribe | Cmd::Psubscribe | Cmd::Punsubscribe => true,
             Cmd::Publish | Cmd::Select => true,
+            // CONFIG SET and the rest are the upstream's, but for the
+            // sidecar's own parameters; CONFIG GET merges both, here.
+            Cmd::Config => argv.get(1).is_some_and(|sub| {
+                let answered_here = sub.eq_ignore_ascii_case(b"get")
+                    || (sub.eq_ignore_ascii_case(b"set")
+                        && crate::commands::server::sets_own_parameter(argv));
+                !answered_here
+            }),
             Cmd::Client => argv.get(1).is_some_and(|sub| {
                 [&b"tracking"[..], b"caching", b"getredir", b"trackinginfo"]
                     .iter()
@@ -253,6 +262,40 @@ impl Proxy {
 
     fn is_cluster(&self) -> bool {
         matches!(self.target, Target::Cluster(_))
+    }
+
+    /// The upstream's CONFIG GET of `patterns`, as (name, value) pairs, or
+    /// its error.
+    pub async fn config_get(&self, patterns: &[Bytes]) -> Result<Vec<(String, String)>, String> {
+        let mut argv: Vec<&[u8]> = vec![b"CONFIG", b"GET"];
+        argv.extend(patterns.iter().map(|p| &p[..]));
+        let mut batch = Batch::default();
+        encode_command(&mut batch.commands, &argv);
+        batch.count = 1;
+        if self.is_cluster() {
+            batch
+                .ends
+                .push((batch.commands.len(), cluster::Route::AnyNode));
+        }
+        let mut reply = BytesMut::new();
+        self.call(Protocol::Resp2, 0, &mut batch, None, &mut reply)
+            .await;
+        let view = FrameView::new(&reply);
+        let Some(elements) = view.elements() else {
+            let line = reply[..].split(|&b| b == b'\r').next().unwrap_or_default();
+            return Err(
+                String::from_utf8_lossy(line.strip_prefix(b"-").unwrap_or(line)).into_owned(),
+            );
+        };
+        let text = |e: &Element| match e {
+            Element::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+            Element::Int(n) => n.to_string(),
+            Element::Null => String::new(),
+        };
+        Ok(elements
+            .chunks_exact(2)
+            .map(|pair| (text(&pair[0]), text(&pair[1])))
+            .collect())
     }
 
     /// The upstream's INFO keyspace lines (`dbN:keys=..`; every master's,
