@@ -331,6 +331,67 @@ fn info_keyspace_is_the_upstreams() {
     assert!(default.contains("# Keyspace\r\ndb0:keys="), "{default}");
 }
 
+/// COMMAND describes every command the client can send: the upstream's and
+/// the sidecar's own `SESSION.*`, in RESP2 and RESP3.
+#[test]
+fn command_describes_the_upstreams_commands_and_the_sidecars_own() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut con = sidecar.raw();
+    let mut direct = RawConn::connect(upstream.addr);
+    let Resp::Int(theirs) = direct.cmd(&["COMMAND", "COUNT"]) else {
+        panic!("no count from redis-server");
+    };
+    let Resp::Array(ours) = con.cmd(&["COMMAND", "LIST", "FILTERBY", "PATTERN", "session.*"])
+    else {
+        panic!("COMMAND LIST did not answer an array");
+    };
+    assert!(ours.contains(&Resp::bulk("session.create")), "{ours:?}");
+    assert_eq!(
+        con.cmd(&["COMMAND", "COUNT"]),
+        Resp::Int(theirs + ours.len() as i64)
+    );
+    let Resp::Array(info) = con.cmd(&["COMMAND", "INFO", "get", "session.get", "nosuch"]) else {
+        panic!("COMMAND INFO did not answer an array");
+    };
+    let Resp::Array(get) = direct.cmd(&["COMMAND", "INFO", "get"]) else {
+        panic!("no COMMAND INFO from redis-server");
+    };
+    assert_eq!(info.len(), 3);
+    assert_eq!(
+        info[0], get[0],
+        "GET is described as redis-server describes it"
+    );
+    assert!(
+        matches!(&info[1], Resp::Array(entry) if entry[0] == Resp::bulk("session.get")),
+        "{:?}",
+        info[1]
+    );
+    let Resp::Array(nosuch) = direct.cmd(&["COMMAND", "INFO", "nosuch"]) else {
+        panic!("no COMMAND INFO from redis-server");
+    };
+    assert_eq!(
+        info[2], nosuch[0],
+        "an unknown command, as redis-server says it"
+    );
+    assert_eq!(
+        con.cmd(&["COMMAND", "GETKEYS", "SET", "a", "b"]),
+        Resp::bulks(&["a"])
+    );
+    let Resp::Array(all) = con.cmd(&["COMMAND"]) else {
+        panic!("COMMAND did not answer an array");
+    };
+    assert_eq!(all.len() as i64, theirs + ours.len() as i64);
+    // RESP3: COMMAND DOCS is one map of both.
+    let mut resp3 = sidecar.raw();
+    hello3(&mut resp3);
+    let Resp::Map(docs) = resp3.cmd(&["COMMAND", "DOCS", "get", "session.touch"]) else {
+        panic!("COMMAND DOCS did not answer a map");
+    };
+    let names: Vec<String> = docs.iter().map(|(name, _)| name.text()).collect();
+    assert_eq!(names, ["get", "session.touch"]);
+}
+
 /// CONFIG is the upstream's (keyspace notifications, as Spring Session sets
 /// them), but for the sidecar's own parameters (its listener, its limits).
 #[test]

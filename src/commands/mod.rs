@@ -123,7 +123,10 @@ pub async fn execute(
         Cmd::Select => connection::select(&mut args, out),
         Cmd::Client => connection::client(shared, client, &mut args, out),
         Cmd::Info => server::info(shared, &mut args, out).await,
-        Cmd::Command => server::command(&mut args, out),
+        Cmd::Command => match &shared.proxy {
+            Some(proxy) => server::command_with_upstream(shared, proxy, &mut args, out).await,
+            None => server::command(&mut args, out),
+        },
         Cmd::Config => server::config(shared, &mut args, out).await,
         Cmd::Time => server::time(out),
         Cmd::Subscribe => pubsub::subscribe(shared, client, &mut args, out).await,

@@ -259,16 +259,7 @@ pub fn command(args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
         };
         out.map(specs.len());
         for spec in specs {
-            out.bulk(spec.name.as_bytes());
-            out.map(4);
-            out.bulk(b"summary");
-            out.bulk(spec.summary.as_bytes());
-            out.bulk(b"since");
-            out.bulk(b"1.0.0");
-            out.bulk(b"group");
-            out.bulk(spec.group.as_bytes());
-            out.bulk(b"arguments");
-            write_args(spec.args, out);
+            command_docs(spec, out);
         }
     } else {
         return Err(CommandError::err(format!(
@@ -277,6 +268,155 @@ pub fn command(args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
         )));
     }
     Ok(())
+}
+
+/// COMMAND with an upstream: the upstream's commands (it serves all but
+/// the sidecar's own, and the sidecar answers the common ones as it does)
+/// and the sidecar's `SESSION.*` ones, in the client's protocol.
+pub async fn command_with_upstream(
+    shared: &Shared,
+    proxy: &crate::proxy::Proxy,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
+    let argv: Vec<bytes::Bytes> = args.rest().to_vec();
+    let own = |spec: &&CommandSpec| spec.name.starts_with("session.");
+    let ours: Vec<&CommandSpec> = COMMANDS.iter().filter(own).collect();
+    let is_ours = |name: &[u8]| lookup(name).filter(own).is_some();
+    let sub = argv.first().map(|s| s.to_ascii_uppercase());
+    let names = argv.get(1..).unwrap_or_default();
+    // The upstream's reply to COMMAND with these arguments, as elements.
+    let wait = std::time::Duration::from_millis(shared.config.upstream_timeout_ms);
+    let protocol = out.protocol();
+    let ask = async |rest: &[&[u8]]| -> Result<(u8, Vec<bytes::Bytes>), CommandError> {
+        let mut request: Vec<&[u8]> = vec![b"COMMAND"];
+        request.extend_from_slice(rest);
+        let reply = tokio::time::timeout(wait, proxy.ask(protocol, &request))
+            .await
+            .map_err(|_| CommandError::err("TRYAGAIN upstream unavailable"))?;
+        crate::protocol::frame::split_aggregate(&reply).ok_or_else(|| {
+            let line = reply.split(|&b| b == b'\r').next().unwrap_or_default();
+            CommandError::err(String::from_utf8_lossy(
+                line.strip_prefix(b"-").unwrap_or(line),
+            ))
+        })
+    };
+    match sub.as_deref() {
+        None => {
+            let (_, theirs) = ask(&[]).await?;
+            out.array(theirs.len() + ours.len());
+            theirs.iter().for_each(|entry| out.raw(entry));
+            ours.iter().for_each(|spec| command_info(spec, out));
+        }
+        Some(b"COUNT") => {
+            let reply = tokio::time::timeout(wait, proxy.ask(protocol, &[b"COMMAND", b"COUNT"]))
+                .await
+                .map_err(|_| CommandError::err("TRYAGAIN upstream unavailable"))?;
+            let count = reply
+                .strip_prefix(b":")
+                .and_then(|r| r.strip_suffix(b"\r\n"))
+                .and_then(crate::protocol::parse_i64)
+                .ok_or_else(|| CommandError::err("ERR the upstream did not count its commands"))?;
+            out.int(count + ours.len() as i64);
+        }
+        Some(b"LIST") => {
+            let rest: Vec<&[u8]> = argv[1..].iter().map(|a| &a[..]).collect();
+            let (_, theirs) = ask(&[&[&b"LIST"[..]][..], &rest].concat()).await?;
+            // Ours join an unfiltered list, or one filtered by a pattern.
+            let pattern = match rest.as_slice() {
+                [] => Some(&b"*"[..]),
+                [filterby, kind, pattern]
+                    if filterby.eq_ignore_ascii_case(b"filterby")
+                        && kind.eq_ignore_ascii_case(b"pattern") =>
+                {
+                    Some(*pattern)
+                }
+                _ => None,
+            };
+            let listed: Vec<&&CommandSpec> = ours
+                .iter()
+                .filter(|s| {
+                    pattern.is_some_and(|p| glob_match(&p.to_ascii_lowercase(), s.name.as_bytes()))
+                })
+                .collect();
+            out.array(theirs.len() + listed.len());
+            theirs.iter().for_each(|name| out.raw(name));
+            listed
+                .iter()
+                .for_each(|spec| out.bulk(spec.name.as_bytes()));
+        }
+        Some(b"INFO") if names.is_empty() => {
+            let (_, theirs) = ask(&[b"INFO"]).await?;
+            out.array(theirs.len() + ours.len());
+            theirs.iter().for_each(|entry| out.raw(entry));
+            ours.iter().for_each(|spec| command_info(spec, out));
+        }
+        Some(b"INFO") => {
+            let others: Vec<&[u8]> = names
+                .iter()
+                .filter(|n| !is_ours(n))
+                .map(|n| &n[..])
+                .collect();
+            let mut theirs = match others.is_empty() {
+                true => Vec::new(),
+                false => ask(&[&[&b"INFO"[..]][..], &others].concat()).await?.1,
+            }
+            .into_iter();
+            out.array(names.len());
+            for name in names {
+                match lookup(name).filter(own) {
+                    Some(spec) => command_info(spec, out),
+                    None => match theirs.next() {
+                        Some(entry) => out.raw(&entry),
+                        None => out.null_array(),
+                    },
+                }
+            }
+        }
+        Some(b"DOCS") => {
+            let others: Vec<&[u8]> = names
+                .iter()
+                .filter(|n| !is_ours(n))
+                .map(|n| &n[..])
+                .collect();
+            let theirs = match names.is_empty() || !others.is_empty() {
+                true => ask(&[&[&b"DOCS"[..]][..], &others].concat()).await?.1,
+                false => Vec::new(),
+            };
+            let documented: Vec<&CommandSpec> = match names.is_empty() {
+                true => ours.clone(),
+                false => names.iter().filter_map(|n| lookup(n).filter(own)).collect(),
+            };
+            out.map(theirs.len() / 2 + documented.len());
+            theirs.iter().for_each(|element| out.raw(element));
+            documented.iter().for_each(|spec| command_docs(spec, out));
+        }
+        // GETKEYS, HELP...: the upstream's.
+        Some(_) => {
+            let rest: Vec<&[u8]> = argv.iter().map(|a| &a[..]).collect();
+            let mut request: Vec<&[u8]> = vec![b"COMMAND"];
+            request.extend_from_slice(&rest);
+            let reply = tokio::time::timeout(wait, proxy.ask(protocol, &request))
+                .await
+                .map_err(|_| CommandError::err("TRYAGAIN upstream unavailable"))?;
+            out.raw(&reply);
+        }
+    }
+    Ok(())
+}
+
+/// One COMMAND DOCS entry: the name, then its documentation.
+fn command_docs(spec: &CommandSpec, out: &mut ReplyWriter) {
+    out.bulk(spec.name.as_bytes());
+    out.map(4);
+    out.bulk(b"summary");
+    out.bulk(spec.summary.as_bytes());
+    out.bulk(b"since");
+    out.bulk(b"1.0.0");
+    out.bulk(b"group");
+    out.bulk(spec.group.as_bytes());
+    out.bulk(b"arguments");
+    write_args(spec.args, out);
 }
 
 /// One COMMAND INFO entry: name, arity, flags, first key, last key, step,

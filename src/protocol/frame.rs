@@ -162,6 +162,27 @@ impl<'a> FrameView<'a> {
     }
 }
 
+/// The elements of a complete aggregate reply (`*`, `%`, `~`; a map's keys
+/// and values one after the other), each as the bytes of its frame; with
+/// its type byte. None for anything else or anything malformed.
+pub fn split_aggregate(reply: &[u8]) -> Option<(u8, Vec<bytes::Bytes>)> {
+    let kind = *reply.first()?;
+    if !matches!(kind, b'*' | b'%' | b'~') {
+        return None;
+    }
+    let (mut pos, _, count) = header(reply).ok()??;
+    let count = usize::try_from(count).ok()? * if kind == b'%' { 2 } else { 1 };
+    let mut elements = Vec::with_capacity(count.min(4096));
+    for _ in 0..count {
+        let rest = reply.get(pos..)?;
+        let mut scanner = FrameScanner::default();
+        let end = scanner.next_frame(rest).ok()??;
+        elements.push(bytes::Bytes::copy_from_slice(&rest[..end]));
+        pos += end;
+    }
+    (pos == reply.len()).then_some((kind, elements))
+}
+
 /// One element of a [`FrameView`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Element<'a> {
@@ -188,6 +209,21 @@ mod tests {
         let buf = b"+OK\r\n-ERR x\r\n:1\r\n$3\r\nabc\r\n$-1\r\n*2\r\n$1\r\na\r\n*1\r\n:2\r\n*-1\r\n*0\r\n%1\r\n+k\r\n,1.5\r\n_\r\n#t\r\n(123\r\n=7\r\ntxt:abc\r\n>2\r\n+a\r\n+b\r\n|1\r\n+a\r\n+b\r\n:5\r\n~1\r\n+x\r\n";
         assert_eq!(frames(buf).len(), 16);
         assert_eq!(*frames(buf).last().unwrap(), buf.len());
+    }
+
+    #[test]
+    fn aggregates_split_into_their_elements() {
+        let (kind, elements) = split_aggregate(b"*3\r\n$1\r\na\r\n*1\r\n:2\r\n_\r\n").unwrap();
+        assert_eq!(kind, b'*');
+        assert_eq!(elements, [&b"$1\r\na\r\n"[..], b"*1\r\n:2\r\n", b"_\r\n"]);
+        let (kind, elements) = split_aggregate(b"%1\r\n+k\r\n:1\r\n").unwrap();
+        assert_eq!((kind, elements.len()), (b'%', 2));
+        // Short, long, or not an aggregate.
+        assert!(split_aggregate(b"*2\r\n:1\r\n").is_none());
+        assert!(split_aggregate(b"*1\r\n:1\r\n:2\r\n").is_none());
+        assert!(split_aggregate(b"-ERR x\r\n").is_none());
+        assert!(split_aggregate(b"*-1\r\n").is_none());
+        assert!(split_aggregate(b"").is_none());
     }
 
     #[test]

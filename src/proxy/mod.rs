@@ -264,13 +264,11 @@ impl Proxy {
         matches!(self.target, Target::Cluster(_))
     }
 
-    /// The upstream's CONFIG GET of `patterns`, as (name, value) pairs, or
-    /// its error.
-    pub async fn config_get(&self, patterns: &[Bytes]) -> Result<Vec<(String, String)>, String> {
-        let mut argv: Vec<&[u8]> = vec![b"CONFIG", b"GET"];
-        argv.extend(patterns.iter().map(|p| &p[..]));
+    /// The upstream's reply to `argv` in `protocol`, as it sent it (any
+    /// node of a cluster).
+    pub async fn ask(&self, protocol: Protocol, argv: &[&[u8]]) -> Bytes {
         let mut batch = Batch::default();
-        encode_command(&mut batch.commands, &argv);
+        encode_command(&mut batch.commands, argv);
         batch.count = 1;
         if self.is_cluster() {
             batch
@@ -278,8 +276,16 @@ impl Proxy {
                 .push((batch.commands.len(), cluster::Route::AnyNode));
         }
         let mut reply = BytesMut::new();
-        self.call(Protocol::Resp2, 0, &mut batch, None, &mut reply)
-            .await;
+        self.call(protocol, 0, &mut batch, None, &mut reply).await;
+        reply.freeze()
+    }
+
+    /// The upstream's CONFIG GET of `patterns`, as (name, value) pairs, or
+    /// its error.
+    pub async fn config_get(&self, patterns: &[Bytes]) -> Result<Vec<(String, String)>, String> {
+        let mut argv: Vec<&[u8]> = vec![b"CONFIG", b"GET"];
+        argv.extend(patterns.iter().map(|p| &p[..]));
+        let reply = self.ask(Protocol::Resp2, &argv).await;
         let view = FrameView::new(&reply);
         let Some(elements) = view.elements() else {
             let line = reply[..].split(|&b| b == b'\r').next().unwrap_or_default();
