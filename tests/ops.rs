@@ -503,6 +503,79 @@ fn several_event_loops_share_one_store_and_stop_cleanly() {
     assert!(sc.wait_exit(Duration::from_secs(10)).success());
 }
 
+/// CLIENT KILL closes the sidecar's clients by address (the old form, +OK)
+/// or by filters (a count), sparing the caller unless SKIPME no, as Redis.
+#[test]
+fn client_kill_closes_clients_by_address_or_filters() {
+    let sc = Sidecar::start(&["--threads", "2"]);
+    let mut admin = sc.raw();
+    let id_of = |c: &mut RawConn| match c.cmd(&["CLIENT", "ID"]) {
+        Resp::Int(id) => id,
+        other => panic!("CLIENT ID answered {other:?}"),
+    };
+    let closed = |c: &mut RawConn| c.read_until_closed(Duration::from_secs(5)).1;
+    // By id, on whichever event loop the client is.
+    let mut by_id = sc.raw();
+    let id = id_of(&mut by_id).to_string();
+    assert_eq!(admin.cmd(&["CLIENT", "KILL", "ID", &id]), Resp::Int(1));
+    assert!(closed(&mut by_id), "the client killed by id is still open");
+    assert_eq!(admin.cmd(&["CLIENT", "KILL", "ID", &id]), Resp::Int(0));
+    // The old form, by address.
+    let mut by_addr = sc.raw();
+    let line = by_addr.cmd(&["CLIENT", "INFO"]).text();
+    let addr = line
+        .split(' ')
+        .find_map(|f| f.strip_prefix("addr="))
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        admin.cmd(&["CLIENT", "KILL", &addr]),
+        Resp::Simple("OK".into())
+    );
+    assert!(
+        closed(&mut by_addr),
+        "the client killed by address is still open"
+    );
+    assert_eq!(
+        admin.cmd(&["CLIENT", "KILL", &addr]),
+        Resp::Error("ERR No such client".into())
+    );
+    // By type: the subscribers only.
+    let mut subscriber = sc.raw();
+    subscriber.cmd(&["SUBSCRIBE", "news"]);
+    let mut bystander = sc.raw();
+    assert_eq!(
+        admin.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]),
+        Resp::Int(1)
+    );
+    assert!(closed(&mut subscriber));
+    assert_eq!(bystander.cmd(&["PING"]), Resp::Simple("PONG".into()));
+    // Every normal client but the caller (SKIPME yes, the default).
+    assert_eq!(
+        admin.cmd(&["CLIENT", "KILL", "TYPE", "normal"]),
+        Resp::Int(1)
+    );
+    assert!(closed(&mut bystander));
+    assert_eq!(admin.cmd(&["PING"]), Resp::Simple("PONG".into()));
+    // Errors, as Redis words them.
+    assert_eq!(
+        admin.cmd(&["CLIENT", "KILL", "ID", "0"]),
+        Resp::Error("ERR client-id should be greater than 0".into())
+    );
+    assert_eq!(
+        admin.cmd(&["CLIENT", "KILL", "TYPE", "nosuch"]),
+        Resp::Error("ERR Unknown client type 'nosuch'".into())
+    );
+    assert_eq!(
+        admin.cmd(&["CLIENT", "KILL", "FOO", "bar"]),
+        Resp::Error("ERR syntax error".into())
+    );
+    // And itself, with SKIPME no: the reply, then the close.
+    let own = id_of(&mut admin).to_string();
+    admin.send_cmd(&["CLIENT", "KILL", "ID", &own, "SKIPME", "no"]);
+    admin.expect_reply_then_close(b":1\r\n");
+}
+
 /// `--threads 1` (the default) runs one event loop: it serves and shuts
 /// down cleanly.
 #[test]

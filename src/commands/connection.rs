@@ -193,6 +193,111 @@ fn set_name(client: &ClientState, name: &[u8]) -> CommandResult {
 }
 
 /// CLIENT ID | SETNAME | GETNAME | SETINFO | INFO | LIST | NO-EVICT | NO-TOUCH
+/// What CLIENT KILL answers: the old form (`ip:port`) +OK, the filter form
+/// the number of clients killed.
+enum Killed {
+    Old,
+    Count(usize),
+}
+
+impl Killed {
+    fn reply(self, out: &mut ReplyWriter) {
+        match self {
+            Killed::Old => out.ok(),
+            Killed::Count(n) => out.int(n as i64),
+        }
+    }
+}
+
+/// CLIENT KILL ip:port | [ID id] [TYPE normal|pubsub|master|replica]
+/// [USER name] [ADDR ip:port] [LADDR ip:port] [SKIPME yes|no] ...: closes
+/// the sidecar's clients that match every filter, as Redis does.
+fn kill(shared: &Shared, client: &ClientState, args: &mut Args) -> Result<Killed, CommandError> {
+    let rest = args.rest();
+    if let [addr] = rest {
+        let target = shared
+            .clients
+            .all()
+            .into_iter()
+            .find(|c| c.addr.to_string().as_bytes() == &addr[..])
+            .ok_or_else(|| CommandError::err("ERR No such client"))?;
+        target.kill.cancel();
+        return Ok(Killed::Old);
+    }
+    if rest.is_empty() || !rest.len().is_multiple_of(2) {
+        return Err(CommandError::Syntax);
+    }
+    let mut id: Option<u64> = None;
+    let mut pubsub: Option<bool> = None;
+    let mut none_of_type = false;
+    let mut addr: Option<&[u8]> = None;
+    let mut laddr: Option<&[u8]> = None;
+    let mut user: Option<&[u8]> = None;
+    let mut skip_me = true;
+    for pair in rest.chunks_exact(2) {
+        let (filter, value) = (super::args::Keyword::of(&pair[0]), &pair[1][..]);
+        if filter.is("ID") {
+            let parsed = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok());
+            id = Some(
+                parsed
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| CommandError::err("ERR client-id should be greater than 0"))?,
+            );
+        } else if filter.is("TYPE") {
+            let kind = super::args::Keyword::of(value);
+            if kind.is("NORMAL") {
+                pubsub = Some(false);
+            } else if kind.is("PUBSUB") {
+                pubsub = Some(true);
+            } else if kind.is("MASTER") || kind.is("REPLICA") || kind.is("SLAVE") {
+                none_of_type = true;
+            } else {
+                return Err(CommandError::err(format!(
+                    "ERR Unknown client type '{}'",
+                    String::from_utf8_lossy(value)
+                )));
+            }
+        } else if filter.is("ADDR") {
+            addr = Some(value);
+        } else if filter.is("LADDR") {
+            laddr = Some(value);
+        } else if filter.is("USER") {
+            user = Some(value);
+        } else if filter.is("SKIPME") {
+            let answer = super::args::Keyword::of(value);
+            skip_me = if answer.is("YES") {
+                true
+            } else if answer.is("NO") {
+                false
+            } else {
+                return Err(CommandError::Syntax);
+            };
+        } else {
+            return Err(CommandError::Syntax);
+        }
+    }
+    if none_of_type {
+        return Ok(Killed::Count(0));
+    }
+    let mut killed = 0;
+    for info in shared.clients.all() {
+        let matches = id.is_none_or(|id| info.id == id)
+            && pubsub.is_none_or(|pubsub| info.is_pubsub() == pubsub)
+            && addr.is_none_or(|a| info.addr.to_string().as_bytes() == a)
+            && laddr.is_none_or(|a| info.local_addr.to_string().as_bytes() == a)
+            // Every client is the default user.
+            && user.is_none_or(|u| u == b"default")
+            && !(skip_me && info.id == client.id());
+        if matches {
+            info.kill.cancel();
+            killed += 1;
+        }
+    }
+    Ok(Killed::Count(killed))
+}
+
 pub fn client(
     shared: &Shared,
     client: &mut ClientState,
@@ -288,6 +393,8 @@ pub fn client(
             text.push('\n');
         }
         out.verbatim(&text);
+    } else if keyword.is("KILL") {
+        kill(shared, client, args)?.reply(out);
     } else if keyword.is("NO-EVICT") || keyword.is("NO-TOUCH") {
         let mode = args.next().ok_or_else(arity_error)?;
         let mode = super::args::Keyword::of(mode);

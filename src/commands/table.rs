@@ -295,7 +295,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         -2,
         &["loading", "stale"],
         "connection",
-        "CLIENT ID|SETNAME|GETNAME|SETINFO|INFO|LIST|NO-EVICT|NO-TOUCH.",
+        "CLIENT ID|SETNAME|GETNAME|SETINFO|INFO|LIST|KILL|NO-EVICT|NO-TOUCH.",
         [string("subcommand"), optional(many(string("arg")))]
     ),
     command!(

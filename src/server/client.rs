@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -29,6 +30,8 @@ pub struct ClientInfo {
     pub patterns: AtomicUsize,
     /// Shard channels (SSUBSCRIBE), held on the upstream.
     pub shard_subscriptions: AtomicUsize,
+    /// Cancelled by CLIENT KILL: the connection closes.
+    pub kill: CancellationToken,
     /// The last command, as its [`Cmd`] number (`usize::MAX`: none yet), for
     /// CLIENT LIST's `cmd=`.
     pub last_command: AtomicUsize,
@@ -102,6 +105,7 @@ impl ClientRegistry {
             subscriptions: AtomicUsize::new(0),
             patterns: AtomicUsize::new(0),
             shard_subscriptions: AtomicUsize::new(0),
+            kill: CancellationToken::new(),
             last_command: AtomicUsize::new(usize::MAX),
         });
         self.clients.insert(id, info.clone());

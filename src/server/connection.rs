@@ -276,6 +276,10 @@ async fn run(
                 return Ok(());
             }
             _ = shutdown.cancelled() => return Ok(()),
+            _ = client.info.kill.cancelled() => {
+                tracing::debug!(client = client.id(), "closing client killed by CLIENT KILL");
+                return Ok(());
+            }
         }
     }
 }
