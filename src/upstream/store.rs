@@ -616,22 +616,31 @@ impl WriteThrough {
     }
 
     /// The portable form of the live sessions among `ids` that this sidecar
-    /// owns (hot copies, or read through).
+    /// owns (hot copies, or read through, 64 at a time: the multiplexed
+    /// upstream connection pipelines them).
     pub async fn owned(&self, ids: &[Key], now: u64) -> Result<Vec<(Key, Vec<u8>)>, StoreError> {
+        const IN_FLIGHT: usize = 64;
         let node = &self.config.node;
+        let encode_if_owned = |s: &Session| {
+            (s.node == *node).then(|| {
+                let mut payload = Vec::new();
+                crate::store::transfer::encode(s, &mut payload);
+                payload
+            })
+        };
         let mut owned = Vec::with_capacity(ids.len());
-        for id in ids {
-            let payload = self
-                .read(id, now, |s| {
-                    (s.node == *node).then(|| {
-                        let mut payload = Vec::new();
-                        crate::store::transfer::encode(s, &mut payload);
-                        payload
-                    })
-                })
-                .await?;
-            if let Some(Some(payload)) = payload {
-                owned.push((id.clone(), payload));
+        for chunk in ids.chunks(IN_FLIGHT) {
+            let mut reads = Vec::with_capacity(chunk.len());
+            for id in chunk {
+                reads.push(self.read(id, now, encode_if_owned));
+            }
+            for (id, payload) in chunk
+                .iter()
+                .zip(futures_util::future::join_all(reads).await)
+            {
+                if let Some(Some(payload)) = payload? {
+                    owned.push((id.clone(), payload));
+                }
             }
         }
         Ok(owned)
