@@ -995,6 +995,10 @@ fn an_unreachable_upstream_gets_a_clear_error_fast() {
         &["BLPOP", "q", "0"],
         &["MULTI"],
         &["SUBSCRIBE", "c"],
+        // Answered by the sidecar with the upstream's part.
+        &["CONFIG", "GET", "maxmemory"],
+        &["COMMAND", "COUNT"],
+        &["COMMAND", "INFO", "get"],
     ] {
         let started = Instant::now();
         assert_eq!(
@@ -1007,6 +1011,14 @@ fn an_unreachable_upstream_gets_a_clear_error_fast() {
             "{command:?} was slow"
         );
     }
+    // INFO is the sidecar's: it answers, without the upstream's keyspace.
+    let started = Instant::now();
+    let info = con.cmd(&["INFO"]).text();
+    assert!(
+        info.contains("# Keyspace\r\n") && !info.contains("db0:"),
+        "{info}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2), "INFO was slow");
     // The upstream comes up: the next commands go through.
     let _upstream = RedisServer::start_on_port(port, &[]);
     let through = wait_until(Duration::from_secs(10), || {
@@ -1379,6 +1391,17 @@ fn a_silent_upstream_gets_an_error_after_the_proxy_timeout() {
         format!("{reply:?}").contains("may have been applied"),
         "{reply:?}"
     );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // What the sidecar answers with the upstream's part is bounded too
+    // (--upstream-timeout-ms); INFO answers without the keyspace.
+    let started = Instant::now();
+    let reply = con.cmd(&["CONFIG", "GET", "maxmemory"]);
+    assert!(matches!(&reply, Resp::Error(_)), "{reply:?}");
+    assert!(!con.cmd(&["INFO", "keyspace"]).text().contains("db0"));
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",

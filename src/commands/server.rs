@@ -294,12 +294,7 @@ pub async fn command_with_upstream(
         let reply = tokio::time::timeout(wait, proxy.ask(protocol, &request))
             .await
             .map_err(|_| CommandError::err("TRYAGAIN upstream unavailable"))?;
-        crate::protocol::frame::split_aggregate(&reply).ok_or_else(|| {
-            let line = reply.split(|&b| b == b'\r').next().unwrap_or_default();
-            CommandError::err(String::from_utf8_lossy(
-                line.strip_prefix(b"-").unwrap_or(line),
-            ))
-        })
+        crate::protocol::frame::split_aggregate(&reply).ok_or_else(|| upstream_error(&reply))
     };
     match sub.as_deref() {
         None => {
@@ -316,7 +311,7 @@ pub async fn command_with_upstream(
                 .strip_prefix(b":")
                 .and_then(|r| r.strip_suffix(b"\r\n"))
                 .and_then(crate::protocol::parse_i64)
-                .ok_or_else(|| CommandError::err("ERR the upstream did not count its commands"))?;
+                .ok_or_else(|| upstream_error(&reply))?;
             out.int(count + ours.len() as i64);
         }
         Some(b"LIST") => {
@@ -403,6 +398,18 @@ pub async fn command_with_upstream(
         }
     }
     Ok(())
+}
+
+/// The upstream's error reply as the client's error (its first line), or a
+/// generic one for a reply of an unexpected shape.
+fn upstream_error(reply: &[u8]) -> CommandError {
+    match reply.strip_prefix(b"-") {
+        Some(error) => {
+            let line = error.split(|&b| b == b'\r').next().unwrap_or_default();
+            CommandError::err(String::from_utf8_lossy(line))
+        }
+        None => CommandError::err("ERR unexpected reply from the upstream"),
+    }
 }
 
 /// One COMMAND DOCS entry: the name, then its documentation.
