@@ -590,6 +590,19 @@ fn client_kill_closes_clients_by_address_or_filters() {
     admin.expect_reply_then_close(b":1\r\n");
 }
 
+/// One event loop by default; `--threads 0` runs one per CPU the process
+/// may use.
+#[test]
+fn one_event_loop_by_default_and_one_per_cpu_with_threads_zero() {
+    let default = Sidecar::start(&[]);
+    assert_eq!(default.info("clients")["event_loops"], "1");
+    let sc = Sidecar::start(&["--threads", "0"]);
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(sc.info("clients")["event_loops"], cpus.to_string());
+    let mut c = sc.client();
+    assert_eq!(call(&mut c, &["SESSION.CREATE", "ID", "x"]), bulk("x"));
+}
+
 /// `--threads 1` (the default) runs one event loop: it serves and shuts
 /// down cleanly.
 #[test]
