@@ -11,19 +11,8 @@ use common::*;
 use redis::Value;
 
 fn sidecar(cluster: &Cluster, node: &str) -> Sidecar {
-    let sc = Sidecar::write_through(&cluster.url(), node, &[]);
-    let up = wait_until(Duration::from_secs(15), || {
-        sc.info("upstream")
-            .get("upstream_state")
-            .map(String::as_str)
-            == Some("up")
-    });
-    assert!(
-        up,
-        "sidecar {node} never reached the cluster; logs:\n{}",
-        sc.logs().join("\n")
-    );
-    sc
+    // Returns once its upstream connection is up.
+    Sidecar::write_through(&cluster.url(), node, &[])
 }
 
 #[test]

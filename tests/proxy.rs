@@ -18,18 +18,7 @@ fn sidecar_for(url: &str, extra: &[&str]) -> Sidecar {
     let mut args = vec!["--upstream", url];
     args.extend_from_slice(extra);
     let sidecar = Sidecar::start(&args);
-    let up = wait_until(Duration::from_secs(15), || {
-        sidecar
-            .info("upstream")
-            .get("upstream_state")
-            .map(String::as_str)
-            == Some("up")
-    });
-    assert!(
-        up,
-        "never reached the upstream; logs:\n{}",
-        sidecar.logs().join("\n")
-    );
+    sidecar.wait_upstream_up();
     sidecar
 }
 

@@ -208,7 +208,26 @@ impl Sidecar {
             "100",
         ];
         args.extend_from_slice(extra);
-        Sidecar::start(&args)
+        let sidecar = Sidecar::start(&args);
+        sidecar.wait_upstream_up();
+        sidecar
+    }
+
+    /// Waits until the upstream connection is up: before, session commands
+    /// get TRYAGAIN (the sidecar answers PING at once).
+    #[track_caller]
+    pub fn wait_upstream_up(&self) {
+        let up = wait_until(Duration::from_secs(15), || {
+            self.info("upstream")
+                .get("upstream_state")
+                .map(String::as_str)
+                == Some("up")
+        });
+        assert!(
+            up,
+            "never reached the upstream; logs:\n{}",
+            self.logs().join("\n")
+        );
     }
 
     /// Every stdout and stderr line the process has written so far.

@@ -32,11 +32,7 @@ pub fn start_sidecar(redis: &RedisServer, node: &str, extra: &[&str]) -> Sidecar
     let mut args = vec!["--upstream", url.as_str(), "--node-id", node];
     args.extend_from_slice(extra);
     let sc = Sidecar::start(&args);
-    assert!(
-        wait_until(WAIT, || upstream_state(&sc) == "up"),
-        "sidecar {node} never connected to its upstream; logs:\n{}",
-        sc.logs().join("\n")
-    );
+    sc.wait_upstream_up();
     sc
 }
 
