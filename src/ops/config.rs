@@ -97,6 +97,23 @@ pub struct Config {
     )]
     pub metrics_listen: SocketAddr,
 
+    /// A second client listener speaking TLS (the plain one stays), as
+    /// Redis's tls-port; needs --tls-cert-file and --tls-key-file.
+    #[arg(
+        long,
+        env = "SESSION_SIDECAR_TLS_LISTEN",
+        requires_all = ["tls_cert_file", "tls_key_file"]
+    )]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain the TLS listener presents.
+    #[arg(long, env = "SESSION_SIDECAR_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of that certificate.
+    #[arg(long, env = "SESSION_SIDECAR_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
     /// Key prefix in the upstream and prefix of the event channel `<prefix>:events`.
     #[arg(long, env = "SESSION_SIDECAR_PREFIX", default_value = "session")]
     pub prefix: String,

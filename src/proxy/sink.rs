@@ -9,18 +9,23 @@
 //! owed by a pool ([`ReplySink::settle`]), and sends no request to a pool
 //! before its own output is written. What a pooled connection cannot write
 //! at once (the client reads slowly) waits in a backlog the client's task
-//! writes; replies delivered meanwhile queue behind it.
+//! writes; replies delivered meanwhile queue behind it. A TLS client's
+//! replies always go through the backlog: only its own task drives the TLS
+//! session.
 
 use std::io;
 use std::sync::Mutex;
 
 use bytes::BytesMut;
+use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
+use tokio_rustls::server::TlsStream;
 
 /// The write side of a client connection, shared with the pools.
 pub struct ReplySink {
-    writer: OwnedWriteHalf,
+    writer: Writer,
     state: Mutex<SinkState>,
     wake: Notify,
 }
@@ -37,8 +42,24 @@ struct SinkState {
     waiting: bool,
 }
 
+/// A plain socket, which a pool may write to directly, or a TLS session,
+/// written by the client's task alone.
+enum Writer {
+    Plain(OwnedWriteHalf),
+    Tls(tokio::sync::Mutex<WriteHalf<TlsStream<TcpStream>>>),
+}
+
 impl ReplySink {
     pub fn new(writer: OwnedWriteHalf) -> ReplySink {
+        ReplySink::with(Writer::Plain(writer))
+    }
+
+    /// The sink of a TLS client.
+    pub fn tls(writer: WriteHalf<TlsStream<TcpStream>>) -> ReplySink {
+        ReplySink::with(Writer::Tls(tokio::sync::Mutex::new(writer)))
+    }
+
+    fn with(writer: Writer) -> ReplySink {
         ReplySink {
             writer,
             state: Mutex::new(SinkState::default()),
@@ -65,8 +86,11 @@ impl ReplySink {
     pub fn deliver(&self, replies: &[u8]) {
         let mut state = self.lock();
         state.owed = state.owed.saturating_sub(1);
-        if state.backlog.is_empty() && !state.writing {
-            match self.writer.try_write(replies) {
+        if let Writer::Plain(writer) = &self.writer
+            && state.backlog.is_empty()
+            && !state.writing
+        {
+            match writer.try_write(replies) {
                 Ok(written) => state.backlog.extend_from_slice(&replies[written..]),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     state.backlog.extend_from_slice(replies);
@@ -131,7 +155,15 @@ impl ReplySink {
     }
 }
 
-async fn write_all(writer: &OwnedWriteHalf, mut buf: &[u8]) -> io::Result<()> {
+async fn write_all(writer: &Writer, mut buf: &[u8]) -> io::Result<()> {
+    let writer = match writer {
+        Writer::Plain(writer) => writer,
+        Writer::Tls(session) => {
+            let mut session = session.lock().await;
+            session.write_all(buf).await?;
+            return session.flush().await;
+        }
+    };
     while !buf.is_empty() {
         writer.writable().await?;
         match writer.try_write(buf) {

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
@@ -32,15 +33,43 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Buffers grown past this are given back once empty.
 const SHRINK_ABOVE: usize = 1024 * 1024;
 
+/// How long a TLS client may take over its handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
 pub async fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
     info: Arc<ClientInfo>,
     shutdown: CancellationToken,
+    tls: Option<TlsAcceptor>,
 ) {
     let id = info.id;
     let mut client = ClientState::new(info, shared.config.requirepass.is_none());
-    if let Err(error) = run(&shared, stream, &mut client, &shutdown).await {
+    let served = match stream.set_nodelay(true) {
+        Err(error) => Err(error),
+        Ok(()) => match tls {
+            None => {
+                let (reader, writer) = stream.into_split();
+                let sink = Arc::new(ReplySink::new(writer));
+                run(&shared, reader, sink, &mut client, &shutdown).await
+            }
+            Some(acceptor) => {
+                match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                    Ok(Ok(session)) => {
+                        let (reader, writer) = tokio::io::split(session);
+                        let sink = Arc::new(ReplySink::tls(writer));
+                        run(&shared, reader, sink, &mut client, &shutdown).await
+                    }
+                    Ok(Err(error)) => Err(error),
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "TLS handshake timed out",
+                    )),
+                }
+            }
+        },
+    };
+    if let Err(error) = served {
         tracing::debug!(client = id, %error, "client connection ended with an error");
     }
     unsubscribe_all(&shared, &mut client);
@@ -87,17 +116,15 @@ fn encode_message(message: Message, out: &mut ReplyWriter) {
     }
 }
 
-async fn run(
+async fn run<R: AsyncRead + Unpin>(
     shared: &Shared,
-    stream: TcpStream,
+    mut reader: R,
+    sink: Arc<ReplySink>,
     client: &mut ClientState,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
     // The write side is shared with the proxy's pooled connections, which
     // write the replies of forwarded commands straight to the client.
-    let (mut reader, writer) = stream.into_split();
-    let sink = Arc::new(ReplySink::new(writer));
     client.proxy.attach(sink.clone());
     let mut parser = RequestParser::default();
     let mut input = BytesMut::with_capacity(READ_CHUNK);

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -104,6 +105,7 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
         .map_err(|e| format!("cannot listen on {} (metrics): {e}", config.metrics_listen))?;
     let listen_addr = listener.local_addr()?;
     let metrics_addr = metrics_listener.local_addr()?;
+    let tls = tls_listener(&config).await?;
 
     let pubsub = Arc::new(PubSub::default());
     let shutdown = CancellationToken::new();
@@ -167,8 +169,17 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     let signal = shutdown_signal();
     tokio::pin!(signal);
     loop {
-        let (stream, addr) = tokio::select! {
+        let ((stream, addr), acceptor) = tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok(accepted) => (accepted, None),
+                Err(error) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            accepted = accept_tls(&tls) => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors and the like: back off, keep serving.
@@ -185,6 +196,10 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
         shared.metrics.connections.inc();
         if shared.clients.len() >= shared.config.maxclients {
             shared.metrics.rejected_connections.inc();
+            if acceptor.is_some() {
+                // No TLS session yet to say it in: closed.
+                continue;
+            }
             tracker.spawn(async move {
                 let mut stream = stream;
                 let _ = stream
@@ -195,7 +210,7 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
         }
         let local_addr = stream.local_addr().unwrap_or(listen_addr);
         let info = shared.clients.register(addr, local_addr);
-        workers.dispatch(stream, info, &shared, &tracker, &shutdown);
+        workers.dispatch(stream, info, acceptor, &shared, &tracker, &shutdown);
     }
 
     shared.ready.store(false, Ordering::Relaxed);
@@ -362,6 +377,48 @@ fn start_proxy(config: &Config, sessions: &Sessions) -> Option<Proxy> {
             tracing::warn!(%reason, "ordinary commands will not be forwarded to the upstream");
             None
         }
+    }
+}
+
+/// The TLS client listener (`--tls-listen`) and its acceptor, if asked for.
+async fn tls_listener(config: &Config) -> Result<Option<(TcpListener, TlsAcceptor)>, BoxError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(addr), Some(cert), Some(key)) = (
+        config.tls_listen,
+        &config.tls_cert_file,
+        &config.tls_key_file,
+    ) else {
+        return Ok(None);
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read the TLS certificate {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read the TLS key {}: {e}", key.display()))?;
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS setup: {e}"))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| format!("TLS certificate and key: {e}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} (TLS): {e}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "TLS clients listening");
+    Ok(Some((listener, TlsAcceptor::from(Arc::new(tls)))))
+}
+
+/// The next connection on the TLS listener, with its acceptor; never, without
+/// one.
+async fn accept_tls(
+    tls: &Option<(TcpListener, TlsAcceptor)>,
+) -> std::io::Result<((tokio::net::TcpStream, SocketAddr), Option<TlsAcceptor>)> {
+    match tls {
+        Some((listener, acceptor)) => Ok((listener.accept().await?, Some(acceptor.clone()))),
+        None => std::future::pending().await,
     }
 }
 

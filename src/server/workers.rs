@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,10 +34,12 @@ pub fn current() -> usize {
     WORKER.with(Cell::get)
 }
 
-/// A connection handed to a worker.
+/// A connection handed to a worker (with the TLS acceptor when it came
+/// in on the TLS listener: the handshake runs on the worker's loop).
 struct Accepted {
     stream: std::net::TcpStream,
     info: Arc<ClientInfo>,
+    tls: Option<TlsAcceptor>,
 }
 
 /// The event loops serving clients, and how many clients each serves.
@@ -86,6 +89,7 @@ impl Workers {
         &self,
         stream: TcpStream,
         info: Arc<ClientInfo>,
+        tls: Option<TlsAcceptor>,
         shared: &Arc<Shared>,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
@@ -99,6 +103,7 @@ impl Workers {
                 shared.clone(),
                 stream,
                 info,
+                tls,
                 shutdown.clone(),
                 self.load.clone(),
                 0,
@@ -111,6 +116,7 @@ impl Workers {
                 .send(Accepted {
                     stream,
                     info: info.clone(),
+                    tls,
                 })
                 .map_err(|_| std::io::Error::other("the worker is gone"))
         });
@@ -137,13 +143,14 @@ async fn serve_handed(
     shutdown: CancellationToken,
     load: Arc<[AtomicUsize]>,
 ) {
-    while let Some(Accepted { stream, info }) = handed.recv().await {
+    while let Some(Accepted { stream, info, tls }) = handed.recv().await {
         match TcpStream::from_std(stream) {
             Ok(stream) => {
                 tracker.spawn(serve_counted(
                     shared.clone(),
                     stream,
                     info,
+                    tls,
                     shutdown.clone(),
                     load.clone(),
                     index,
@@ -161,14 +168,16 @@ async fn serve_handed(
     std::future::pending::<()>().await;
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_counted(
     shared: Arc<Shared>,
     stream: TcpStream,
     info: Arc<ClientInfo>,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
     load: Arc<[AtomicUsize]>,
     index: usize,
 ) {
-    connection::serve(shared, stream, info, shutdown).await;
+    connection::serve(shared, stream, info, shutdown, tls).await;
     load[index].fetch_sub(1, Ordering::Relaxed);
 }

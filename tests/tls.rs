@@ -1,5 +1,7 @@
-//! Write-through over TLS (`rediss://`): the sidecar verifies the upstream's
-//! certificate against the CA it is given, and refuses one it cannot verify.
+//! TLS both ways. Upstream (`rediss://`): the sidecar verifies the
+//! upstream's certificate against the CA it is given, and refuses one it
+//! cannot verify. Clients (`--tls-listen`): a second listener speaking TLS,
+//! for sessions and passthrough alike.
 
 mod common;
 
@@ -74,6 +76,133 @@ fn make_certificates(dir: &Path) {
     ]);
 }
 
+/// A fresh directory with a CA and a server certificate.
+fn certificates() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "sidecar-tls-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_certificates(&dir);
+    dir
+}
+
+#[test]
+fn clients_speak_tls_on_the_tls_listener() {
+    let dir = certificates();
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let upstream = RedisServer::start(&[]);
+    let tls_addr = format!("127.0.0.1:{}", free_port());
+    let sidecar = Sidecar::start(&[
+        "--upstream",
+        &upstream.url(),
+        "--tls-listen",
+        &tls_addr,
+        "--tls-cert-file",
+        &path("server.pem"),
+        "--tls-key-file",
+        &path("server.key"),
+        "--threads",
+        "2",
+    ]);
+    sidecar.wait_upstream_up();
+    let (_, tls_port) = tls_addr.rsplit_once(':').unwrap();
+
+    // redis-cli --tls: a session, and a command passed through.
+    let cli = |args: &[&str]| -> String {
+        let out = Command::new("redis-cli")
+            .args([
+                "--tls",
+                "--cacert",
+                &path("ca.pem"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                tls_port,
+            ])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(cli(&["SESSION.CREATE", "ID", "over-tls"]), "over-tls");
+    assert_eq!(cli(&["SET", "plain", "v"]), "OK");
+
+    // The redis crate over TLS in RESP3: a pipeline whose replies the pool
+    // hands to the TLS session, with sessions interleaved.
+    let client = redis::Client::build_with_tls(
+        format!("rediss://{tls_addr}/?protocol=resp3"),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(path("ca.pem")).unwrap()),
+        },
+    )
+    .unwrap();
+    let mut con = client.get_connection().unwrap();
+    let mut pipe = redis::pipe();
+    for _ in 0..200 {
+        pipe.cmd("INCR").arg("counter");
+    }
+    pipe.cmd("SESSION.EXISTS")
+        .arg("over-tls")
+        .cmd("GET")
+        .arg("plain");
+    let replies: Vec<redis::Value> = pipe.query(&mut con).unwrap();
+    assert_eq!(replies[199], redis::Value::Int(200));
+    assert_eq!(replies[200], redis::Value::Int(1));
+    assert_eq!(replies[201], redis::Value::BulkString(b"v".to_vec()));
+    // A large reply, more than a socket takes at once.
+    let big = "x".repeat(4 << 20);
+    let _: () = redis::cmd("SET")
+        .arg("big")
+        .arg(&big)
+        .query(&mut con)
+        .unwrap();
+    let back: String = redis::cmd("GET").arg("big").query(&mut con).unwrap();
+    assert_eq!(back.len(), big.len());
+
+    // The plain listener stays plain; plaintext on the TLS one is closed.
+    assert_eq!(
+        common::call(&mut sidecar.client(), &["SESSION.EXISTS", "over-tls"]),
+        redis::Value::Int(1)
+    );
+    let mut plain = common::RawConn::connect(tls_addr.parse().unwrap());
+    plain.send(b"*1\r\n$4\r\nPING\r\n").unwrap();
+    let (got, closed) = plain.read_until_closed(Duration::from_secs(5));
+    assert!(closed, "plaintext on the TLS listener was not closed");
+    assert!(!got.starts_with(b"+PONG"), "{got:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_tls_listener_without_a_usable_certificate_is_a_startup_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_session-sidecar"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args([
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert-file",
+            "/nonexistent.pem",
+        ])
+        .args(["--tls-key-file", "/nonexistent.key"])
+        .output()
+        .expect("run with a missing certificate");
+    assert!(!out.status.success());
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("cannot read the TLS certificate /nonexistent.pem"),
+        "{said}"
+    );
+    // --tls-listen alone is refused by the flag parser.
+    let out = Command::new(env!("CARGO_BIN_EXE_session-sidecar"))
+        .args(["--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0"])
+        .output()
+        .expect("run without a certificate");
+    assert!(!out.status.success());
+}
+
 fn query(sidecar: &Sidecar, args: &[&str]) -> redis::RedisResult<redis::Value> {
     let mut command = redis::cmd(args[0]);
     for arg in &args[1..] {
@@ -84,13 +213,7 @@ fn query(sidecar: &Sidecar, args: &[&str]) -> redis::RedisResult<redis::Value> {
 
 #[test]
 fn rediss_upstream_is_verified_against_the_given_ca() {
-    let dir = std::env::temp_dir().join(format!(
-        "sidecar-tls-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    make_certificates(&dir);
+    let dir = certificates();
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let tls_port = free_port().to_string();
     let redis = RedisServer::start(&[
