@@ -8,7 +8,6 @@ mod common;
 #[path = "shared/contract.rs"]
 mod contract;
 
-use std::collections::BTreeMap;
 use std::ops::Deref;
 
 use common::*;
@@ -79,17 +78,7 @@ fn nodes_lists_this_sidecar() {
         call(&mut c, &["SESSION.CREATE", "ID", "a"]);
         call(&mut c, &["SESSION.CREATE", "ID", "b"]);
         let before = now_ms();
-        let nodes = array(&call(&mut c, &["SESSION.NODES"]));
-        assert!(!nodes.is_empty());
-        let me: Vec<BTreeMap<String, Value>> = nodes
-            .iter()
-            .map(|n| map_of(n, resp3))
-            .filter(|m| m.get("self") == Some(&Value::Int(1)))
-            .collect();
-        assert_eq!(me.len(), 1, "exactly one node is self: {nodes:?}");
-        let me = &me[0];
-        let keys: Vec<&str> = me.keys().map(String::as_str).collect();
-        assert_eq!(keys, ["addr", "last_seen", "node", "self", "sessions"]);
+        let me = self_node(&mut c, resp3);
         assert_eq!(text(&me["node"]), "pod-7");
         assert_eq!(text(&me["addr"]), "10.1.2.3:6380");
         assert_eq!(me["sessions"], Value::Int(2));
@@ -105,12 +94,7 @@ fn nodes_lists_this_sidecar() {
 fn nodes_advertises_the_listen_address_by_default() {
     let sc = Sidecar::start(&["--node-id", "solo"]);
     let mut c = sc.client();
-    let nodes = array(&call(&mut c, &["SESSION.NODES"]));
-    let me = nodes
-        .iter()
-        .map(|n| map_of(n, false))
-        .find(|m| m.get("self") == Some(&Value::Int(1)))
-        .expect("self entry");
+    let me = self_node(&mut c, false);
     assert_eq!(text(&me["addr"]), sc.addr.to_string());
     assert_eq!(me["sessions"], Value::Int(0));
 }

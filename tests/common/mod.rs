@@ -647,6 +647,26 @@ pub fn map_pairs(v: &Value, resp3: bool) -> Vec<(Value, Value)> {
     }
 }
 
+/// The one entry of SESSION.NODES marked `self`, as a map; asserts there is
+/// exactly one, with the fields every entry has.
+#[track_caller]
+pub fn self_node(con: &mut redis::Connection, resp3: bool) -> BTreeMap<String, Value> {
+    let nodes = match call(con, &["SESSION.NODES"]) {
+        Value::Array(nodes) => nodes,
+        other => panic!("SESSION.NODES answered {other:?}"),
+    };
+    let mut me: Vec<BTreeMap<String, Value>> = nodes
+        .iter()
+        .map(|n| map_of(n, resp3))
+        .filter(|m| m.get("self") == Some(&Value::Int(1)))
+        .collect();
+    assert_eq!(me.len(), 1, "exactly one node is self: {nodes:?}");
+    let me = me.remove(0);
+    let keys: Vec<&str> = me.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["addr", "last_seen", "node", "self", "sessions"]);
+    me
+}
+
 /// A map reply keyed by string, checking the protocol's shape and that no
 /// key repeats.
 #[track_caller]

@@ -84,18 +84,9 @@ fn nodes_lists_this_sidecar_in_write_through_mode() {
         } else {
             f.a.client()
         };
-        let nodes = array(&call(&mut c, &["SESSION.NODES"]));
-        eprintln!("SESSION.NODES on A (resp3={resp3}): {nodes:?}");
-        let me: Vec<BTreeMap<String, Value>> = nodes
-            .iter()
-            .map(|n| map_of(n, resp3))
-            .filter(|m| m.get("self") == Some(&Value::Int(1)))
-            .collect();
-        assert_eq!(me.len(), 1, "exactly one node is self: {nodes:?}");
-        let keys: Vec<&str> = me[0].keys().map(String::as_str).collect();
-        assert_eq!(keys, ["addr", "last_seen", "node", "self", "sessions"]);
-        assert_eq!(text(&me[0]["node"]), NODE);
-        assert_eq!(text(&me[0]["addr"]), f.a.addr.to_string());
+        let me = self_node(&mut c, resp3);
+        assert_eq!(text(&me["node"]), NODE);
+        assert_eq!(text(&me["addr"]), f.a.addr.to_string());
     }
 }
 
