@@ -39,6 +39,7 @@ pub struct Fleet {
     /// Presented to the static peers (SESSION.PEERAUTH) before asking them
     /// who they are, as they may require a password.
     peer_secret: Option<String>,
+    peer_tls_ca: Option<Arc<[u8]>>,
 }
 
 impl Fleet {
@@ -48,6 +49,7 @@ impl Fleet {
         interval: Duration,
         peer_timeout: Duration,
         peer_secret: Option<String>,
+        peer_tls_ca: Option<Arc<[u8]>>,
     ) -> Self {
         Self {
             prefix: prefix.to_string(),
@@ -55,7 +57,14 @@ impl Fleet {
             interval,
             peer_timeout,
             peer_secret,
+            peer_tls_ca,
         }
+    }
+
+    /// The CA peers' TLS certificates are verified against, when peers are
+    /// reached over TLS.
+    pub fn peer_tls_ca(&self) -> Option<Arc<[u8]>> {
+        self.peer_tls_ca.clone()
     }
 
     fn zset(&self) -> String {
@@ -134,8 +143,9 @@ impl Fleet {
         for addr in self.static_peers.clone() {
             let timeout = self.peer_timeout;
             let secret = self.peer_secret.clone();
+            let tls_ca = self.peer_tls_ca.clone();
             probes.spawn(async move {
-                tokio::time::timeout(timeout, probe(addr, secret, timeout))
+                tokio::time::timeout(timeout, probe(addr, secret, timeout, tls_ca))
                     .await
                     .ok()
                     .flatten()
@@ -242,10 +252,16 @@ fn parse_entry(value: &Value) -> Option<NodeInfo> {
 }
 
 /// Who answers at `addr`: its node id (INFO server) and hot sessions.
-async fn probe(addr: String, secret: Option<String>, timeout: Duration) -> Option<NodeInfo> {
-    let mut connection = crate::migrate::connect_peer(&addr, secret.as_deref(), timeout)
-        .await
-        .ok()?;
+async fn probe(
+    addr: String,
+    secret: Option<String>,
+    timeout: Duration,
+    tls_ca: Option<Arc<[u8]>>,
+) -> Option<NodeInfo> {
+    let mut connection =
+        crate::migrate::connect_peer(&addr, secret.as_deref(), timeout, tls_ca.as_deref())
+            .await
+            .ok()?;
     let info: String = redis::cmd("INFO")
         .arg("server")
         .query_async(&mut connection)

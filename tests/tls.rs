@@ -88,24 +88,36 @@ fn certificates() -> std::path::PathBuf {
     dir
 }
 
+/// A TLS listener on a free port with the test certificate in `dir`: its
+/// address, and the flags that ask for it.
+fn tls_listener(dir: &Path) -> (String, Vec<String>) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let flags = vec![
+        "--tls-listen".into(),
+        addr.clone(),
+        "--tls-cert-file".into(),
+        path("server.pem"),
+        "--tls-key-file".into(),
+        path("server.key"),
+    ];
+    (addr, flags)
+}
+
+/// Starts a sidecar with `args` and then `more`.
+fn start_with(args: &[&str], more: &[String]) -> Sidecar {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(more.iter().map(String::as_str));
+    Sidecar::start(&all)
+}
+
 #[test]
 fn clients_speak_tls_on_the_tls_listener() {
     let dir = certificates();
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let upstream = RedisServer::start(&[]);
-    let tls_addr = format!("127.0.0.1:{}", free_port());
-    let sidecar = Sidecar::start(&[
-        "--upstream",
-        &upstream.url(),
-        "--tls-listen",
-        &tls_addr,
-        "--tls-cert-file",
-        &path("server.pem"),
-        "--tls-key-file",
-        &path("server.key"),
-        "--threads",
-        "2",
-    ]);
+    let (tls_addr, tls) = tls_listener(&dir);
+    let sidecar = start_with(&["--upstream", &upstream.url(), "--threads", "2"], &tls);
     sidecar.wait_upstream_up();
     let (_, tls_port) = tls_addr.rsplit_once(':').unwrap();
 
@@ -172,6 +184,59 @@ fn clients_speak_tls_on_the_tls_listener() {
     let (got, closed) = plain.read_until_closed(Duration::from_secs(5));
     assert!(closed, "plaintext on the TLS listener was not closed");
     assert!(!got.starts_with(b"+PONG"), "{got:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Peers over TLS (`--peer-tls-ca`): SESSION.MIGRATE reaches a sidecar at
+/// its TLS listener, certificate verified, peer secret and all; a sidecar
+/// without the CA cannot, and keeps its sessions.
+#[test]
+fn migrate_reaches_a_peer_over_tls() {
+    let dir = certificates();
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let (tls_addr, tls) = tls_listener(&dir);
+    let (_, tls_port) = tls_addr.rsplit_once(':').unwrap();
+    let b = start_with(&["--node-id", "b", "--peer-secret", "between-us"], &tls);
+    let a = Sidecar::start(&[
+        "--node-id",
+        "a",
+        "--peer-secret",
+        "between-us",
+        "--peer-tls-ca",
+        &path("ca.pem"),
+    ]);
+    let mut con_a = a.client();
+    for i in 0..10 {
+        common::call(&mut con_a, &["SESSION.CREATE", "ID", &format!("s{i}")]);
+    }
+    let moved = common::call(
+        &mut con_a,
+        &["SESSION.MIGRATE", "127.0.0.1", tls_port, "ALL"],
+    );
+    assert_eq!(moved, redis::Value::Int(10));
+    let count = |sc: &Sidecar| common::call(&mut sc.client(), &["SESSION.COUNT", "LOCAL"]);
+    assert_eq!(count(&b), redis::Value::Int(10));
+
+    // Without the CA, the TLS listener cannot be spoken to: nothing moves.
+    let c = Sidecar::start(&["--node-id", "c", "--peer-secret", "between-us"]);
+    let mut con_c = c.client();
+    common::call(&mut con_c, &["SESSION.CREATE", "ID", "stays"]);
+    let refused = common::call(
+        &mut con_c,
+        &[
+            "SESSION.MIGRATE",
+            "127.0.0.1",
+            tls_port,
+            "TIMEOUT",
+            "2000",
+            "ALL",
+        ],
+    );
+    assert!(
+        matches!(&refused, redis::Value::ServerError(_)),
+        "{refused:?}"
+    );
+    assert_eq!(count(&c), redis::Value::Int(1));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

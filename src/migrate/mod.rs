@@ -62,6 +62,8 @@ pub struct Target {
     pub secret: Option<String>,
     /// How long each reply of the target may take.
     pub timeout: Duration,
+    /// TLS to the target, verified against this CA (`--peer-tls-ca`).
+    pub tls_ca: Option<Arc<[u8]>>,
 }
 
 /// The migration state and counters of this sidecar.
@@ -100,8 +102,13 @@ struct Peer {
 
 impl Peer {
     async fn connect(source: &str, target: &Target) -> Result<Peer, String> {
-        let mut connection =
-            connect_peer(&target.addr, target.secret.as_deref(), target.timeout).await?;
+        let mut connection = connect_peer(
+            &target.addr,
+            target.secret.as_deref(),
+            target.timeout,
+            target.tls_ca.as_deref(),
+        )
+        .await?;
         let reply: Value = redis::cmd("SESSION.IMPORT")
             .arg(source)
             .query_async(&mut connection)
@@ -145,13 +152,14 @@ impl Peer {
     }
 }
 
-/// A connection to the sidecar at `addr` (`host:port`, `[v6]:port`),
-/// authenticated with the peer secret when one is given; every reply
-/// awaited at most `timeout`.
+/// A connection to the sidecar at `addr` (`host:port`, `[v6]:port`), over
+/// TLS verified against `tls_ca` when given, authenticated with the peer
+/// secret when one is given; every reply awaited at most `timeout`.
 pub async fn connect_peer(
     addr: &str,
     secret: Option<&str>,
     timeout: Duration,
+    tls_ca: Option<&[u8]>,
 ) -> Result<MultiplexedConnection, String> {
     let (host, port) = addr
         .rsplit_once(':')
@@ -160,7 +168,25 @@ pub async fn connect_peer(
     let port: u16 = port
         .parse()
         .map_err(|_| format!("invalid peer port {port}"))?;
-    let client = redis::Client::open((host.to_string(), port)).map_err(|e| e.to_string())?;
+    let client = match tls_ca {
+        None => redis::Client::open((host.to_string(), port)),
+        Some(ca) => {
+            let addr = redis::ConnectionAddr::TcpTls {
+                host: host.to_string(),
+                port,
+                insecure: false,
+                tls_params: None,
+            };
+            redis::Client::build_with_tls(
+                addr,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.to_vec()),
+                },
+            )
+        }
+    }
+    .map_err(|e| e.to_string())?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
@@ -484,6 +510,7 @@ pub async fn drain(shared: &Shared, timeout_after: Duration) -> Result<usize, St
                     addr: addr.clone(),
                     secret: secret.clone(),
                     timeout,
+                    tls_ca: shared.fleet.peer_tls_ca(),
                 };
                 let ids = ids.to_vec();
                 runs.push(async move {

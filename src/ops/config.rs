@@ -154,6 +154,13 @@ pub struct Config {
     #[arg(long, env = "SESSION_SIDECAR_PEER_SECRET", hide_env_values = true)]
     pub peer_secret: Option<String>,
 
+    /// PEM CA that signed the peers' certificates: when given, peers
+    /// (SESSION.MIGRATE and SESSION.DRAIN targets, --peers probes) are reached
+    /// over TLS, at their --tls-listen addresses (which --advertise and
+    /// --peers then name).
+    #[arg(long, env = "SESSION_SIDECAR_PEER_TLS_CA")]
+    pub peer_tls_ca: Option<PathBuf>,
+
     /// Seconds a sidecar without upstream answers -SESSIONMOVED for sessions it
     /// handed to another sidecar.
     #[arg(long, env = "SESSION_SIDECAR_MOVED_GRACE", default_value_t = 60)]

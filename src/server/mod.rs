@@ -106,6 +106,14 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     let listen_addr = listener.local_addr()?;
     let metrics_addr = metrics_listener.local_addr()?;
     let tls = tls_listener(&config).await?;
+    let peer_tls_ca: Option<Arc<[u8]>> = match &config.peer_tls_ca {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| format!("cannot read the peer CA {}: {e}", path.display()))?
+                .into(),
+        ),
+        None => None,
+    };
 
     let pubsub = Arc::new(PubSub::default());
     let shutdown = CancellationToken::new();
@@ -128,6 +136,7 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
             Duration::from_millis(config.registry_interval_ms),
             Duration::from_millis(config.upstream_timeout_ms),
             config.peer_secret.clone(),
+            peer_tls_ca,
         )),
         migration: crate::migrate::Migration::default(),
         config,

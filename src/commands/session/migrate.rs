@@ -68,6 +68,7 @@ pub async fn migrate(
         addr,
         secret,
         timeout,
+        tls_ca: shared.fleet.peer_tls_ca(),
     };
     match migrate::migrate(shared, &target, &selection).await {
         Ok(outcome) if outcome.moved == 0 && outcome.error.is_some() => {
