@@ -68,18 +68,36 @@ impl Cluster {
         format!("redis+cluster://{}", hosts.join(","))
     }
 
-    /// The node that holds `key`.
+    /// The node that holds `key`. A node that does not serve the key's
+    /// slot answers MOVED; any other error (a reply timeout on a loaded
+    /// machine) is asked again, and reported if it lasts.
+    #[track_caller]
     pub fn holder(&self, key: &str) -> &RedisServer {
-        self.nodes
-            .iter()
-            .find(|node| {
-                let exists: i64 = redis::cmd("EXISTS")
-                    .arg(key)
-                    .query(&mut node.client())
-                    .unwrap_or(0);
-                exists == 1
-            })
-            .unwrap_or_else(|| panic!("no node holds {key}"))
+        let mut answers = Vec::new();
+        let mut holder = None;
+        wait_until(Duration::from_secs(10), || {
+            answers.clear();
+            let mut retry = false;
+            for (index, node) in self.nodes.iter().enumerate() {
+                let answer: redis::RedisResult<i64> =
+                    redis::cmd("EXISTS").arg(key).query(&mut node.client());
+                match &answer {
+                    Ok(1) => {
+                        holder = Some(index);
+                        return true;
+                    }
+                    Err(e) if e.code() != Some("MOVED") => retry = true,
+                    _ => {}
+                }
+                answers.push(format!("{}: {answer:?}", node.addr));
+            }
+            // Every node answered: the key is nowhere, no use asking again.
+            !retry
+        });
+        match holder {
+            Some(index) => &self.nodes[index],
+            None => panic!("no node holds {key}: {answers:?}"),
+        }
     }
 }
 
