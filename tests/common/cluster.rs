@@ -31,8 +31,11 @@ impl Cluster {
                     "yes",
                     "--cluster-config-file",
                     &config,
+                    // No test fails a node on purpose: a long timeout keeps
+                    // a machine loaded by the other tests from making the
+                    // nodes suspect each other (and answer CLUSTERDOWN).
                     "--cluster-node-timeout",
-                    "2000",
+                    "10000",
                 ])
             })
             .collect();
