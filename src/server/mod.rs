@@ -219,7 +219,7 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
         }
         let local_addr = stream.local_addr().unwrap_or(listen_addr);
         let info = shared.clients.register(addr, local_addr);
-        workers.dispatch(stream, info, acceptor, &shared, &tracker, &shutdown);
+        workers.dispatch(stream, info, acceptor);
     }
 
     shared.ready.store(false, Ordering::Relaxed);

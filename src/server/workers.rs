@@ -42,12 +42,47 @@ struct Accepted {
     tls: Option<TlsAcceptor>,
 }
 
-/// The event loops serving clients, and how many clients each serves.
+/// What every loop serves its clients with: the shared state (whose
+/// `loop_load` counts each loop's clients), the tracker shutdown waits on,
+/// and the shutdown signal.
+#[derive(Clone)]
+struct Serving {
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Serving {
+    /// Serves a client on the calling loop, counted in loop `index`'s load
+    /// until its task ends.
+    fn spawn(
+        &self,
+        index: usize,
+        stream: TcpStream,
+        info: Arc<ClientInfo>,
+        tls: Option<TlsAcceptor>,
+    ) {
+        let (shared, shutdown) = (self.shared.clone(), self.shutdown.clone());
+        self.tracker.spawn(async move {
+            connection::serve(shared.clone(), stream, info, shutdown, tls).await;
+            shared.loop_load[index].fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// A client that loop `index` took but cannot serve: uncounted, and out
+    /// of the registry.
+    fn give_up(&self, index: usize, info: &ClientInfo, error: &std::io::Error) {
+        tracing::warn!(%error, worker = index, "cannot serve an accepted connection");
+        self.shared.loop_load[index].fetch_sub(1, Ordering::Relaxed);
+        self.shared.clients.unregister(info.id);
+    }
+}
+
+/// The event loops serving clients.
 pub struct Workers {
     /// Loops 1.. (loop 0 is the caller's).
     remote: Vec<mpsc::UnboundedSender<Accepted>>,
-    /// Live clients per loop, 0 included.
-    load: Arc<[AtomicUsize]>,
+    serving: Serving,
 }
 
 impl Workers {
@@ -58,56 +93,40 @@ impl Workers {
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> std::io::Result<Workers> {
-        let load = shared.loop_load.clone();
-        let count = load.len();
+        let serving = Serving {
+            shared: shared.clone(),
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let count = shared.loop_load.len();
         let mut remote = Vec::with_capacity(count - 1);
         for index in 1..count {
             let (tx, rx) = mpsc::unbounded_channel();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let (shared, tracker, shutdown, load) = (
-                shared.clone(),
-                tracker.clone(),
-                shutdown.clone(),
-                load.clone(),
-            );
+            let serving = serving.clone();
             std::thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .spawn(move || {
                     WORKER.with(|w| w.set(index));
-                    runtime.block_on(serve_handed(index, rx, shared, tracker, shutdown, load));
+                    runtime.block_on(serve_handed(index, rx, serving));
                 })?;
             remote.push(tx);
         }
-        Ok(Workers { remote, load })
+        Ok(Workers { remote, serving })
     }
 
     /// Serves an accepted connection on the least loaded loop (the caller's
     /// on a tie, then the lowest).
-    pub fn dispatch(
-        &self,
-        stream: TcpStream,
-        info: Arc<ClientInfo>,
-        tls: Option<TlsAcceptor>,
-        shared: &Arc<Shared>,
-        tracker: &TaskTracker,
-        shutdown: &CancellationToken,
-    ) {
-        let index = (0..self.load.len())
-            .min_by_key(|&i| self.load[i].load(Ordering::Relaxed))
+    pub fn dispatch(&self, stream: TcpStream, info: Arc<ClientInfo>, tls: Option<TlsAcceptor>) {
+        let load = &self.serving.shared.loop_load;
+        let index = (0..load.len())
+            .min_by_key(|&i| load[i].load(Ordering::Relaxed))
             .unwrap_or(0);
-        self.load[index].fetch_add(1, Ordering::Relaxed);
+        load[index].fetch_add(1, Ordering::Relaxed);
         if index == 0 {
-            tracker.spawn(serve_counted(
-                shared.clone(),
-                stream,
-                info,
-                tls,
-                shutdown.clone(),
-                self.load.clone(),
-                0,
-            ));
+            self.serving.spawn(0, stream, info, tls);
             return;
         }
         // Off this loop's reactor, onto the worker's.
@@ -121,9 +140,7 @@ impl Workers {
                 .map_err(|_| std::io::Error::other("the worker is gone"))
         });
         if let Err(error) = handed {
-            tracing::warn!(%error, worker = index, "cannot hand the connection to its worker");
-            self.load[index].fetch_sub(1, Ordering::Relaxed);
-            shared.clients.unregister(info.id);
+            self.serving.give_up(index, &info, &error);
         }
     }
 }
@@ -138,46 +155,15 @@ pub fn load_counters(loops: usize) -> Arc<[AtomicUsize]> {
 async fn serve_handed(
     index: usize,
     mut handed: mpsc::UnboundedReceiver<Accepted>,
-    shared: Arc<Shared>,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
-    load: Arc<[AtomicUsize]>,
+    serving: Serving,
 ) {
     while let Some(Accepted { stream, info, tls }) = handed.recv().await {
         match TcpStream::from_std(stream) {
-            Ok(stream) => {
-                tracker.spawn(serve_counted(
-                    shared.clone(),
-                    stream,
-                    info,
-                    tls,
-                    shutdown.clone(),
-                    load.clone(),
-                    index,
-                ));
-            }
-            Err(error) => {
-                tracing::warn!(%error, worker = index, "cannot serve a handed connection");
-                load[index].fetch_sub(1, Ordering::Relaxed);
-                shared.clients.unregister(info.id);
-            }
+            Ok(stream) => serving.spawn(index, stream, info, tls),
+            Err(error) => serving.give_up(index, &info, &error),
         }
     }
     // Accepting is over; the clients already here are served until the
     // main thread exits the process.
     std::future::pending::<()>().await;
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn serve_counted(
-    shared: Arc<Shared>,
-    stream: TcpStream,
-    info: Arc<ClientInfo>,
-    tls: Option<TlsAcceptor>,
-    shutdown: CancellationToken,
-    load: Arc<[AtomicUsize]>,
-    index: usize,
-) {
-    connection::serve(shared, stream, info, shutdown, tls).await;
-    load[index].fetch_sub(1, Ordering::Relaxed);
 }
