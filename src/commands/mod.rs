@@ -124,7 +124,7 @@ pub async fn execute(
         Cmd::Client => connection::client(shared, client, &mut args, out),
         Cmd::Info => server::info(shared, &mut args, out).await,
         Cmd::Command => match &shared.proxy {
-            Some(proxy) => server::command_with_upstream(shared, proxy, &mut args, out).await,
+            Some(proxy) => server::command_with_upstream(proxy, &mut args, out).await,
             None => server::command(&mut args, out),
         },
         Cmd::Config => server::config(shared, &mut args, out).await,

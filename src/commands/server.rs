@@ -49,13 +49,7 @@ pub async fn info(
     // With passthrough the data is the upstream's: so is the keyspace
     // section (the sessions are keys there too).
     let upstream_keyspace = match (&shared.proxy, wanted("keyspace")) {
-        (Some(proxy), true) => {
-            let wait = std::time::Duration::from_millis(shared.config.upstream_timeout_ms);
-            tokio::time::timeout(wait, proxy.keyspace())
-                .await
-                .ok()
-                .flatten()
-        }
+        (Some(proxy), true) => proxy.keyspace().await,
         _ => None,
     };
     let mut text = String::new();
@@ -274,7 +268,6 @@ pub fn command(args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
 /// the sidecar's own, and the sidecar answers the common ones as it does)
 /// and the sidecar's `SESSION.*` ones, in the client's protocol.
 pub async fn command_with_upstream(
-    shared: &Shared,
     proxy: &crate::proxy::Proxy,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
@@ -282,31 +275,39 @@ pub async fn command_with_upstream(
     let argv: Vec<bytes::Bytes> = args.rest().to_vec();
     let own = |spec: &&CommandSpec| spec.name.starts_with("session.");
     let ours: Vec<&CommandSpec> = COMMANDS.iter().filter(own).collect();
-    let is_ours = |name: &[u8]| lookup(name).filter(own).is_some();
     let sub = argv.first().map(|s| s.to_ascii_uppercase());
     let names = argv.get(1..).unwrap_or_default();
-    // The upstream's reply to COMMAND with these arguments, as elements.
-    let wait = std::time::Duration::from_millis(shared.config.upstream_timeout_ms);
+    // The names the upstream describes, for INFO and DOCS.
+    let others: Vec<&[u8]> = names
+        .iter()
+        .filter(|n| lookup(n).filter(own).is_none())
+        .map(|n| &n[..])
+        .collect();
     let protocol = out.protocol();
-    let ask = async |rest: &[&[u8]]| -> Result<(u8, Vec<bytes::Bytes>), CommandError> {
+    // The upstream's reply to COMMAND with these arguments, as it sent it.
+    let ask = async |rest: &[&[u8]]| -> bytes::Bytes {
         let mut request: Vec<&[u8]> = vec![b"COMMAND"];
         request.extend_from_slice(rest);
-        let reply = tokio::time::timeout(wait, proxy.ask(protocol, &request))
-            .await
-            .map_err(|_| CommandError::err("TRYAGAIN upstream unavailable"))?;
-        crate::protocol::frame::split_aggregate(&reply).ok_or_else(|| upstream_error(&reply))
+        proxy.ask(protocol, &request).await
     };
-    match sub.as_deref() {
-        None => {
-            let (_, theirs) = ask(&[]).await?;
+    // The same, as the elements of its array or map.
+    let elements = async |rest: &[&[u8]]| -> Result<Vec<bytes::Bytes>, CommandError> {
+        let reply = ask(rest).await;
+        match crate::protocol::frame::split_aggregate(&reply) {
+            Some((_, elements)) => Ok(elements),
+            None => Err(upstream_error(&reply)),
+        }
+    };
+    // COMMAND is COMMAND INFO without names: every command.
+    match sub.as_deref().unwrap_or(b"INFO") {
+        b"INFO" if names.is_empty() => {
+            let theirs = elements(&[]).await?;
             out.array(theirs.len() + ours.len());
             theirs.iter().for_each(|entry| out.raw(entry));
             ours.iter().for_each(|spec| command_info(spec, out));
         }
-        Some(b"COUNT") => {
-            let reply = tokio::time::timeout(wait, proxy.ask(protocol, &[b"COMMAND", b"COUNT"]))
-                .await
-                .map_err(|_| CommandError::err("TRYAGAIN upstream unavailable"))?;
+        b"COUNT" => {
+            let reply = ask(&[b"COUNT"]).await;
             let count = reply
                 .strip_prefix(b":")
                 .and_then(|r| r.strip_suffix(b"\r\n"))
@@ -314,9 +315,9 @@ pub async fn command_with_upstream(
                 .ok_or_else(|| upstream_error(&reply))?;
             out.int(count + ours.len() as i64);
         }
-        Some(b"LIST") => {
-            let rest: Vec<&[u8]> = argv[1..].iter().map(|a| &a[..]).collect();
-            let (_, theirs) = ask(&[&[&b"LIST"[..]][..], &rest].concat()).await?;
+        b"LIST" => {
+            let rest: Vec<&[u8]> = names.iter().map(|a| &a[..]).collect();
+            let theirs = elements(&[&[&b"LIST"[..]][..], &rest].concat()).await?;
             // Ours join an unfiltered list, or one filtered by a pattern.
             let pattern = match rest.as_slice() {
                 [] => Some(&b"*"[..]),
@@ -340,21 +341,10 @@ pub async fn command_with_upstream(
                 .iter()
                 .for_each(|spec| out.bulk(spec.name.as_bytes()));
         }
-        Some(b"INFO") if names.is_empty() => {
-            let (_, theirs) = ask(&[b"INFO"]).await?;
-            out.array(theirs.len() + ours.len());
-            theirs.iter().for_each(|entry| out.raw(entry));
-            ours.iter().for_each(|spec| command_info(spec, out));
-        }
-        Some(b"INFO") => {
-            let others: Vec<&[u8]> = names
-                .iter()
-                .filter(|n| !is_ours(n))
-                .map(|n| &n[..])
-                .collect();
+        b"INFO" => {
             let mut theirs = match others.is_empty() {
                 true => Vec::new(),
-                false => ask(&[&[&b"INFO"[..]][..], &others].concat()).await?.1,
+                false => elements(&[&[&b"INFO"[..]][..], &others].concat()).await?,
             }
             .into_iter();
             out.array(names.len());
@@ -368,14 +358,9 @@ pub async fn command_with_upstream(
                 }
             }
         }
-        Some(b"DOCS") => {
-            let others: Vec<&[u8]> = names
-                .iter()
-                .filter(|n| !is_ours(n))
-                .map(|n| &n[..])
-                .collect();
+        b"DOCS" => {
             let theirs = match names.is_empty() || !others.is_empty() {
-                true => ask(&[&[&b"DOCS"[..]][..], &others].concat()).await?.1,
+                true => elements(&[&[&b"DOCS"[..]][..], &others].concat()).await?,
                 false => Vec::new(),
             };
             let documented: Vec<&CommandSpec> = match names.is_empty() {
@@ -387,14 +372,9 @@ pub async fn command_with_upstream(
             documented.iter().for_each(|spec| command_docs(spec, out));
         }
         // GETKEYS, HELP...: the upstream's.
-        Some(_) => {
+        _ => {
             let rest: Vec<&[u8]> = argv.iter().map(|a| &a[..]).collect();
-            let mut request: Vec<&[u8]> = vec![b"COMMAND"];
-            request.extend_from_slice(&rest);
-            let reply = tokio::time::timeout(wait, proxy.ask(protocol, &request))
-                .await
-                .map_err(|_| CommandError::err("TRYAGAIN upstream unavailable"))?;
-            out.raw(&reply);
+            out.raw(&ask(&rest).await);
         }
     }
     Ok(())
@@ -585,11 +565,10 @@ pub async fn config(
         .map(|(name, value)| (name.to_string(), value))
         .collect();
     if let Some(proxy) = &shared.proxy {
-        let wait = std::time::Duration::from_millis(shared.config.upstream_timeout_ms);
-        let upstream = tokio::time::timeout(wait, proxy.config_get(asked))
+        let upstream = proxy
+            .config_get(asked)
             .await
-            .map_err(|_| CommandError::err("TRYAGAIN upstream unavailable"))?
-            .map_err(CommandError::err)?;
+            .map_err(|reply| upstream_error(&reply))?;
         matching.extend(
             upstream
                 .into_iter()

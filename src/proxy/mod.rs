@@ -77,6 +77,9 @@ pub struct Proxy {
     /// Clean pinned connections, for the next client that needs one.
     idle: Arc<IdleConnections>,
     connect_timeout: Duration,
+    /// How long the sidecar waits for what it asks the upstream itself
+    /// ([`Proxy::ask`]).
+    ask_timeout: Duration,
     pub stats: Arc<ProxyStats>,
 }
 
@@ -104,14 +107,16 @@ fn local_pool<'a>(
 impl Proxy {
     /// A proxy to the servers of the `--upstream` URL (`cluster`: they are a
     /// Redis Cluster's seeds; `tls_ca` verifies them over TLS, instead of
-    /// the system's roots), served from `workers` event loops. Starts no
-    /// connection yet.
+    /// the system's roots), served from `workers` event loops; what the
+    /// sidecar asks itself waits at most `ask_timeout`. Starts no connection
+    /// yet.
     pub fn new(
         servers: Vec<ConnectionInfo>,
         cluster: bool,
         tls_ca: Option<Vec<u8>>,
         connect_timeout: Duration,
         reply_timeout: Option<Duration>,
+        ask_timeout: Duration,
         workers: usize,
     ) -> Result<Proxy, String> {
         let stats = Arc::new(ProxyStats::default());
@@ -136,6 +141,7 @@ impl Proxy {
             target,
             idle: Arc::new(IdleConnections::default()),
             connect_timeout,
+            ask_timeout,
             stats,
         })
     }
@@ -267,31 +273,36 @@ impl Proxy {
     /// The upstream's reply to `argv` in `protocol`, as it sent it (any
     /// node of a cluster).
     pub async fn ask(&self, protocol: Protocol, argv: &[&[u8]]) -> Bytes {
+        self.ask_routed(protocol, argv, cluster::Route::AnyNode)
+            .await
+    }
+
+    /// [`Proxy::ask`], to `route`'s masters on a cluster. A reply that does
+    /// not come within `ask_timeout` is `-TRYAGAIN upstream unavailable`.
+    async fn ask_routed(&self, protocol: Protocol, argv: &[&[u8]], route: cluster::Route) -> Bytes {
         let mut batch = Batch::default();
         encode_command(&mut batch.commands, argv);
         batch.count = 1;
         if self.is_cluster() {
-            batch
-                .ends
-                .push((batch.commands.len(), cluster::Route::AnyNode));
+            batch.ends.push((batch.commands.len(), route));
         }
         let mut reply = BytesMut::new();
-        self.call(protocol, 0, &mut batch, None, &mut reply).await;
-        reply.freeze()
+        let asked = self.call(protocol, 0, &mut batch, None, &mut reply);
+        match tokio::time::timeout(self.ask_timeout, asked).await {
+            Ok(()) => reply.freeze(),
+            Err(_) => Bytes::from_static(UNAVAILABLE),
+        }
     }
 
     /// The upstream's CONFIG GET of `patterns`, as (name, value) pairs, or
-    /// its error.
-    pub async fn config_get(&self, patterns: &[Bytes]) -> Result<Vec<(String, String)>, String> {
+    /// its reply when it is not that (an error).
+    pub async fn config_get(&self, patterns: &[Bytes]) -> Result<Vec<(String, String)>, Bytes> {
         let mut argv: Vec<&[u8]> = vec![b"CONFIG", b"GET"];
         argv.extend(patterns.iter().map(|p| &p[..]));
         let reply = self.ask(Protocol::Resp2, &argv).await;
         let view = FrameView::new(&reply);
         let Some(elements) = view.elements() else {
-            let line = reply[..].split(|&b| b == b'\r').next().unwrap_or_default();
-            return Err(
-                String::from_utf8_lossy(line.strip_prefix(b"-").unwrap_or(line)).into_owned(),
-            );
+            return Err(reply);
         };
         let text = |e: &Element| match e {
             Element::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
@@ -307,15 +318,9 @@ impl Proxy {
     /// The upstream's INFO keyspace lines (`dbN:keys=..`; every master's,
     /// summed, on a cluster), or None when it does not answer.
     pub async fn keyspace(&self) -> Option<Vec<String>> {
-        let mut batch = Batch::default();
-        encode_command(&mut batch.commands, &[&b"INFO"[..], b"keyspace"]);
-        batch.count = 1;
-        if self.is_cluster() {
-            let route = cluster::Route::EveryNode(cluster::Merge::Keyspace);
-            batch.ends.push((batch.commands.len(), route));
-        }
-        let mut reply = BytesMut::new();
-        self.call(Protocol::Resp2, 0, &mut batch, None, &mut reply)
+        let every = cluster::Route::EveryNode(cluster::Merge::Keyspace);
+        let reply = self
+            .ask_routed(Protocol::Resp2, &[b"INFO", b"keyspace"], every)
             .await;
         let text = reply.strip_prefix(b"$")?;
         let text = &text[text.iter().position(|&b| b == b'\n')? + 1..];

@@ -379,6 +379,7 @@ fn start_proxy(config: &Config, sessions: &Sessions) -> Option<Proxy> {
         tls_ca,
         timeout,
         reply_timeout,
+        Duration::from_millis(config.upstream_timeout_ms),
         config.worker_threads(),
     ) {
         Ok(proxy) => Some(proxy),
