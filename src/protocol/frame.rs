@@ -162,6 +162,15 @@ impl<'a> FrameView<'a> {
     }
 }
 
+/// The payload of a complete bulk string reply (`$n\r\n...\r\n`); None for
+/// anything else.
+pub fn bulk_payload(reply: &[u8]) -> Option<&[u8]> {
+    let (start, kind, len) = header(reply).ok()??;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    let payload = reply.get(start..end).filter(|_| kind == b'$')?;
+    (reply.get(end..) == Some(&b"\r\n"[..])).then_some(payload)
+}
+
 /// The elements of a complete aggregate reply (`*`, `%`, `~`; a map's keys
 /// and values one after the other), each as the bytes of its frame; with
 /// its type byte. None for anything else or anything malformed.
@@ -209,6 +218,17 @@ mod tests {
         let buf = b"+OK\r\n-ERR x\r\n:1\r\n$3\r\nabc\r\n$-1\r\n*2\r\n$1\r\na\r\n*1\r\n:2\r\n*-1\r\n*0\r\n%1\r\n+k\r\n,1.5\r\n_\r\n#t\r\n(123\r\n=7\r\ntxt:abc\r\n>2\r\n+a\r\n+b\r\n|1\r\n+a\r\n+b\r\n:5\r\n~1\r\n+x\r\n";
         assert_eq!(frames(buf).len(), 16);
         assert_eq!(*frames(buf).last().unwrap(), buf.len());
+    }
+
+    #[test]
+    fn bulk_payloads_are_found_in_whole_bulk_strings_only() {
+        assert_eq!(bulk_payload(b"$3\r\nabc\r\n"), Some(&b"abc"[..]));
+        assert_eq!(bulk_payload(b"$0\r\n\r\n"), Some(&b""[..]));
+        assert_eq!(bulk_payload(b"$3\r\nab"), None);
+        assert_eq!(bulk_payload(b"$3\r\nabcd\r\n"), None);
+        assert_eq!(bulk_payload(b"$-1\r\n"), None);
+        assert_eq!(bulk_payload(b"+OK\r\n"), None);
+        assert_eq!(bulk_payload(b"$99999999999999999999\r\n"), None);
     }
 
     #[test]

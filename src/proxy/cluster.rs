@@ -28,7 +28,7 @@ use super::endpoint::{Endpoint, encode_command};
 use super::pool::{Delivery, Failure, Pool, PoolSettings};
 use super::{Batch, LOST, UNAVAILABLE};
 use crate::protocol::Protocol;
-use crate::protocol::frame::FrameScanner;
+use crate::protocol::frame::{FrameScanner, bulk_payload, split_aggregate};
 
 /// Hash slots in a Redis Cluster.
 const SLOTS: usize = 16384;
@@ -115,10 +115,12 @@ pub fn route(argv: &[Bytes]) -> Route {
 /// SCAN): answered through the router even for a client holding a
 /// connection of its own, outside a transaction.
 pub fn about_the_keyspace(argv: &[Bytes]) -> bool {
-    let is_scan = argv
-        .first()
-        .is_some_and(|n| n.eq_ignore_ascii_case(b"scan"));
-    is_scan || matches!(route(argv), Route::EveryNode(how) if how != Merge::First)
+    is_scan(argv) || matches!(route(argv), Route::EveryNode(how) if how != Merge::First)
+}
+
+fn is_scan(argv: &[Bytes]) -> bool {
+    argv.first()
+        .is_some_and(|name| name.eq_ignore_ascii_case(b"scan"))
 }
 
 /// Encodes `argv` for the cluster into `out` and says where it goes: as it
@@ -126,12 +128,9 @@ pub fn about_the_keyspace(argv: &[Bytes]) -> bool {
 /// master's cursor (a cursor that is not a number goes to any master as it
 /// is, which answers Redis's error).
 pub fn prepare(argv: &[Bytes], out: &mut BytesMut) -> Route {
-    let is_scan = argv
-        .first()
-        .is_some_and(|n| n.eq_ignore_ascii_case(b"scan"));
     let cursor = argv
         .get(1)
-        .filter(|_| is_scan)
+        .filter(|_| is_scan(argv))
         .and_then(|c| std::str::from_utf8(c).ok())
         .and_then(|c| c.parse::<u64>().ok());
     let Some(cursor) = cursor else {
@@ -151,44 +150,28 @@ pub fn prepare(argv: &[Bytes], out: &mut BytesMut) -> Route {
 /// master (by lowest slot) from its start, or 0 after the last one. Anything
 /// but a cursor-and-keys array (an error) is left as it is.
 fn scan_reply(reply: &Bytes, slot: u16, topology: &Topology) -> Bytes {
-    let Some(rest) = reply.strip_prefix(b"*2\r\n$") else {
-        return reply.clone();
+    let parts = match split_aggregate(reply) {
+        Some((b'*', parts)) if parts.len() == 2 => parts,
+        _ => return reply.clone(),
     };
-    let Some(eol) = rest.iter().position(|&b| b == b'\r') else {
-        return reply.clone();
-    };
-    let Some(len) = std::str::from_utf8(&rest[..eol])
-        .ok()
-        .and_then(|l| l.parse::<usize>().ok())
-    else {
-        return reply.clone();
-    };
-    let start = eol + 2;
-    let Some(own) = start
-        .checked_add(len)
-        .and_then(|end| rest.get(start..end))
+    let own = bulk_payload(&parts[0])
         .and_then(|c| std::str::from_utf8(c).ok())
-        .and_then(|c| c.parse::<u64>().ok())
-    else {
-        return reply.clone();
-    };
-    let elements = &rest[(start + len + 2).min(rest.len())..];
+        .and_then(|c| c.parse::<u64>().ok());
     let cursor = match own {
-        0 => topology
+        None => return reply.clone(),
+        Some(0) => topology
             .scan_node(slot)
             .and_then(|here| topology.next_first_slot(here))
             .map_or(0, u64::from),
-        own if own >> (64 - SCAN_SLOT_BITS) == 0 => (own << SCAN_SLOT_BITS) | u64::from(slot),
-        _ => return Bytes::from_static(b"-ERR the node's SCAN cursor is too large to carry\r\n"),
+        Some(own) if own >> (64 - SCAN_SLOT_BITS) == 0 => (own << SCAN_SLOT_BITS) | u64::from(slot),
+        Some(_) => {
+            return Bytes::from_static(b"-ERR the node's SCAN cursor is too large to carry\r\n");
+        }
     };
-    let cursor = cursor.to_string();
     let mut out = BytesMut::with_capacity(reply.len() + 8);
-    out.extend_from_slice(b"*2\r\n$");
-    out.extend_from_slice(cursor.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(cursor.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(elements);
+    out.extend_from_slice(b"*2\r\n");
+    encode_bulk(&mut out, cursor.to_string().as_bytes());
+    out.extend_from_slice(&parts[1]);
     out.freeze()
 }
 
@@ -246,7 +229,8 @@ fn merge(how: Merge, parts: &[Bytes]) -> Bytes {
         }
         Merge::Keyspace => {
             let mut text = String::from("# Keyspace\r\n");
-            for line in keyspace_sum(parts.iter().map(|p| String::from_utf8_lossy(p))) {
+            let texts = parts.iter().filter_map(|p| bulk_payload(p));
+            for line in keyspace_sum(texts.map(String::from_utf8_lossy)) {
                 text.push_str(&line);
                 text.push_str("\r\n");
             }
@@ -922,7 +906,12 @@ mod tests {
     #[test]
     fn keyspaces_are_summed_per_database() {
         let a = "# Keyspace\r\ndb0:keys=10,expires=2,avg_ttl=1000\r\ndb3:keys=1,expires=0,avg_ttl=0\r\n";
-        let b = "$60\r\n# Keyspace\r\ndb0:keys=5,expires=2,avg_ttl=3000,subexpiry=0\r\n";
+        let b = "# Keyspace\r\ndb0:keys=5,expires=2,avg_ttl=3000,subexpiry=0\r\n";
+        let bulk = |text: &str| {
+            let mut out = BytesMut::new();
+            encode_bulk(&mut out, text.as_bytes());
+            out.freeze()
+        };
         assert_eq!(
             keyspace_sum([a, b, "", "junk:1"].into_iter()),
             [
@@ -930,7 +919,7 @@ mod tests {
                 "db3:keys=1,expires=0,avg_ttl=0"
             ]
         );
-        let merged = merge(Merge::Keyspace, &[Bytes::from(b), Bytes::from(a)]);
+        let merged = merge(Merge::Keyspace, &[bulk(b), bulk(a)]);
         assert!(merged.starts_with(b"$"), "{merged:?}");
         assert!(
             String::from_utf8_lossy(&merged).contains("db0:keys=15,expires=4,avg_ttl=2000\r\n")

@@ -322,8 +322,7 @@ impl Proxy {
         let reply = self
             .ask_routed(Protocol::Resp2, &[b"INFO", b"keyspace"], every)
             .await;
-        let text = reply.strip_prefix(b"$")?;
-        let text = &text[text.iter().position(|&b| b == b'\n')? + 1..];
+        let text = crate::protocol::frame::bulk_payload(&reply)?;
         Some(cluster::keyspace_sum(std::iter::once(
             String::from_utf8_lossy(text),
         )))
