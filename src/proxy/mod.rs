@@ -370,6 +370,18 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Adds a command, encoded as it is; on a cluster with its route (and
+    /// SCAN's cursor made its master's).
+    fn push(&mut self, cluster: bool, argv: &[Bytes]) {
+        if cluster {
+            let route = cluster::prepare(argv, &mut self.commands);
+            self.ends.push((self.commands.len(), route));
+        } else {
+            encode_command(&mut self.commands, argv);
+        }
+        self.count += 1;
+    }
+
     fn clear(&mut self) {
         self.commands.clear();
         self.count = 0;
@@ -477,13 +489,7 @@ impl Link {
         proxy.stats.forwarded.inc();
         let command = Command::of(&argv[0]);
         if self.pinned.is_none() && !self.deferred_multi && !command.pins(argv) {
-            if proxy.is_cluster() {
-                let route = cluster::prepare(argv, &mut self.batch.commands);
-                self.batch.ends.push((self.batch.commands.len(), route));
-            } else {
-                encode_command(&mut self.batch.commands, argv);
-            }
-            self.batch.count += 1;
+            self.batch.push(proxy.is_cluster(), argv);
             if self.batch.commands.len() >= BATCH_BOUND {
                 self.send_batch(proxy, protocol, lane, output).await?;
             }
@@ -498,9 +504,7 @@ impl Link {
             .is_some_and(|p| !p.captures_commands() && !self.resp2_subscribed());
         if proxy.is_cluster() && pinned_outside_transaction && cluster::about_the_keyspace(argv) {
             self.settle(proxy, protocol, lane, output).await?;
-            let route = cluster::prepare(argv, &mut self.batch.commands);
-            self.batch.ends.push((self.batch.commands.len(), route));
-            self.batch.count += 1;
+            self.batch.push(true, argv);
             return self.send_batch(proxy, protocol, lane, output).await;
         }
         // The replies to what was batched before come first.
