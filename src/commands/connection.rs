@@ -193,6 +193,31 @@ fn set_name(client: &ClientState, name: &[u8]) -> CommandResult {
 }
 
 /// CLIENT ID | SETNAME | GETNAME | SETINFO | INFO | LIST | NO-EVICT | NO-TOUCH
+/// A `TYPE` of CLIENT LIST and CLIENT KILL.
+enum ClientType {
+    /// `normal` (false) or `pubsub` (true).
+    Pubsub(bool),
+    /// `master`, `replica` or `slave`: there are none, every client is a
+    /// normal or pubsub one.
+    Replication,
+}
+
+fn client_type(kind: &[u8]) -> Result<ClientType, CommandError> {
+    let named = super::args::Keyword::of(kind);
+    if named.is("NORMAL") {
+        Ok(ClientType::Pubsub(false))
+    } else if named.is("PUBSUB") {
+        Ok(ClientType::Pubsub(true))
+    } else if named.is("MASTER") || named.is("REPLICA") || named.is("SLAVE") {
+        Ok(ClientType::Replication)
+    } else {
+        Err(CommandError::err(format!(
+            "ERR Unknown client type '{}'",
+            String::from_utf8_lossy(kind)
+        )))
+    }
+}
+
 /// What CLIENT KILL answers: the old form (`ip:port`) +OK, the filter form
 /// the number of clients killed.
 enum Killed {
@@ -246,18 +271,9 @@ fn kill(shared: &Shared, client: &ClientState, args: &mut Args) -> Result<Killed
                     .ok_or_else(|| CommandError::err("ERR client-id should be greater than 0"))?,
             );
         } else if filter.is("TYPE") {
-            let kind = super::args::Keyword::of(value);
-            if kind.is("NORMAL") {
-                pubsub = Some(false);
-            } else if kind.is("PUBSUB") {
-                pubsub = Some(true);
-            } else if kind.is("MASTER") || kind.is("REPLICA") || kind.is("SLAVE") {
-                none_of_type = true;
-            } else {
-                return Err(CommandError::err(format!(
-                    "ERR Unknown client type '{}'",
-                    String::from_utf8_lossy(value)
-                )));
+            match client_type(value)? {
+                ClientType::Pubsub(wanted) => pubsub = Some(wanted),
+                ClientType::Replication => none_of_type = true,
             }
         } else if filter.is("ADDR") {
             addr = Some(value);
@@ -364,20 +380,12 @@ pub fn client(
             None => None,
             Some(k) if k.is("TYPE") => {
                 let kind = args.next().ok_or(CommandError::Syntax)?;
-                let named = super::args::Keyword::of(kind);
-                if named.is("NORMAL") {
-                    Some(false)
-                } else if named.is("PUBSUB") {
-                    Some(true)
-                } else if named.is("MASTER") || named.is("REPLICA") || named.is("SLAVE") {
-                    // There are none: every client is a normal or pubsub one.
-                    out.verbatim("");
-                    return Ok(());
-                } else {
-                    return Err(CommandError::err(format!(
-                        "ERR Unknown client type '{}'",
-                        String::from_utf8_lossy(kind)
-                    )));
+                match client_type(kind)? {
+                    ClientType::Pubsub(pubsub) => Some(pubsub),
+                    ClientType::Replication => {
+                        out.verbatim("");
+                        return Ok(());
+                    }
                 }
             }
             Some(_) => return Err(CommandError::Syntax),
