@@ -2,6 +2,9 @@
 //!
 //! In standalone mode they go to the sidecar's own subscribers. Nothing is
 //! serialized while nobody listens.
+//!
+//! Layer 6 of 14 (the order is in `tests/layers.rs`). Uses `store` (the
+//! events it reports) and `pubsub` (where they are published standalone).
 
 use std::sync::Arc;
 

@@ -7,6 +7,10 @@
 //! `sessions`, `last_seen`) that expires three report intervals after the
 //! last report, so a sidecar that died leaves the registry by itself. A
 //! sidecar that stops cleanly removes its entry at once.
+//!
+//! Layer 10 of 14 (the order is in `tests/layers.rs`). Uses `sessions`,
+//! `upstream` and `migrate` (to reach peers): a [`Fleet`] holds the sessions
+//! and settings it needs, not the node.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +19,7 @@ use std::time::Duration;
 use redis::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::Shared;
+use crate::sessions::Sessions;
 use crate::store::now_ms;
 use crate::upstream::Upstream;
 use crate::upstream::store::key_tag;
@@ -30,8 +34,26 @@ pub struct NodeInfo {
     pub is_self: bool,
 }
 
+/// What the fleet reads of the node's configuration.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    pub prefix: String,
+    /// `--peers`.
+    pub static_peers: Vec<String>,
+    /// How often this sidecar reports to the registry.
+    pub interval: Duration,
+    pub peer_timeout: Duration,
+    pub peer_secret: Option<String>,
+    pub peer_tls_ca: Option<Arc<[u8]>>,
+    /// Where peers reach this sidecar (`--advertise`).
+    pub advertise: String,
+}
+
 /// How this sidecar finds and reports to the others.
 pub struct Fleet {
+    /// This sidecar's sessions: its node id, and how many it holds.
+    sessions: Sessions,
+    advertise: String,
     prefix: String,
     static_peers: Vec<String>,
     interval: Duration,
@@ -43,22 +65,22 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn new(
-        prefix: &str,
-        static_peers: Vec<String>,
-        interval: Duration,
-        peer_timeout: Duration,
-        peer_secret: Option<String>,
-        peer_tls_ca: Option<Arc<[u8]>>,
-    ) -> Self {
+    pub fn new(settings: FleetSettings, sessions: Sessions) -> Self {
         Self {
-            prefix: prefix.to_string(),
-            static_peers,
-            interval,
-            peer_timeout,
-            peer_secret,
-            peer_tls_ca,
+            sessions,
+            advertise: settings.advertise,
+            prefix: settings.prefix,
+            static_peers: settings.static_peers,
+            interval: settings.interval,
+            peer_timeout: settings.peer_timeout,
+            peer_secret: settings.peer_secret,
+            peer_tls_ca: settings.peer_tls_ca,
         }
+    }
+
+    /// Where peers reach this sidecar.
+    pub fn advertise(&self) -> &str {
+        &self.advertise
     }
 
     /// The CA peers' TLS certificates are verified against, when peers are
@@ -82,17 +104,17 @@ impl Fleet {
 
     /// The live sidecars: this one, the registry's, and the static peers
     /// that answer; each node once (registry entries first).
-    pub async fn nodes(&self, shared: &Shared) -> Vec<NodeInfo> {
+    pub async fn nodes(&self) -> Vec<NodeInfo> {
         let now = now_ms();
         let myself = NodeInfo {
-            node: String::from_utf8_lossy(shared.sessions.node()).into_owned(),
-            addr: shared.advertise.clone(),
-            sessions: shared.sessions.count_local(now) as i64,
+            node: String::from_utf8_lossy(self.sessions.node()).into_owned(),
+            addr: self.advertise.clone(),
+            sessions: self.sessions.count_local(now) as i64,
             last_seen: now,
             is_self: true,
         };
         let mut nodes: BTreeMap<String, NodeInfo> = BTreeMap::new();
-        if let Some(store) = shared.upstream() {
+        if let Sessions::WriteThrough(store) = &self.sessions {
             for node in self.registered(&store.upstream, now).await {
                 nodes.insert(node.node.clone(), node);
             }
@@ -156,11 +178,11 @@ impl Fleet {
 
     /// Keeps this sidecar's registry entry fresh until `shutdown`, then
     /// removes it.
-    pub async fn report(self: Arc<Self>, shared: Arc<Shared>, shutdown: CancellationToken) {
-        let Some(store) = shared.upstream() else {
+    pub async fn report(self: Arc<Self>, shutdown: CancellationToken) {
+        let Sessions::WriteThrough(store) = &self.sessions else {
             return;
         };
-        let node = String::from_utf8_lossy(shared.sessions.node()).into_owned();
+        let node = String::from_utf8_lossy(self.sessions.node()).into_owned();
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -177,9 +199,9 @@ impl Fleet {
                 .arg("node")
                 .arg(&node)
                 .arg("addr")
-                .arg(&shared.advertise)
+                .arg(&self.advertise)
                 .arg("sessions")
-                .arg(shared.sessions.count_local(now))
+                .arg(self.sessions.count_local(now))
                 .arg("last_seen")
                 .arg(now)
                 .ignore();

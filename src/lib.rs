@@ -11,9 +11,13 @@
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod commands;
+pub mod config;
+pub mod event_loop;
 pub mod events;
 pub mod fleet;
+pub mod metrics;
 pub mod migrate;
+pub mod node;
 pub mod ops;
 pub mod protocol;
 pub mod proxy;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use session_sidecar::ops::config::{Config, ConfigError};
+use session_sidecar::config::{Config, ConfigError};
 use session_sidecar::ops::logging;
 
 fn main() -> ExitCode {

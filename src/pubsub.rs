@@ -5,6 +5,9 @@
 //! 32 MiB, as Redis does with `client-output-buffer-limit pubsub`: one slow
 //! client never slows a publisher down nor makes the sidecar buffer without
 //! bound.
+//!
+//! Layer 5 of 14 (the order is in `tests/layers.rs`). Uses the layers below
+//! (it needs none of them).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

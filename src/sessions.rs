@@ -2,6 +2,9 @@
 //! standalone (the in-memory [`SessionStore`] is the whole store) or
 //! write-through (the upstream is the source of truth and [`WriteThrough`]
 //! keeps a coherent hot copy). One async interface over both.
+//!
+//! Layer 8 of 14 (the order is in `tests/layers.rs`). Uses `store` and
+//! `upstream`.
 
 use std::sync::Arc;
 
@@ -12,6 +15,7 @@ use crate::store::{
 };
 use crate::upstream::WriteThrough;
 
+#[derive(Clone)]
 pub enum Sessions {
     Standalone(Arc<SessionStore>),
     WriteThrough(Arc<WriteThrough>),

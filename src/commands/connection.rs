@@ -1,9 +1,9 @@
 //! Connection commands: PING, ECHO, HELLO, AUTH, QUIT, RESET, SELECT, CLIENT.
 
 use super::{Args, CommandError, CommandResult};
+use crate::node::ClientState;
+use crate::node::Node;
 use crate::protocol::{Protocol, ReplyWriter};
-use crate::server::Shared;
-use crate::server::client::ClientState;
 use crate::store::now_ms;
 
 pub fn ping(client: &ClientState, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
@@ -30,7 +30,7 @@ pub fn echo(args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
 
 /// AUTH [username] password. Only the `default` user exists.
 pub fn auth(
-    shared: &Shared,
+    shared: &Node,
     client: &mut ClientState,
     args: &mut Args,
     out: &mut ReplyWriter,
@@ -51,7 +51,7 @@ pub fn auth(
 }
 
 fn authenticate(
-    shared: &Shared,
+    shared: &Node,
     client: &mut ClientState,
     user: Option<&[u8]>,
     password: &[u8],
@@ -86,7 +86,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// HELLO [protover [AUTH username password] [SETNAME clientname]]
 pub fn hello(
-    shared: &Shared,
+    shared: &Node,
     client: &mut ClientState,
     args: &mut Args,
     out: &mut ReplyWriter,
@@ -132,7 +132,7 @@ pub fn hello(
     out.bulk(b"server");
     out.bulk(b"redis");
     out.bulk(b"version");
-    out.bulk(crate::server::REDIS_VERSION.as_bytes());
+    out.bulk(crate::commands::REDIS_VERSION.as_bytes());
     out.bulk(b"proto");
     out.int(protocol.number());
     out.bulk(b"id");
@@ -153,7 +153,7 @@ pub fn quit(client: &mut ClientState, out: &mut ReplyWriter) -> CommandResult {
 }
 
 /// RESET: back to a fresh connection's state.
-pub fn reset(shared: &Shared, client: &mut ClientState, out: &mut ReplyWriter) -> CommandResult {
+pub fn reset(shared: &Node, client: &mut ClientState, out: &mut ReplyWriter) -> CommandResult {
     super::pubsub::unsubscribe_all(shared, client);
     client.proxy.reset();
     client.sync_subscription_counts();
@@ -237,7 +237,7 @@ impl Killed {
 /// CLIENT KILL ip:port | [ID id] [TYPE normal|pubsub|master|replica]
 /// [USER name] [ADDR ip:port] [LADDR ip:port] [SKIPME yes|no] ...: closes
 /// the sidecar's clients that match every filter, as Redis does.
-fn kill(shared: &Shared, client: &ClientState, args: &mut Args) -> Result<Killed, CommandError> {
+fn kill(shared: &Node, client: &ClientState, args: &mut Args) -> Result<Killed, CommandError> {
     let rest = args.rest();
     if let [addr] = rest {
         let target = shared
@@ -315,7 +315,7 @@ fn kill(shared: &Shared, client: &ClientState, args: &mut Args) -> Result<Killed
 }
 
 pub fn client(
-    shared: &Shared,
+    shared: &Node,
     client: &mut ClientState,
     args: &mut Args,
     out: &mut ReplyWriter,

@@ -2,6 +2,9 @@
 //!
 //! Every request gets exactly one reply, written by [`execute`] before it
 //! returns (pub/sub commands write one reply per channel, as Redis does).
+//!
+//! Layer 12 of 14 (the order is in `tests/layers.rs`). Uses `node` and
+//! everything below it.
 
 mod args;
 mod connection;
@@ -9,19 +12,22 @@ mod pubsub;
 pub use pubsub::unsubscribe_all;
 pub mod server;
 mod session;
-pub mod table;
 
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
+use crate::protocol::command_table::{self as table, Cmd};
 pub use args::Args;
-use table::Cmd;
 
+use crate::node::ClientState;
+use crate::node::Node;
 use crate::protocol::ReplyWriter;
-use crate::server::Shared;
-use crate::server::client::ClientState;
 use crate::store::StoreError;
+
+/// The Redis version reported to clients (HELLO, INFO), for the clients that
+/// gate features on it; the sidecar's own version is in INFO server.
+pub const REDIS_VERSION: &str = "7.2.0";
 
 /// Why a command was refused; [`CommandError::message`] is its wire wording.
 #[derive(Debug)]
@@ -58,7 +64,7 @@ pub type CommandResult = Result<(), CommandError>;
 
 /// Runs one request and writes its reply.
 pub async fn execute(
-    shared: &Shared,
+    shared: &Node,
     client: &mut ClientState,
     argv: &[Bytes],
     out: &mut ReplyWriter<'_>,

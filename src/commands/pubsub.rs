@@ -5,9 +5,9 @@
 use bytes::Bytes;
 
 use super::{Args, CommandResult};
+use crate::node::ClientState;
+use crate::node::Node;
 use crate::protocol::ReplyWriter;
-use crate::server::Shared;
-use crate::server::client::ClientState;
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -23,7 +23,7 @@ fn confirm(out: &mut ReplyWriter, what: &[u8], name: Option<&[u8]>, count: usize
 }
 
 fn add(
-    shared: &Shared,
+    shared: &Node,
     client: &mut ClientState,
     kind: Kind,
     names: &[Bytes],
@@ -54,7 +54,7 @@ fn add(
 }
 
 fn remove(
-    shared: &Shared,
+    shared: &Node,
     client: &mut ClientState,
     kind: Kind,
     names: &[Bytes],
@@ -89,7 +89,7 @@ fn remove(
 }
 
 pub async fn subscribe(
-    shared: &Shared,
+    shared: &Node,
     client: &mut ClientState,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
@@ -100,7 +100,7 @@ pub async fn subscribe(
 }
 
 pub async fn psubscribe(
-    shared: &Shared,
+    shared: &Node,
     client: &mut ClientState,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
@@ -112,14 +112,14 @@ pub async fn psubscribe(
 
 /// In write-through mode, events come from the upstream: the reply to a
 /// subscription waits until they are relayed here.
-async fn relayed(shared: &Shared) {
+async fn relayed(shared: &Node) {
     if let Some(store) = shared.upstream() {
         store.wait_relaying().await;
     }
 }
 
 pub fn unsubscribe(
-    shared: &Shared,
+    shared: &Node,
     client: &mut ClientState,
     args: &mut Args,
     out: &mut ReplyWriter,
@@ -129,7 +129,7 @@ pub fn unsubscribe(
 }
 
 pub fn punsubscribe(
-    shared: &Shared,
+    shared: &Node,
     client: &mut ClientState,
     args: &mut Args,
     out: &mut ReplyWriter,
@@ -138,7 +138,7 @@ pub fn punsubscribe(
     Ok(())
 }
 
-pub fn publish(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+pub fn publish(shared: &Node, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
     let channel = Bytes::copy_from_slice(args.required()?);
     let message = Bytes::copy_from_slice(args.required()?);
     out.int(shared.pubsub.publish(&channel, &message) as i64);
@@ -147,7 +147,7 @@ pub fn publish(shared: &Shared, args: &mut Args, out: &mut ReplyWriter) -> Comma
 
 /// Drops every subscription of a client (RESET, disconnect), and its queue
 /// of messages not yet delivered.
-pub fn unsubscribe_all(shared: &Shared, client: &mut ClientState) {
+pub fn unsubscribe_all(shared: &Node, client: &mut ClientState) {
     client.subscriber = None;
     for channel in client.channels.drain() {
         shared.pubsub.unsubscribe(client.info.id, &channel);

@@ -2,11 +2,11 @@
 
 use std::fmt::Write as _;
 
-use super::table::{Arg, ArgKind, COMMANDS, CommandSpec, lookup};
 use super::{Args, CommandError, CommandResult};
+use crate::node::Node;
 use crate::protocol::ReplyWriter;
+use crate::protocol::command_table::{Arg, ArgKind, COMMANDS, CommandSpec, lookup};
 use crate::pubsub::glob_match;
-use crate::server::Shared;
 use crate::store::now_ms;
 
 const SECTIONS: &[&str] = &[
@@ -21,11 +21,7 @@ const SECTIONS: &[&str] = &[
 ];
 
 /// INFO [section ...]: Redis's `# Section` / `field:value` text.
-pub async fn info(
-    shared: &Shared,
-    args: &mut Args<'_>,
-    out: &mut ReplyWriter<'_>,
-) -> CommandResult {
+pub async fn info(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let requested: Vec<String> = args
         .rest()
         .iter()
@@ -74,7 +70,7 @@ pub async fn info(
     Ok(())
 }
 
-fn write_section(shared: &Shared, section: &str, sessions_total: i64, text: &mut String) {
+fn write_section(shared: &Node, section: &str, sessions_total: i64, text: &mut String) {
     let now = now_ms();
     let mut title = section.to_string();
     title[..1].make_ascii_uppercase();
@@ -87,7 +83,7 @@ fn write_section(shared: &Shared, section: &str, sessions_total: i64, text: &mut
     };
     match section {
         "server" => {
-            field("redis_version", &crate::server::REDIS_VERSION);
+            field("redis_version", &crate::commands::REDIS_VERSION);
             field("session_sidecar_version", &env!("CARGO_PKG_VERSION"));
             field("redis_mode", &"standalone");
             field("os", &std::env::consts::OS);
@@ -95,7 +91,7 @@ fn write_section(shared: &Shared, section: &str, sessions_total: i64, text: &mut
             field("process_id", &std::process::id());
             field("node_id", &String::from_utf8_lossy(sessions.node()));
             field("mode", &shared.mode());
-            field("advertise", &shared.advertise);
+            field("advertise", &shared.fleet.advertise());
             field("tcp_port", &shared.listen_addr.port());
             field(
                 "uptime_in_seconds",
@@ -465,41 +461,10 @@ fn write_args(args: &[Arg], out: &mut ReplyWriter) {
     }
 }
 
-/// CONFIG GET parameter [parameter ...]: a read-only view of the configuration.
-/// The parameters that are the sidecar's own (its listener, its limits, its
-/// flags): with an upstream, CONFIG GET answers these from the sidecar and
-/// every other from the upstream, and CONFIG SET of these is refused while
-/// the others go to the upstream ([`crate::proxy::Proxy::forwards`]).
-pub const OWN_PARAMETERS: &[&str] = &[
-    "bind",
-    "port",
-    "maxclients",
-    "timeout",
-    "proto-max-bulk-len",
-    "client-query-buffer-limit",
-    "prefix",
-    "default-ttl",
-    "node-id",
-    "advertise",
-    "max-args",
-    "max-name-len",
-    "max-value-len",
-    "max-attrs",
-];
-
-/// Whether CONFIG SET's arguments name one of the sidecar's own parameters.
-pub fn sets_own_parameter(argv: &[bytes::Bytes]) -> bool {
-    argv.iter().skip(2).step_by(2).any(|name| {
-        OWN_PARAMETERS
-            .iter()
-            .any(|own| name.eq_ignore_ascii_case(own.as_bytes()))
-    })
-}
-
 /// CONFIG GET (the sidecar's parameters; with an upstream, the upstream's
 /// too) and CONFIG SET (only of the upstream's, forwarded before this runs).
 pub async fn config(
-    shared: &Shared,
+    shared: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
@@ -550,7 +515,7 @@ pub async fn config(
             "node-id",
             String::from_utf8_lossy(shared.sessions.node()).into_owned(),
         ),
-        ("advertise", shared.advertise.clone()),
+        ("advertise", shared.fleet.advertise().to_string()),
         ("max-args", c.max_args.to_string()),
         ("max-name-len", c.max_name_len.to_string()),
         ("max-value-len", c.max_value_len.to_string()),
@@ -560,7 +525,7 @@ pub async fn config(
     let patterns: Vec<Vec<u8>> = asked.iter().map(|p| p.to_ascii_lowercase()).collect();
     let mut matching: Vec<(String, String)> = params
         .into_iter()
-        .filter(|(name, _)| shared.proxy.is_none() || OWN_PARAMETERS.contains(name))
+        .filter(|(name, _)| shared.proxy.is_none() || crate::config::OWN_PARAMETERS.contains(name))
         .filter(|(name, _)| patterns.iter().any(|p| glob_match(p, name.as_bytes())))
         .map(|(name, value)| (name.to_string(), value))
         .collect();
@@ -572,7 +537,7 @@ pub async fn config(
         matching.extend(
             upstream
                 .into_iter()
-                .filter(|(name, _)| !OWN_PARAMETERS.contains(&name.as_str())),
+                .filter(|(name, _)| !crate::config::OWN_PARAMETERS.contains(&name.as_str())),
         );
     }
     out.map(matching.len());

@@ -24,6 +24,10 @@
 //! the moved sessions hot before it replies; a session written meanwhile
 //! fails the compare and stays; this sidecar then answers for moved ids
 //! through the upstream, like any sidecar.
+//!
+//! Layer 9 of 14 (the order is in `tests/layers.rs`). Uses `sessions` and
+//! `store`: a [`Migration`] holds the sessions and settings it needs, not the
+//! node.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,7 +40,6 @@ use futures_util::stream::FuturesUnordered;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 
-use crate::server::Shared;
 use crate::sessions::Sessions;
 use crate::store::{Key, MovedTo, StoreError, now_ms};
 
@@ -66,9 +69,23 @@ pub struct Target {
     pub tls_ca: Option<Arc<[u8]>>,
 }
 
-/// The migration state and counters of this sidecar.
-#[derive(Default)]
+/// What a migration reads of the node's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct MigrationSettings {
+    /// How long a standalone sidecar names the target of a moved session
+    /// (`-SESSIONMOVED`), in ms.
+    pub moved_grace_ms: u64,
+    /// The secret peers require (`--peer-secret`).
+    pub peer_secret: Option<String>,
+    /// How long each reply of a target may take (`--migrate-timeout-ms`).
+    pub timeout: Duration,
+}
+
+/// This sidecar's side of the handoff: the sessions it moves, its settings,
+/// and its state and counters.
 pub struct Migration {
+    sessions: Sessions,
+    settings: MigrationSettings,
     /// Draining: CREATE and BIND are refused, the sessions go elsewhere.
     pub draining: AtomicBool,
     pub migrations: AtomicU64,
@@ -80,8 +97,32 @@ pub struct Migration {
 }
 
 impl Migration {
+    pub fn new(sessions: Sessions, settings: MigrationSettings) -> Self {
+        Self {
+            sessions,
+            settings,
+            draining: AtomicBool::new(false),
+            migrations: AtomicU64::new(0),
+            failed_migrations: AtomicU64::new(0),
+            sessions_out: AtomicU64::new(0),
+            sessions_in: AtomicU64::new(0),
+            last_ms: AtomicU64::new(0),
+            last_moved: AtomicU64::new(0),
+        }
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// From now on CREATE and BIND are refused: the sessions go elsewhere.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// The secret peers require, and how long their replies may take.
+    pub fn settings(&self) -> &MigrationSettings {
+        &self.settings
     }
 }
 
@@ -222,9 +263,13 @@ fn text(value: Value) -> Option<String> {
 }
 
 /// The ids the selection names (not yet filtered by ownership).
-async fn select(shared: &Shared, selection: &Selection, now: u64) -> Result<Vec<Key>, StoreError> {
+async fn select(
+    sessions: &Sessions,
+    selection: &Selection,
+    now: u64,
+) -> Result<Vec<Key>, StoreError> {
     Ok(match selection {
-        Selection::All => match &shared.sessions {
+        Selection::All => match sessions {
             Sessions::Standalone(store) => store.all_ids(now),
             Sessions::WriteThrough(store) => store.all_owned(now).await?,
         },
@@ -232,14 +277,14 @@ async fn select(shared: &Shared, selection: &Selection, now: u64) -> Result<Vec<
         Selection::Conns(conns) => {
             let mut ids = Vec::new();
             for conn in conns {
-                ids.extend(shared.sessions.by_conn(conn, now).await?);
+                ids.extend(sessions.by_conn(conn, now).await?);
             }
             ids
         }
         Selection::Users(users) => {
             let mut ids = Vec::new();
             for user in users {
-                ids.extend(shared.sessions.by_user(user, now).await?);
+                ids.extend(sessions.by_user(user, now).await?);
             }
             ids
         }
@@ -250,18 +295,18 @@ async fn select(shared: &Shared, selection: &Selection, now: u64) -> Result<Vec<
 /// `target`. An error when nothing could start (unreachable target, wrong
 /// secret); otherwise how many moved, and why it stopped if it did.
 pub async fn migrate(
-    shared: &Shared,
+    migration: &Migration,
     target: &Target,
     selection: &Selection,
 ) -> Result<Outcome, String> {
     let started = Instant::now();
     let now = now_ms();
-    let mut ids = select(shared, selection, now)
+    let mut ids = select(&migration.sessions, selection, now)
         .await
         .map_err(|e| e.message())?;
     ids.sort_unstable();
     ids.dedup();
-    migrate_ids(shared, target, ids, started, None).await
+    migrate_ids(migration, target, ids, started, None).await
 }
 
 /// Moves `ids` to `target`; no batch starts after `deadline` (a batch in
@@ -272,14 +317,14 @@ pub async fn migrate(
     fields(target = %target.addr, sessions = ids.len())
 )]
 async fn migrate_ids(
-    shared: &Shared,
+    migration: &Migration,
     target: &Target,
     ids: Vec<Key>,
     started: Instant,
     deadline: Option<Instant>,
 ) -> Result<Outcome, String> {
-    let source = String::from_utf8_lossy(shared.sessions.node()).into_owned();
-    let stats = &shared.migration;
+    let source = String::from_utf8_lossy(migration.sessions.node()).into_owned();
+    let stats = migration;
     stats.migrations.fetch_add(1, Ordering::Relaxed);
     let peer = match Peer::connect(&source, target).await {
         Ok(peer) => peer,
@@ -289,16 +334,16 @@ async fn migrate_ids(
             return Err(error);
         }
     };
-    if peer.node.as_bytes() == &shared.sessions.node()[..] {
+    if peer.node.as_bytes() == &migration.sessions.node()[..] {
         stats.failed_migrations.fetch_add(1, Ordering::Relaxed);
         return Err(format!("{} is this sidecar", target.addr));
     }
     let to = Destination {
         node: peer.node.clone(),
         addr: peer.addr.clone(),
-        grace_ms: shared.config.moved_grace.saturating_mul(1000),
+        grace_ms: migration.settings.moved_grace_ms,
     };
-    if let Sessions::Standalone(store) = &shared.sessions {
+    if let Sessions::Standalone(store) = &migration.sessions {
         store.purge_moved(now_ms());
     }
     // A window of batches in flight; none starts after a failure or the
@@ -314,7 +359,14 @@ async fn migrate_ids(
                 error = Some("deadline reached".to_string());
                 break;
             }
-            in_flight.push(move_batch(shared, target, &peer, &source, &to, chunk));
+            in_flight.push(move_batch(
+                &migration.sessions,
+                target,
+                &peer,
+                &source,
+                &to,
+                chunk,
+            ));
         }
         match in_flight.next().await {
             Some(Ok(n)) => moved += n,
@@ -348,14 +400,14 @@ async fn migrate_ids(
 
 /// Moves one batch: marked, sent, and settled by the target's reply.
 async fn move_batch(
-    shared: &Shared,
+    sessions: &Sessions,
     target: &Target,
     peer: &Peer,
     source: &str,
     to: &Destination,
     ids: &[Key],
 ) -> Result<usize, String> {
-    match &shared.sessions {
+    match sessions {
         Sessions::Standalone(store) => {
             let batch = store.begin_move(ids, now_ms());
             if batch.is_empty() {
@@ -454,24 +506,23 @@ impl Drop for Pending<'_> {
 }
 
 /// SESSION.DRAIN and SIGTERM: refuses new sessions from now on, then hands
-/// every session this sidecar owns to the live peers, spread evenly, until
-/// none is left, no peer takes any more, or `deadline`. An error when there
+/// every session this sidecar owns to the live `peers` (addresses, reached
+/// over TLS verified against `tls_ca` when given), spread evenly, until none
+/// is left, no peer takes any more, or `timeout_after`. An error when there
 /// was something to move and no peer could be reached.
-pub async fn drain(shared: &Shared, timeout_after: Duration) -> Result<usize, String> {
-    shared.migration.draining.store(true, Ordering::Relaxed);
+pub async fn drain(
+    migration: &Migration,
+    peers: Vec<String>,
+    tls_ca: Option<Arc<[u8]>>,
+    timeout_after: Duration,
+) -> Result<usize, String> {
+    migration.start_draining();
     let started = Instant::now();
     let deadline = started + timeout_after;
-    let secret = shared.config.peer_secret.clone();
-    let timeout = Duration::from_millis(shared.config.migrate_timeout_ms);
+    let secret = migration.settings.peer_secret.clone();
+    let timeout = migration.settings.timeout;
     let work = async {
-        let mut peers: Vec<String> = shared
-            .fleet
-            .nodes(shared)
-            .await
-            .into_iter()
-            .filter(|n| !n.is_self)
-            .map(|n| n.addr)
-            .collect();
+        let mut peers = peers;
         let mut moved = 0;
         let mut last_error = None;
         loop {
@@ -482,7 +533,7 @@ pub async fn drain(shared: &Shared, timeout_after: Duration) -> Result<usize, St
                 ));
             }
             let now = now_ms();
-            let mut ids = select(shared, &Selection::All, now)
+            let mut ids = select(&migration.sessions, &Selection::All, now)
                 .await
                 .map_err(|e| e.message())?;
             if ids.is_empty() {
@@ -510,12 +561,13 @@ pub async fn drain(shared: &Shared, timeout_after: Duration) -> Result<usize, St
                     addr: addr.clone(),
                     secret: secret.clone(),
                     timeout,
-                    tls_ca: shared.fleet.peer_tls_ca(),
+                    tls_ca: tls_ca.clone(),
                 };
                 let ids = ids.to_vec();
                 runs.push(async move {
                     let started = Instant::now();
-                    let outcome = migrate_ids(shared, &target, ids, started, Some(deadline)).await;
+                    let outcome =
+                        migrate_ids(migration, &target, ids, started, Some(deadline)).await;
                     (target.addr, outcome)
                 });
             }

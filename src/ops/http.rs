@@ -10,9 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::server::Shared;
+use crate::node::Node;
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, shared: Arc<Node>, shutdown: CancellationToken) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -32,7 +32,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
     }
 }
 
-async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+async fn respond(mut stream: TcpStream, shared: &Node) -> std::io::Result<()> {
     let mut request = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
@@ -51,7 +51,7 @@ async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> 
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4",
-            crate::ops::metrics::render(shared),
+            crate::ops::prometheus::render(shared),
         ),
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         ("GET", "/readyz") if shared.is_ready() => ("200 OK", "text/plain", "ready\n".to_string()),

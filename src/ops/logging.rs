@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use super::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat};
 
 pub fn init(config: &Config) -> Result<(), String> {
     let filter =

@@ -1,6 +1,9 @@
-//! Operations: configuration, logging, metrics and the health endpoints.
+//! Operations: logging, the metrics page and the health endpoints.
+//!
+//! Layer 13 of 14 (the order is in `tests/layers.rs`). Uses `node` and below:
+//! the HTTP endpoints and the metrics page read the node; `server` starts
+//! them.
 
-pub mod config;
 pub mod http;
 pub mod logging;
-pub mod metrics;
+pub mod prometheus;

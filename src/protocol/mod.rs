@@ -1,6 +1,11 @@
 //! The RESP wire format: requests in ([`request`]), replies out ([`reply`]),
-//! and where a server's replies end ([`frame`]), for the proxy.
+//! where a server's replies end ([`frame`]), for the proxy, and the table of
+//! the commands the sidecar itself answers ([`command_table`]).
+//!
+//! Layer 2 of 14 (the order is in `tests/layers.rs`). Uses only `config`.
+//! Bytes in, commands and replies out; it knows no store and no server.
 
+pub mod command_table;
 pub mod frame;
 pub mod reply;
 pub mod request;

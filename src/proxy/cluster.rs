@@ -542,7 +542,7 @@ impl Router {
     /// The calling event loop's pool to `addr`, started on it at first use.
     fn pool_for(&self, addr: &str) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        let mine = pools.entry(crate::server::workers::current()).or_default();
+        let mine = pools.entry(crate::event_loop::current()).or_default();
         if let Some(pool) = mine.get(addr) {
             return pool.clone();
         }

@@ -19,6 +19,10 @@
 //! forwarded commands are sent in order and their replies written in order;
 //! before a command the sidecar answers itself, the replies owed for the
 //! forwarded commands before it are written first ([`Link::settle`]).
+//!
+//! Layer 9 of 14 (the order is in `tests/layers.rs`). Uses `config`,
+//! `event_loop`, `metrics`, `protocol` and `upstream`; not the node: it gets
+//! what it uses when it is built.
 
 pub mod cluster;
 pub mod endpoint;
@@ -33,8 +37,8 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use redis::ConnectionInfo;
 
-use crate::commands::table::{self, Cmd};
-use crate::ops::metrics::Counter;
+use crate::metrics::Counter;
+use crate::protocol::command_table::{self as table, Cmd};
 use crate::protocol::frame::{Element, FrameView};
 use crate::protocol::{Limits, Protocol, complete_request};
 use cluster::Router;
@@ -100,7 +104,7 @@ fn local_pool<'a>(
     pools: &'a [OnceLock<Pool>],
     settings: &PoolSettings,
 ) -> &'a Pool {
-    let slot = &pools[crate::server::workers::current() % pools.len()];
+    let slot = &pools[crate::event_loop::current() % pools.len()];
     slot.get_or_init(|| Pool::new(endpoint, settings))
 }
 
@@ -169,7 +173,7 @@ impl Proxy {
             Cmd::Config => argv.get(1).is_some_and(|sub| {
                 let answered_here = sub.eq_ignore_ascii_case(b"get")
                     || (sub.eq_ignore_ascii_case(b"set")
-                        && crate::commands::server::sets_own_parameter(argv));
+                        && crate::config::sets_own_parameter(argv));
                 !answered_here
             }),
             Cmd::Client => argv.get(1).is_some_and(|sub| {

@@ -21,9 +21,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Command;
 use super::endpoint::{Connection, Stream, encode_command};
+use crate::event_loop;
 use crate::protocol::Protocol;
 use crate::protocol::frame::{Element, FrameScanner, FrameView};
-use crate::server::workers;
 
 /// Clean connections kept per event loop, upstream node and protocol version.
 const MAX_IDLE: usize = 16;
@@ -42,7 +42,7 @@ impl IdleConnections {
     /// still open.
     pub fn take(&self, node: &str, protocol: Protocol) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (workers::current(), node.to_string(), protocol.number());
+        let key = (event_loop::current(), node.to_string(), protocol.number());
         let connections = idle.get_mut(&key)?;
         while let Some(connection) = connections.pop() {
             if still_open(&connection) {
@@ -54,7 +54,7 @@ impl IdleConnections {
 
     fn put(&self, node: String, protocol: Protocol, connection: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (workers::current(), node, protocol.number());
+        let key = (event_loop::current(), node, protocol.number());
         let connections = idle.entry(key).or_default();
         if connections.len() < MAX_IDLE {
             connections.push(connection);

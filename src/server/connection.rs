@@ -18,9 +18,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
-use super::client::{ClientInfo, ClientState};
 use crate::commands::{execute, unsubscribe_all};
+use crate::node::Node;
+use crate::node::{ClientInfo, ClientState};
 use crate::protocol::{ReplyWriter, RequestParser};
 use crate::proxy::sink::ReplySink;
 use crate::pubsub::{Message, Subscriber};
@@ -37,7 +37,7 @@ const SHRINK_ABOVE: usize = 1024 * 1024;
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 pub async fn serve(
-    shared: Arc<Shared>,
+    shared: Arc<Node>,
     stream: TcpStream,
     info: Arc<ClientInfo>,
     shutdown: CancellationToken,
@@ -117,7 +117,7 @@ fn encode_message(message: Message, out: &mut ReplyWriter) {
 }
 
 async fn run<R: AsyncRead + Unpin>(
-    shared: &Shared,
+    shared: &Node,
     mut reader: R,
     sink: Arc<ReplySink>,
     client: &mut ClientState,

@@ -1,7 +1,10 @@
-//! The server: shared state behind one handle ([`Shared`]), the accept loop
-//! with its connection cap, and shutdown on SIGTERM/SIGINT.
+//! The server: builds the node ([`crate::node::Node`]) from the
+//! configuration, starts its background work, runs the accept loop with its
+//! connection cap and the event loops, and shuts down on SIGTERM/SIGINT.
+//!
+//! Layer 14 of 14 (the order is in `tests/layers.rs`). Uses everything below;
+//! only `main` is above it.
 
-pub mod client;
 mod connection;
 pub mod workers;
 
@@ -16,82 +19,18 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Config;
 use crate::events::LocalEvents;
-use crate::fleet::Fleet;
-use crate::ops::config::Config;
-use crate::ops::metrics::Metrics;
+use crate::fleet::{Fleet, FleetSettings};
+use crate::metrics::Metrics;
+use crate::migrate::{Migration, MigrationSettings};
+use crate::node::{ClientRegistry, Node};
 use crate::protocol::Limits;
 use crate::proxy::Proxy;
 use crate::pubsub::PubSub;
 use crate::sessions::Sessions;
 use crate::store::{Key, SessionLimits, SessionStore, now_ms};
 use crate::upstream::{Coherence, Timeouts, Upstream, WriteThrough, WriteThroughConfig};
-use client::ClientRegistry;
-
-/// The Redis version reported to clients (HELLO, INFO), for the clients that
-/// gate features on it; the sidecar's own version is in INFO server.
-pub const REDIS_VERSION: &str = "7.2.0";
-
-/// Everything the connection tasks share.
-pub struct Shared {
-    pub config: Config,
-    pub sessions: Sessions,
-    pub fleet: Arc<Fleet>,
-    pub migration: crate::migrate::Migration,
-    pub pubsub: Arc<PubSub>,
-    pub metrics: Metrics,
-    pub clients: ClientRegistry,
-    /// Passthrough of ordinary commands, when there is an upstream.
-    pub proxy: Option<Proxy>,
-    pub listen_addr: SocketAddr,
-    pub advertise: String,
-    pub limits: Limits,
-    pub started_ms: u64,
-    ready: AtomicBool,
-    /// Live clients per event loop ([`workers`]).
-    loop_load: Arc<[std::sync::atomic::AtomicUsize]>,
-}
-
-impl Shared {
-    /// Serving, not shutting down, and (write-through) connected upstream:
-    /// without it no session command can be answered.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-            && !self.migration.is_draining()
-            && self.upstream().is_none_or(|store| {
-                store.upstream.state() == crate::upstream::connection::State::Up
-            })
-    }
-
-    /// `standalone` or `write-through`.
-    pub fn mode(&self) -> &'static str {
-        match self.sessions {
-            Sessions::Standalone(_) => "standalone",
-            Sessions::WriteThrough(_) => "write-through",
-        }
-    }
-
-    /// The write-through store, when there is an upstream.
-    pub fn upstream(&self) -> Option<&WriteThrough> {
-        match &self.sessions {
-            Sessions::WriteThrough(store) => Some(store),
-            Sessions::Standalone(_) => None,
-        }
-    }
-
-    /// Client connections per event loop.
-    pub fn loop_clients(&self) -> Vec<usize> {
-        self.loop_load
-            .iter()
-            .map(|l| l.load(Ordering::Relaxed))
-            .collect()
-    }
-
-    /// Clients with at least one subscription.
-    pub fn pubsub_clients(&self) -> usize {
-        self.clients.all().iter().filter(|c| c.is_pubsub()).count()
-    }
-}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -121,24 +60,37 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     let sessions = start_sessions(&config, &pubsub, &background)?;
     let proxy = start_proxy(&config, &sessions);
     let config_loops = config.worker_threads();
-    let shared = Arc::new(Shared {
-        advertise: config
-            .advertise
-            .clone()
-            .unwrap_or_else(|| listen_addr.to_string()),
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| listen_addr.to_string());
+    let fleet = Arc::new(Fleet::new(
+        FleetSettings {
+            prefix: config.prefix.clone(),
+            static_peers: config.peers.clone(),
+            interval: Duration::from_millis(config.registry_interval_ms),
+            peer_timeout: Duration::from_millis(config.upstream_timeout_ms),
+            peer_secret: config.peer_secret.clone(),
+            peer_tls_ca,
+            advertise,
+        },
+        sessions.clone(),
+    ));
+    let migration = Migration::new(
+        sessions.clone(),
+        MigrationSettings {
+            moved_grace_ms: config.moved_grace.saturating_mul(1000),
+            peer_secret: config.peer_secret.clone(),
+            timeout: Duration::from_millis(config.migrate_timeout_ms),
+        },
+    );
+    let shared = Arc::new(Node {
         limits: Limits {
             max_bulk_len: usize::try_from(config.proto_max_bulk_len).unwrap_or(usize::MAX),
             max_args: config.max_args,
         },
-        fleet: Arc::new(Fleet::new(
-            &config.prefix,
-            config.peers.clone(),
-            Duration::from_millis(config.registry_interval_ms),
-            Duration::from_millis(config.upstream_timeout_ms),
-            config.peer_secret.clone(),
-            peer_tls_ca,
-        )),
-        migration: crate::migrate::Migration::default(),
+        fleet,
+        migration,
         config,
         sessions,
         pubsub,
@@ -148,15 +100,12 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
         listen_addr,
         started_ms: now_ms(),
         ready: AtomicBool::new(false),
-        loop_load: workers::load_counters(config_loops),
+        loop_load: crate::node::load_counters(config_loops),
     });
 
-    background.work.spawn(
-        shared
-            .fleet
-            .clone()
-            .report(shared.clone(), background.work_stop.clone()),
-    );
+    background
+        .work
+        .spawn(shared.fleet.clone().report(background.work_stop.clone()));
     let http = tokio::spawn(crate::ops::http::serve(
         metrics_listener,
         shared.clone(),
@@ -231,7 +180,7 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
         !shared.config.peers.is_empty() && shared.sessions.count_local(now_ms()) > 0;
     if shared.upstream().is_some() || standalone_with_sessions {
         let deadline = Duration::from_millis(shared.config.drain_timeout_ms);
-        let _ = crate::migrate::drain(&shared, deadline).await;
+        let _ = shared.drain(deadline).await;
     }
     shutdown.cancel();
     tracker.close();

@@ -1,7 +1,7 @@
 //! Thread per core: `--threads` event loops, each a current-thread runtime on
 //! a thread of its own, as Envoy's workers or memcached's threads. A client
 //! connection lives on one loop for its whole life, and the passthrough pools
-//! are per loop ([`current`]), so the hot path (client socket → pool →
+//! are per loop ([`crate::event_loop`]), so the hot path (client socket → pool →
 //! upstream → client socket) never wakes another thread. Loop 0 is the main
 //! thread, which also accepts connections and runs the background work
 //! (upstream supervision, sweeps, metrics); `--threads 1` is Redis's single
@@ -10,9 +10,8 @@
 //! Invariant: every accepted connection is served by exactly one loop, and
 //! counted in that loop's load until its task ends.
 
-use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -20,19 +19,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Shared;
-use super::client::ClientInfo;
 use super::connection;
-
-thread_local! {
-    static WORKER: Cell<usize> = const { Cell::new(0) };
-}
-
-/// The event loop the calling thread runs (0 on any thread that is not a
-/// worker's: the main thread, or a test's runtime).
-pub fn current() -> usize {
-    WORKER.with(Cell::get)
-}
+use crate::node::ClientInfo;
+use crate::node::Node;
 
 /// A connection handed to a worker (with the TLS acceptor when it came
 /// in on the TLS listener: the handshake runs on the worker's loop).
@@ -47,7 +36,7 @@ struct Accepted {
 /// and the shutdown signal.
 #[derive(Clone)]
 struct Serving {
-    shared: Arc<Shared>,
+    shared: Arc<Node>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -89,7 +78,7 @@ impl Workers {
     /// Starts the worker threads beside the calling one, one per load
     /// counter of `shared` but the first.
     pub fn start(
-        shared: &Arc<Shared>,
+        shared: &Arc<Node>,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> std::io::Result<Workers> {
@@ -109,7 +98,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .spawn(move || {
-                    WORKER.with(|w| w.set(index));
+                    crate::event_loop::enter(index);
                     runtime.block_on(serve_handed(index, rx, serving));
                 })?;
             remote.push(tx);
@@ -143,11 +132,6 @@ impl Workers {
             self.serving.give_up(index, &info, &error);
         }
     }
-}
-
-/// A live-client counter per event loop, `loops` of them (at least one).
-pub fn load_counters(loops: usize) -> Arc<[AtomicUsize]> {
-    (0..loops.max(1)).map(|_| AtomicUsize::new(0)).collect()
 }
 
 /// A worker's loop: serves the connections handed to it, until the process

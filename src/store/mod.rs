@@ -14,6 +14,9 @@
 //! MAXPERUSER and connection moves are atomic. A session whose expiry has
 //! passed is treated as absent by every operation (lazy expiry) and removed by
 //! the sweeper, which is woken by the expiry index at the earliest deadline.
+//!
+//! Layer 4 of 14 (the order is in `tests/layers.rs`). Uses `config` and
+//! `protocol`.
 
 mod attributes;
 mod expiry;
@@ -49,7 +52,7 @@ impl Default for SessionLimits {
             max_name_len: 512,
             max_value_len: 1024 * 1024,
             max_attrs: 1024,
-            max_ttl_ms: crate::ops::config::MAX_TTL_SECONDS * 1000,
+            max_ttl_ms: crate::config::MAX_TTL_SECONDS * 1000,
         }
     }
 }

@@ -22,7 +22,7 @@ use redis::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::ops::metrics::Counter;
+use crate::metrics::Counter;
 
 /// What happens to pushes and reconnections.
 pub trait PushHandler: Send + Sync + 'static {

@@ -2,13 +2,13 @@
 
 use super::{attribute, check_attr_count, name};
 use crate::commands::{Args, CommandError, CommandResult};
+use crate::node::Node;
 use crate::protocol::ReplyWriter;
-use crate::server::Shared;
 use crate::store::now_ms;
 
 /// SESSION.ATTR.SET id name value [name value ...]
 pub async fn attr_set(
-    shared: &Shared,
+    shared: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
@@ -30,7 +30,7 @@ pub async fn attr_set(
 
 /// SESSION.ATTR.GET id name [name ...]
 pub async fn attr_get(
-    shared: &Shared,
+    shared: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
@@ -54,7 +54,7 @@ pub async fn attr_get(
 
 /// SESSION.ATTR.DEL id name [name ...]
 pub async fn attr_del(
-    shared: &Shared,
+    shared: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
@@ -67,7 +67,7 @@ pub async fn attr_del(
 
 /// SESSION.ATTR.INCRBY id name increment
 pub async fn attr_incrby(
-    shared: &Shared,
+    shared: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {

@@ -2,16 +2,12 @@
 
 use super::{name, refuse_while_draining};
 use crate::commands::{Args, CommandError, CommandResult};
+use crate::node::Node;
 use crate::protocol::ReplyWriter;
-use crate::server::Shared;
 use crate::store::now_ms;
 
 /// SESSION.BIND id conn: the new version.
-pub async fn bind(
-    shared: &Shared,
-    args: &mut Args<'_>,
-    out: &mut ReplyWriter<'_>,
-) -> CommandResult {
+pub async fn bind(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let id = args.required()?;
     let conn = name(shared, args, "conn")?;
     refuse_while_draining(shared)?;
@@ -21,7 +17,7 @@ pub async fn bind(
 
 /// SESSION.UNBIND id [GRACE seconds]: the new version.
 pub async fn unbind(
-    shared: &Shared,
+    shared: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
@@ -44,7 +40,7 @@ pub async fn unbind(
 
 /// SESSION.BYCONN conn: the bound session's id, or nil.
 pub async fn byconn(
-    shared: &Shared,
+    shared: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {

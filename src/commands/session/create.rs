@@ -2,12 +2,12 @@
 
 use super::{attribute, check_attr_count, name, refuse_while_draining, ttl_ms};
 use crate::commands::{Args, CommandError, CommandResult};
+use crate::node::Node;
 use crate::protocol::ReplyWriter;
-use crate::server::Shared;
 use crate::store::{CreateSession, now_ms};
 
 pub async fn create(
-    shared: &Shared,
+    shared: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {

@@ -1,16 +1,12 @@
 //! SESSION.TOUCH / TTL / EXPIRE
 
 use crate::commands::{Args, CommandResult};
+use crate::node::Node;
 use crate::protocol::ReplyWriter;
-use crate::server::Shared;
 use crate::store::now_ms;
 
 /// SESSION.TOUCH id: ms left after the heartbeat, or -2.
-pub async fn touch(
-    shared: &Shared,
-    args: &mut Args<'_>,
-    out: &mut ReplyWriter<'_>,
-) -> CommandResult {
+pub async fn touch(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let id = args.required()?;
     let left = shared.sessions.touch(id, now_ms()).await?;
     out.int(left.map_or(-2, |ms| ms as i64));
@@ -18,7 +14,7 @@ pub async fn touch(
 }
 
 /// SESSION.TTL id: ms left, or -2.
-pub async fn ttl(shared: &Shared, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
+pub async fn ttl(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let id = args.required()?;
     let left = shared.sessions.ttl(id, now_ms()).await?;
     out.int(left.map_or(-2, |ms| ms as i64));
@@ -28,7 +24,7 @@ pub async fn ttl(shared: &Shared, args: &mut Args<'_>, out: &mut ReplyWriter<'_>
 /// SESSION.EXPIRE id seconds: 1, or 0 when missing. A ttl of zero or less
 /// deletes the session, as Redis's EXPIRE does with a time in the past.
 pub async fn expire(
-    shared: &Shared,
+    shared: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {

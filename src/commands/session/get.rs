@@ -2,11 +2,11 @@
 
 use super::write_session;
 use crate::commands::{Args, CommandResult};
+use crate::node::Node;
 use crate::protocol::ReplyWriter;
-use crate::server::Shared;
 use crate::store::now_ms;
 
-pub async fn get(shared: &Shared, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
+pub async fn get(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let id = args.required()?;
     let json = args.trailing_flag("JSON")?;
     let found = shared

@@ -9,15 +9,15 @@ use super::check_name;
 use crate::commands::connection::constant_time_eq;
 use crate::commands::{Args, CommandError, CommandResult};
 use crate::migrate::{self, Selection, Target};
+use crate::node::ClientState;
+use crate::node::Node;
 use crate::protocol::ReplyWriter;
-use crate::server::Shared;
-use crate::server::client::ClientState;
 use crate::sessions::Sessions;
 use crate::store::{Key, StoreError, now_ms, transfer};
 
 /// SESSION.MIGRATE host port [AUTH secret] [TIMEOUT ms] <ALL | IDS id... | CONNS conn... | USERS user...>
 pub async fn migrate(
-    shared: &Shared,
+    shared: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
@@ -70,7 +70,7 @@ pub async fn migrate(
         timeout,
         tls_ca: shared.fleet.peer_tls_ca(),
     };
-    match migrate::migrate(shared, &target, &selection).await {
+    match migrate::migrate(&shared.migration, &target, &selection).await {
         Ok(outcome) if outcome.moved == 0 && outcome.error.is_some() => {
             Err(CommandError::err(format!(
                 "ERR migration failed: {}",
@@ -86,11 +86,7 @@ pub async fn migrate(
 }
 
 /// SESSION.DRAIN [TIMEOUT ms]
-pub async fn drain(
-    shared: &Shared,
-    args: &mut Args<'_>,
-    out: &mut ReplyWriter<'_>,
-) -> CommandResult {
+pub async fn drain(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let mut timeout = Duration::from_millis(shared.config.drain_timeout_ms);
     if let Some(keyword) = args.keyword() {
         if !keyword.is("TIMEOUT") {
@@ -103,7 +99,7 @@ pub async fn drain(
         timeout = Duration::from_millis(ms as u64);
         args.finish()?;
     }
-    match migrate::drain(shared, timeout).await {
+    match shared.drain(timeout).await {
         Ok(moved) => {
             out.int(moved as i64);
             Ok(())
@@ -114,7 +110,7 @@ pub async fn drain(
 
 /// SESSION.PEERAUTH secret
 pub fn peerauth(
-    shared: &Shared,
+    shared: &Node,
     client: &mut ClientState,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
@@ -140,7 +136,7 @@ pub fn peerauth(
 
 /// SESSION.IMPORT source-node [id payload ...]
 pub async fn import(
-    shared: &Shared,
+    shared: &Node,
     client: &mut ClientState,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,

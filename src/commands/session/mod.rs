@@ -23,8 +23,8 @@ pub use update::update;
 use bytes::Bytes;
 
 use super::{Args, CommandError};
+use crate::node::Node;
 use crate::protocol::ReplyWriter;
-use crate::server::Shared;
 use crate::store::{FIELD_COUNT, Session};
 
 /// Encodes a session as the map of SESSION.GET. Field names are constant
@@ -61,7 +61,7 @@ fn write_session(out: &mut ReplyWriter, id: &[u8], s: &Session) {
 
 /// A draining sidecar takes no new sessions or connections: they belong on
 /// the sidecars its sessions are moving to.
-fn refuse_while_draining(shared: &Shared) -> Result<(), CommandError> {
+fn refuse_while_draining(shared: &Node) -> Result<(), CommandError> {
     if shared.migration.is_draining() {
         return Err(crate::store::StoreError::Draining.into());
     }
@@ -69,13 +69,13 @@ fn refuse_while_draining(shared: &Shared) -> Result<(), CommandError> {
 }
 
 /// The next argument as an id, user, conn or attribute name within the limit.
-fn name<'a>(shared: &Shared, args: &mut Args<'a>, what: &str) -> Result<&'a Bytes, CommandError> {
+fn name<'a>(shared: &Node, args: &mut Args<'a>, what: &str) -> Result<&'a Bytes, CommandError> {
     let value = args.required()?;
     check_name(shared, value, what)?;
     Ok(value)
 }
 
-fn check_name(shared: &Shared, value: &[u8], what: &str) -> Result<(), CommandError> {
+fn check_name(shared: &Node, value: &[u8], what: &str) -> Result<(), CommandError> {
     let max = shared.sessions.limits().max_name_len;
     if value.len() > max {
         return Err(CommandError::err(format!(
@@ -88,7 +88,7 @@ fn check_name(shared: &Shared, value: &[u8], what: &str) -> Result<(), CommandEr
 /// Refuses a request naming more attributes than a session may hold: it
 /// could only be repeats, and it would cost time (and, for reads, reply
 /// memory) out of proportion, under the session's lock.
-fn check_attr_count(shared: &Shared, count: usize) -> Result<(), CommandError> {
+fn check_attr_count(shared: &Node, count: usize) -> Result<(), CommandError> {
     let max = shared.sessions.limits().max_attrs;
     if count > max {
         return Err(CommandError::err(format!(
@@ -99,7 +99,7 @@ fn check_attr_count(shared: &Shared, count: usize) -> Result<(), CommandError> {
 }
 
 /// The next two arguments as an attribute name and value within the limits.
-fn attribute(shared: &Shared, args: &mut Args) -> Result<(Bytes, Bytes), CommandError> {
+fn attribute(shared: &Node, args: &mut Args) -> Result<(Bytes, Bytes), CommandError> {
     let name = name(shared, args, "attribute name")?.clone();
     let value = args.required()?.clone();
     let max = shared.sessions.limits().max_value_len;
@@ -112,12 +112,12 @@ fn attribute(shared: &Shared, args: &mut Args) -> Result<(Bytes, Bytes), Command
 }
 
 /// A TTL argument in seconds (`TTL`) or milliseconds (`PTTL`), as ms.
-fn ttl_ms(shared: &Shared, args: &mut Args, unit_ms: i64) -> Result<u64, CommandError> {
+fn ttl_ms(shared: &Node, args: &mut Args, unit_ms: i64) -> Result<u64, CommandError> {
     checked_ttl(shared, args.integer()?, unit_ms)
 }
 
 /// `value` units of `unit_ms`, as ms, if positive and within the limit.
-fn checked_ttl(shared: &Shared, value: i64, unit_ms: i64) -> Result<u64, CommandError> {
+fn checked_ttl(shared: &Node, value: i64, unit_ms: i64) -> Result<u64, CommandError> {
     let ms = value
         .checked_mul(unit_ms)
         .filter(|&ms| shared.sessions.valid_ttl(ms));

@@ -2,13 +2,13 @@
 
 use super::write_session;
 use crate::commands::{Args, CommandResult};
+use crate::node::Node;
 use crate::protocol::ReplyWriter;
-use crate::server::Shared;
 use crate::store::now_ms;
 
 /// SESSION.EXISTS id [id ...]: how many are live.
 pub async fn exists(
-    shared: &Shared,
+    shared: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
@@ -19,7 +19,7 @@ pub async fn exists(
 
 /// SESSION.BYUSER user [WITHSESSIONS]: ids (or sessions), oldest first.
 pub async fn byuser(
-    shared: &Shared,
+    shared: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
@@ -55,11 +55,7 @@ pub async fn byuser(
 
 /// SESSION.COUNT [LOCAL]: live sessions in the store, or (LOCAL) held in
 /// this sidecar's memory.
-pub async fn count(
-    shared: &Shared,
-    args: &mut Args<'_>,
-    out: &mut ReplyWriter<'_>,
-) -> CommandResult {
+pub async fn count(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let now = now_ms();
     let count = if args.trailing_flag("LOCAL")? {
         shared.sessions.count_local(now)
@@ -72,8 +68,8 @@ pub async fn count(
 
 /// SESSION.NODES: the live sidecars known to this one: itself, the upstream
 /// registry's (write-through mode) and the `--peers` that answer.
-pub async fn nodes(shared: &Shared, out: &mut ReplyWriter<'_>) -> CommandResult {
-    let nodes = shared.fleet.nodes(shared).await;
+pub async fn nodes(shared: &Node, out: &mut ReplyWriter<'_>) -> CommandResult {
+    let nodes = shared.fleet.nodes().await;
     out.array(nodes.len());
     for node in nodes {
         out.map(5);

@@ -3,12 +3,12 @@
 
 use super::{attribute, check_attr_count, name, refuse_while_draining, ttl_ms};
 use crate::commands::{Args, CommandError, CommandResult};
+use crate::node::Node;
 use crate::protocol::ReplyWriter;
-use crate::server::Shared;
 use crate::store::{Status, UpdateSession, now_ms};
 
 pub async fn update(
-    shared: &Shared,
+    shared: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {

@@ -1,73 +1,14 @@
-//! Counters an operator graphs, registered once as plain atomics in the
-//! structs that update them, and rendered in Prometheus's text format.
+//! The `/metrics` page: every handle of the node rendered in Prometheus's
+//! text format.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::commands::table::{COMMANDS, Cmd};
-use crate::server::Shared;
+use crate::node::Node;
+use crate::protocol::command_table::COMMANDS;
 use crate::store::now_ms;
 
-/// A monotonically increasing counter.
-#[derive(Default, Debug)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-#[derive(Debug)]
-pub struct Metrics {
-    pub connections: Counter,
-    pub rejected_connections: Counter,
-    pub command_errors: Counter,
-    pub unknown_commands: Counter,
-    pub protocol_errors: Counter,
-    pub auth_failures: Counter,
-    pub oom_rejections: Counter,
-    /// Calls per command, indexed by [`Cmd`].
-    commands: Box<[Counter]>,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self {
-            connections: Counter::default(),
-            rejected_connections: Counter::default(),
-            command_errors: Counter::default(),
-            unknown_commands: Counter::default(),
-            protocol_errors: Counter::default(),
-            auth_failures: Counter::default(),
-            oom_rejections: Counter::default(),
-            commands: COMMANDS.iter().map(|_| Counter::default()).collect(),
-        }
-    }
-}
-
-impl Metrics {
-    pub fn command(&self, cmd: Cmd) {
-        if let Some(counter) = self.commands.get(cmd as usize) {
-            counter.inc();
-        }
-    }
-
-    pub fn commands_total(&self) -> u64 {
-        self.commands.iter().map(Counter::get).sum()
-    }
-
-    pub fn load(&self, value: &AtomicU64) -> u64 {
-        value.load(Ordering::Relaxed)
-    }
-}
-
 /// The `/metrics` page.
-pub fn render(shared: &Shared) -> String {
+pub fn render(shared: &Node) -> String {
     let m = &shared.metrics;
     let sessions = &shared.sessions;
     let stats = sessions.stats();
@@ -339,7 +280,7 @@ pub fn render(shared: &Shared) -> String {
     out.push_str("# HELP session_sidecar_commands_total Commands processed, by command.\n");
     out.push_str("# TYPE session_sidecar_commands_total counter\n");
     for spec in COMMANDS {
-        let calls = m.commands.get(spec.cmd as usize).map_or(0, Counter::get);
+        let calls = m.command_calls(spec.cmd);
         let _ = writeln!(
             out,
             "session_sidecar_commands_total{{command=\"{}\"}} {calls}",

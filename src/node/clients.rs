@@ -11,8 +11,8 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::mpsc;
 
-use crate::commands::table::COMMANDS;
 use crate::protocol::Protocol;
+use crate::protocol::command_table::COMMANDS;
 use crate::pubsub::{Message, Subscriber};
 use crate::store::now_ms;
 

@@ -4,6 +4,9 @@
 //! The file uses redis.conf's shape: one `name value` per line, names as the
 //! long flags without dashes, `#` comments. Its values become the flags'
 //! defaults, so the environment and the command line still win.
+//!
+//! Layer 1 of 14 (the order is in `tests/layers.rs`). Uses nothing of the
+//! crate; every layer may read it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -340,6 +343,36 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(multiplier))
         .ok_or_else(|| format!("invalid memory size '{text}'"))
+}
+
+/// The parameters that are the sidecar's own (its listener, its limits, its
+/// flags): with an upstream, CONFIG GET answers these from the sidecar and
+/// every other from the upstream, and CONFIG SET of these is refused while
+/// the others go to the upstream ([`crate::proxy::Proxy::forwards`]).
+pub const OWN_PARAMETERS: &[&str] = &[
+    "bind",
+    "port",
+    "maxclients",
+    "timeout",
+    "proto-max-bulk-len",
+    "client-query-buffer-limit",
+    "prefix",
+    "default-ttl",
+    "node-id",
+    "advertise",
+    "max-args",
+    "max-name-len",
+    "max-value-len",
+    "max-attrs",
+];
+
+/// Whether CONFIG SET's arguments name one of the sidecar's own parameters.
+pub fn sets_own_parameter(argv: &[bytes::Bytes]) -> bool {
+    argv.iter().skip(2).step_by(2).any(|name| {
+        OWN_PARAMETERS
+            .iter()
+            .any(|own| name.eq_ignore_ascii_case(own.as_bytes()))
+    })
 }
 
 #[cfg(test)]
