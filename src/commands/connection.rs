@@ -30,7 +30,7 @@ pub fn echo(args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
 
 /// AUTH [username] password. Only the `default` user exists.
 pub fn auth(
-    shared: &Node,
+    node: &Node,
     client: &mut ClientState,
     args: &mut Args,
     out: &mut ReplyWriter,
@@ -40,24 +40,24 @@ pub fn auth(
         2 => (Some(args.required()?), args.required()?),
         _ => return Err(CommandError::Syntax),
     };
-    if shared.config.requirepass.is_none() && user.is_none() {
+    if node.config.requirepass.is_none() && user.is_none() {
         return Err(CommandError::err(
             "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
         ));
     }
-    authenticate(shared, client, user.map(|u| &u[..]), password)?;
+    authenticate(node, client, user.map(|u| &u[..]), password)?;
     out.ok();
     Ok(())
 }
 
 fn authenticate(
-    shared: &Node,
+    node: &Node,
     client: &mut ClientState,
     user: Option<&[u8]>,
     password: &[u8],
 ) -> CommandResult {
     let user_ok = user.is_none_or(|u| u == b"default");
-    let password_ok = match &shared.config.requirepass {
+    let password_ok = match &node.config.requirepass {
         Some(expected) => constant_time_eq(expected.as_bytes(), password),
         // Without requirepass the default user takes any password, as Redis's `nopass`.
         None => true,
@@ -66,7 +66,7 @@ fn authenticate(
         client.authenticated = true;
         Ok(())
     } else {
-        shared.metrics.auth_failures.inc();
+        node.metrics.auth_failures.inc();
         Err(CommandError::err(
             "WRONGPASS invalid username-password pair or user is disabled.",
         ))
@@ -86,7 +86,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// HELLO [protover [AUTH username password] [SETNAME clientname]]
 pub fn hello(
-    shared: &Node,
+    node: &Node,
     client: &mut ClientState,
     args: &mut Args,
     out: &mut ReplyWriter,
@@ -116,7 +116,7 @@ pub fn hello(
         }
     }
     if let Some((user, password)) = credentials {
-        authenticate(shared, client, Some(user), password)?;
+        authenticate(node, client, Some(user), password)?;
     }
     if !client.authenticated {
         return Err(CommandError::err(
@@ -153,14 +153,14 @@ pub fn quit(client: &mut ClientState, out: &mut ReplyWriter) -> CommandResult {
 }
 
 /// RESET: back to a fresh connection's state.
-pub fn reset(shared: &Node, client: &mut ClientState, out: &mut ReplyWriter) -> CommandResult {
-    super::pubsub::unsubscribe_all(shared, client);
+pub fn reset(node: &Node, client: &mut ClientState, out: &mut ReplyWriter) -> CommandResult {
+    super::pubsub::unsubscribe_all(node, client);
     client.proxy.reset();
     client.sync_subscription_counts();
     client.set_protocol(Protocol::Resp2);
     out.set_protocol(Protocol::Resp2);
     *client.info.name.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    client.authenticated = shared.config.requirepass.is_none();
+    client.authenticated = node.config.requirepass.is_none();
     client.peer = false;
     out.simple("RESET");
     Ok(())
@@ -237,10 +237,10 @@ impl Killed {
 /// CLIENT KILL ip:port | [ID id] [TYPE normal|pubsub|master|replica]
 /// [USER name] [ADDR ip:port] [LADDR ip:port] [SKIPME yes|no] ...: closes
 /// the sidecar's clients that match every filter, as Redis does.
-fn kill(shared: &Node, client: &ClientState, args: &mut Args) -> Result<Killed, CommandError> {
+fn kill(node: &Node, client: &ClientState, args: &mut Args) -> Result<Killed, CommandError> {
     let rest = args.rest();
     if let [addr] = rest {
-        let target = shared
+        let target = node
             .clients
             .all()
             .into_iter()
@@ -298,7 +298,7 @@ fn kill(shared: &Node, client: &ClientState, args: &mut Args) -> Result<Killed, 
         return Ok(Killed::Count(0));
     }
     let mut killed = 0;
-    for info in shared.clients.all() {
+    for info in node.clients.all() {
         let matches = id.is_none_or(|id| info.id == id)
             && pubsub.is_none_or(|pubsub| info.is_pubsub() == pubsub)
             && addr.is_none_or(|a| info.addr.to_string().as_bytes() == a)
@@ -315,7 +315,7 @@ fn kill(shared: &Node, client: &ClientState, args: &mut Args) -> Result<Killed, 
 }
 
 pub fn client(
-    shared: &Node,
+    node: &Node,
     client: &mut ClientState,
     args: &mut Args,
     out: &mut ReplyWriter,
@@ -393,7 +393,7 @@ pub fn client(
         args.finish()?;
         let now = now_ms();
         let mut text = String::new();
-        for info in shared.clients.all() {
+        for info in node.clients.all() {
             if only_pubsub.is_some_and(|pubsub| pubsub != info.is_pubsub()) {
                 continue;
             }
@@ -402,7 +402,7 @@ pub fn client(
         }
         out.verbatim(&text);
     } else if keyword.is("KILL") {
-        kill(shared, client, args)?.reply(out);
+        kill(node, client, args)?.reply(out);
     } else if keyword.is("NO-EVICT") || keyword.is("NO-TOUCH") {
         let mode = args.next().ok_or_else(arity_error)?;
         let mode = super::args::Keyword::of(mode);

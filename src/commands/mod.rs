@@ -64,7 +64,7 @@ pub type CommandResult = Result<(), CommandError>;
 
 /// Runs one request and writes its reply.
 pub async fn execute(
-    shared: &Node,
+    node: &Node,
     client: &mut ClientState,
     argv: &[Bytes],
     out: &mut ReplyWriter<'_>,
@@ -73,17 +73,17 @@ pub async fn execute(
         return;
     };
     let Some(spec) = table::lookup(name) else {
-        if shared.proxy.is_some() && !client.authenticated {
+        if node.proxy.is_some() && !client.authenticated {
             // With an upstream, an unknown command is forwarded once the
             // client has authenticated.
             out.error("NOAUTH Authentication required.");
             return;
         }
-        shared.metrics.unknown_commands.inc();
+        node.metrics.unknown_commands.inc();
         out.error(&unknown_command(name, &argv[1..]));
         return;
     };
-    shared.metrics.command(spec.cmd);
+    node.metrics.command(spec.cmd);
     let info = &client.info;
     info.last_command_ms
         .store(crate::store::now_ms(), Ordering::Relaxed);
@@ -108,13 +108,13 @@ pub async fn execute(
         ));
         return;
     }
-    let maxmemory = shared.config.maxmemory;
+    let maxmemory = node.config.maxmemory;
     if maxmemory > 0
         && spec.denies_oom()
-        && shared.sessions.refuses_writes_past_maxmemory()
-        && shared.sessions.memory() as u64 > maxmemory
+        && node.sessions.refuses_writes_past_maxmemory()
+        && node.sessions.memory() as u64 > maxmemory
     {
-        shared.metrics.oom_rejections.inc();
+        node.metrics.oom_rejections.inc();
         out.error("OOM command not allowed when used memory > 'maxmemory'.");
         return;
     }
@@ -122,50 +122,50 @@ pub async fn execute(
     let result = match spec.cmd {
         Cmd::Ping => connection::ping(client, &mut args, out),
         Cmd::Echo => connection::echo(&mut args, out),
-        Cmd::Hello => connection::hello(shared, client, &mut args, out),
-        Cmd::Auth => connection::auth(shared, client, &mut args, out),
+        Cmd::Hello => connection::hello(node, client, &mut args, out),
+        Cmd::Auth => connection::auth(node, client, &mut args, out),
         Cmd::Quit => connection::quit(client, out),
-        Cmd::Reset => connection::reset(shared, client, out),
+        Cmd::Reset => connection::reset(node, client, out),
         Cmd::Select => connection::select(&mut args, out),
-        Cmd::Client => connection::client(shared, client, &mut args, out),
-        Cmd::Info => server::info(shared, &mut args, out).await,
-        Cmd::Command => match &shared.proxy {
+        Cmd::Client => connection::client(node, client, &mut args, out),
+        Cmd::Info => server::info(node, &mut args, out).await,
+        Cmd::Command => match &node.proxy {
             Some(proxy) => server::command_with_upstream(proxy, &mut args, out).await,
             None => server::command(&mut args, out),
         },
-        Cmd::Config => server::config(shared, &mut args, out).await,
+        Cmd::Config => server::config(node, &mut args, out).await,
         Cmd::Time => server::time(out),
-        Cmd::Subscribe => pubsub::subscribe(shared, client, &mut args, out).await,
-        Cmd::Unsubscribe => pubsub::unsubscribe(shared, client, &mut args, out),
-        Cmd::Psubscribe => pubsub::psubscribe(shared, client, &mut args, out).await,
-        Cmd::Punsubscribe => pubsub::punsubscribe(shared, client, &mut args, out),
-        Cmd::Publish => pubsub::publish(shared, &mut args, out),
-        Cmd::SessionCreate => session::create(shared, &mut args, out).await,
-        Cmd::SessionGet => session::get(shared, &mut args, out).await,
-        Cmd::SessionExists => session::exists(shared, &mut args, out).await,
-        Cmd::SessionAttrSet => session::attr_set(shared, &mut args, out).await,
-        Cmd::SessionAttrGet => session::attr_get(shared, &mut args, out).await,
-        Cmd::SessionAttrDel => session::attr_del(shared, &mut args, out).await,
-        Cmd::SessionAttrIncrby => session::attr_incrby(shared, &mut args, out).await,
-        Cmd::SessionUpdate => session::update(shared, &mut args, out).await,
-        Cmd::SessionTouch => session::touch(shared, &mut args, out).await,
-        Cmd::SessionTtl => session::ttl(shared, &mut args, out).await,
-        Cmd::SessionExpire => session::expire(shared, &mut args, out).await,
-        Cmd::SessionDel => session::del(shared, &mut args, out).await,
-        Cmd::SessionBind => session::bind(shared, &mut args, out).await,
-        Cmd::SessionUnbind => session::unbind(shared, &mut args, out).await,
-        Cmd::SessionByconn => session::byconn(shared, &mut args, out).await,
-        Cmd::SessionByuser => session::byuser(shared, &mut args, out).await,
-        Cmd::SessionKilluser => session::killuser(shared, &mut args, out).await,
-        Cmd::SessionCount => session::count(shared, &mut args, out).await,
-        Cmd::SessionNodes => session::nodes(shared, out).await,
-        Cmd::SessionMigrate => session::migrate(shared, &mut args, out).await,
-        Cmd::SessionImport => session::import(shared, client, &mut args, out).await,
-        Cmd::SessionDrain => session::drain(shared, &mut args, out).await,
-        Cmd::SessionPeerauth => session::peerauth(shared, client, &mut args, out),
+        Cmd::Subscribe => pubsub::subscribe(node, client, &mut args, out).await,
+        Cmd::Unsubscribe => pubsub::unsubscribe(node, client, &mut args, out),
+        Cmd::Psubscribe => pubsub::psubscribe(node, client, &mut args, out).await,
+        Cmd::Punsubscribe => pubsub::punsubscribe(node, client, &mut args, out),
+        Cmd::Publish => pubsub::publish(node, &mut args, out),
+        Cmd::SessionCreate => session::create(node, &mut args, out).await,
+        Cmd::SessionGet => session::get(node, &mut args, out).await,
+        Cmd::SessionExists => session::exists(node, &mut args, out).await,
+        Cmd::SessionAttrSet => session::attr_set(node, &mut args, out).await,
+        Cmd::SessionAttrGet => session::attr_get(node, &mut args, out).await,
+        Cmd::SessionAttrDel => session::attr_del(node, &mut args, out).await,
+        Cmd::SessionAttrIncrby => session::attr_incrby(node, &mut args, out).await,
+        Cmd::SessionUpdate => session::update(node, &mut args, out).await,
+        Cmd::SessionTouch => session::touch(node, &mut args, out).await,
+        Cmd::SessionTtl => session::ttl(node, &mut args, out).await,
+        Cmd::SessionExpire => session::expire(node, &mut args, out).await,
+        Cmd::SessionDel => session::del(node, &mut args, out).await,
+        Cmd::SessionBind => session::bind(node, &mut args, out).await,
+        Cmd::SessionUnbind => session::unbind(node, &mut args, out).await,
+        Cmd::SessionByconn => session::byconn(node, &mut args, out).await,
+        Cmd::SessionByuser => session::byuser(node, &mut args, out).await,
+        Cmd::SessionKilluser => session::killuser(node, &mut args, out).await,
+        Cmd::SessionCount => session::count(node, &mut args, out).await,
+        Cmd::SessionNodes => session::nodes(node, out).await,
+        Cmd::SessionMigrate => session::migrate(node, &mut args, out).await,
+        Cmd::SessionImport => session::import(node, client, &mut args, out).await,
+        Cmd::SessionDrain => session::drain(node, &mut args, out).await,
+        Cmd::SessionPeerauth => session::peerauth(node, client, &mut args, out),
     };
     if let Err(error) = result {
-        shared.metrics.command_errors.inc();
+        node.metrics.command_errors.inc();
         out.error(&error.message());
     }
 }

@@ -23,7 +23,7 @@ fn confirm(out: &mut ReplyWriter, what: &[u8], name: Option<&[u8]>, count: usize
 }
 
 fn add(
-    shared: &Node,
+    node: &Node,
     client: &mut ClientState,
     kind: Kind,
     names: &[Bytes],
@@ -34,14 +34,14 @@ fn add(
         let name = Bytes::copy_from_slice(name);
         let reply: &[u8] = match kind {
             Kind::Channel => {
-                shared
+                node
                     .pubsub
                     .subscribe(client.id(), name.clone(), &subscriber);
                 client.channels.insert(name.clone());
                 b"subscribe"
             }
             Kind::Pattern => {
-                shared
+                node
                     .pubsub
                     .psubscribe(client.id(), name.clone(), &subscriber);
                 client.patterns.insert(name.clone());
@@ -54,7 +54,7 @@ fn add(
 }
 
 fn remove(
-    shared: &Node,
+    node: &Node,
     client: &mut ClientState,
     kind: Kind,
     names: &[Bytes],
@@ -75,11 +75,11 @@ fn remove(
     for name in names {
         match kind {
             Kind::Channel => {
-                shared.pubsub.unsubscribe(client.id(), name);
+                node.pubsub.unsubscribe(client.id(), name);
                 client.channels.remove(name);
             }
             Kind::Pattern => {
-                shared.pubsub.punsubscribe(client.id(), name);
+                node.pubsub.punsubscribe(client.id(), name);
                 client.patterns.remove(name);
             }
         }
@@ -89,71 +89,71 @@ fn remove(
 }
 
 pub async fn subscribe(
-    shared: &Node,
+    node: &Node,
     client: &mut ClientState,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
-    add(shared, client, Kind::Channel, args.rest(), out);
-    relayed(shared).await;
+    add(node, client, Kind::Channel, args.rest(), out);
+    relayed(node).await;
     Ok(())
 }
 
 pub async fn psubscribe(
-    shared: &Node,
+    node: &Node,
     client: &mut ClientState,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
-    add(shared, client, Kind::Pattern, args.rest(), out);
-    relayed(shared).await;
+    add(node, client, Kind::Pattern, args.rest(), out);
+    relayed(node).await;
     Ok(())
 }
 
 /// In write-through mode, events come from the upstream: the reply to a
 /// subscription waits until they are relayed here.
-async fn relayed(shared: &Node) {
-    if let Some(store) = shared.upstream() {
+async fn relayed(node: &Node) {
+    if let Some(store) = node.upstream() {
         store.wait_relaying().await;
     }
 }
 
 pub fn unsubscribe(
-    shared: &Node,
+    node: &Node,
     client: &mut ClientState,
     args: &mut Args,
     out: &mut ReplyWriter,
 ) -> CommandResult {
-    remove(shared, client, Kind::Channel, args.rest(), out);
+    remove(node, client, Kind::Channel, args.rest(), out);
     Ok(())
 }
 
 pub fn punsubscribe(
-    shared: &Node,
+    node: &Node,
     client: &mut ClientState,
     args: &mut Args,
     out: &mut ReplyWriter,
 ) -> CommandResult {
-    remove(shared, client, Kind::Pattern, args.rest(), out);
+    remove(node, client, Kind::Pattern, args.rest(), out);
     Ok(())
 }
 
-pub fn publish(shared: &Node, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
+pub fn publish(node: &Node, args: &mut Args, out: &mut ReplyWriter) -> CommandResult {
     let channel = Bytes::copy_from_slice(args.required()?);
     let message = Bytes::copy_from_slice(args.required()?);
-    out.int(shared.pubsub.publish(&channel, &message) as i64);
+    out.int(node.pubsub.publish(&channel, &message) as i64);
     Ok(())
 }
 
 /// Drops every subscription of a client (RESET, disconnect), and its queue
 /// of messages not yet delivered.
-pub fn unsubscribe_all(shared: &Node, client: &mut ClientState) {
+pub fn unsubscribe_all(node: &Node, client: &mut ClientState) {
     client.subscriber = None;
     for channel in client.channels.drain() {
-        shared.pubsub.unsubscribe(client.info.id, &channel);
+        node.pubsub.unsubscribe(client.info.id, &channel);
     }
     for pattern in client.patterns.drain() {
-        shared.pubsub.punsubscribe(client.info.id, &pattern);
+        node.pubsub.punsubscribe(client.info.id, &pattern);
     }
     client.sync_subscription_counts();
 }

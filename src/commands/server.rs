@@ -21,7 +21,7 @@ const SECTIONS: &[&str] = &[
 ];
 
 /// INFO [section ...]: Redis's `# Section` / `field:value` text.
-pub async fn info(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
+pub async fn info(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let requested: Vec<String> = args
         .rest()
         .iter()
@@ -35,7 +35,7 @@ pub async fn info(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>)
     // The store-wide count is the upstream's in write-through mode: ask only
     // when the section is wanted, and report -1 when it cannot be had.
     let total = match wanted("sessions") {
-        true => shared
+        true => node
             .sessions
             .count(now_ms())
             .await
@@ -44,17 +44,17 @@ pub async fn info(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>)
     };
     // With passthrough the data is the upstream's: so is the keyspace
     // section (the sessions are keys there too).
-    let upstream_keyspace = match (&shared.proxy, wanted("keyspace")) {
+    let upstream_keyspace = match (&node.proxy, wanted("keyspace")) {
         (Some(proxy), true) => proxy.keyspace().await,
         _ => None,
     };
     let mut text = String::new();
     for section in SECTIONS {
-        if wanted(section) && (*section != "upstream" || shared.upstream().is_some()) {
+        if wanted(section) && (*section != "upstream" || node.upstream().is_some()) {
             if !text.is_empty() {
                 text.push_str("\r\n");
             }
-            match (&shared.proxy, *section) {
+            match (&node.proxy, *section) {
                 (Some(_), "keyspace") => {
                     text.push_str("# Keyspace\r\n");
                     for line in upstream_keyspace.iter().flatten() {
@@ -62,7 +62,7 @@ pub async fn info(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>)
                         text.push_str("\r\n");
                     }
                 }
-                _ => write_section(shared, section, total, &mut text),
+                _ => write_section(node, section, total, &mut text),
             }
         }
     }
@@ -70,13 +70,13 @@ pub async fn info(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>)
     Ok(())
 }
 
-fn write_section(shared: &Node, section: &str, sessions_total: i64, text: &mut String) {
+fn write_section(node: &Node, section: &str, sessions_total: i64, text: &mut String) {
     let now = now_ms();
     let mut title = section.to_string();
     title[..1].make_ascii_uppercase();
     let _ = write!(text, "# {title}\r\n");
-    let m = &shared.metrics;
-    let sessions = &shared.sessions;
+    let m = &node.metrics;
+    let sessions = &node.sessions;
     let stats = sessions.stats();
     let mut field = |name: &str, value: &dyn std::fmt::Display| {
         let _ = write!(text, "{name}:{value}\r\n");
@@ -90,27 +90,27 @@ fn write_section(shared: &Node, section: &str, sessions_total: i64, text: &mut S
             field("arch_bits", &(usize::BITS));
             field("process_id", &std::process::id());
             field("node_id", &String::from_utf8_lossy(sessions.node()));
-            field("mode", &shared.mode());
-            field("advertise", &shared.fleet.advertise());
-            field("tcp_port", &shared.listen_addr.port());
+            field("mode", &node.mode());
+            field("advertise", &node.fleet.advertise());
+            field("tcp_port", &node.listen_addr.port());
             field(
                 "uptime_in_seconds",
-                &(now.saturating_sub(shared.started_ms) / 1000),
+                &(now.saturating_sub(node.started_ms) / 1000),
             );
             field(
                 "uptime_in_days",
-                &(now.saturating_sub(shared.started_ms) / 86_400_000),
+                &(now.saturating_sub(node.started_ms) / 86_400_000),
             );
         }
         "clients" => {
-            field("connected_clients", &shared.clients.len());
+            field("connected_clients", &node.clients.len());
             let per_loop: Vec<String> =
-                shared.loop_clients().iter().map(usize::to_string).collect();
+                node.loop_clients().iter().map(usize::to_string).collect();
             field("event_loops", &per_loop.len());
             field("event_loop_clients", &per_loop.join(","));
-            field("maxclients", &shared.config.maxclients);
+            field("maxclients", &node.config.maxclients);
             field("blocked_clients", &0);
-            field("pubsub_clients", &shared.pubsub_clients());
+            field("pubsub_clients", &node.pubsub_clients());
         }
         "sessions" => {
             field("sessions", &sessions_total);
@@ -122,7 +122,7 @@ fn write_section(shared: &Node, section: &str, sessions_total: i64, text: &mut S
             field("default_ttl_ms", &sessions.default_ttl_ms());
         }
         "upstream" => {
-            if let Some(store) = shared.upstream() {
+            if let Some(store) = node.upstream() {
                 let u = &store.upstream;
                 let w = &store.stats;
                 field("upstream_address", &u.address());
@@ -144,7 +144,7 @@ fn write_section(shared: &Node, section: &str, sessions_total: i64, text: &mut S
                 field("heartbeat_flushes", &m.load(&w.heartbeat_flushes));
                 field("cache_verified", &m.load(&w.verified));
             }
-            if let Some(proxy) = &shared.proxy {
+            if let Some(proxy) = &node.proxy {
                 let p = &proxy.stats;
                 field("proxy_forwarded", &p.forwarded.get());
                 field("proxy_batches", &p.batches.get());
@@ -154,7 +154,7 @@ fn write_section(shared: &Node, section: &str, sessions_total: i64, text: &mut S
             }
         }
         "migration" => {
-            let g = &shared.migration;
+            let g = &node.migration;
             field("draining", &u8::from(g.is_draining()));
             field("migrations", &m.load(&g.migrations));
             field("failed_migrations", &m.load(&g.failed_migrations));
@@ -164,7 +164,7 @@ fn write_section(shared: &Node, section: &str, sessions_total: i64, text: &mut S
             field("last_migration_ms", &m.load(&g.last_ms));
             field(
                 "peer_secret",
-                &u8::from(shared.config.peer_secret.is_some()),
+                &u8::from(node.config.peer_secret.is_some()),
             );
         }
         "keyspace" => {
@@ -184,14 +184,14 @@ fn write_section(shared: &Node, section: &str, sessions_total: i64, text: &mut S
             field("auth_failures", &m.auth_failures.get());
             field("oom_rejections", &m.oom_rejections.get());
             field("expired_keys", &m.load(&stats.expired));
-            field("pubsub_channels", &shared.pubsub.channel_count());
-            field("pubsub_patterns", &shared.pubsub.pattern_count());
+            field("pubsub_channels", &node.pubsub.channel_count());
+            field("pubsub_patterns", &node.pubsub.pattern_count());
         }
         "memory" => {
             field("used_memory", &sessions.memory());
             field("used_memory_human", &human(sessions.memory() as u64));
-            field("maxmemory", &shared.config.maxmemory);
-            field("maxmemory_human", &human(shared.config.maxmemory));
+            field("maxmemory", &node.config.maxmemory);
+            field("maxmemory_human", &human(node.config.maxmemory));
             let policy = if sessions.refuses_writes_past_maxmemory() {
                 "noeviction"
             } else {
@@ -464,7 +464,7 @@ fn write_args(args: &[Arg], out: &mut ReplyWriter) {
 /// CONFIG GET (the sidecar's parameters; with an upstream, the upstream's
 /// too) and CONFIG SET (only of the upstream's, forwarded before this runs).
 pub async fn config(
-    shared: &Node,
+    node: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
@@ -476,7 +476,7 @@ pub async fn config(
                 .first()
                 .map(|n| String::from_utf8_lossy(n).into_owned())
                 .unwrap_or_default();
-            return Err(CommandError::err(match shared.proxy {
+            return Err(CommandError::err(match node.proxy {
                 Some(_) => format!(
                     "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config"
                 ),
@@ -493,10 +493,10 @@ pub async fn config(
             "ERR wrong number of arguments for 'config|get' command",
         ));
     }
-    let c = &shared.config;
+    let c = &node.config;
     let params: Vec<(&str, String)> = vec![
-        ("bind", shared.listen_addr.ip().to_string()),
-        ("port", shared.listen_addr.port().to_string()),
+        ("bind", node.listen_addr.ip().to_string()),
+        ("port", node.listen_addr.port().to_string()),
         ("maxclients", c.maxclients.to_string()),
         ("maxmemory", c.maxmemory.to_string()),
         ("maxmemory-policy", "noeviction".into()),
@@ -513,9 +513,9 @@ pub async fn config(
         ("default-ttl", c.default_ttl.to_string()),
         (
             "node-id",
-            String::from_utf8_lossy(shared.sessions.node()).into_owned(),
+            String::from_utf8_lossy(node.sessions.node()).into_owned(),
         ),
-        ("advertise", shared.fleet.advertise().to_string()),
+        ("advertise", node.fleet.advertise().to_string()),
         ("max-args", c.max_args.to_string()),
         ("max-name-len", c.max_name_len.to_string()),
         ("max-value-len", c.max_value_len.to_string()),
@@ -525,11 +525,11 @@ pub async fn config(
     let patterns: Vec<Vec<u8>> = asked.iter().map(|p| p.to_ascii_lowercase()).collect();
     let mut matching: Vec<(String, String)> = params
         .into_iter()
-        .filter(|(name, _)| shared.proxy.is_none() || crate::config::OWN_PARAMETERS.contains(name))
+        .filter(|(name, _)| node.proxy.is_none() || crate::config::OWN_PARAMETERS.contains(name))
         .filter(|(name, _)| patterns.iter().any(|p| glob_match(p, name.as_bytes())))
         .map(|(name, value)| (name.to_string(), value))
         .collect();
-    if let Some(proxy) = &shared.proxy {
+    if let Some(proxy) = &node.proxy {
         let upstream = proxy
             .config_get(asked)
             .await

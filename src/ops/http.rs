@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::node::Node;
 
-pub async fn serve(listener: TcpListener, shared: Arc<Node>, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: CancellationToken) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -25,14 +25,14 @@ pub async fn serve(listener: TcpListener, shared: Arc<Node>, shutdown: Cancellat
             },
             _ = shutdown.cancelled() => return,
         };
-        let shared = shared.clone();
+        let node = node.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), respond(stream, &shared)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), respond(stream, &node)).await;
         });
     }
 }
 
-async fn respond(mut stream: TcpStream, shared: &Node) -> std::io::Result<()> {
+async fn respond(mut stream: TcpStream, node: &Node) -> std::io::Result<()> {
     let mut request = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
@@ -51,10 +51,10 @@ async fn respond(mut stream: TcpStream, shared: &Node) -> std::io::Result<()> {
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4",
-            crate::ops::prometheus::render(shared),
+            crate::ops::prometheus::render(node),
         ),
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", "/readyz") if shared.is_ready() => ("200 OK", "text/plain", "ready\n".to_string()),
+        ("GET", "/readyz") if node.is_ready() => ("200 OK", "text/plain", "ready\n".to_string()),
         ("GET", "/readyz") => (
             "503 Service Unavailable",
             "text/plain",

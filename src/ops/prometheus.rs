@@ -8,9 +8,9 @@ use crate::protocol::command_table::COMMANDS;
 use crate::store::now_ms;
 
 /// The `/metrics` page.
-pub fn render(shared: &Node) -> String {
-    let m = &shared.metrics;
-    let sessions = &shared.sessions;
+pub fn render(node: &Node) -> String {
+    let m = &node.metrics;
+    let sessions = &node.sessions;
     let stats = sessions.stats();
     let now = now_ms();
     let mut out = String::with_capacity(4096);
@@ -25,19 +25,19 @@ pub fn render(shared: &Node) -> String {
         "uptime_seconds",
         "gauge",
         "Seconds since start.",
-        now.saturating_sub(shared.started_ms) / 1000,
+        now.saturating_sub(node.started_ms) / 1000,
     );
     metric(
         "ready",
         "gauge",
         "1 when /readyz answers 200.",
-        u64::from(shared.is_ready()),
+        u64::from(node.is_ready()),
     );
     metric(
         "connected_clients",
         "gauge",
         "Client connections open.",
-        shared.clients.len() as u64,
+        node.clients.len() as u64,
     );
     metric(
         "connections_total",
@@ -111,7 +111,7 @@ pub fn render(shared: &Node) -> String {
         "Sessions evicted by MAXPERUSER.",
         m.load(&stats.evicted),
     );
-    let g = &shared.migration;
+    let g = &node.migration;
     metric(
         "draining",
         "gauge",
@@ -152,15 +152,15 @@ pub fn render(shared: &Node) -> String {
         "maxmemory_bytes",
         "gauge",
         "Configured memory budget (0 = none).",
-        shared.config.maxmemory,
+        node.config.maxmemory,
     );
     metric(
         "pubsub_channels",
         "gauge",
         "Channels with subscribers.",
-        shared.pubsub.channel_count() as u64,
+        node.pubsub.channel_count() as u64,
     );
-    if let Some(proxy) = &shared.proxy {
+    if let Some(proxy) = &node.proxy {
         let p = &proxy.stats;
         for (name, help, value) in [
             (
@@ -192,7 +192,7 @@ pub fn render(shared: &Node) -> String {
             metric(name, "counter", help, value.get());
         }
     }
-    if let Some(store) = shared.upstream() {
+    if let Some(store) = node.upstream() {
         let u = &store.upstream.stats;
         let w = &store.stats;
         let up = store.upstream.state() == crate::upstream::connection::State::Up;
@@ -271,7 +271,7 @@ pub fn render(shared: &Node) -> String {
     }
     out.push_str("# HELP session_sidecar_event_loop_clients Client connections per event loop.\n");
     out.push_str("# TYPE session_sidecar_event_loop_clients gauge\n");
-    for (index, clients) in shared.loop_clients().iter().enumerate() {
+    for (index, clients) in node.loop_clients().iter().enumerate() {
         let _ = writeln!(
             out,
             "session_sidecar_event_loop_clients{{loop=\"{index}\"}} {clients}"

@@ -37,28 +37,28 @@ const SHRINK_ABOVE: usize = 1024 * 1024;
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 pub async fn serve(
-    shared: Arc<Node>,
+    node: Arc<Node>,
     stream: TcpStream,
     info: Arc<ClientInfo>,
     shutdown: CancellationToken,
     tls: Option<TlsAcceptor>,
 ) {
     let id = info.id;
-    let mut client = ClientState::new(info, shared.config.requirepass.is_none());
+    let mut client = ClientState::new(info, node.config.requirepass.is_none());
     let served = match stream.set_nodelay(true) {
         Err(error) => Err(error),
         Ok(()) => match tls {
             None => {
                 let (reader, writer) = stream.into_split();
                 let sink = Arc::new(ReplySink::new(writer));
-                run(&shared, reader, sink, &mut client, &shutdown).await
+                run(&node, reader, sink, &mut client, &shutdown).await
             }
             Some(acceptor) => {
                 match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
                     Ok(Ok(session)) => {
                         let (reader, writer) = tokio::io::split(session);
                         let sink = Arc::new(ReplySink::tls(writer));
-                        run(&shared, reader, sink, &mut client, &shutdown).await
+                        run(&node, reader, sink, &mut client, &shutdown).await
                     }
                     Ok(Err(error)) => Err(error),
                     Err(_) => Err(std::io::Error::new(
@@ -72,8 +72,8 @@ pub async fn serve(
     if let Err(error) = served {
         tracing::debug!(client = id, %error, "client connection ended with an error");
     }
-    unsubscribe_all(&shared, &mut client);
-    shared.clients.unregister(id);
+    unsubscribe_all(&node, &mut client);
+    node.clients.unregister(id);
 }
 
 /// Waits for the next pub/sub message, or forever when not subscribed.
@@ -117,7 +117,7 @@ fn encode_message(message: Message, out: &mut ReplyWriter) {
 }
 
 async fn run<R: AsyncRead + Unpin>(
-    shared: &Node,
+    node: &Node,
     mut reader: R,
     sink: Arc<ReplySink>,
     client: &mut ClientState,
@@ -131,12 +131,12 @@ async fn run<R: AsyncRead + Unpin>(
     let mut output = BytesMut::with_capacity(READ_CHUNK);
     let mut argv = Vec::new();
     let query_limit =
-        usize::try_from(shared.config.client_query_buffer_limit).unwrap_or(usize::MAX);
-    let idle = (shared.config.timeout > 0).then(|| Duration::from_secs(shared.config.timeout));
+        usize::try_from(node.config.client_query_buffer_limit).unwrap_or(usize::MAX);
+    let idle = (node.config.timeout > 0).then(|| Duration::from_secs(node.config.timeout));
     loop {
         // Run every complete request already buffered.
         loop {
-            if let Some(proxy) = &shared.proxy
+            if let Some(proxy) = &node.proxy
                 && client.authenticated
                 && parser.is_idle()
             {
@@ -148,15 +148,15 @@ async fn run<R: AsyncRead + Unpin>(
                         client.protocol,
                         lane,
                         &mut input,
-                        shared.limits,
+                        node.limits,
                         &mut output,
                     )
                     .await?;
             }
             let restricted = !client.authenticated;
-            match parser.parse(&mut input, &mut argv, shared.limits, restricted) {
+            match parser.parse(&mut input, &mut argv, node.limits, restricted) {
                 Ok(true) => {
-                    if let Some(proxy) = &shared.proxy {
+                    if let Some(proxy) = &node.proxy {
                         // Forwarded, or answered here once the replies owed
                         // for the commands forwarded before it are written.
                         let lane = client.id() as usize;
@@ -176,7 +176,7 @@ async fn run<R: AsyncRead + Unpin>(
                             .await?;
                     }
                     let mut out = ReplyWriter::new(&mut output, client.protocol);
-                    execute(shared, client, &argv, &mut out).await;
+                    execute(node, client, &argv, &mut out).await;
                     if client.close {
                         sink.write(&output).await?;
                         return Ok(());
@@ -188,14 +188,14 @@ async fn run<R: AsyncRead + Unpin>(
                 }
                 Ok(false) => break,
                 Err(error) => {
-                    if let Some(proxy) = &shared.proxy {
+                    if let Some(proxy) = &node.proxy {
                         let lane = client.id() as usize;
                         client
                             .proxy
                             .settle(proxy, client.protocol, lane, &mut output)
                             .await?;
                     }
-                    shared.metrics.protocol_errors.inc();
+                    node.metrics.protocol_errors.inc();
                     tracing::debug!(client = client.id(), error = error.0, "protocol error");
                     ReplyWriter::new(&mut output, client.protocol)
                         .error(&format!("ERR Protocol error: {}", error.0));
@@ -204,7 +204,7 @@ async fn run<R: AsyncRead + Unpin>(
                 }
             }
         }
-        if let Some(proxy) = &shared.proxy {
+        if let Some(proxy) = &node.proxy {
             let lane = client.id() as usize;
             client
                 .proxy
@@ -216,7 +216,7 @@ async fn run<R: AsyncRead + Unpin>(
             }
         }
         if input.len() > query_limit {
-            shared.metrics.protocol_errors.inc();
+            node.metrics.protocol_errors.inc();
             tracing::warn!(
                 client = client.id(),
                 "closing client that reached max query buffer length"

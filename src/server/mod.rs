@@ -84,7 +84,7 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
             timeout: Duration::from_millis(config.migrate_timeout_ms),
         },
     );
-    let shared = Arc::new(Node {
+    let node = Arc::new(Node {
         limits: Limits {
             max_bulk_len: usize::try_from(config.proto_max_bulk_len).unwrap_or(usize::MAX),
             max_args: config.max_args,
@@ -105,24 +105,24 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
 
     background
         .work
-        .spawn(shared.fleet.clone().report(background.work_stop.clone()));
+        .spawn(node.fleet.clone().report(background.work_stop.clone()));
     let http = tokio::spawn(crate::ops::http::serve(
         metrics_listener,
-        shared.clone(),
+        node.clone(),
         shutdown.clone(),
     ));
     tracing::info!(addr = %metrics_addr, "metrics listening");
-    shared.ready.store(true, Ordering::Relaxed);
+    node.ready.store(true, Ordering::Relaxed);
     tracing::info!(
         addr = %listen_addr,
-        node = %String::from_utf8_lossy(shared.sessions.node()),
-        mode = shared.mode(),
+        node = %String::from_utf8_lossy(node.sessions.node()),
+        mode = node.mode(),
         version = env!("CARGO_PKG_VERSION"),
         "ready to accept connections"
     );
 
     let tracker = TaskTracker::new();
-    let workers = workers::Workers::start(&shared, &tracker, &shutdown)
+    let workers = workers::Workers::start(&node, &tracker, &shutdown)
         .map_err(|e| format!("cannot start the worker threads: {e}"))?;
     let signal = shutdown_signal();
     tokio::pin!(signal);
@@ -151,9 +151,9 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
                 break;
             }
         };
-        shared.metrics.connections.inc();
-        if shared.clients.len() >= shared.config.maxclients {
-            shared.metrics.rejected_connections.inc();
+        node.metrics.connections.inc();
+        if node.clients.len() >= node.config.maxclients {
+            node.metrics.rejected_connections.inc();
             if acceptor.is_some() {
                 // No TLS session yet to say it in: closed.
                 continue;
@@ -167,30 +167,30 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
             continue;
         }
         let local_addr = stream.local_addr().unwrap_or(listen_addr);
-        let info = shared.clients.register(addr, local_addr);
+        let info = node.clients.register(addr, local_addr);
         workers.dispatch(stream, info, acceptor);
     }
 
-    shared.ready.store(false, Ordering::Relaxed);
+    node.ready.store(false, Ordering::Relaxed);
     // The sessions go to the live peers while this sidecar's clients are
     // still served (they get TRYAGAIN, then SESSIONMOVED, for moving ones).
     // Write-through: the sessions it owns may not all be hot, the drain asks
     // the upstream. Standalone: only with --peers is there a place to go.
     let standalone_with_sessions =
-        !shared.config.peers.is_empty() && shared.sessions.count_local(now_ms()) > 0;
-    if shared.upstream().is_some() || standalone_with_sessions {
-        let deadline = Duration::from_millis(shared.config.drain_timeout_ms);
-        let _ = shared.drain(deadline).await;
+        !node.config.peers.is_empty() && node.sessions.count_local(now_ms()) > 0;
+    if node.upstream().is_some() || standalone_with_sessions {
+        let deadline = Duration::from_millis(node.config.drain_timeout_ms);
+        let _ = node.drain(deadline).await;
     }
     shutdown.cancel();
     tracker.close();
-    let deadline = Duration::from_secs(shared.config.shutdown_timeout);
+    let deadline = Duration::from_secs(node.config.shutdown_timeout);
     if tokio::time::timeout(deadline, tracker.wait())
         .await
         .is_err()
     {
         tracing::warn!(
-            timeout_s = shared.config.shutdown_timeout,
+            timeout_s = node.config.shutdown_timeout,
             "clients still busy at the shutdown deadline"
         );
     }

@@ -31,12 +31,12 @@ struct Accepted {
     tls: Option<TlsAcceptor>,
 }
 
-/// What every loop serves its clients with: the shared state (whose
+/// What every loop serves its clients with: the node (whose
 /// `loop_load` counts each loop's clients), the tracker shutdown waits on,
 /// and the shutdown signal.
 #[derive(Clone)]
 struct Serving {
-    shared: Arc<Node>,
+    node: Arc<Node>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -51,10 +51,10 @@ impl Serving {
         info: Arc<ClientInfo>,
         tls: Option<TlsAcceptor>,
     ) {
-        let (shared, shutdown) = (self.shared.clone(), self.shutdown.clone());
+        let (node, shutdown) = (self.node.clone(), self.shutdown.clone());
         self.tracker.spawn(async move {
-            connection::serve(shared.clone(), stream, info, shutdown, tls).await;
-            shared.loop_load[index].fetch_sub(1, Ordering::Relaxed);
+            connection::serve(node.clone(), stream, info, shutdown, tls).await;
+            node.loop_load[index].fetch_sub(1, Ordering::Relaxed);
         });
     }
 
@@ -62,8 +62,8 @@ impl Serving {
     /// of the registry.
     fn give_up(&self, index: usize, info: &ClientInfo, error: &std::io::Error) {
         tracing::warn!(%error, worker = index, "cannot serve an accepted connection");
-        self.shared.loop_load[index].fetch_sub(1, Ordering::Relaxed);
-        self.shared.clients.unregister(info.id);
+        self.node.loop_load[index].fetch_sub(1, Ordering::Relaxed);
+        self.node.clients.unregister(info.id);
     }
 }
 
@@ -76,18 +76,18 @@ pub struct Workers {
 
 impl Workers {
     /// Starts the worker threads beside the calling one, one per load
-    /// counter of `shared` but the first.
+    /// counter of `node` but the first.
     pub fn start(
-        shared: &Arc<Node>,
+        node: &Arc<Node>,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> std::io::Result<Workers> {
         let serving = Serving {
-            shared: shared.clone(),
+            node: node.clone(),
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
         };
-        let count = shared.loop_load.len();
+        let count = node.loop_load.len();
         let mut remote = Vec::with_capacity(count - 1);
         for index in 1..count {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -109,7 +109,7 @@ impl Workers {
     /// Serves an accepted connection on the least loaded loop (the caller's
     /// on a tie, then the lowest).
     pub fn dispatch(&self, stream: TcpStream, info: Arc<ClientInfo>, tls: Option<TlsAcceptor>) {
-        let load = &self.serving.shared.loop_load;
+        let load = &self.serving.node.loop_load;
         let index = (0..load.len())
             .min_by_key(|&i| load[i].load(Ordering::Relaxed))
             .unwrap_or(0);

@@ -8,7 +8,7 @@ use crate::store::now_ms;
 
 /// SESSION.ATTR.SET id name value [name value ...]
 pub async fn attr_set(
-    shared: &Node,
+    node: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
@@ -18,26 +18,26 @@ pub async fn attr_set(
             "ERR wrong number of arguments for 'session.attr.set' command",
         ));
     }
-    check_attr_count(shared, args.remaining() / 2)?;
+    check_attr_count(node, args.remaining() / 2)?;
     let mut pairs = Vec::with_capacity(args.remaining() / 2);
     while !args.is_empty() {
-        pairs.push(attribute(shared, args)?);
+        pairs.push(attribute(node, args)?);
     }
-    let version = shared.sessions.attr_set(id, &pairs, now_ms()).await?;
+    let version = node.sessions.attr_set(id, &pairs, now_ms()).await?;
     out.int(version as i64);
     Ok(())
 }
 
 /// SESSION.ATTR.GET id name [name ...]
 pub async fn attr_get(
-    shared: &Node,
+    node: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
     let id = args.required()?;
     let names = args.rest();
-    check_attr_count(shared, names.len())?;
-    let found = shared
+    check_attr_count(node, names.len())?;
+    let found = node
         .sessions
         .read(id, now_ms(), |s| {
             out.array(names.len());
@@ -54,27 +54,27 @@ pub async fn attr_get(
 
 /// SESSION.ATTR.DEL id name [name ...]
 pub async fn attr_del(
-    shared: &Node,
+    node: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
     let id = args.required()?;
-    check_attr_count(shared, args.remaining())?;
-    let removed = shared.sessions.attr_del(id, args.rest(), now_ms()).await?;
+    check_attr_count(node, args.remaining())?;
+    let removed = node.sessions.attr_del(id, args.rest(), now_ms()).await?;
     out.int(removed as i64);
     Ok(())
 }
 
 /// SESSION.ATTR.INCRBY id name increment
 pub async fn attr_incrby(
-    shared: &Node,
+    node: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
     let id = args.required()?;
-    let attr = name(shared, args, "attribute name")?;
+    let attr = name(node, args, "attribute name")?;
     let increment = args.integer()?;
-    let value = shared
+    let value = node
         .sessions
         .attr_incrby(id, attr, increment, now_ms())
         .await?;

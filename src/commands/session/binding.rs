@@ -7,17 +7,17 @@ use crate::protocol::ReplyWriter;
 use crate::store::now_ms;
 
 /// SESSION.BIND id conn: the new version.
-pub async fn bind(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
+pub async fn bind(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let id = args.required()?;
-    let conn = name(shared, args, "conn")?;
-    refuse_while_draining(shared)?;
-    out.int(shared.sessions.bind(id, conn, now_ms()).await? as i64);
+    let conn = name(node, args, "conn")?;
+    refuse_while_draining(node)?;
+    out.int(node.sessions.bind(id, conn, now_ms()).await? as i64);
     Ok(())
 }
 
 /// SESSION.UNBIND id [GRACE seconds]: the new version.
 pub async fn unbind(
-    shared: &Node,
+    node: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
@@ -34,18 +34,18 @@ pub async fn unbind(
         Some(_) => return Err(CommandError::Syntax),
     };
     args.finish()?;
-    out.int(shared.sessions.unbind(id, grace, now_ms()).await? as i64);
+    out.int(node.sessions.unbind(id, grace, now_ms()).await? as i64);
     Ok(())
 }
 
 /// SESSION.BYCONN conn: the bound session's id, or nil.
 pub async fn byconn(
-    shared: &Node,
+    node: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
     let conn = args.required()?;
-    let id = shared.sessions.by_conn(conn, now_ms()).await?;
+    let id = node.sessions.by_conn(conn, now_ms()).await?;
     out.bulk_or_null(id.as_deref());
     Ok(())
 }

@@ -7,22 +7,22 @@ use crate::protocol::ReplyWriter;
 use crate::store::{CreateSession, now_ms};
 
 pub async fn create(
-    shared: &Node,
+    node: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
     let mut request = CreateSession::default();
     while let Some(keyword) = args.keyword() {
         if keyword.is("ID") && request.id.is_none() {
-            request.id = Some(name(shared, args, "id")?.clone());
+            request.id = Some(name(node, args, "id")?.clone());
         } else if keyword.is("USER") && request.user.is_none() {
-            request.user = Some(name(shared, args, "user")?.clone());
+            request.user = Some(name(node, args, "user")?.clone());
         } else if keyword.is("CONN") && request.conn.is_none() {
-            request.conn = Some(name(shared, args, "conn")?.clone());
+            request.conn = Some(name(node, args, "conn")?.clone());
         } else if keyword.is("TTL") && request.ttl_ms.is_none() {
-            request.ttl_ms = Some(ttl_ms(shared, args, 1000)?);
+            request.ttl_ms = Some(ttl_ms(node, args, 1000)?);
         } else if keyword.is("PTTL") && request.ttl_ms.is_none() {
-            request.ttl_ms = Some(ttl_ms(shared, args, 1)?);
+            request.ttl_ms = Some(ttl_ms(node, args, 1)?);
         } else if keyword.is("MAXPERUSER") && request.max_per_user.is_none() {
             let n = args.integer()?;
             if n <= 0 {
@@ -30,7 +30,7 @@ pub async fn create(
             }
             request.max_per_user = Some(n as usize);
         } else if keyword.is("ATTR") {
-            request.attrs.push(attribute(shared, args)?);
+            request.attrs.push(attribute(node, args)?);
         } else {
             return Err(CommandError::Syntax);
         }
@@ -38,9 +38,9 @@ pub async fn create(
     if request.max_per_user.is_some() && request.user.is_none() {
         return Err(CommandError::err("ERR MAXPERUSER requires USER"));
     }
-    check_attr_count(shared, request.attrs.len())?;
-    refuse_while_draining(shared)?;
-    let id = shared.sessions.create(request, now_ms()).await?;
+    check_attr_count(node, request.attrs.len())?;
+    refuse_while_draining(node)?;
+    let id = node.sessions.create(request, now_ms()).await?;
     out.bulk(&id);
     Ok(())
 }

@@ -6,10 +6,10 @@ use crate::node::Node;
 use crate::protocol::ReplyWriter;
 use crate::store::now_ms;
 
-pub async fn get(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
+pub async fn get(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let id = args.required()?;
     let json = args.trailing_flag("JSON")?;
-    let found = shared
+    let found = node
         .sessions
         .read(id, now_ms(), |s| {
             if json {

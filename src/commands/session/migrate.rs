@@ -17,7 +17,7 @@ use crate::store::{Key, StoreError, now_ms, transfer};
 
 /// SESSION.MIGRATE host port [AUTH secret] [TIMEOUT ms] <ALL | IDS id... | CONNS conn... | USERS user...>
 pub async fn migrate(
-    shared: &Node,
+    node: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
@@ -26,8 +26,8 @@ pub async fn migrate(
     if !(1..=65535).contains(&port) {
         return Err(CommandError::err("ERR Invalid port"));
     }
-    let mut secret = shared.config.peer_secret.clone();
-    let mut timeout = Duration::from_millis(shared.config.migrate_timeout_ms);
+    let mut secret = node.config.peer_secret.clone();
+    let mut timeout = Duration::from_millis(node.config.migrate_timeout_ms);
     let selection = loop {
         let Some(keyword) = args.keyword() else {
             return Err(CommandError::Syntax);
@@ -68,9 +68,9 @@ pub async fn migrate(
         addr,
         secret,
         timeout,
-        tls_ca: shared.fleet.peer_tls_ca(),
+        tls_ca: node.fleet.peer_tls_ca(),
     };
-    match migrate::migrate(&shared.migration, &target, &selection).await {
+    match migrate::migrate(&node.migration, &target, &selection).await {
         Ok(outcome) if outcome.moved == 0 && outcome.error.is_some() => {
             Err(CommandError::err(format!(
                 "ERR migration failed: {}",
@@ -86,8 +86,8 @@ pub async fn migrate(
 }
 
 /// SESSION.DRAIN [TIMEOUT ms]
-pub async fn drain(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
-    let mut timeout = Duration::from_millis(shared.config.drain_timeout_ms);
+pub async fn drain(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
+    let mut timeout = Duration::from_millis(node.config.drain_timeout_ms);
     if let Some(keyword) = args.keyword() {
         if !keyword.is("TIMEOUT") {
             return Err(CommandError::Syntax);
@@ -99,7 +99,7 @@ pub async fn drain(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>
         timeout = Duration::from_millis(ms as u64);
         args.finish()?;
     }
-    match shared.drain(timeout).await {
+    match node.drain(timeout).await {
         Ok(moved) => {
             out.int(moved as i64);
             Ok(())
@@ -110,13 +110,13 @@ pub async fn drain(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>
 
 /// SESSION.PEERAUTH secret
 pub fn peerauth(
-    shared: &Node,
+    node: &Node,
     client: &mut ClientState,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
     let secret = args.required()?;
-    match &shared.config.peer_secret {
+    match &node.config.peer_secret {
         Some(expected) if constant_time_eq(expected.as_bytes(), secret) => {
             // The peer secret is the fleet's own credential: it opens the
             // connection as the client password would.
@@ -124,7 +124,7 @@ pub fn peerauth(
             client.authenticated = true;
         }
         Some(_) => {
-            shared.metrics.auth_failures.inc();
+            node.metrics.auth_failures.inc();
             return Err(CommandError::err("WRONGPASS invalid peer secret"));
         }
         // Without a peer secret any client may import; nothing to check.
@@ -136,17 +136,17 @@ pub fn peerauth(
 
 /// SESSION.IMPORT source-node [id payload ...]
 pub async fn import(
-    shared: &Node,
+    node: &Node,
     client: &mut ClientState,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
-    if shared.config.peer_secret.is_some() && !client.peer {
+    if node.config.peer_secret.is_some() && !client.peer {
         return Err(CommandError::err(
             "NOPERM this connection did not authenticate as a peer (SESSION.PEERAUTH)",
         ));
     }
-    if shared.migration.is_draining() {
+    if node.migration.is_draining() {
         return Err(StoreError::Draining.into());
     }
     let source = args.required()?.clone();
@@ -156,10 +156,10 @@ pub async fn import(
             "ERR wrong number of arguments for 'session.import' command",
         ));
     }
-    let limits = *shared.sessions.limits();
+    let limits = *node.sessions.limits();
     let mut sessions = Vec::with_capacity(rest.len() / 2);
     for pair in rest.chunks(2) {
-        check_name(shared, &pair[0], "id")?;
+        check_name(node, &pair[0], "id")?;
         let t = transfer::decode(&pair[1], &limits).map_err(|why| {
             CommandError::err(format!(
                 "ERR invalid session payload for '{}': {why}",
@@ -169,7 +169,7 @@ pub async fn import(
         sessions.push((Key::from(&pair[0][..]), t));
     }
     let now = now_ms();
-    let taken = match &shared.sessions {
+    let taken = match &node.sessions {
         Sessions::Standalone(store) => store.import(sessions, now),
         Sessions::WriteThrough(store) => {
             let versions: Vec<(Key, u64)> = sessions
@@ -180,12 +180,12 @@ pub async fn import(
         }
     };
     let count = taken.iter().filter(|t| **t).count();
-    shared
+    node
         .migration
         .sessions_in
         .fetch_add(count as u64, Ordering::Relaxed);
     out.array(1 + taken.len());
-    out.bulk(shared.sessions.node());
+    out.bulk(node.sessions.node());
     for t in taken {
         out.int(i64::from(t));
     }

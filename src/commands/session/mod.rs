@@ -61,22 +61,22 @@ fn write_session(out: &mut ReplyWriter, id: &[u8], s: &Session) {
 
 /// A draining sidecar takes no new sessions or connections: they belong on
 /// the sidecars its sessions are moving to.
-fn refuse_while_draining(shared: &Node) -> Result<(), CommandError> {
-    if shared.migration.is_draining() {
+fn refuse_while_draining(node: &Node) -> Result<(), CommandError> {
+    if node.migration.is_draining() {
         return Err(crate::store::StoreError::Draining.into());
     }
     Ok(())
 }
 
 /// The next argument as an id, user, conn or attribute name within the limit.
-fn name<'a>(shared: &Node, args: &mut Args<'a>, what: &str) -> Result<&'a Bytes, CommandError> {
+fn name<'a>(node: &Node, args: &mut Args<'a>, what: &str) -> Result<&'a Bytes, CommandError> {
     let value = args.required()?;
-    check_name(shared, value, what)?;
+    check_name(node, value, what)?;
     Ok(value)
 }
 
-fn check_name(shared: &Node, value: &[u8], what: &str) -> Result<(), CommandError> {
-    let max = shared.sessions.limits().max_name_len;
+fn check_name(node: &Node, value: &[u8], what: &str) -> Result<(), CommandError> {
+    let max = node.sessions.limits().max_name_len;
     if value.len() > max {
         return Err(CommandError::err(format!(
             "ERR {what} is longer than {max} bytes"
@@ -88,8 +88,8 @@ fn check_name(shared: &Node, value: &[u8], what: &str) -> Result<(), CommandErro
 /// Refuses a request naming more attributes than a session may hold: it
 /// could only be repeats, and it would cost time (and, for reads, reply
 /// memory) out of proportion, under the session's lock.
-fn check_attr_count(shared: &Node, count: usize) -> Result<(), CommandError> {
-    let max = shared.sessions.limits().max_attrs;
+fn check_attr_count(node: &Node, count: usize) -> Result<(), CommandError> {
+    let max = node.sessions.limits().max_attrs;
     if count > max {
         return Err(CommandError::err(format!(
             "ERR too many attributes (max {max})"
@@ -99,10 +99,10 @@ fn check_attr_count(shared: &Node, count: usize) -> Result<(), CommandError> {
 }
 
 /// The next two arguments as an attribute name and value within the limits.
-fn attribute(shared: &Node, args: &mut Args) -> Result<(Bytes, Bytes), CommandError> {
-    let name = name(shared, args, "attribute name")?.clone();
+fn attribute(node: &Node, args: &mut Args) -> Result<(Bytes, Bytes), CommandError> {
+    let name = name(node, args, "attribute name")?.clone();
     let value = args.required()?.clone();
-    let max = shared.sessions.limits().max_value_len;
+    let max = node.sessions.limits().max_value_len;
     if value.len() > max {
         return Err(CommandError::err(format!(
             "ERR attribute value is longer than {max} bytes"
@@ -112,15 +112,15 @@ fn attribute(shared: &Node, args: &mut Args) -> Result<(Bytes, Bytes), CommandEr
 }
 
 /// A TTL argument in seconds (`TTL`) or milliseconds (`PTTL`), as ms.
-fn ttl_ms(shared: &Node, args: &mut Args, unit_ms: i64) -> Result<u64, CommandError> {
-    checked_ttl(shared, args.integer()?, unit_ms)
+fn ttl_ms(node: &Node, args: &mut Args, unit_ms: i64) -> Result<u64, CommandError> {
+    checked_ttl(node, args.integer()?, unit_ms)
 }
 
 /// `value` units of `unit_ms`, as ms, if positive and within the limit.
-fn checked_ttl(shared: &Node, value: i64, unit_ms: i64) -> Result<u64, CommandError> {
+fn checked_ttl(node: &Node, value: i64, unit_ms: i64) -> Result<u64, CommandError> {
     let ms = value
         .checked_mul(unit_ms)
-        .filter(|&ms| shared.sessions.valid_ttl(ms));
+        .filter(|&ms| node.sessions.valid_ttl(ms));
     ms.map(|ms| ms as u64)
         .ok_or_else(|| CommandError::err("ERR invalid TTL"))
 }

@@ -8,25 +8,25 @@ use crate::store::now_ms;
 
 /// SESSION.EXISTS id [id ...]: how many are live.
 pub async fn exists(
-    shared: &Node,
+    node: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
-    let live = shared.sessions.exists(args.rest(), now_ms()).await?;
+    let live = node.sessions.exists(args.rest(), now_ms()).await?;
     out.int(live as i64);
     Ok(())
 }
 
 /// SESSION.BYUSER user [WITHSESSIONS]: ids (or sessions), oldest first.
 pub async fn byuser(
-    shared: &Node,
+    node: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
     let user = args.required()?;
     let with_sessions = args.trailing_flag("WITHSESSIONS")?;
     let now = now_ms();
-    let ids = shared.sessions.by_user(user, now).await?;
+    let ids = node.sessions.by_user(user, now).await?;
     if !with_sessions {
         out.array(ids.len());
         for id in &ids {
@@ -41,7 +41,7 @@ pub async fn byuser(
     {
         let mut scratch = ReplyWriter::new(&mut sessions, out.protocol());
         for id in &ids {
-            let found = shared
+            let found = node
                 .sessions
                 .read(id, now, |s| write_session(&mut scratch, id, s))
                 .await?;
@@ -55,12 +55,12 @@ pub async fn byuser(
 
 /// SESSION.COUNT [LOCAL]: live sessions in the store, or (LOCAL) held in
 /// this sidecar's memory.
-pub async fn count(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
+pub async fn count(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let now = now_ms();
     let count = if args.trailing_flag("LOCAL")? {
-        shared.sessions.count_local(now)
+        node.sessions.count_local(now)
     } else {
-        shared.sessions.count(now).await?
+        node.sessions.count(now).await?
     };
     out.int(count as i64);
     Ok(())
@@ -68,8 +68,8 @@ pub async fn count(shared: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>
 
 /// SESSION.NODES: the live sidecars known to this one: itself, the upstream
 /// registry's (write-through mode) and the `--peers` that answer.
-pub async fn nodes(shared: &Node, out: &mut ReplyWriter<'_>) -> CommandResult {
-    let nodes = shared.fleet.nodes().await;
+pub async fn nodes(node: &Node, out: &mut ReplyWriter<'_>) -> CommandResult {
+    let nodes = node.fleet.nodes().await;
     out.array(nodes.len());
     for node in nodes {
         out.map(5);

@@ -8,7 +8,7 @@ use crate::protocol::ReplyWriter;
 use crate::store::{Status, UpdateSession, now_ms};
 
 pub async fn update(
-    shared: &Node,
+    node: &Node,
     args: &mut Args<'_>,
     out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
@@ -20,30 +20,30 @@ pub async fn update(
             request.if_version =
                 Some(u64::try_from(version).map_err(|_| CommandError::NotInteger)?);
         } else if keyword.is("USER") && request.user.is_none() {
-            request.user = Some(name(shared, args, "user")?.clone());
+            request.user = Some(name(node, args, "user")?.clone());
         } else if keyword.is("CONN") && request.conn.is_none() {
-            request.conn = Some(name(shared, args, "conn")?.clone());
+            request.conn = Some(name(node, args, "conn")?.clone());
         } else if keyword.is("STATUS") && request.status.is_none() {
             request.status = Some(Status::parse(args.required()?).ok_or(CommandError::Syntax)?);
         } else if keyword.is("TTL") && request.ttl_ms.is_none() {
-            request.ttl_ms = Some(ttl_ms(shared, args, 1000)?);
+            request.ttl_ms = Some(ttl_ms(node, args, 1000)?);
         } else if keyword.is("PTTL") && request.ttl_ms.is_none() {
-            request.ttl_ms = Some(ttl_ms(shared, args, 1)?);
+            request.ttl_ms = Some(ttl_ms(node, args, 1)?);
         } else if keyword.is("ATTR") {
-            request.set_attrs.push(attribute(shared, args)?);
-            check_attr_count(shared, request.set_attrs.len())?;
+            request.set_attrs.push(attribute(node, args)?);
+            check_attr_count(node, request.set_attrs.len())?;
         } else if keyword.is("DELATTR") {
             request.del_attrs.push(args.required()?.clone());
-            check_attr_count(shared, request.del_attrs.len())?;
+            check_attr_count(node, request.del_attrs.len())?;
         } else {
             return Err(CommandError::Syntax);
         }
     }
     if request.conn.is_some() {
         // Binding a connection here is what a draining sidecar refuses.
-        refuse_while_draining(shared)?;
+        refuse_while_draining(node)?;
     }
-    let version = shared.sessions.update(id, &request, now_ms()).await?;
+    let version = node.sessions.update(id, &request, now_ms()).await?;
     out.int(version as i64);
     Ok(())
 }
