@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# Makes sure redis-server, redis-cli and redis-benchmark are installed,
-# openssl (the TLS test makes its certificates with it), and redis-py, which
-# the Python client test drives the sidecar with.
+# Makes sure redis-server (7 or newer), redis-cli and redis-benchmark are
+# installed, openssl (the TLS test makes its certificates with it), and
+# redis-py, which the Python client tests drive the sidecar with.
 #
 # The integration tests and the benchmark start their own redis-server on free
 # ports, so on a fresh Debian machine this installs the packages with apt-get
 # and stops the system service that the package may have started.
+#
+# redis-py goes into a virtual environment of the project's own
+# (target/test-venv), never into the system's Python: Debian's python3
+# refuses pip installs outside one (PEP 668). The tests run the redis-py
+# checks with that environment's python.
 set -euo pipefail
 
-readonly REQUIRED_COMMANDS=(redis-server redis-cli redis-benchmark openssl)
+readonly REQUIRED_COMMANDS=(redis-server redis-cli redis-benchmark openssl python3)
+readonly MIN_REDIS_MAJOR=7
+VENV_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/test-venv"
+readonly VENV_DIR
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -50,35 +58,55 @@ stop_packaged_service() {
   fi
 }
 
-# redis-py from PyPI, for the test that checks the contract as a Python user
-# meets it.
+# redis-py from PyPI, in the project's virtual environment, for the tests
+# that check the contract as a Python user meets it.
 ensure_redis_py() {
-  command -v python3 >/dev/null 2>&1 || die "python3 is required (for the redis-py test)"
-  python3 -c 'import redis' 2>/dev/null && return 0
-  log "installing redis-py"
-  local user_flag=()
-  [[ $(id -u) -eq 0 ]] || user_flag=(--user)
-  python3 -m pip install --quiet --disable-pip-version-check "${user_flag[@]}" 'redis>=5' ||
+  if [[ -x $VENV_DIR/bin/python ]] && "$VENV_DIR/bin/python" -c 'import redis' 2>/dev/null; then
+    return 0
+  fi
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    command -v apt-get >/dev/null 2>&1 ||
+      die "python3's venv module is missing; install it (Debian: python3-venv)"
+    log "installing python3-venv"
+    apt_install python3-venv
+  fi
+  log "installing redis-py into $VENV_DIR"
+  rm -rf "$VENV_DIR"
+  python3 -m venv "$VENV_DIR" || die "could not create a virtual environment at $VENV_DIR"
+  "$VENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check 'redis>=5' ||
     die "could not install redis-py with pip"
 }
 
+apt_install() {
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+}
+
+# The sidecar relies on Redis 7 (PEXPIREAT ... GT/NX, CLIENT TRACKING with
+# BCAST, script flags): an older server fails the tests in confusing ways.
+check_redis_version() {
+  local version major
+  version=$(redis-server --version | sed -n 's/.*v=\([0-9][0-9.]*\).*/\1/p')
+  major=${version%%.*}
+  [[ $major =~ ^[0-9]+$ ]] || die "cannot tell redis-server's version from: $(redis-server --version)"
+  ((major >= MIN_REDIS_MAJOR)) ||
+    die "redis-server $version is too old: Redis $MIN_REDIS_MAJOR or newer is required"
+}
+
 main() {
-  ensure_redis_py
   local missing
   missing=$(missing_commands)
-  if [[ -z $missing ]]; then
-    return 0
+  if [[ -n $missing ]]; then
+    command -v apt-get >/dev/null 2>&1 ||
+      die "missing ${missing% }; install redis-server and redis-tools (Redis $MIN_REDIS_MAJOR or newer), openssl and python3"
+    log "installing redis-server, redis-tools, redis-sentinel, openssl and python3 (missing: ${missing% })"
+    apt_install redis-server redis-tools redis-sentinel openssl python3 python3-venv
+    stop_packaged_service
+    missing=$(missing_commands)
+    [[ -z $missing ]] || die "still missing after installation: ${missing% }"
   fi
-  command -v apt-get >/dev/null 2>&1 ||
-    die "missing ${missing% }; install redis-server and redis-tools (Redis 7 or newer)"
-
-  log "installing redis-server, redis-tools and openssl (missing: ${missing% })"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server redis-tools openssl
-  stop_packaged_service
-
-  missing=$(missing_commands)
-  [[ -z $missing ]] || die "still missing after installation: ${missing% }"
+  check_redis_version
+  ensure_redis_py
 }
 
 main "$@"

@@ -22,27 +22,19 @@ fn confirm(out: &mut ReplyWriter, what: &[u8], name: Option<&[u8]>, count: usize
     out.int(count as i64);
 }
 
-fn add(
-    node: &Node,
-    client: &mut ClientState,
-    kind: Kind,
-    names: &[Bytes],
-    out: &mut ReplyWriter,
-) {
+fn add(node: &Node, client: &mut ClientState, kind: Kind, names: &[Bytes], out: &mut ReplyWriter) {
     let subscriber = client.subscriber();
     for name in names {
         let name = Bytes::copy_from_slice(name);
         let reply: &[u8] = match kind {
             Kind::Channel => {
-                node
-                    .pubsub
+                node.pubsub
                     .subscribe(client.id(), name.clone(), &subscriber);
                 client.channels.insert(name.clone());
                 b"subscribe"
             }
             Kind::Pattern => {
-                node
-                    .pubsub
+                node.pubsub
                     .psubscribe(client.id(), name.clone(), &subscriber);
                 client.patterns.insert(name.clone());
                 b"psubscribe"

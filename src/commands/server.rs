@@ -35,11 +35,7 @@ pub async fn info(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -
     // The store-wide count is the upstream's in write-through mode: ask only
     // when the section is wanted, and report -1 when it cannot be had.
     let total = match wanted("sessions") {
-        true => node
-            .sessions
-            .count(now_ms())
-            .await
-            .map_or(-1, |n| n as i64),
+        true => node.sessions.count(now_ms()).await.map_or(-1, |n| n as i64),
         false => -1,
     };
     // With passthrough the data is the upstream's: so is the keyspace
@@ -104,8 +100,7 @@ fn write_section(node: &Node, section: &str, sessions_total: i64, text: &mut Str
         }
         "clients" => {
             field("connected_clients", &node.clients.len());
-            let per_loop: Vec<String> =
-                node.loop_clients().iter().map(usize::to_string).collect();
+            let per_loop: Vec<String> = node.loop_clients().iter().map(usize::to_string).collect();
             field("event_loops", &per_loop.len());
             field("event_loop_clients", &per_loop.join(","));
             field("maxclients", &node.config.maxclients);
@@ -162,10 +157,7 @@ fn write_section(node: &Node, section: &str, sessions_total: i64, text: &mut Str
             field("sessions_migrated_in", &m.load(&g.sessions_in));
             field("last_migration_sessions", &m.load(&g.last_moved));
             field("last_migration_ms", &m.load(&g.last_ms));
-            field(
-                "peer_secret",
-                &u8::from(node.config.peer_secret.is_some()),
-            );
+            field("peer_secret", &u8::from(node.config.peer_secret.is_some()));
         }
         "keyspace" => {
             // The sessions held here, as Redis reports a database's keys.
@@ -463,11 +455,7 @@ fn write_args(args: &[Arg], out: &mut ReplyWriter) {
 
 /// CONFIG GET (the sidecar's parameters; with an upstream, the upstream's
 /// too) and CONFIG SET (only of the upstream's, forwarded before this runs).
-pub async fn config(
-    node: &Node,
-    args: &mut Args<'_>,
-    out: &mut ReplyWriter<'_>,
-) -> CommandResult {
+pub async fn config(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let sub = args.required()?;
     if !super::args::Keyword::of(sub).is("GET") {
         if super::args::Keyword::of(sub).is("SET") {

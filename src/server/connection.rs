@@ -130,8 +130,7 @@ async fn run<R: AsyncRead + Unpin>(
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::with_capacity(READ_CHUNK);
     let mut argv = Vec::new();
-    let query_limit =
-        usize::try_from(node.config.client_query_buffer_limit).unwrap_or(usize::MAX);
+    let query_limit = usize::try_from(node.config.client_query_buffer_limit).unwrap_or(usize::MAX);
     let idle = (node.config.timeout > 0).then(|| Duration::from_secs(node.config.timeout));
     loop {
         // Run every complete request already buffered.

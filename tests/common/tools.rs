@@ -59,18 +59,29 @@ pub fn run_redis_cli(addr: SocketAddr, args: &[&str], stdin: Option<&[u8]>) -> S
     String::from_utf8_lossy(&reader.join().unwrap()).into_owned()
 }
 
+/// The python with redis-py: the project's virtual environment, which
+/// scripts/ensure-redis.sh makes under `target/`, or the system's python3.
+fn python() -> String {
+    let venv = format!("{}/target/test-venv/bin/python", env!("CARGO_MANIFEST_DIR"));
+    if std::path::Path::new(&venv).exists() {
+        venv
+    } else {
+        "python3".to_string()
+    }
+}
+
 /// Runs `tests/python/<script> <sidecar's port> <args...>` (redis-py checks;
 /// scripts/test.sh installs redis-py) and fails with its output unless it
 /// succeeds.
 #[track_caller]
 pub fn run_python_check(script: &str, sidecar: &Sidecar, args: &[&str]) {
     let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
-    let output = Command::new("python3")
+    let output = Command::new(python())
         .arg(&path)
         .arg(sidecar.addr.port().to_string())
         .args(args)
         .output()
-        .expect("python3 runs (scripts/test.sh installs redis-py)");
+        .expect("python runs (scripts/test.sh installs redis-py in target/test-venv)");
     assert!(
         output.status.success(),
         "{script} {args:?} failed:\n{}\n{}",

@@ -16,11 +16,7 @@ pub async fn bind(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -
 }
 
 /// SESSION.UNBIND id [GRACE seconds]: the new version.
-pub async fn unbind(
-    node: &Node,
-    args: &mut Args<'_>,
-    out: &mut ReplyWriter<'_>,
-) -> CommandResult {
+pub async fn unbind(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let id = args.required()?;
     let grace = match args.keyword() {
         None => None,
@@ -39,11 +35,7 @@ pub async fn unbind(
 }
 
 /// SESSION.BYCONN conn: the bound session's id, or nil.
-pub async fn byconn(
-    node: &Node,
-    args: &mut Args<'_>,
-    out: &mut ReplyWriter<'_>,
-) -> CommandResult {
+pub async fn byconn(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let conn = args.required()?;
     let id = node.sessions.by_conn(conn, now_ms()).await?;
     out.bulk_or_null(id.as_deref());

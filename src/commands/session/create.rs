@@ -6,11 +6,7 @@ use crate::node::Node;
 use crate::protocol::ReplyWriter;
 use crate::store::{CreateSession, now_ms};
 
-pub async fn create(
-    node: &Node,
-    args: &mut Args<'_>,
-    out: &mut ReplyWriter<'_>,
-) -> CommandResult {
+pub async fn create(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let mut request = CreateSession::default();
     while let Some(keyword) = args.keyword() {
         if keyword.is("ID") && request.id.is_none() {

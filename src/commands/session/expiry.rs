@@ -23,11 +23,7 @@ pub async fn ttl(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) ->
 
 /// SESSION.EXPIRE id seconds: 1, or 0 when missing. A ttl of zero or less
 /// deletes the session, as Redis's EXPIRE does with a time in the past.
-pub async fn expire(
-    node: &Node,
-    args: &mut Args<'_>,
-    out: &mut ReplyWriter<'_>,
-) -> CommandResult {
+pub async fn expire(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let id = args.required()?;
     let seconds = args.integer()?;
     let now = now_ms();

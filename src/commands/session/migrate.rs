@@ -16,11 +16,7 @@ use crate::sessions::Sessions;
 use crate::store::{Key, StoreError, now_ms, transfer};
 
 /// SESSION.MIGRATE host port [AUTH secret] [TIMEOUT ms] <ALL | IDS id... | CONNS conn... | USERS user...>
-pub async fn migrate(
-    node: &Node,
-    args: &mut Args<'_>,
-    out: &mut ReplyWriter<'_>,
-) -> CommandResult {
+pub async fn migrate(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let host = String::from_utf8_lossy(args.required()?).into_owned();
     let port = args.integer()?;
     if !(1..=65535).contains(&port) {
@@ -180,8 +176,7 @@ pub async fn import(
         }
     };
     let count = taken.iter().filter(|t| **t).count();
-    node
-        .migration
+    node.migration
         .sessions_in
         .fetch_add(count as u64, Ordering::Relaxed);
     out.array(1 + taken.len());

@@ -7,22 +7,14 @@ use crate::protocol::ReplyWriter;
 use crate::store::now_ms;
 
 /// SESSION.EXISTS id [id ...]: how many are live.
-pub async fn exists(
-    node: &Node,
-    args: &mut Args<'_>,
-    out: &mut ReplyWriter<'_>,
-) -> CommandResult {
+pub async fn exists(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let live = node.sessions.exists(args.rest(), now_ms()).await?;
     out.int(live as i64);
     Ok(())
 }
 
 /// SESSION.BYUSER user [WITHSESSIONS]: ids (or sessions), oldest first.
-pub async fn byuser(
-    node: &Node,
-    args: &mut Args<'_>,
-    out: &mut ReplyWriter<'_>,
-) -> CommandResult {
+pub async fn byuser(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let user = args.required()?;
     let with_sessions = args.trailing_flag("WITHSESSIONS")?;
     let now = now_ms();

@@ -7,11 +7,7 @@ use crate::node::Node;
 use crate::protocol::ReplyWriter;
 use crate::store::{Status, UpdateSession, now_ms};
 
-pub async fn update(
-    node: &Node,
-    args: &mut Args<'_>,
-    out: &mut ReplyWriter<'_>,
-) -> CommandResult {
+pub async fn update(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let id = args.required()?;
     let mut request = UpdateSession::default();
     while let Some(keyword) = args.keyword() {
