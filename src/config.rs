@@ -13,6 +13,11 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
+/// Shards by default: one, the single-slot layout, until concurrent
+/// rebinding of one conn across shards is safe (see docs/upstream-layout.md);
+/// `--shards 256` spreads the sessions over a cluster's masters.
+pub const DEFAULT_SHARDS: u32 = 1;
+
 /// Why the configuration could not be read.
 #[derive(Debug)]
 pub enum ConfigError {
@@ -120,6 +125,12 @@ pub struct Config {
     /// Key prefix in the upstream and prefix of the event channel `<prefix>:events`.
     #[arg(long, env = "SESSION_SIDECAR_PREFIX", default_value = "session")]
     pub prefix: String,
+
+    /// Shards the sessions spread over in the upstream (a power of two up to
+    /// 16384), each one hash slot, evenly spaced over a cluster's slots. Recorded
+    /// in the upstream at first use: every sidecar of a prefix must use the same.
+    #[arg(long, env = "SESSION_SIDECAR_SHARDS", default_value_t = DEFAULT_SHARDS)]
+    pub shards: u32,
 
     /// TTL in seconds of sessions created without TTL or PTTL.
     #[arg(long, env = "SESSION_SIDECAR_DEFAULT_TTL", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..=MAX_TTL_SECONDS))]

@@ -1,8 +1,8 @@
 //! The fleet: the live sidecars this one knows, from `--peers` and from the
 //! registry every write-through sidecar keeps fresh in the upstream.
 //!
-//! Registry layout (T the key tag `{<prefix>:events}`, as every upstream
-//! key): `T:nodes`, a zset of node ids scored by when each last reported
+//! Registry layout (T the key tag `{<prefix>:registry}`, so that one
+//! pipeline reaches them all): `T:nodes`, a zset of node ids scored by when each last reported
 //! (ms), and `T:node:<id>`, a hash (`node`, `addr`,
 //! `sessions`, `last_seen`) that expires three report intervals after the
 //! last report, so a sidecar that died leaves the registry by itself. A
@@ -22,7 +22,6 @@ use tokio_util::sync::CancellationToken;
 use crate::sessions::Sessions;
 use crate::store::now_ms;
 use crate::upstream::Upstream;
-use crate::upstream::store::key_tag;
 
 /// One live sidecar, as SESSION.NODES reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,12 +88,22 @@ impl Fleet {
         self.peer_tls_ca.clone()
     }
 
+    /// `{<prefix>:registry}`: the registry's keys share one hash slot.
+    fn tag(&self) -> String {
+        format!("{{{}:registry}}", self.prefix)
+    }
+
     fn zset(&self) -> String {
-        format!("{}:nodes", key_tag(&self.prefix))
+        format!("{}:nodes", self.tag())
     }
 
     fn node_key(&self, node: &str) -> String {
-        format!("{}:node:{node}", key_tag(&self.prefix))
+        format!("{}:node:{node}", self.tag())
+    }
+
+    /// The registry's hash slot.
+    fn slot(&self) -> u16 {
+        crate::protocol::slot::slot_of(self.tag().as_bytes())
     }
 
     /// How long an entry stays without a report.
@@ -131,7 +140,7 @@ impl Fleet {
         let since = now.saturating_sub(self.entry_ttl().as_millis() as u64);
         let zset = self.zset();
         let ids: Vec<String> = match upstream
-            .call(async |c| {
+            .call(self.slot(), async |c| {
                 redis::cmd("ZRANGEBYSCORE")
                     .arg(&zset)
                     .arg(since)
@@ -152,7 +161,7 @@ impl Fleet {
             pipeline.cmd("HGETALL").arg(self.node_key(id));
         }
         let entries: Vec<Value> = upstream
-            .call(async |c| pipeline.query_async(c).await)
+            .call(self.slot(), async |c| pipeline.query_async(c).await)
             .await
             .unwrap_or_default();
         entries.iter().filter_map(parse_entry).collect()
@@ -222,12 +231,23 @@ impl Fleet {
                 .arg("-inf")
                 .arg(format!("({}", now.saturating_sub(ttl)))
                 .ignore();
-            if let Err(error) = store
+            pipeline.cmd("ZRANGE").arg(self.zset()).arg(0).arg(-1);
+            match store
                 .upstream
-                .call(async |c| pipeline.query_async::<()>(c).await)
+                .call(self.slot(), async |c| {
+                    pipeline.query_async::<(Vec<String>,)>(c).await
+                })
                 .await
             {
-                tracing::debug!(?error, "registry report failed");
+                // The live sidecars share the background work over the
+                // shards, by their rank in node id order.
+                Ok((mut live,)) => {
+                    live.sort();
+                    if let Some(rank) = live.iter().position(|n| *n == node) {
+                        store.set_share(rank as u32, live.len() as u32);
+                    }
+                }
+                Err(error) => tracing::debug!(?error, "registry report failed"),
             }
         }
         let mut pipeline = redis::pipe();
@@ -235,7 +255,7 @@ impl Fleet {
         pipeline.cmd("DEL").arg(self.node_key(&node)).ignore();
         let _ = store
             .upstream
-            .call(async |c| pipeline.query_async::<()>(c).await)
+            .call(self.slot(), async |c| pipeline.query_async::<()>(c).await)
             .await;
     }
 }

@@ -68,22 +68,25 @@ fn two_sidecars_share_sessions_through_a_three_master_cluster() {
         "CONFLICT version is 2",
     );
 
-    // Every key of the sidecars lives on the one master of their slot, the
-    // events stream included, and the event is there.
-    let holder = cluster.holder("{session:events}:s:c1");
+    // The session's keys, its user's index and its conn's pointer are each
+    // on the master of their shard's slot (`holder` fails if none has it);
+    // a generated id lands in its user's shard.
     for key in [
-        "{session:events}:u:alice",
-        "{session:events}:c:ws1",
-        "{session:events}:x",
-        "session:events",
+        skey("c1"),
+        xkey_of("c1"),
+        ekey_of("c1"),
+        ukey("alice"),
+        ckey("ws1"),
     ] {
-        let exists: i64 = redis::cmd("EXISTS")
-            .arg(key)
-            .query(&mut holder.client())
-            .unwrap();
-        assert_eq!(exists, 1, "{key} is not beside the session");
+        cluster.holder(&key);
     }
-    assert_eq!(int(&call(&mut ca, &["SESSION.COUNT"])), 1);
+    let generated = text(&call(&mut ca, &["SESSION.CREATE", "USER", "bob"]));
+    assert_eq!(
+        cluster.holder(&skey(&generated)).addr,
+        cluster.holder(&ukey("bob")).addr,
+        "a generated id is not beside its user's index"
+    );
+    assert_eq!(int(&call(&mut ca, &["SESSION.COUNT"])), 2);
 
     // Both sidecars are in the registry.
     let listed = wait_until(Duration::from_secs(5), || {
@@ -104,22 +107,11 @@ fn expiry_on_a_cluster_is_published_exactly_once() {
             &["SESSION.CREATE", "ID", &format!("e{i}"), "PTTL", "200"],
         );
     }
-    let holder = cluster.holder("session:events");
     let expired_ids = || -> Vec<String> {
-        let entries: Value = redis::cmd("XRANGE")
-            .arg("session:events")
-            .arg("-")
-            .arg("+")
-            .query(&mut holder.client())
-            .unwrap();
-        array(&entries)
-            .iter()
-            .filter_map(|entry| {
-                let fields = array(&array(entry)[1]);
-                let pairs: Vec<(String, String)> = fields
-                    .chunks(2)
-                    .map(|kv| (text(&kv[0]), text(&kv[1])))
-                    .collect();
+        cluster
+            .stream_entries()
+            .into_iter()
+            .filter_map(|pairs| {
                 let field = |name: &str| {
                     pairs
                         .iter()

@@ -301,7 +301,7 @@ fn rediss_upstream_is_verified_against_the_given_ca() {
     });
     assert!(created, "no write went through the TLS upstream");
     let stored: Option<String> = redis::cmd("HGET")
-        .arg("{session:events}:s:over-tls")
+        .arg(common::skey("over-tls"))
         .arg("id")
         .query(&mut redis.client())
         .unwrap();

@@ -29,28 +29,13 @@ use super::pool::{Delivery, Failure, Pool, PoolSettings};
 use super::{Batch, LOST, UNAVAILABLE};
 use crate::protocol::Protocol;
 use crate::protocol::frame::{FrameScanner, bulk_payload, split_aggregate};
+use crate::protocol::slot::SLOTS;
+pub use crate::protocol::slot::slot_of;
 
-/// Hash slots in a Redis Cluster.
-const SLOTS: usize = 16384;
 /// How long to fail at once after the slot map could not be fetched.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
 /// Redirections followed for one command before its last reply is given.
 const MAX_REDIRECTIONS: usize = 5;
-
-/// The hash slot of a key: CRC16 of its hash tag (the part between the
-/// first `{` and the next `}`, when not empty) or of the whole key.
-pub fn slot_of(key: &[u8]) -> u16 {
-    let tagged = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            let close = rest.iter().position(|&b| b == b'}')?;
-            (close > 0).then(|| &rest[..close])
-        })
-        .unwrap_or(key);
-    crc16::State::<crc16::XMODEM>::calculate(tagged) % SLOTS as u16
-}
 
 /// Bits of a SCAN cursor that name the master it is at (by a slot it
 /// serves), below the master's own cursor.
@@ -774,16 +759,6 @@ fn redirection(reply: &[u8]) -> Option<Redirect> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slots_as_redis_computes_them() {
-        // CLUSTER KEYSLOT on a real server gives these.
-        assert_eq!(slot_of(b"foo"), 12182);
-        assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
-        // An empty tag does not count: the whole key is hashed.
-        assert_ne!(slot_of(b"foo{}{bar}"), slot_of(b"bar"));
-        assert_eq!(slot_of(b"123456789"), 12739);
-    }
 
     #[test]
     fn redirections_name_the_node_to_ask() {

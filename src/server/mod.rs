@@ -29,7 +29,7 @@ use crate::protocol::Limits;
 use crate::proxy::Proxy;
 use crate::pubsub::PubSub;
 use crate::sessions::Sessions;
-use crate::store::{Key, SessionLimits, SessionStore, now_ms};
+use crate::store::{Key, SessionLimits, SessionStore, StoreError, now_ms};
 use crate::upstream::{Coherence, Timeouts, Upstream, WriteThrough, WriteThroughConfig};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -58,6 +58,9 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     let shutdown = CancellationToken::new();
     let background = Background::default();
     let sessions = start_sessions(&config, &pubsub, &background)?;
+    if let Sessions::WriteThrough(store) = &sessions {
+        check_layout(store, &config).await?;
+    }
     let proxy = start_proxy(&config, &sessions);
     let config_loops = config.worker_threads();
     let advertise = config
@@ -274,12 +277,12 @@ fn start_sessions(
         }
         None => None,
     };
-    let tag = crate::upstream::store::key_tag(&config.prefix);
-    let upstream = Arc::new(Upstream::new(url, &tag, ca, timeouts)?);
+    let upstream = Arc::new(Upstream::new(url, ca, timeouts)?);
     let store = Arc::new(WriteThrough::new(
         upstream.clone(),
         WriteThroughConfig {
             prefix: config.prefix.clone(),
+            shards: config.shards,
             node: Key::from(node.as_bytes()),
             default_ttl_ms,
             limits,
@@ -291,7 +294,7 @@ fn start_sessions(
             relay_wait: timeouts.command,
         },
         pubsub.clone(),
-    ));
+    )?);
     let handler = Arc::new(Coherence {
         store: store.clone(),
     });
@@ -311,6 +314,48 @@ fn start_sessions(
         .spawn(store.clone().run_background(background.work_stop.clone()));
     tracing::info!(upstream = %upstream.address(), "write-through mode");
     Ok(Sessions::WriteThrough(store))
+}
+
+/// Checks the upstream's layout (the shard count) before serving, when the
+/// upstream answers in time; otherwise as soon as it does, in the
+/// background. Sidecars of one prefix with different shard counts would not
+/// find each other's sessions: a mismatch is fatal.
+async fn check_layout(store: &Arc<WriteThrough>, config: &Config) -> Result<(), BoxError> {
+    let wait = Duration::from_millis(config.upstream_connect_timeout_ms.saturating_mul(2));
+    let up = async {
+        let mut generation = store.upstream.watch_generation();
+        while store.upstream.state() != crate::upstream::connection::State::Up {
+            if generation.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(wait, up).await.is_ok() {
+        return match store.check_layout().await {
+            Err(StoreError::Upstream(message)) => Err(message.into()),
+            _ => Ok(()),
+        };
+    }
+    let store = store.clone();
+    tokio::spawn(async move {
+        let mut generation = store.upstream.watch_generation();
+        loop {
+            if store.upstream.state() == crate::upstream::connection::State::Up {
+                match store.check_layout().await {
+                    Err(StoreError::Upstream(message)) => {
+                        tracing::error!(%message, "exiting: the upstream's layout differs");
+                        std::process::exit(2);
+                    }
+                    Ok(()) => return,
+                    Err(_) => {}
+                }
+            }
+            if generation.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
 }
 
 /// The passthrough to the write-through upstream, if there is one.

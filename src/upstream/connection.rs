@@ -1,13 +1,19 @@
-//! The one place the sidecar talks to the upstream Redis: a supervised RESP3
-//! connection (redis-rs's multiplexed connection: concurrent requests are
-//! pipelined on it), its state, and its counters.
+//! The one place the sidecar talks to the upstream Redis: one supervised
+//! RESP3 connection per master (a [`Link`]: redis-rs's multiplexed
+//! connection, on which concurrent requests are pipelined), the slot map that
+//! routes each call to the master of its key's slot, their state, and their
+//! counters. A single server is the same thing with one master serving every
+//! slot, so the rest of the sidecar has one code path.
 //!
-//! The supervisor connects with a timeout, sets the connection up (client-side
-//! caching in broadcast mode on the session prefix, the events channel), and
-//! hands every push (invalidations, events, the library's own disconnection
-//! notice) to the [`PushHandler`]. When the connection drops it is marked down
-//! at once, so that calls fail fast instead of queueing, and it reconnects with
-//! jittered exponential backoff.
+//! The supervisor finds the masters (CLUSTER SLOTS, asked of the seeds and
+//! the masters already known, on a cluster; the URL's server otherwise),
+//! keeps one link per master, and looks again when a reply says a slot moved
+//! or a link fails. Each link connects with a timeout, is set up (client-side
+//! caching in broadcast mode on the session prefix), and hands every push
+//! (invalidations, events, the library's own disconnection notice) to the
+//! [`PushHandler`]. When a link drops it is marked down at once, so that calls
+//! to its slots fail fast instead of queueing, and it reconnects with jittered
+//! exponential backoff. The upstream is up when every master's link is.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -21,8 +27,10 @@ use redis::{
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::Counter;
+use crate::protocol::slot::{SLOTS, slot_of};
 
 /// What happens to pushes and reconnections.
 pub trait PushHandler: Send + Sync + 'static {
@@ -77,16 +85,16 @@ pub struct UpstreamStats {
 
 pub struct Upstream {
     target: Target,
-    /// The server the connection goes to (on a cluster: the master of the
-    /// sidecar's hash slot, found at every connect).
-    address: RwLock<String>,
-    connection: RwLock<Option<MultiplexedConnection>>,
+    /// The masters and which serves each slot.
+    topology: RwLock<Arc<Topology>>,
+    /// Every link up (or not): the upstream's state as a whole.
     state: AtomicU8,
+    /// Changes at every (re)connect of a link, after which per-connection
+    /// state (subscriptions) must be set up again.
     generation: tokio::sync::watch::Sender<u64>,
-    /// Signalled when the connection cannot be trusted any more: a reply says
-    /// the slot moved (reconnect to its new master), or a command timed out
-    /// (the link may be dead without the socket knowing).
-    reconnect_requested: tokio::sync::Notify,
+    /// Signalled when the masters must be looked up again: a reply says a
+    /// slot moved, or a link cannot reach its master.
+    refresh_requested: tokio::sync::Notify,
     timeouts: Timeouts,
     /// The CA to verify a TLS upstream with (the system's when None).
     tls_ca: Option<Vec<u8>>,
@@ -95,16 +103,48 @@ pub struct Upstream {
 
 /// Where to connect.
 enum Target {
-    /// A single server (or a proxy in front of one).
-    Server(Client),
-    /// A Redis Cluster: every key the sidecar uses carries one hash tag, so
-    /// the sidecar talks to the master that serves that tag's slot, found
-    /// through the seeds.
-    Cluster {
-        seeds: Vec<ConnectionInfo>,
-        tag: String,
-        tls: Option<Vec<u8>>,
-    },
+    /// A single server (or a proxy in front of one): one master for every
+    /// slot.
+    Server(Box<ConnectionInfo>),
+    /// A Redis Cluster, found through its seeds.
+    Cluster { seeds: Vec<ConnectionInfo> },
+}
+
+/// The masters known, and which serves each slot.
+#[derive(Default)]
+struct Topology {
+    links: Vec<Arc<Link>>,
+    /// For each slot, the index in `links` of its master (`NO_LINK`: none).
+    slots: Vec<u16>,
+}
+
+const NO_LINK: u16 = u16::MAX;
+
+/// The supervised connection to one master.
+struct Link {
+    info: ConnectionInfo,
+    address: String,
+    connection: RwLock<Option<MultiplexedConnection>>,
+    state: AtomicU8,
+    /// Signalled when the connection cannot be trusted any more: a command
+    /// timed out (the link may be dead without the socket knowing).
+    reconnect_requested: tokio::sync::Notify,
+    /// Cancelled when the master leaves the topology, or at shutdown.
+    stop: CancellationToken,
+}
+
+impl Link {
+    fn state(&self) -> State {
+        state_of(self.state.load(Ordering::Relaxed))
+    }
+}
+
+fn state_of(value: u8) -> State {
+    match value {
+        1 => State::Up,
+        2 => State::Down,
+        _ => State::Connecting,
+    }
 }
 
 /// Why an upstream call failed.
@@ -121,48 +161,28 @@ pub enum CallError {
 impl Upstream {
     /// Parses the URL: `redis://` or `rediss://` for one server,
     /// `redis+cluster://host:port[,host:port...]` (or `rediss+cluster://`) for
-    /// a cluster, whose master for `tag`'s slot is found at every connect. For
-    /// TLS, `ca_pem` is the certificate authority to verify the upstream with,
-    /// instead of the system's. Connecting is the supervisor's job.
-    pub fn new(
-        url: &str,
-        tag: &str,
-        ca_pem: Option<Vec<u8>>,
-        timeouts: Timeouts,
-    ) -> Result<Upstream, String> {
-        let tls_ca = ca_pem.clone();
-        let (target, address) = match cluster_seeds(url)? {
-            Some(seeds) => {
-                let address = seeds
-                    .iter()
-                    .map(|s| s.addr().to_string())
-                    .collect::<Vec<_>>()
-                    .join(",");
-                (
-                    Target::Cluster {
-                        seeds,
-                        tag: tag.to_string(),
-                        tls: ca_pem,
-                    },
-                    address,
-                )
-            }
+    /// a cluster, whose masters are found at every connect. For TLS, `ca_pem`
+    /// is the certificate authority to verify the upstream with, instead of
+    /// the system's. Connecting is the supervisor's job.
+    pub fn new(url: &str, ca_pem: Option<Vec<u8>>, timeouts: Timeouts) -> Result<Upstream, String> {
+        let target = match cluster_seeds(url)? {
+            Some(seeds) => Target::Cluster { seeds },
             None => {
                 let info =
                     redis::IntoConnectionInfo::into_connection_info(url).map_err(invalid_url)?;
-                let address = info.addr().to_string();
-                (Target::Server(client_for(info, ca_pem)?), address)
+                // Checked now: a bad URL is a start-up error, not a retry loop.
+                client_for(info.clone(), ca_pem.clone())?;
+                Target::Server(Box::new(info))
             }
         };
         Ok(Upstream {
             target,
-            address: RwLock::new(address),
-            connection: RwLock::new(None),
+            topology: RwLock::new(Arc::new(Topology::default())),
             state: AtomicU8::new(State::Connecting as u8),
             generation: tokio::sync::watch::Sender::new(0),
-            reconnect_requested: tokio::sync::Notify::new(),
+            refresh_requested: tokio::sync::Notify::new(),
             timeouts,
-            tls_ca,
+            tls_ca: ca_pem,
             stats: UpstreamStats::default(),
         })
     }
@@ -172,17 +192,38 @@ impl Upstream {
     /// verifies them over TLS. The proxy dials them.
     pub fn servers(&self) -> (Vec<ConnectionInfo>, bool, Option<Vec<u8>>) {
         let (servers, cluster) = match &self.target {
-            Target::Server(client) => (vec![client.get_connection_info().clone()], false),
-            Target::Cluster { seeds, .. } => (seeds.clone(), true),
+            Target::Server(info) => (vec![(**info).clone()], false),
+            Target::Cluster { seeds } => (seeds.clone(), true),
         };
         (servers, cluster, self.tls_ca.clone())
     }
 
+    /// The masters' addresses (the URL's, before the first connect).
     pub fn address(&self) -> String {
-        self.address
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        let topology = self.current();
+        if topology.links.is_empty() {
+            let (servers, _, _) = self.servers();
+            return servers
+                .iter()
+                .map(|s| s.addr().to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+        }
+        topology
+            .links
+            .iter()
+            .map(|l| l.address.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Each master's address and its link's state.
+    pub fn masters(&self) -> Vec<(String, State)> {
+        self.current()
+            .links
+            .iter()
+            .map(|l| (l.address.clone(), l.state()))
+            .collect()
     }
 
     /// How long a command may wait for its reply.
@@ -190,75 +231,113 @@ impl Upstream {
         self.timeouts.command
     }
 
+    /// Up when every master's link is.
     pub fn state(&self) -> State {
-        match self.state.load(Ordering::Relaxed) {
-            1 => State::Up,
-            2 => State::Down,
-            _ => State::Connecting,
-        }
+        state_of(self.state.load(Ordering::Relaxed))
     }
 
-    fn set_connection(&self, connection: Option<MultiplexedConnection>, state: State) {
-        let connected = connection.is_some();
-        *self.connection.write().unwrap_or_else(|p| p.into_inner()) = connection;
-        self.state.store(state as u8, Ordering::Relaxed);
-        if connected {
-            self.generation.send_modify(|generation| *generation += 1);
-        }
+    fn current(&self) -> Arc<Topology> {
+        self.topology
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    /// Follows the connection's generation: it changes at every (re)connect,
+    /// Follows the links' generation: it changes at every (re)connect,
     /// after which per-connection state (subscriptions) must be set up again.
     pub fn watch_generation(&self) -> tokio::sync::watch::Receiver<u64> {
         self.generation.subscribe()
     }
 
-    /// Subscribes the connection to a channel (pushes go to the handler).
+    /// Subscribes to a channel, on the master of the channel name's slot
+    /// (a cluster delivers every PUBLISH to every node); pushes go to the
+    /// handler.
     pub async fn subscribe(&self, channel: &[u8]) -> Result<(), CallError> {
-        self.call(async |c| c.subscribe(channel).await).await
+        self.call(slot_of(channel), async |c| c.subscribe(channel).await)
+            .await
     }
 
     pub async fn unsubscribe(&self, channel: &[u8]) -> Result<(), CallError> {
-        self.call(async |c| c.unsubscribe(channel).await).await
+        self.call(slot_of(channel), async |c| c.unsubscribe(channel).await)
+            .await
     }
 
-    /// The live connection, or `Unavailable` at once when there is none.
-    fn connection(&self) -> Result<MultiplexedConnection, CallError> {
-        let connection = self
+    /// The live connection to the master of `slot`, or `Unavailable` at
+    /// once when there is none.
+    fn connection(&self, slot: u16) -> Result<(Arc<Link>, MultiplexedConnection), CallError> {
+        let topology = self.current();
+        let link = topology
+            .slots
+            .get(usize::from(slot))
+            .and_then(|&index| topology.links.get(usize::from(index)));
+        let Some(link) = link else {
+            self.stats.unavailable.inc();
+            return Err(CallError::Unavailable);
+        };
+        let connection = link
             .connection
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        connection.ok_or_else(|| {
-            self.stats.unavailable.inc();
-            CallError::Unavailable
-        })
+        match connection {
+            Some(connection) => Ok((link.clone(), connection)),
+            None => {
+                self.stats.unavailable.inc();
+                Err(CallError::Unavailable)
+            }
+        }
     }
 
-    /// Runs a command (or a script invocation) on the upstream.
+    /// Runs a command (or a script invocation, or a pipeline) on the master
+    /// of `slot`: every key it names must be in that slot.
     pub async fn call<T: redis::FromRedisValue>(
         &self,
+        slot: u16,
         run: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
     ) -> Result<T, CallError> {
-        let mut connection = self.connection()?;
+        let (link, mut connection) = self.connection(slot)?;
         let started = Instant::now();
         self.stats.commands.inc();
         let result = run(&mut connection).await;
         self.stats
             .last_latency_us
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        result.map_err(|error| self.classify(error))
+        result.map_err(|error| self.classify(&link, error))
     }
 
-    fn classify(&self, error: RedisError) -> CallError {
+    /// The slots each master serves, one slot of each (the lowest): where a
+    /// call about the whole store goes once per master.
+    pub fn slot_per_master(&self) -> Vec<u16> {
+        let topology = self.current();
+        let mut first = vec![None; topology.links.len()];
+        for (slot, &index) in topology.slots.iter().enumerate() {
+            if let Some(entry) = first.get_mut(usize::from(index))
+                && entry.is_none()
+            {
+                *entry = Some(slot as u16);
+            }
+        }
+        first.into_iter().flatten().collect()
+    }
+
+    /// Which master (its index in [`Upstream::masters`]) serves `slot`.
+    pub fn master_of(&self, slot: u16) -> Option<usize> {
+        self.current()
+            .slots
+            .get(usize::from(slot))
+            .filter(|&&index| index != NO_LINK)
+            .map(|&index| usize::from(index))
+    }
+
+    fn classify(&self, link: &Link, error: RedisError) -> CallError {
         if matches!(
             error.code(),
-            Some("MOVED" | "ASK" | "CLUSTERDOWN" | "TRYAGAIN")
+            Some("MOVED" | "ASK" | "CLUSTERDOWN" | "TRYAGAIN" | "READONLY" | "MASTERDOWN")
         ) {
-            // The slot is elsewhere now (resharding, failover): reconnect to
-            // its new master; meanwhile, fail fast.
+            // The slot is elsewhere now (resharding, failover): look the
+            // masters up again; meanwhile, fail fast. Nothing was applied.
             self.stats.unavailable.inc();
-            self.reconnect_requested.notify_one();
+            self.refresh_requested.notify_one();
             return CallError::Unavailable;
         }
         if error.is_timeout() {
@@ -266,7 +345,7 @@ impl Upstream {
             // client must not be told to retry it blindly. The link itself
             // is suspect: reconnect (which flushes the cache).
             self.stats.unavailable.inc();
-            self.reconnect_requested.notify_one();
+            link.reconnect_requested.notify_one();
             tracing::debug!(%error, "upstream command timed out");
             return CallError::Unknown;
         }
@@ -276,7 +355,7 @@ impl Upstream {
             // blind retry could apply it twice. Once the supervisor has seen
             // the break, calls fail fast with Unavailable before being sent.
             self.stats.unavailable.inc();
-            self.reconnect_requested.notify_one();
+            link.reconnect_requested.notify_one();
             tracing::debug!(%error, "upstream connection broke during a call");
             return CallError::Unknown;
         }
@@ -289,13 +368,195 @@ impl Upstream {
         CallError::Reply(message)
     }
 
-    /// Keeps the connection up until `shutdown`: connect, set up, serve pushes,
-    /// and reconnect with jittered exponential backoff when it drops.
+    /// Keeps a link to every master until `shutdown`: finds the masters,
+    /// starts a link for each new one (set up with `setup`, its pushes
+    /// handed to `handler`), stops those of masters that are gone, and
+    /// looks again when asked to (or every [`TOPOLOGY_REFRESH`] on a
+    /// cluster).
     pub async fn supervise(
         self: Arc<Self>,
         setup: Vec<redis::Cmd>,
         handler: Arc<dyn PushHandler>,
         shutdown: CancellationToken,
+    ) {
+        let setup: Arc<[redis::Cmd]> = setup.into();
+        let links = TaskTracker::new();
+        let mut attempt: u32 = 0;
+        loop {
+            let discovered = tokio::select! {
+                found = self.discover() => found,
+                _ = shutdown.cancelled() => break,
+            };
+            let wait = match discovered {
+                Ok(masters) => {
+                    attempt = 0;
+                    self.install(masters, &setup, &handler, &links, &shutdown);
+                    match self.target {
+                        Target::Cluster { .. } => TOPOLOGY_REFRESH,
+                        Target::Server(_) => Duration::MAX,
+                    }
+                }
+                Err(error) => {
+                    if self.state() != State::Down {
+                        tracing::warn!(upstream = %self.address(), %error, "cannot reach the upstream; retrying");
+                    }
+                    if self.current().links.is_empty() {
+                        self.set_state(State::Down, handler.as_ref());
+                    }
+                    attempt = attempt.saturating_add(1);
+                    self.backoff(attempt)
+                }
+            };
+            tokio::select! {
+                _ = self.refresh_requested.notified() => {
+                    // Several calls may ask at once: one look serves them.
+                    tokio::time::sleep(self.timeouts.backoff_min).await;
+                }
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        links.close();
+        links.wait().await;
+    }
+
+    /// The masters and the slots each serves: the one server, or what the
+    /// cluster says (asked of the known masters, then the seeds).
+    async fn discover(&self) -> redis::RedisResult<Vec<(ConnectionInfo, Vec<(u16, u16)>)>> {
+        let seeds = match &self.target {
+            Target::Server(info) => {
+                return Ok(vec![((**info).clone(), vec![(0, SLOTS as u16 - 1)])]);
+            }
+            Target::Cluster { seeds } => seeds,
+        };
+        let span = tracing::debug_span!("upstream_topology");
+        let _entered = span.enter();
+        let known: Vec<ConnectionInfo> = self
+            .current()
+            .links
+            .iter()
+            .map(|l| l.info.clone())
+            .collect();
+        let mut last_error =
+            RedisError::from((redis::ErrorKind::Client, "no cluster node answered"));
+        for node in known.iter().chain(seeds) {
+            match tokio::time::timeout(
+                self.timeouts.connect,
+                ask_slots(node, &self.tls_ca, self.timeouts.connect),
+            )
+            .await
+            {
+                Ok(Ok(masters)) if !masters.is_empty() => return Ok(masters),
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => last_error = error,
+                Err(_) => {
+                    last_error = RedisError::from((
+                        redis::ErrorKind::Io,
+                        "cluster node did not answer CLUSTER SLOTS in time",
+                    ))
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Makes `masters` the topology: the links of masters already known stay
+    /// (with their connections), new masters get a link, the others stop.
+    fn install(
+        self: &Arc<Self>,
+        masters: Vec<(ConnectionInfo, Vec<(u16, u16)>)>,
+        setup: &Arc<[redis::Cmd]>,
+        handler: &Arc<dyn PushHandler>,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
+        let old = self.current();
+        let mut links = Vec::with_capacity(masters.len());
+        let mut slots = vec![NO_LINK; SLOTS];
+        for (index, (info, ranges)) in masters.into_iter().enumerate() {
+            let address = info.addr().to_string();
+            let link = match old.links.iter().find(|l| l.address == address) {
+                Some(link) => link.clone(),
+                None => {
+                    let link = Arc::new(Link {
+                        info,
+                        address,
+                        connection: RwLock::new(None),
+                        state: AtomicU8::new(State::Connecting as u8),
+                        reconnect_requested: tokio::sync::Notify::new(),
+                        stop: shutdown.child_token(),
+                    });
+                    tracker.spawn(self.clone().supervise_link(
+                        link.clone(),
+                        setup.clone(),
+                        handler.clone(),
+                    ));
+                    link
+                }
+            };
+            for (start, end) in ranges {
+                for slot in start..=end.min(SLOTS as u16 - 1) {
+                    slots[usize::from(slot)] = index as u16;
+                }
+            }
+            links.push(link);
+        }
+        let changed = old.links.len() != links.len()
+            || old
+                .links
+                .iter()
+                .zip(&links)
+                .any(|(a, b)| !Arc::ptr_eq(a, b))
+            || old.slots != slots;
+        for link in &old.links {
+            if !links.iter().any(|l| Arc::ptr_eq(l, link)) {
+                tracing::info!(master = %link.address, "upstream master gone");
+                link.stop.cancel();
+            }
+        }
+        *self.topology.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Topology { links, slots });
+        if changed {
+            tracing::info!(masters = %self.address(), "upstream topology");
+            self.update_state(handler.as_ref());
+        }
+    }
+
+    /// The upstream's state from its links': up when every one is up.
+    fn update_state(&self, handler: &dyn PushHandler) {
+        let topology = self.current();
+        let all_up = !topology.links.is_empty()
+            && topology.links.iter().all(|l| l.state() == State::Up)
+            && !topology.slots.contains(&NO_LINK);
+        let state = if all_up {
+            State::Up
+        } else if topology.links.iter().any(|l| l.state() == State::Down) {
+            State::Down
+        } else {
+            self.state().min_with(State::Connecting)
+        };
+        self.set_state(state, handler);
+    }
+
+    fn set_state(&self, state: State, handler: &dyn PushHandler) {
+        let before = state_of(self.state.swap(state as u8, Ordering::Relaxed));
+        if state == State::Up && before != State::Up {
+            // Invalidations may have been missed while a link was away.
+            handler.connected();
+        } else if state != State::Up && before == State::Up {
+            handler.disconnected();
+        }
+    }
+
+    /// Keeps one master's connection up until its link stops: connect, set
+    /// up, serve pushes, and reconnect with jittered exponential backoff
+    /// when it drops (asking for the masters again, on a cluster: the
+    /// master may have failed over).
+    async fn supervise_link(
+        self: Arc<Self>,
+        link: Arc<Link>,
+        setup: Arc<[redis::Cmd]>,
+        handler: Arc<dyn PushHandler>,
     ) {
         let mut attempt: u32 = 0;
         loop {
@@ -305,65 +566,85 @@ impl Upstream {
                 .set_response_timeout(Some(self.timeouts.command))
                 .set_push_sender(tx);
             let connected = tokio::select! {
-                connected = self.connect(&config, &setup) => connected,
-                _ = shutdown.cancelled() => return,
+                connected = self.connect(&link.info, &config, &setup) => connected,
+                _ = link.stop.cancelled() => break,
             };
             match connected {
                 Ok(connection) => {
-                    if attempt > 0 || self.state() == State::Down {
+                    if attempt > 0 || link.state() == State::Down {
                         self.stats.reconnects.inc();
                     }
                     attempt = 0;
-                    self.set_connection(Some(connection), State::Up);
-                    handler.connected();
-                    tracing::info!(upstream = %self.address(), "upstream connected");
+                    self.set_link(&link, Some(connection), State::Up, handler.as_ref());
+                    tracing::info!(upstream = %link.address, "upstream connected");
                     let dropped = tokio::select! {
                         _ = Self::serve_pushes(&mut rx, handler.as_ref(), &self.stats) => true,
-                        _ = self.reconnect_requested.notified() => true,
-                        _ = shutdown.cancelled() => false,
+                        _ = link.reconnect_requested.notified() => true,
+                        _ = link.stop.cancelled() => false,
                     };
-                    self.set_connection(None, State::Down);
-                    handler.disconnected();
+                    self.set_link(&link, None, State::Down, handler.as_ref());
                     if !dropped {
-                        return;
+                        break;
                     }
-                    tracing::warn!(upstream = %self.address(), "upstream connection lost; reconnecting");
+                    tracing::warn!(upstream = %link.address, "upstream connection lost; reconnecting");
                 }
                 Err(error) => {
-                    if self.state() != State::Down {
-                        tracing::warn!(upstream = %self.address(), %error, "cannot reach the upstream; retrying");
+                    if link.state() != State::Down {
+                        tracing::warn!(upstream = %link.address, %error, "cannot reach the upstream; retrying");
                     }
-                    self.set_connection(None, State::Down);
-                    handler.disconnected();
+                    self.set_link(&link, None, State::Down, handler.as_ref());
                 }
+            }
+            if matches!(self.target, Target::Cluster { .. }) {
+                self.refresh_requested.notify_one();
             }
             let delay = self.backoff(attempt);
             attempt = attempt.saturating_add(1);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.cancelled() => return,
+                _ = link.stop.cancelled() => break,
             }
         }
+        self.set_link(&link, None, State::Down, handler.as_ref());
+    }
+
+    fn set_link(
+        &self,
+        link: &Link,
+        connection: Option<MultiplexedConnection>,
+        state: State,
+        handler: &dyn PushHandler,
+    ) {
+        let connected = connection.is_some();
+        *link.connection.write().unwrap_or_else(|p| p.into_inner()) = connection;
+        link.state.store(state as u8, Ordering::Relaxed);
+        if connected {
+            self.generation.send_modify(|generation| *generation += 1);
+        }
+        if state != State::Up {
+            // Whatever this master's invalidations would have said is lost
+            // from now on: the cache is flushed even if the upstream as a
+            // whole was not up.
+            handler.disconnected();
+        }
+        self.update_state(handler);
     }
 
     async fn connect(
         &self,
+        info: &ConnectionInfo,
         config: &AsyncConnectionConfig,
         setup: &[redis::Cmd],
     ) -> redis::RedisResult<MultiplexedConnection> {
         let span = tracing::debug_span!("upstream_connect");
         let _entered = span.enter();
-        let client = match &self.target {
-            Target::Server(client) => client.clone(),
-            Target::Cluster { seeds, tag, tls } => {
-                let master = find_master(seeds, tag, tls).await?;
-                *self.address.write().unwrap_or_else(|p| p.into_inner()) =
-                    master.addr().to_string();
-                client_for(master, tls.clone()).map_err(|message| {
-                    RedisError::from((redis::ErrorKind::Client, "invalid cluster address", message))
-                })?
-            }
-        };
+        let client = client_for(info.clone(), self.tls_ca.clone()).map_err(|message| {
+            RedisError::from((
+                redis::ErrorKind::Client,
+                "invalid upstream address",
+                message,
+            ))
+        })?;
         let mut connection = client
             .get_multiplexed_async_connection_with_config(config)
             .await?;
@@ -410,6 +691,25 @@ impl Upstream {
         let random = RandomState::new().hash_one(attempt);
         let millis = ceiling.as_millis().max(1) as u64;
         Duration::from_millis(self.timeouts.backoff_min.as_millis() as u64 / 2 + random % millis)
+    }
+}
+
+/// How often a cluster's masters are looked up when nothing asks for it.
+const TOPOLOGY_REFRESH: Duration = Duration::from_secs(10);
+
+impl State {
+    /// The lesser of two states in the order down < connecting < up.
+    fn min_with(self, other: State) -> State {
+        let rank = |s: State| match s {
+            State::Down => 0,
+            State::Connecting => 1,
+            State::Up => 2,
+        };
+        if rank(self) <= rank(other) {
+            self
+        } else {
+            other
+        }
     }
 }
 
@@ -465,40 +765,28 @@ fn cluster_seeds(url: &str) -> Result<Option<Vec<ConnectionInfo>>, String> {
     Ok(Some(seeds))
 }
 
-/// Asks the seeds, in turn, which master serves `tag`'s hash slot.
-async fn find_master(
-    seeds: &[ConnectionInfo],
-    tag: &str,
+/// CLUSTER SLOTS, asked of `node`: each master (with `node`'s credentials
+/// and TLS settings) and the slot ranges it serves, in the order of their
+/// first range.
+async fn ask_slots(
+    node: &ConnectionInfo,
     tls: &Option<Vec<u8>>,
-) -> redis::RedisResult<ConnectionInfo> {
-    let mut last_error = RedisError::from((redis::ErrorKind::Client, "no cluster seed answered"));
-    for seed in seeds {
-        match ask_seed(seed, tag, tls).await {
-            Ok(master) => return Ok(master),
-            Err(error) => last_error = error,
-        }
-    }
-    Err(last_error)
-}
-
-async fn ask_seed(
-    seed: &ConnectionInfo,
-    tag: &str,
-    tls: &Option<Vec<u8>>,
-) -> redis::RedisResult<ConnectionInfo> {
-    let client = client_for(seed.clone(), tls.clone()).map_err(|message| {
+    timeout: Duration,
+) -> redis::RedisResult<Vec<(ConnectionInfo, Vec<(u16, u16)>)>> {
+    let client = client_for(node.clone(), tls.clone()).map_err(|message| {
         RedisError::from((redis::ErrorKind::Client, "invalid cluster seed", message))
     })?;
-    let mut connection = client.get_multiplexed_async_connection().await?;
-    let slot: i64 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(tag)
-        .query_async(&mut connection)
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let mut connection = client
+        .get_multiplexed_async_connection_with_config(&config)
         .await?;
     let ranges: Vec<Value> = redis::cmd("CLUSTER")
         .arg("SLOTS")
         .query_async(&mut connection)
         .await?;
+    let mut masters: Vec<(ConnectionInfo, Vec<(u16, u16)>)> = Vec::new();
     for range in ranges {
         let Value::Array(parts) = range else { continue };
         let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
@@ -506,15 +794,15 @@ async fn ask_seed(
         else {
             continue;
         };
-        if !(*start..=*end).contains(&slot) {
+        let (Ok(start), Ok(end)) = (u16::try_from(*start), u16::try_from(*end)) else {
             continue;
-        }
+        };
         let host = match master.first() {
             Some(Value::BulkString(host)) if !host.is_empty() => {
                 String::from_utf8_lossy(host).into_owned()
             }
             // An empty host means "the one you asked".
-            _ => match seed.addr() {
+            _ => match node.addr() {
                 redis::ConnectionAddr::Tcp(host, _)
                 | redis::ConnectionAddr::TcpTls { host, .. } => host.clone(),
                 _ => continue,
@@ -523,12 +811,21 @@ async fn ask_seed(
         let Some(Value::Int(port)) = master.get(1) else {
             continue;
         };
-        return Ok(at_address(seed, host, *port as u16));
+        let Ok(port) = u16::try_from(*port) else {
+            continue;
+        };
+        let info = at_address(node, host, port);
+        let address = info.addr().to_string();
+        match masters
+            .iter_mut()
+            .find(|(m, _)| m.addr().to_string() == address)
+        {
+            Some((_, ranges)) => ranges.push((start, end)),
+            None => masters.push((info, vec![(start, end)])),
+        }
     }
-    Err(RedisError::from((
-        redis::ErrorKind::Client,
-        "no master serves the sidecar's hash slot",
-    )))
+    masters.sort_by_key(|(_, ranges)| ranges.iter().map(|r| r.0).min());
+    Ok(masters)
 }
 
 /// `seed`'s connection settings (credentials, database, TLS) for another

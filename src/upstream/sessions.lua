@@ -1,18 +1,33 @@
--- session-sidecar's server-side library: every change to a session and its
--- indexes happens in one call of this script, atomically, on the upstream.
+-- session-sidecar's server-side library: every change to a shard's keys
+-- happens in one call of this script, atomically, on the master of the
+-- shard's hash slot.
 --
--- Call: EVALSHA <sha> <numkeys> <keys...> <op> <prefix> <now> <node> <stream-maxlen> <margin> <args...>
--- The keys are the ones the operation touches (declared for Redis), the
--- operation reads the rest of its arguments itself. Key layout (prefix P;
--- T is the hash tag {P:events}, so that every key, the events stream
--- included, lives in one hash slot and each call is atomic on a Redis
--- Cluster as on a single server):
---   T:s:<id>      hash    the session: id user conn status node created
---                         last_active expires ttl version, attributes as a:<name>
---   T:u:<user>    zset    the user's session ids, score = created (ms)
---   T:c:<conn>    string  the id of the session bound to the connection
---   T:x           zset    every session id, score = expires (ms): the expiry index
---   P:events      stream  lifecycle events (and the pub/sub channel of that name)
+-- Call: EVALSHA <sha> <numkeys> <keys...> <op> <prefix> <now> <node> <stream-maxlen> <margin> <tag> <args...>
+-- The keys declared are those the operation is routed by (all in the shard's
+-- slot); the operation reads the rest of its arguments itself. Key layout
+-- (prefix P, {t} the shard's hash tag, given as <tag>; see layout.rs):
+--   P:s:{t}:<id>    hash    the session: id user conn status node created
+--                           last_active expires ttl version, attributes as a:<name>
+--   P:u:{t}:<user>  zset    the user's session ids, in creation order
+--   P:c:{t}:<conn>  string  the id of the session bound to the connection
+--   P:x:{t}         zset    the shard's session ids by expiry (ms): its expiry index
+--   P:e:{t}         stream  the shard's lifecycle events
+--   P:i:{t}         zset    intents: cross-shard work to finish, by when to repair it
+--   P:events        channel every lifecycle event (PUBLISH reaches every node)
+--
+-- A session lives in the shard of its id; its user's index in the shard of
+-- the user, its connection's pointer in the shard of the conn. When those
+-- differ, one call cannot change them all: the call that changes the session
+-- records an intent in its own shard (atomically with the change), the
+-- sidecar makes the other shards' changes in following calls, and a repairer
+-- finishes any intent left behind (a sidecar killed between the calls).
+-- Intents are strings `<kind> <len>:<field> <len>:<field>...`.
+--
+-- Within a shard, a user index entry whose session key exists here is the
+-- shard's own, checked and repaired here; one whose key does not exist here
+-- is another shard's (or dangling), counted as live, and checked by the
+-- sidecar.
+--
 -- Every key carries a PEXPIREAT of its session's expiry plus a margin, so the
 -- upstream cleans itself if every sidecar is gone.
 
@@ -20,9 +35,10 @@ local op = ARGV[1]
 local P = ARGV[2]
 local now = tonumber(ARGV[3])
 local node = ARGV[4]
-local maxlen = tonumber(ARGV[5])
+local maxlen = ARGV[5]
 local margin = tonumber(ARGV[6])
-local argi = 7
+local T = ARGV[7]
+local argi = 8
 
 local function arg()
   local v = ARGV[argi]
@@ -30,17 +46,38 @@ local function arg()
   return v
 end
 
-local events = P .. ':events'
-local T = '{' .. events .. '}'
-local function skey(id) return T .. ':s:' .. id end
-local function ukey(user) return T .. ':u:' .. user end
-local function ckey(conn) return T .. ':c:' .. conn end
-local xkey = T .. ':x'
+local channel = P .. ':events'
+local function skey(id) return P .. ':s:' .. T .. ':' .. id end
+local function ukey(user) return P .. ':u:' .. T .. ':' .. user end
+local function ckey(conn) return P .. ':c:' .. T .. ':' .. conn end
+local xkey = P .. ':x:' .. T
+local ekey = P .. ':e:' .. T
+local ikey = P .. ':i:' .. T
 
 -- Every session this call changed or removed: the caller drops its copies
 -- of them (its own writes send it no invalidations).
 local touched = {}
 local function done(result) return { result, touched } end
+
+-- Cross-shard work the caller must do next: { kind, fields... } each.
+local followups = {}
+
+local function encode(kind, ...)
+  local parts = { kind }
+  for _, field in ipairs({ ... }) do
+    table.insert(parts, #field .. ':' .. field)
+  end
+  return table.concat(parts, ' ')
+end
+
+-- Records an intent in this shard, to be repaired from `repair_at` (ms) on
+-- unless the sidecar finishes it first; returns it.
+local function intend(repair_at, kind, ...)
+  local intent = encode(kind, ...)
+  redis.call('ZADD', ikey, repair_at, intent)
+  table.insert(followups, intent)
+  return intent
+end
 
 -- The session as a table of fields, or nil.
 local function load(id)
@@ -54,16 +91,23 @@ end
 local function live(s) return s ~= nil and tonumber(s.expires) > now end
 
 local function publish(kind, id, s, reason)
+  local at = now
   local fields = { 'event', kind, 'id', id }
   local node_of = s.node or ''
-  local message = { event = kind, id = id, user = cjson.null, conn = cjson.null, node = node_of, at = now }
-  if s.user then table.insert(fields, 'user'); table.insert(fields, s.user); message.user = s.user end
-  if s.conn then table.insert(fields, 'conn'); table.insert(fields, s.conn); message.conn = s.conn end
+  if s.user then table.insert(fields, 'user'); table.insert(fields, s.user) end
+  if s.conn then table.insert(fields, 'conn'); table.insert(fields, s.conn) end
   table.insert(fields, 'node'); table.insert(fields, node_of)
-  table.insert(fields, 'at'); table.insert(fields, tostring(now))
-  if reason then table.insert(fields, 'reason'); table.insert(fields, reason); message.reason = reason end
-  redis.call('PUBLISH', events, cjson.encode(message))
-  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+  table.insert(fields, 'at'); table.insert(fields, tostring(at))
+  if reason then table.insert(fields, 'reason'); table.insert(fields, reason) end
+  -- The JSON message with the fields in the same order as the sidecar's own
+  -- (standalone) events: event, id, user, conn, node, at, reason.
+  local json = '{"event":' .. cjson.encode(kind) .. ',"id":' .. cjson.encode(id)
+    .. ',"user":' .. (s.user and cjson.encode(s.user) or 'null')
+    .. ',"conn":' .. (s.conn and cjson.encode(s.conn) or 'null')
+    .. ',"node":' .. cjson.encode(node_of) .. ',"at":' .. at
+  if reason then json = json .. ',"reason":' .. cjson.encode(reason) end
+  redis.call('PUBLISH', channel, json .. '}')
+  redis.call('XADD', ekey, 'MAXLEN', '~', maxlen, '*', unpack(fields))
 end
 
 -- Keeps a key alive at least until `at` + margin.
@@ -76,12 +120,21 @@ local function keep(key, at)
   end
 end
 
--- Removes a session and its index entries; publishes `kind` (deleted or expired).
-local function remove(id, s, kind, reason)
+-- Whether the user's index lives in this shard: the caller says.
+local function user_here(flag) return flag == '1' end
+
+-- Removes a session and its index entries in this shard; publishes `kind`
+-- (deleted or expired). Entries in other shards are the caller's (the
+-- session's user and conn go back in `followups` as `gone`).
+local function remove(id, s, kind, reason, user_local)
   table.insert(touched, id)
   redis.call('DEL', skey(id))
   redis.call('ZREM', xkey, id)
-  if s.user then redis.call('ZREM', ukey(s.user), id) end
+  if s.user then
+    if redis.call('ZREM', ukey(s.user), id) == 0 and not user_local then
+      table.insert(followups, encode('gone', id, s.user, s.conn or ''))
+    end
+  end
   if s.conn and redis.call('GET', ckey(s.conn)) == id then redis.call('DEL', ckey(s.conn)) end
   publish(kind, id, s, reason)
 end
@@ -89,7 +142,7 @@ end
 -- Removes a session found dead (expired) if it is there: each expiry is
 -- acted on, and published, once.
 local function reap(id, s)
-  if s ~= nil and not live(s) then remove(id, s, 'expired', nil) end
+  if s ~= nil and not live(s) then remove(id, s, 'expired', nil, false) end
 end
 
 local function bump(id, s)
@@ -99,40 +152,16 @@ local function bump(id, s)
   redis.call('HSET', skey(id), 'version', s.version, 'last_active', s.last_active)
 end
 
+-- A new expiry; the user's index and the conn's pointer, where they are in
+-- this shard, are kept alive with it (elsewhere: `keep` follow-ups).
 local function set_expiry(id, s, expires)
   s.expires = tostring(expires)
   redis.call('HSET', skey(id), 'expires', s.expires)
   redis.call('ZADD', xkey, expires, id)
   keep(skey(id), expires)
-  if s.user then keep(ukey(s.user), expires) end
-  if s.conn then keep(ckey(s.conn), expires) end
-end
-
--- Takes `conn` from whichever other session holds it.
-local function take_conn(conn, id)
-  local holder = redis.call('GET', ckey(conn))
-  if holder and holder ~= id then
-    local other = load(holder)
-    if other and other.conn == conn then
-      table.insert(touched, holder)
-      redis.call('HDEL', skey(holder), 'conn')
-      redis.call('HSET', skey(holder), 'status', 'disconnected')
-      if live(other) then
-        bump(holder, other)
-        publish('unbound', holder, other, 'rebound')
-      end
-    end
-  end
-end
-
-local function bind_conn(id, s, conn)
-  take_conn(conn, id)
-  if s.conn and s.conn ~= conn and redis.call('GET', ckey(s.conn)) == id then
-    redis.call('DEL', ckey(s.conn))
-  end
-  s.conn = conn
-  redis.call('HSET', skey(id), 'conn', conn)
-  redis.call('SET', ckey(conn), id, 'PXAT', tonumber(s.expires) + margin)
+  if s.user and redis.call('EXISTS', ukey(s.user)) == 1 then keep(ukey(s.user), expires) end
+  if s.conn and redis.call('GET', ckey(s.conn)) == id then keep(ckey(s.conn), expires) end
+  table.insert(followups, encode('keep', id, s.user or '', s.conn or '', s.expires))
 end
 
 local function must_load(id)
@@ -142,23 +171,6 @@ local function must_load(id)
     return nil
   end
   return s
-end
-
--- The user's live sessions, oldest first, as { id, session } pairs; entries
--- of sessions that are gone, expired or no longer the user's are repaired
--- out of the index on the way (indexes never lie).
-local function user_sessions(user)
-  local sessions = {}
-  for _, id in ipairs(redis.call('ZRANGE', ukey(user), 0, -1)) do
-    local s = load(id)
-    if live(s) and s.user == user then
-      table.insert(sessions, { id, s })
-    else
-      reap(id, s)
-      redis.call('ZREM', ukey(user), id)
-    end
-  end
-  return sessions
 end
 
 local function nosession() return redis.error_reply('NOSESSION no such session') end
@@ -173,18 +185,113 @@ local function attr_count(id)
   return n
 end
 
+-- The user's index, oldest first, as { id, session-or-false } pairs: a
+-- session of this shard is checked (gone, expired or no longer the user's:
+-- repaired out of the index on the way); `false` marks another shard's.
+local function user_entries(user)
+  local entries = {}
+  for _, id in ipairs(redis.call('ZRANGE', ukey(user), 0, -1)) do
+    if redis.call('EXISTS', skey(id)) == 1 then
+      local s = load(id)
+      if live(s) and s.user == user then
+        table.insert(entries, { id, s })
+      else
+        reap(id, s)
+        redis.call('ZREM', ukey(user), id)
+      end
+    else
+      table.insert(entries, { id, false })
+    end
+  end
+  return entries
+end
+
+-- Adds `id` (created at `created` ms) to the user's index (in this shard)
+-- in creation order, then keeps at most `max_per_user` entries: the oldest
+-- go, removed here when they are this shard's sessions, handed back as
+-- `evict` intents otherwise.
+local function user_add(user, id, deadline, max_per_user, created)
+  local index = ukey(user)
+  if redis.call('ZSCORE', index, id) == false then
+    -- Scores order the index by creation: ms * 4096, plus one per session
+    -- already there from the same ms (exact in a double until the year 2500).
+    local order = created * 4096
+    while redis.call('ZCOUNT', index, order, order) > 0 do order = order + 1 end
+    redis.call('ZADD', index, order, id)
+  end
+  -- A new user's index has no expiry yet; an existing one's only grows.
+  if redis.call('PEXPIREAT', index, deadline, 'NX') == 0 then
+    redis.call('PEXPIREAT', index, deadline, 'GT')
+  end
+  if max_per_user > 0 then
+    -- The new session stays; the oldest of the others go.
+    local others = {}
+    for _, entry in ipairs(user_entries(user)) do
+      if entry[1] ~= id then table.insert(others, entry) end
+    end
+    for i = 1, #others + 1 - max_per_user do
+      local other, s = others[i][1], others[i][2]
+      if s then
+        remove(other, s, 'deleted', 'evicted', true)
+      else
+        redis.call('ZREM', index, other)
+        intend(now + 5000, 'evict', other, user)
+      end
+    end
+  end
+end
+
+-- The conn's pointer (in this shard) now names `id`. A previous holder
+-- loses the conn: here if it is this shard's session, else by an intent.
+local function point(conn, id, deadline, repair_at)
+  local previous = redis.call('GET', ckey(conn))
+  redis.call('SET', ckey(conn), id, 'PXAT', deadline)
+  if previous and previous ~= id then
+    if redis.call('EXISTS', skey(previous)) == 1 then
+      local other = load(previous)
+      if other.conn == conn then
+        table.insert(touched, previous)
+        redis.call('HDEL', skey(previous), 'conn')
+        redis.call('HSET', skey(previous), 'status', 'disconnected')
+        if live(other) then
+          bump(previous, other)
+          publish('unbound', previous, other, 'rebound')
+        end
+      end
+    else
+      intend(repair_at, 'unbind', previous, conn)
+    end
+  end
+  return previous
+end
+
+-- Binds `conn` to the session in this shard: its field, and the pointer
+-- here when the conn's shard is this one (`conn_here`), else in the conn's
+-- shard next (an intent until then).
+local function bind_conn(id, s, conn, conn_here, repair_at)
+  s.conn = conn
+  redis.call('HSET', skey(id), 'conn', conn)
+  if conn_here then
+    point(conn, id, tonumber(s.expires) + margin, repair_at)
+  else
+    intend(repair_at, 'conn', id, conn)
+  end
+end
+
 -- Creates one session, reading its arguments from ARGV at `argi`:
 --   <created> <id> <user> <conn> <has_user> <has_conn> <ttl> <max_per_user>
---   <max_attrs> <fresh> <expires> <deadline> <event json> <nattrs> [<name> <value>]...
+--   <max_attrs> <fresh> <expires> <deadline> <user_here> <conn_here> <repair_at>
+--   <event json> <nattrs> [<name> <value>]...
 -- The sidecar passes every time as the string to store (no number formatting
--- here), the event's JSON, and whether it generated the id (a fresh UUID v4,
--- that no session can hold yet: no EXISTS check). Replies 1; the sidecar
--- knows the new session.
+-- here), the event's JSON, and whether it generated the id (a fresh UUID v4, that no session
+-- can hold yet: no EXISTS check). Replies 1; the sidecar knows the new
+-- session.
 local function create_session()
   local stamp, id, user, conn = arg(), arg(), arg(), arg()
   local has_user, has_conn = arg() == '1', arg() == '1'
   local ttl, max_per_user, max_attrs = arg(), tonumber(arg()), tonumber(arg())
-  local fresh, expires, deadline, json = arg() == '1', arg(), arg(), arg()
+  local fresh, expires, deadline = arg() == '1', arg(), arg()
+  local local_user, local_conn, repair_at, json = user_here(arg()), arg() == '1', arg(), arg()
   local nattrs = tonumber(arg())
   local first_attr = argi
   argi = argi + 2 * nattrs
@@ -196,17 +303,9 @@ local function create_session()
   end
   local fields = { 'id', id, 'status', 'active', 'node', node, 'created', stamp,
     'last_active', stamp, 'expires', expires, 'ttl', ttl, 'version', '1' }
-  local event = { 'event', 'created', 'id', id }
-  local n, e = #fields, #event
-  if has_user then
-    fields[n + 1], fields[n + 2], n = 'user', user, n + 2
-    event[e + 1], event[e + 2], e = 'user', user, e + 2
-  end
-  if has_conn then
-    fields[n + 1], fields[n + 2], n = 'conn', conn, n + 2
-    event[e + 1], event[e + 2], e = 'conn', conn, e + 2
-  end
-  event[e + 1], event[e + 2], event[e + 3], event[e + 4] = 'node', node, 'at', stamp
+  local n = #fields
+  if has_user then fields[n + 1], fields[n + 2], n = 'user', user, n + 2 end
+  if has_conn then fields[n + 1], fields[n + 2], n = 'conn', conn, n + 2 end
   local names, attrs = {}, 0
   for i = first_attr, first_attr + 2 * nattrs - 1, 2 do
     local name = 'a:' .. ARGV[i]
@@ -214,41 +313,44 @@ local function create_session()
     fields[n + 1], fields[n + 2], n = name, ARGV[i + 1], n + 2
   end
   if attrs > max_attrs then return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')') end
-  if has_user and max_per_user > 0 then
-    local alive = user_sessions(user)
-    for i = 1, #alive + 1 - max_per_user do
-      remove(alive[i][1], alive[i][2], 'deleted', 'evicted')
+  -- The user's index first: an error there (a key of the wrong type) must
+  -- leave nothing behind, and Redis does not undo a script's earlier writes.
+  if has_user then
+    if local_user then
+      user_add(user, id, tonumber(deadline), max_per_user, tonumber(stamp))
+    else
+      intend(repair_at, 'uadd', id, user, tostring(max_per_user), stamp)
     end
   end
   redis.call('HSET', key, unpack(fields))
   redis.call('PEXPIREAT', key, deadline)
   redis.call('ZADD', xkey, expires, id)
-  if has_user then
-    local index = ukey(user)
-    redis.call('ZADD', index, stamp, id)
-    -- A new user's index has no expiry yet; an existing one's only grows.
-    if redis.call('PEXPIREAT', index, deadline, 'NX') == 0 then
-      redis.call('PEXPIREAT', index, deadline, 'GT')
+  if has_conn then
+    if local_conn then
+      point(conn, id, tonumber(deadline), repair_at)
+    else
+      intend(repair_at, 'conn', id, conn)
     end
   end
-  if has_conn then
-    take_conn(conn, id)
-    redis.call('SET', ckey(conn), id, 'PXAT', deadline)
-  end
-  redis.call('PUBLISH', events, json)
-  redis.call('XADD', events, 'MAXLEN', '~', ARGV[5], '*', unpack(event))
+  local event = { 'event', 'created', 'id', id }
+  if has_user then table.insert(event, 'user'); table.insert(event, user) end
+  if has_conn then table.insert(event, 'conn'); table.insert(event, conn) end
+  table.insert(event, 'node'); table.insert(event, node)
+  table.insert(event, 'at'); table.insert(event, stamp)
+  redis.call('PUBLISH', channel, json)
+  redis.call('XADD', ekey, 'MAXLEN', '~', maxlen, '*', unpack(event))
   return 1
 end
 
 if op == 'create' then
-  -- <count> creations (group commit: the sidecar sends together those that
-  -- arrive while earlier calls are in flight), each applied in turn. Replies
-  -- one entry each: { 1, touched } (the other sessions it changed), or its
+  -- <count> creations (group commit: the sidecar sends together those of
+  -- one shard that arrive while earlier calls are in flight), each applied
+  -- in turn. Replies one entry each: { 1, touched, followups }, or its
   -- error. A creation that fails does not stop the others, so each entry is
   -- exactly what happened to that session.
   local results = {}
   for i = 1, tonumber(arg()) do
-    touched = {}
+    touched, followups = {}, {}
     local start = argi
     local ok, result = pcall(create_session)
     if not ok then
@@ -257,12 +359,16 @@ if op == 'create' then
       result = redis.error_reply(string.match(result, '^%u+ ') and result or 'ERR ' .. result)
     end
     -- Past this creation's arguments, whatever happened to it.
-    argi = start + 14 + 2 * tonumber(ARGV[start + 13])
-    results[i] = result == 1 and done(1) or result
+    argi = start + 17 + 2 * tonumber(ARGV[start + 16])
+    results[i] = result == 1 and { 1, touched, followups } or result
   end
   return results
+end
 
-elseif op == 'attr_set' then
+-- Every other operation replies { result, touched, followups }.
+local function finish(result) return { result, touched, followups } end
+
+if op == 'attr_set' then
   local id, max_attrs = arg(), tonumber(arg())
   local s = must_load(id)
   if not s then return nosession() end
@@ -282,17 +388,17 @@ elseif op == 'attr_set' then
     return redis.error_reply('ERR too many attributes (max ' .. max_attrs .. ')')
   end
   bump(id, s)
-  return done(reply(id))
+  return finish(reply(id))
 
 elseif op == 'attr_del' then
   local id = arg()
   local s = must_load(id)
-  if not s then return done({ 0, false }) end
+  if not s then return finish({ 0, false }) end
   local fields = {}
   while argi <= #ARGV do table.insert(fields, 'a:' .. arg()) end
   local removed = redis.call('HDEL', skey(id), unpack(fields))
   if removed > 0 then bump(id, s) end
-  return done({ removed, reply(id) })
+  return finish({ removed, reply(id) })
 
 elseif op == 'attr_incrby' then
   -- The increment stays a string: Lua numbers are doubles, exact only to 2^53.
@@ -315,11 +421,12 @@ elseif op == 'attr_incrby' then
   end
   bump(id, s)
   -- The new value as Redis stores it (a string, exact).
-  return done({ redis.call('HGET', skey(id), 'a:' .. name), reply(id) })
+  return finish({ redis.call('HGET', skey(id), 'a:' .. name), reply(id) })
 
 elseif op == 'update' then
   local id, if_version, user, conn, status, ttl = arg(), arg(), arg(), arg(), arg(), arg()
   local has_user, has_conn = arg() == '1', arg() == '1'
+  local new_user_here, conn_here, repair_at = arg() == '1', arg() == '1', arg()
   local max_attrs, nsets = tonumber(arg()), tonumber(arg())
   local s = must_load(id)
   if not s then return nosession() end
@@ -349,35 +456,40 @@ elseif op == 'update' then
     s.status = status
     redis.call('HSET', skey(id), 'status', status)
   end
-  if has_user then
-    if s.user then redis.call('ZREM', ukey(s.user), id) end
+  if has_user and s.user ~= user then
+    -- The old user's index: here, or tidied in its own shard.
+    if s.user and redis.call('ZREM', ukey(s.user), id) == 0 then
+      table.insert(followups, encode('gone', id, s.user, ''))
+    end
     s.user = user
     redis.call('HSET', skey(id), 'user', user)
-    redis.call('ZADD', ukey(user), tonumber(s.created), id)
+    if new_user_here then
+      user_add(user, id, tonumber(s.expires) + margin, 0, tonumber(s.created))
+    else
+      intend(repair_at, 'uadd', id, user, '0', s.created)
+    end
   end
   if ttl ~= '' then
     redis.call('HSET', skey(id), 'ttl', ttl)
     s.ttl = ttl
     set_expiry(id, s, now + tonumber(ttl))
-  else
-    set_expiry(id, s, tonumber(s.expires))
   end
   if has_conn then
-    bind_conn(id, s, conn)
+    bind_conn(id, s, conn, conn_here, repair_at)
     s.node = node
     redis.call('HSET', skey(id), 'node', node)
     if status == '' then redis.call('HSET', skey(id), 'status', 'active'); s.status = 'active' end
   end
   bump(id, s)
   if has_conn then publish('bound', id, s, nil) end
-  return done(reply(id))
+  return finish(reply(id))
 
 elseif op == 'touch' then
   -- The heartbeat that may extend: slides the expiry only when less than
   -- half the ttl remains; otherwise only last_active moves.
   local id = arg()
   local s = must_load(id)
-  if not s then return done(false) end
+  if not s then return finish(false) end
   local left, ttl = tonumber(s.expires) - now, tonumber(s.ttl)
   if left * 2 < ttl then
     set_expiry(id, s, now + ttl)
@@ -385,59 +497,72 @@ elseif op == 'touch' then
   elseif tonumber(s.last_active) < now then
     redis.call('HSET', skey(id), 'last_active', now)
   end
-  return done(reply(id))
+  return finish(reply(id))
 
 elseif op == 'expire' then
   local id, ttl = arg(), tonumber(arg())
   local s = must_load(id)
-  if not s then return done(false) end
+  if not s then return finish(false) end
   redis.call('HSET', skey(id), 'ttl', ttl)
   set_expiry(id, s, now + ttl)
   bump(id, s)
-  return done(reply(id))
+  return finish(reply(id))
 
 elseif op == 'delete' then
-  local reason = arg()
+  -- <reason> <user> then ids; `user` (may be empty): delete only the
+  -- sessions that are still that user's (evictions, KILLUSER elsewhere).
+  local reason, only_user = arg(), arg()
   if reason == '' then reason = nil end
   local deleted = 0
   while argi <= #ARGV do
     local id = arg()
     local s = load(id)
-    if live(s) then
-      remove(id, s, 'deleted', reason)
+    if live(s) and (only_user == '' or s.user == only_user) then
+      remove(id, s, 'deleted', reason, false)
       deleted = deleted + 1
     else
       reap(id, s)
     end
   end
-  return done(deleted)
+  return finish(deleted)
 
 elseif op == 'killuser' then
+  -- The user's index is here: this shard's sessions go now; the others'
+  -- ids are handed back, for deletion in their shards.
   local user = arg()
-  local sessions = user_sessions(user)
-  for _, pair in ipairs(sessions) do
-    remove(pair[1], pair[2], 'deleted', 'killuser')
+  local deleted, elsewhere = 0, {}
+  for _, entry in ipairs(user_entries(user)) do
+    if entry[2] then
+      remove(entry[1], entry[2], 'deleted', 'killuser', true)
+      deleted = deleted + 1
+    else
+      table.insert(elsewhere, entry[1])
+      redis.call('ZREM', ukey(user), entry[1])
+    end
   end
-  return done(#sessions)
+  return finish({ deleted, elsewhere })
 
 elseif op == 'bind' then
-  local id, conn = arg(), arg()
+  local id, conn, conn_here, repair_at = arg(), arg(), arg() == '1', arg()
   local s = must_load(id)
   if not s then return nosession() end
-  bind_conn(id, s, conn)
+  bind_conn(id, s, conn, conn_here, repair_at)
   s.status, s.node = 'active', node
   redis.call('HSET', skey(id), 'status', 'active', 'node', node)
   set_expiry(id, s, now + tonumber(s.ttl))
   bump(id, s)
   publish('bound', id, s, nil)
-  return done(reply(id))
+  return finish(reply(id))
 
 elseif op == 'unbind' then
   local id, grace = arg(), arg()
   local s = must_load(id)
   if not s then return nosession() end
   publish('unbound', id, s, nil)
-  if s.conn and redis.call('GET', ckey(s.conn)) == id then redis.call('DEL', ckey(s.conn)) end
+  if s.conn then
+    if redis.call('GET', ckey(s.conn)) == id then redis.call('DEL', ckey(s.conn)) end
+    table.insert(followups, encode('unpoint', id, s.conn))
+  end
   s.conn = nil
   redis.call('HDEL', skey(id), 'conn')
   redis.call('HSET', skey(id), 'status', 'disconnected')
@@ -445,35 +570,114 @@ elseif op == 'unbind' then
     set_expiry(id, s, math.min(tonumber(s.expires), now + tonumber(grace)))
   end
   bump(id, s)
-  return done(reply(id))
+  return finish(reply(id))
 
-elseif op == 'byconn' then
-  -- Never shows a dead or moved binding; repairs one it finds.
-  local conn = arg()
-  local id = redis.call('GET', ckey(conn))
-  if not id then return done(false) end
-  local s = load(id)
-  if live(s) and s.conn == conn then return done(id) end
-  reap(id, s)
+elseif op == 'point' then
+  -- The conn's shard: the pointer to `id`, unless the session no longer has
+  -- the conn (the caller checked it an instant ago; a rebind since then
+  -- wrote its own intent). The previous holder, if another session, must
+  -- lose the conn: an intent here, and handed back.
+  local conn, id, deadline, repair_at = arg(), arg(), tonumber(arg()), arg()
+  local previous = redis.call('GET', ckey(conn))
+  redis.call('SET', ckey(conn), id, 'PXAT', deadline)
+  if previous and previous ~= id then
+    intend(repair_at, 'unbind', previous, conn)
+  end
+  return finish(previous or false)
+
+elseif op == 'unpoint' then
+  -- The conn's shard: drops the pointer if it still names `id`.
+  local id, conn = arg(), arg()
   if redis.call('GET', ckey(conn)) == id then redis.call('DEL', ckey(conn)) end
-  return done(false)
+  return finish(1)
+
+elseif op == 'unbind_if' then
+  -- The session's shard: `conn` went to another session; this one loses it
+  -- if it still has it (its version moves, an `unbound` event says why).
+  local id, conn, pointer_moved = arg(), arg(), arg()
+  local s = load(id)
+  if s and s.conn == conn and pointer_moved == '1' then
+    table.insert(touched, id)
+    redis.call('HDEL', skey(id), 'conn')
+    redis.call('HSET', skey(id), 'status', 'disconnected')
+    if live(s) then
+      bump(id, s)
+      publish('unbound', id, s, 'rebound')
+    end
+    return finish(1)
+  end
+  return finish(0)
+
+elseif op == 'user_add' then
+  -- The user's shard: `id` (a session of another shard) joins the index, if
+  -- that session is still the user's (the caller checked it).
+  local user, id, deadline, max_per_user, created = arg(), arg(), tonumber(arg()), tonumber(arg()), tonumber(arg())
+  user_add(user, id, deadline, max_per_user, created)
+  return finish(1)
+
+elseif op == 'user_rem' then
+  -- The user's shard: drops entries the caller found gone.
+  local user = arg()
+  local removed = 0
+  while argi <= #ARGV do removed = removed + redis.call('ZREM', ukey(user), arg()) end
+  return finish(removed)
+
+elseif op == 'keep' then
+  -- The shard of a user's index or a conn's pointer: kept alive with its
+  -- session's new expiry (<user> and <conn> may be empty).
+  local id, user, conn, expires = arg(), arg(), arg(), tonumber(arg())
+  if user ~= '' and redis.call('ZSCORE', ukey(user), id) then keep(ukey(user), expires) end
+  if conn ~= '' and redis.call('GET', ckey(conn)) == id then keep(ckey(conn), expires) end
+  return finish(1)
+
+elseif op == 'done' then
+  -- Intents the sidecar finished: removed.
+  local removed = 0
+  while argi <= #ARGV do removed = removed + redis.call('ZREM', ikey, arg()) end
+  return finish(removed)
+
+elseif op == 'due_intents' then
+  -- Intents due for repair; each is pushed back, so that a sidecar that
+  -- dies while repairing leaves it to the next.
+  local limit, retry_at = arg(), arg()
+  local due = redis.call('ZRANGEBYSCORE', ikey, '-inf', now, 'LIMIT', 0, limit)
+  for _, intent in ipairs(due) do redis.call('ZADD', ikey, retry_at, intent) end
+  return finish(due)
+
+elseif op == 'session_of' then
+  -- What cross-shard work needs to know of a session: { user, conn,
+  -- expires } if it is live, else false.
+  local id = arg()
+  local s = load(id)
+  if not live(s) then return finish(false) end
+  return finish({ s.user or false, s.conn or false, s.expires })
+
+elseif op == 'pointer' then
+  local conn = arg()
+  return finish(redis.call('GET', ckey(conn)))
 
 elseif op == 'byuser' then
+  -- Oldest first: { id, 1 } for a session of this shard (checked), { id, 0 }
+  -- for another shard's (the caller checks it).
   local user = arg()
   local ids = {}
-  for _, pair in ipairs(user_sessions(user)) do table.insert(ids, pair[1]) end
-  return done(ids)
+  for _, entry in ipairs(user_entries(user)) do
+    table.insert(ids, { entry[1], entry[2] and 1 or 0 })
+  end
+  return finish(ids)
 
 elseif op == 'count' then
-  return done(redis.call('ZCOUNT', xkey, '(' .. now, '+inf'))
+  return finish(redis.call('ZCOUNT', xkey, '(' .. now, '+inf'))
 
 elseif op == 'sweep' then
   -- Claims what is due and removes it, publishing one `expired` event each:
-  -- atomic, so across all sidecars each expiry is acted on once.
+  -- atomic, so across all sidecars each expiry is acted on once. Replies
+  -- { expired, lag } (lag: the longest due-to-removed time, ms).
   local limit = tonumber(arg())
-  local due = redis.call('ZRANGEBYSCORE', xkey, '-inf', now, 'LIMIT', 0, limit)
-  local expired = 0
-  for _, id in ipairs(due) do
+  local due = redis.call('ZRANGEBYSCORE', xkey, '-inf', now, 'LIMIT', 0, limit, 'WITHSCORES')
+  local expired, lag = 0, 0
+  for i = 1, #due, 2 do
+    local id = due[i]
     local s = load(id)
     if s == nil then
       -- The key expired by itself (every sidecar was gone past the margin).
@@ -481,11 +685,12 @@ elseif op == 'sweep' then
     elseif live(s) then
       redis.call('ZADD', xkey, tonumber(s.expires), id)
     else
-      remove(id, s, 'expired', nil)
+      remove(id, s, 'expired', nil, false)
       expired = expired + 1
+      lag = math.max(lag, now - tonumber(s.expires))
     end
   end
-  return done(expired)
+  return finish({ expired, lag })
 
 elseif op == 'audit' then
   -- Walks the expiry index a page at a time and drops entries whose session
@@ -500,11 +705,11 @@ elseif op == 'audit' then
       repaired = repaired + 1
     end
   end
-  return done({ scanned[1], repaired })
+  return finish({ scanned[1], repaired })
 
 elseif op == 'owned' then
-  -- A page of the expiry index (every session), keeping the live sessions
-  -- owned by the calling sidecar: how a drain finds those it does not hold hot.
+  -- A page of the expiry index, keeping the live sessions owned by the
+  -- calling sidecar: how a drain finds those it does not hold hot.
   local cursor, page = arg(), arg()
   local scanned = redis.call('ZSCAN', xkey, cursor, 'COUNT', page)
   local members = scanned[2]
@@ -514,7 +719,7 @@ elseif op == 'owned' then
       table.insert(owned, members[i])
     end
   end
-  return done({ scanned[1], owned })
+  return finish({ scanned[1], owned })
 
 elseif op == 'migrate' then
   -- Hands sessions to the calling sidecar (`node`), as SESSION.IMPORT does on
@@ -540,7 +745,7 @@ elseif op == 'migrate' then
       table.insert(results, false)
     end
   end
-  return done(results)
+  return finish(results)
 
 elseif op == 'heartbeat' then
   -- Batched last_active of heartbeats answered from memory: never moves it back.
@@ -551,7 +756,7 @@ elseif op == 'heartbeat' then
       redis.call('HSET', skey(id), 'last_active', at)
     end
   end
-  return done(1)
+  return finish(1)
 end
 
 return redis.error_reply('ERR unknown session-sidecar script operation ' .. tostring(op))

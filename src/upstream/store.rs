@@ -1,10 +1,13 @@
 //! Write-through mode: the upstream is the source of truth, the hot cache a
 //! coherent copy of it.
 //!
-//! Every mutation is one call of the session script (`sessions.lua`), which
-//! applies it with its index changes and events atomically on the upstream
-//! and replies the session's new state; the sidecar acknowledges the client
-//! only after that reply, and installs the new state in its hot cache. Reads
+//! Every mutation of a session is one call of the session script
+//! (`sessions.lua`) in the session's shard ([`super::layout`]), which applies
+//! it with its shard's index changes and its event atomically on the
+//! upstream and replies the session's new state; what is in other shards
+//! (the user's index, the conn's pointer) follows in idempotent steps
+//! ([`super::intents`]). The sidecar acknowledges the client only after
+//! those, and installs the new state in its hot cache. Reads
 //! are answered from the cache when it holds a trusted, live copy, and read
 //! through otherwise. Heartbeats that do not extend the expiry are answered
 //! from memory; their `last_active` reaches the upstream in batches.
@@ -22,6 +25,9 @@ use tracing::Instrument;
 
 use super::cache::{HotCache, Suspect, Ticket};
 use super::connection::{CallError, PushHandler, Upstream};
+use super::intents::{Mode, REPAIR_AFTER_MS, REPAIR_INTERVAL};
+use super::layout::Layout;
+use crate::metrics::Counter;
 use crate::pubsub::PubSub;
 use crate::store::{
     Attributes, CreateSession, Event, EventKind, Key, Session, SessionLimits, Status, StoreError,
@@ -31,12 +37,15 @@ use crate::store::{
 /// The session script, loaded once and run by its SHA (redis-rs reloads it
 /// when the upstream answers NOSCRIPT).
 static SCRIPT: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("sessions.lua")));
+    std::sync::LazyLock::new(|| redis::Script::new(SCRIPT_SOURCE));
+const SCRIPT_SOURCE: &str = include_str!("sessions.lua");
 
 /// Settings of write-through mode.
 #[derive(Clone, Debug)]
 pub struct WriteThroughConfig {
     pub prefix: String,
+    /// The shard count (`--shards`), recorded in the upstream.
+    pub shards: u32,
     pub node: Key,
     pub default_ttl_ms: u64,
     pub limits: SessionLimits,
@@ -59,15 +68,35 @@ pub struct WriteThroughStats {
     pub heartbeat_flushes: AtomicU64,
     /// Invalidated copies put back after their version checked out.
     pub verified: AtomicU64,
+    /// Cross-shard steps that failed (left to the repairer).
+    pub follow_up_failures: Counter,
+    /// Intents found unfinished past their due time, and finished.
+    pub intents_repaired: Counter,
+    /// Expired sessions removed by this sidecar's sweeps, and the sum and
+    /// maximum of their expiry lag (due to removed), in ms.
+    pub expiry_lag_ms_sum: Counter,
+    pub expiry_lag_ms_max: AtomicU64,
 }
 
-/// How often a page of the expiry index is audited for dangling entries.
+/// How often pages of the expiry indexes are audited for dangling entries,
+/// and of how many shards each time (a pass over 256 shards takes 3.2 s).
 const AUDIT_INTERVAL: Duration = Duration::from_millis(200);
+const AUDIT_SHARDS: usize = 16;
 
 pub struct WriteThrough {
     pub upstream: Arc<Upstream>,
     pub cache: HotCache,
-    config: WriteThroughConfig,
+    pub(crate) config: WriteThroughConfig,
+    pub(crate) layout: Layout,
+    /// This sidecar's share of the background work over the shards: shard
+    /// `s` is its own when `s % count == rank` (`rank << 32 | count`), set
+    /// from the fleet's registry.
+    share: AtomicU64,
+    /// When each shard's earliest expiry is due (ms), as last seen: the
+    /// sweep visits only the shards with something due.
+    next_due: Box<[AtomicU64]>,
+    /// Intents finished, to be removed from their shards.
+    pub(crate) done: std::sync::Mutex<Vec<(u32, Vec<u8>)>>,
     /// Creations waiting for, or travelling in, a shared script call.
     creations: Arc<Creations>,
     /// `last_active` of heartbeats answered from memory, not yet written.
@@ -96,16 +125,31 @@ impl From<CallError> for StoreError {
     }
 }
 
-/// What a script call replied: its result and the sessions it changed.
-struct Reply {
-    result: Value,
-    touched: Vec<Vec<u8>>,
+/// One script call of [`WriteThrough::run_each`]: the shard, the key it is
+/// routed by, and the operation's arguments.
+pub(crate) type ShardCall = (u32, Vec<u8>, Vec<Vec<u8>>);
+
+/// What a script call replied: its result, the sessions it changed, and
+/// the cross-shard follow-ups it left ([`super::intents`]).
+pub(crate) struct Reply {
+    pub result: Value,
+    pub touched: Vec<Vec<u8>>,
+    pub followups: Vec<Vec<u8>>,
 }
 
 impl WriteThrough {
-    pub fn new(upstream: Arc<Upstream>, config: WriteThroughConfig, pubsub: Arc<PubSub>) -> Self {
-        Self {
-            creations: Arc::new(Creations::new(upstream.clone(), &config)),
+    pub fn new(
+        upstream: Arc<Upstream>,
+        config: WriteThroughConfig,
+        pubsub: Arc<PubSub>,
+    ) -> Result<Self, String> {
+        let layout = Layout::new(&config.prefix, config.shards)?;
+        Ok(Self {
+            next_due: (0..layout.shards()).map(|_| AtomicU64::new(0)).collect(),
+            share: AtomicU64::new(1),
+            done: std::sync::Mutex::default(),
+            creations: Arc::new(Creations::new(upstream.clone(), &config, layout.clone())),
+            layout,
             upstream,
             cache: HotCache::new(config.maxmemory),
             heartbeats: DashMap::default(),
@@ -116,35 +160,31 @@ impl WriteThrough {
             pubsub,
             stats: WriteThroughStats::default(),
             counts: StoreStats::default(),
-        }
+        })
     }
 
     pub fn config(&self) -> &WriteThroughConfig {
         &self.config
     }
 
-    /// The key of a session's hash.
-    pub fn session_key(&self, id: &[u8]) -> Vec<u8> {
-        let prefix = self.session_key_prefix();
-        let mut key = Vec::with_capacity(prefix.len() + id.len());
-        key.extend_from_slice(prefix.as_bytes());
-        key.extend_from_slice(id);
-        key
+    /// The key layout: shards, tags, key names.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
-    /// What every session key starts with: `{<prefix>:events}:s:` (all keys
-    /// share the events stream's hash slot; see `sessions.lua`).
-    fn session_key_prefix(&self) -> String {
-        format!("{}:s:", key_tag(&self.config.prefix))
+    /// The key of a session's hash.
+    pub fn session_key(&self, id: &[u8]) -> Vec<u8> {
+        self.layout.session_key(id)
     }
 
     /// The id inside a session key, if it is one.
     fn id_of_key<'a>(&self, key: &'a [u8]) -> Option<&'a [u8]> {
-        key.strip_prefix(self.session_key_prefix().as_bytes())
+        self.layout.id_of_key(key)
     }
 
-    /// The connection set-up: client-side caching of session keys in
-    /// broadcast mode, without invalidations for our own writes.
+    /// Each master's connection set-up: client-side caching of session keys
+    /// in broadcast mode, without invalidations for our own writes; and the
+    /// session script loaded, for pipelines of its calls.
     pub fn tracking_setup(&self) -> Vec<redis::Cmd> {
         let mut tracking = redis::cmd("CLIENT");
         tracking
@@ -152,8 +192,53 @@ impl WriteThrough {
             .arg("ON")
             .arg("BCAST")
             .arg("PREFIX");
-        tracking.arg(self.session_key_prefix()).arg("NOLOOP");
-        vec![tracking]
+        tracking.arg(self.layout.session_key_prefix()).arg("NOLOOP");
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(SCRIPT_SOURCE);
+        vec![tracking, load]
+    }
+
+    /// Records the layout in the upstream, or checks it against the one
+    /// recorded: sidecars with another shard count would not find each
+    /// other's sessions. An error names both.
+    pub async fn check_layout(&self) -> Result<(), StoreError> {
+        let key = self.layout.layout_key();
+        let shards = self.layout.shards();
+        let recorded: (Option<u32>, Option<u32>) = self
+            .upstream
+            .call(crate::protocol::slot::slot_of(key.as_bytes()), async |c| {
+                redis::pipe()
+                    .cmd("HSETNX")
+                    .arg(&key)
+                    .arg("shards")
+                    .arg(shards)
+                    .ignore()
+                    .cmd("HSETNX")
+                    .arg(&key)
+                    .arg("version")
+                    .arg(super::layout::LAYOUT_VERSION)
+                    .ignore()
+                    .cmd("HMGET")
+                    .arg(&key)
+                    .arg("shards")
+                    .arg("version")
+                    .query_async::<((Option<u32>, Option<u32>),)>(c)
+                    .await
+                    .map(|(fields,)| fields)
+            })
+            .await?;
+        match recorded {
+            (Some(recorded), _) if recorded != shards => Err(StoreError::Upstream(format!(
+                "ERR the upstream's sessions are laid out in {recorded} shards ({key}), this sidecar has --shards {shards}: every sidecar of a prefix must use the same count"
+            ))),
+            (_, Some(version)) if version != super::layout::LAYOUT_VERSION => {
+                Err(StoreError::Upstream(format!(
+                    "ERR the upstream's layout is version {version} ({key}), this sidecar reads version {}",
+                    super::layout::LAYOUT_VERSION
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn events_channel(&self) -> Vec<u8> {
@@ -206,43 +291,203 @@ impl WriteThrough {
         }
     }
 
-    /// Runs one script operation; `args` follow the common header.
-    async fn run(
+    /// Runs one script operation in `shard` (routed by `key`, one of the
+    /// shard's keys); `args` follow the common header.
+    pub(crate) async fn run(
         &self,
         op: &str,
-        keys: &[&[u8]],
+        shard: u32,
+        key: &[u8],
         args: &[&[u8]],
         now: u64,
     ) -> Result<Reply, StoreError> {
-        let mut invocation = SCRIPT.prepare_invoke();
-        for key in keys {
-            invocation.key(*key);
-        }
-        invocation
+        let call = self.script_call(op, shard, key, args, now);
+        let value: Value = self
+            .upstream
+            .call(self.layout.slot(shard), async |c| {
+                eval_loading(c, &call).await
+            })
+            .await?;
+        reply_of(value)
+    }
+
+    /// EVALSHA of the session script: `op` in `shard`, routed by `key`.
+    fn script_call<A: AsRef<[u8]>>(
+        &self,
+        op: &str,
+        shard: u32,
+        key: &[u8],
+        args: &[A],
+        now: u64,
+    ) -> redis::Cmd {
+        let mut call = redis::cmd("EVALSHA");
+        call.arg(SCRIPT.get_hash())
+            .arg(1)
+            .arg(key)
             .arg(op)
             .arg(&self.config.prefix)
             .arg(now)
             .arg(&self.config.node[..])
             .arg(self.config.stream_maxlen)
-            .arg(self.config.key_margin_ms);
+            .arg(self.config.key_margin_ms)
+            .arg(self.layout.tag(shard));
         for value in args {
-            invocation.arg(*value);
+            call.arg(value.as_ref());
         }
-        let value: Value = self
-            .upstream
-            .call(async |c| invocation.invoke_async(c).await)
+        call
+    }
+
+    /// Runs one script operation in each of `calls`' shards, pipelined per
+    /// master; the replies in the order of `calls` (an error for those that
+    /// failed).
+    pub(crate) async fn run_each(
+        &self,
+        op: &str,
+        calls: &[ShardCall],
+        now: u64,
+    ) -> Vec<Result<Reply, StoreError>> {
+        let mut by_master: HashMap<Option<usize>, Vec<usize>> = HashMap::new();
+        for (i, (shard, _, _)) in calls.iter().enumerate() {
+            let master = self.upstream.master_of(self.layout.slot(*shard));
+            by_master.entry(master).or_default().push(i);
+        }
+        let mut results: Vec<Option<Result<Reply, StoreError>>> =
+            calls.iter().map(|_| None).collect();
+        let rounds = by_master.into_values().map(|members| async move {
+            let Some(&first) = members.first() else {
+                return Vec::new();
+            };
+            let slot = self.layout.slot(calls[first].0);
+            let mut pipeline = redis::pipe();
+            for &i in &members {
+                let (shard, key, args) = &calls[i];
+                pipeline.add_command(self.script_call(op, *shard, key, args, now));
+            }
+            let replies: Result<Vec<Value>, StoreError> = self
+                .upstream
+                .call(slot, async |c| {
+                    // One round trip per master: the calls of shards the
+                    // master no longer serves come back MOVED, each.
+                    let values = pipeline.query_async::<Vec<Value>>(c).await?;
+                    let unloaded =
+                        |v: &Value| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT");
+                    if !values.is_empty() && values.iter().all(unloaded) {
+                        // Flushed since the link was set up: nothing ran.
+                        SCRIPT.load_async(c).await?;
+                        return pipeline.query_async::<Vec<Value>>(c).await;
+                    }
+                    Ok(values)
+                })
+                .await
+                .map_err(StoreError::from);
+            match replies {
+                Ok(values) => members
+                    .into_iter()
+                    .zip(values.into_iter().map(|v| match v {
+                        Value::ServerError(error) => {
+                            Err(StoreError::Upstream(match error.details() {
+                                Some(details) => format!("{} {details}", error.code()),
+                                None => error.code().to_string(),
+                            }))
+                        }
+                        value => reply_of(value),
+                    }))
+                    .collect(),
+                Err(error) => members
+                    .into_iter()
+                    .map(|i| (i, Err(error.clone())))
+                    .collect(),
+            }
+        });
+        for round in futures_util::future::join_all(rounds).await {
+            for (i, result) in round {
+                results[i] = Some(result);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(StoreError::Unavailable)))
+            .collect()
+    }
+
+    /// The shards (of `shards`) whose `kind` index (`x`: expiry, `i`:
+    /// intents) has an entry due now: one pipelined read per master.
+    pub(crate) async fn shards_with_due(&self, shards: &[u32], kind: &str) -> Vec<u32> {
+        let now = crate::store::now_ms();
+        let mut by_master: HashMap<Option<usize>, Vec<u32>> = HashMap::new();
+        for &shard in shards {
+            let master = self.upstream.master_of(self.layout.slot(shard));
+            by_master.entry(master).or_default().push(shard);
+        }
+        let reads = by_master.into_values().map(|members| async move {
+            let Some(&first) = members.first() else {
+                return Vec::new();
+            };
+            let mut pipeline = redis::pipe();
+            for &shard in &members {
+                let key = match kind {
+                    "x" => self.layout.expiry_key(shard),
+                    _ => self.layout.intents_key(shard),
+                };
+                pipeline.cmd("ZCOUNT").arg(key).arg("-inf").arg(now);
+            }
+            let counts: Vec<Value> = self
+                .upstream
+                .call(self.layout.slot(first), async |c| {
+                    pipeline.query_async::<Vec<Value>>(c).await
+                })
+                .await
+                .unwrap_or_default();
+            members
+                .into_iter()
+                .zip(counts)
+                .filter(|(_, count)| integer(count).unwrap_or(0) > 0)
+                .map(|(shard, _)| shard)
+                .collect()
+        });
+        let mut due: Vec<u32> = futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        due.sort_unstable();
+        due
+    }
+
+    /// The shards in this sidecar's share of the background work.
+    pub(crate) fn my_shards(&self) -> Vec<u32> {
+        let share = self.share.load(Ordering::Relaxed);
+        let (rank, count) = ((share >> 32) as u32, (share as u32).max(1));
+        (0..self.layout.shards())
+            .filter(|shard| shard % count == rank % count)
+            .collect()
+    }
+
+    /// Sets this sidecar's share of the shards: it is `rank` of `count` live
+    /// sidecars (the fleet's registry, ordered by node id).
+    pub fn set_share(&self, rank: u32, count: u32) {
+        let share = (u64::from(rank) << 32) | u64::from(count.max(1));
+        if self.share.swap(share, Ordering::Relaxed) != share {
+            tracing::debug!(rank, count, "background share of the shards");
+        }
+    }
+
+    /// Runs a script operation on a session, in its shard, then its
+    /// cross-shard follow-ups.
+    async fn run_on(
+        &self,
+        op: &str,
+        id: &[u8],
+        args: &[&[u8]],
+        now: u64,
+    ) -> Result<Reply, StoreError> {
+        let shard = self.layout.shard_of(id);
+        let mut reply = self
+            .run(op, shard, &self.layout.session_key(id), args, now)
             .await?;
-        let Value::Array(mut parts) = value else {
-            return Err(StoreError::Upstream(
-                "ERR unexpected reply from the session script".into(),
-            ));
-        };
-        let touched = match parts.pop() {
-            Some(Value::Array(ids)) => ids.into_iter().filter_map(bulk).collect(),
-            _ => Vec::new(),
-        };
-        let result = parts.pop().unwrap_or(Value::Nil);
-        Ok(Reply { result, touched })
+        let followups = std::mem::take(&mut reply.followups);
+        self.follow_up(shard, followups, Mode::Now).await;
+        Ok(reply)
     }
 
     /// Drops our copies of what a script call changed, then installs the
@@ -274,8 +519,7 @@ impl WriteThrough {
         now: u64,
     ) -> Result<u64, StoreError> {
         let ticket = self.ticket(id);
-        let key = self.session_key(id);
-        let reply = self.run(op, &[&key], args, now).await?;
+        let reply = self.run_on(op, id, args, now).await?;
         self.absorb(id, &reply.result, &reply.touched, ticket)
             .ok_or(StoreError::NoSession)
     }
@@ -290,7 +534,7 @@ impl WriteThrough {
         now: u64,
     ) -> Result<Option<Value>, StoreError> {
         let ticket = self.ticket(id);
-        let reply = self.run(op, &[&self.session_key(id)], args, now).await?;
+        let reply = self.run_on(op, id, args, now).await?;
         let (value, state) = pair(reply.result);
         if let Some(state) = state {
             self.absorb(id, &state, &reply.touched, ticket);
@@ -318,7 +562,9 @@ impl WriteThrough {
         let key = self.session_key(id);
         let value: Value = self
             .upstream
-            .call(async |c| redis::cmd("HGETALL").arg(&key).query_async(c).await)
+            .call(self.layout.slot(self.layout.shard_of(id)), async |c| {
+                redis::cmd("HGETALL").arg(&key).query_async(c).await
+            })
             .await?;
         let Some((key, session)) = parse_session(&value) else {
             return Ok(None);
@@ -339,23 +585,105 @@ impl WriteThrough {
         Ok(live)
     }
 
+    /// The session bound to `conn`: the conn's pointer, checked against the
+    /// session (live, and still bound to `conn`).
     pub async fn by_conn(&self, conn: &[u8], now: u64) -> Result<Option<Key>, StoreError> {
-        let reply = self.run("byconn", &[], &[conn], now).await?;
-        Ok(bulk(reply.result).map(Key::from))
+        let key = self.layout.conn_key(conn);
+        let pointer: Option<Vec<u8>> = self
+            .upstream
+            .call(self.layout.slot(self.layout.shard_of(conn)), async |c| {
+                redis::cmd("GET").arg(&key).query_async(c).await
+            })
+            .await?;
+        let Some(id) = pointer else {
+            return Ok(None);
+        };
+        let bound = self
+            .read(&id, now, |s| s.conn.as_deref() == Some(conn))
+            .await?;
+        Ok((bound == Some(true)).then(|| Key::from(&id[..])))
     }
 
+    /// The user's live sessions, oldest first: the user's index, its own
+    /// shard's entries checked there, the others' here (entries found gone
+    /// are dropped from the index).
     pub async fn by_user(&self, user: &[u8], now: u64) -> Result<Vec<Key>, StoreError> {
-        let reply = self.run("byuser", &[], &[user], now).await?;
-        Ok(match reply.result {
-            Value::Array(ids) => ids.into_iter().filter_map(bulk).map(Key::from).collect(),
-            _ => Vec::new(),
-        })
+        let shard = self.layout.shard_of(user);
+        let reply = self
+            .run("byuser", shard, &self.layout.user_key(user), &[user], now)
+            .await?;
+        for id in &reply.touched {
+            self.cache.invalidate(id);
+        }
+        let Value::Array(entries) = reply.result else {
+            return Ok(Vec::new());
+        };
+        let mut ids = Vec::with_capacity(entries.len());
+        let mut gone: Vec<Key> = Vec::new();
+        for entry in entries {
+            let (id, checked) = pair(entry);
+            let Some(id) = id.and_then(bulk) else {
+                continue;
+            };
+            if checked.as_ref().and_then(integer) == Some(1) {
+                ids.push(Key::from(&id[..]));
+                continue;
+            }
+            match self
+                .read(&id, now, |s| s.user.as_deref() == Some(user))
+                .await?
+            {
+                Some(true) => ids.push(Key::from(&id[..])),
+                _ => gone.push(Key::from(&id[..])),
+            }
+        }
+        if !gone.is_empty() {
+            let mut args: Vec<&[u8]> = vec![user];
+            args.extend(gone.iter().map(|id| &id[..]));
+            // Tidying: a failure leaves entries every read skips.
+            let _ = self
+                .run("user_rem", shard, &self.layout.user_key(user), &args, now)
+                .await;
+        }
+        Ok(ids)
     }
 
-    /// Live sessions in the upstream.
+    /// Live sessions in the upstream: every shard's expiry index counted,
+    /// one pipelined round trip per master.
     pub async fn count(&self, now: u64) -> Result<usize, StoreError> {
-        let reply = self.run("count", &[], &[], now).await?;
-        Ok(integer(&reply.result).unwrap_or(0).max(0) as usize)
+        let slots = self.upstream.slot_per_master();
+        if slots.is_empty() {
+            return Err(StoreError::Unavailable);
+        }
+        let mut by_master: HashMap<Option<usize>, Vec<u32>> = HashMap::new();
+        for shard in 0..self.layout.shards() {
+            let master = self.upstream.master_of(self.layout.slot(shard));
+            by_master.entry(master).or_default().push(shard);
+        }
+        let since = format!("({now}");
+        let counts = by_master.into_values().map(|shards| {
+            let since = &since;
+            async move {
+                let mut pipeline = redis::pipe();
+                for &shard in &shards {
+                    pipeline
+                        .cmd("ZCOUNT")
+                        .arg(self.layout.expiry_key(shard))
+                        .arg(since)
+                        .arg("+inf");
+                }
+                let slot = self.layout.slot(shards.first().copied().unwrap_or(0));
+                self.upstream
+                    .call(slot, async |c| pipeline.query_async::<Vec<u64>>(c).await)
+                    .await
+                    .map(|counts| counts.into_iter().sum::<u64>())
+            }
+        });
+        let mut total = 0u64;
+        for count in futures_util::future::join_all(counts).await {
+            total += count?;
+        }
+        Ok(total as usize)
     }
 
     // ----- writes ------------------------------------------------------------
@@ -365,15 +693,33 @@ impl WriteThrough {
     /// writes what it is given), so the script replies only the other
     /// sessions it changed and the hot copy is built from the request.
     pub async fn create(&self, request: CreateSession, now: u64) -> Result<Key, StoreError> {
-        // A generated id is a fresh UUID v4: the script skips its EXISTS check.
-        let (id, fresh) = match request.id {
-            Some(id) => (Key::from(&id[..]), false),
-            None => (Key::from(uuid::Uuid::new_v4().to_string().as_bytes()), true),
-        };
-        let ttl_ms = request.ttl_ms.unwrap_or(self.config.default_ttl_ms);
-        let expires = now + ttl_ms;
         let user = request.user.map(|u| Key::from(&u[..]));
         let conn = request.conn.map(|c| Key::from(&c[..]));
+        // A generated id is a fresh UUID v4 (the script skips its EXISTS
+        // check), made to land in the shard of its user, so that the
+        // session and the user's index change in one call.
+        let (id, fresh) = match request.id {
+            Some(id) => (Key::from(&id[..]), false),
+            None => {
+                let shard = match &user {
+                    Some(user) => self.layout.shard_of(user),
+                    // No user: the shard of the moment (it changes every
+                    // 10 ms), so that creations arriving together share a
+                    // call, and spread evenly over time.
+                    _ => ((now / 10) as u32) & (self.layout.shards() - 1),
+                };
+                (self.layout.generate_id(shard), true)
+            }
+        };
+        let shard = self.layout.shard_of(&id);
+        let user_here = user
+            .as_ref()
+            .is_some_and(|u| self.layout.shard_of(u) == shard);
+        let conn_here = conn
+            .as_ref()
+            .is_some_and(|c| self.layout.shard_of(c) == shard);
+        let ttl_ms = request.ttl_ms.unwrap_or(self.config.default_ttl_ms);
+        let expires = now + ttl_ms;
         let event = crate::events::to_json(&Event {
             kind: EventKind::Created,
             id: id.clone(),
@@ -385,7 +731,7 @@ impl WriteThrough {
         });
         // This creation's arguments for the script (see `create_session`
         // there), in one buffer until its call is built.
-        let mut args = redis::Cmd::with_capacity(14 + 2 * request.attrs.len(), 256);
+        let mut args = redis::Cmd::with_capacity(17 + 2 * request.attrs.len(), 256);
         args.arg(now)
             .arg(&id[..])
             .arg(user.as_deref().unwrap_or_default())
@@ -398,17 +744,22 @@ impl WriteThrough {
             .arg(flag(fresh))
             .arg(expires)
             .arg(expires + self.config.key_margin_ms)
+            .arg(flag(user_here))
+            .arg(flag(conn_here))
+            .arg(now + REPAIR_AFTER_MS)
             .arg(&event[..])
             .arg(request.attrs.len());
         for (name, value) in &request.attrs {
             args.arg(&name[..]).arg(&value[..]);
         }
         let ticket = self.ticket(&id);
-        let key = self.session_key(&id);
-        let reply = self.creations.submit(key, args).await?;
+        let mut reply = self.creations.submit(shard, args).await?;
         for other in &reply.touched {
             self.cache.invalidate(other);
         }
+        self.lower_next_due(shard, expires);
+        let followups = std::mem::take(&mut reply.followups);
+        self.follow_up(shard, followups, Mode::Now).await;
         let session = Session {
             user,
             conn,
@@ -487,6 +838,15 @@ impl WriteThrough {
         let ttl = request.ttl_ms.map(|t| t.to_string()).unwrap_or_default();
         let max_attrs = self.config.limits.max_attrs.to_string();
         let sets = request.set_attrs.len().to_string();
+        let new_user_here = request
+            .user
+            .as_ref()
+            .is_some_and(|u| self.layout.shard_of(u) == self.layout.shard_of(id));
+        let conn_here = request
+            .conn
+            .as_ref()
+            .is_some_and(|c| self.layout.shard_of(c) == self.layout.shard_of(id));
+        let repair_at = (now + REPAIR_AFTER_MS).to_string();
         let mut args: Vec<&[u8]> = vec![
             id,
             if_version.as_bytes(),
@@ -496,6 +856,9 @@ impl WriteThrough {
             ttl.as_bytes(),
             flag(request.user.is_some()),
             flag(request.conn.is_some()),
+            flag(new_user_here),
+            flag(conn_here),
+            repair_at.as_bytes(),
             max_attrs.as_bytes(),
             sets.as_bytes(),
         ];
@@ -526,9 +889,7 @@ impl WriteThrough {
             return Ok(Some(left));
         }
         let ticket = self.ticket(id);
-        let reply = self
-            .run("touch", &[&self.session_key(id)], &[id], now)
-            .await?;
+        let reply = self.run_on("touch", id, &[id], now).await?;
         self.absorb(id, &reply.result, &reply.touched, ticket);
         Ok(parse_session(&reply.result).map(|(_, s)| s.expires.saturating_sub(now)))
     }
@@ -548,22 +909,100 @@ impl WriteThrough {
         now: u64,
         reason: Option<&str>,
     ) -> Result<usize, StoreError> {
-        let mut args: Vec<&[u8]> = vec![reason.unwrap_or_default().as_bytes()];
-        args.extend(ids.iter().map(|id| id.as_ref()));
-        let reply = self.run("delete", &[], &args, now).await?;
+        let mut by_shard: HashMap<u32, Vec<&[u8]>> = HashMap::new();
+        for id in ids {
+            by_shard
+                .entry(self.layout.shard_of(id.as_ref()))
+                .or_default()
+                .push(id.as_ref());
+        }
+        let calls: Vec<ShardCall> = by_shard
+            .into_iter()
+            .map(|(shard, ids)| {
+                let mut args = vec![reason.unwrap_or_default().as_bytes().to_vec(), Vec::new()];
+                args.extend(ids.iter().map(|id| id.to_vec()));
+                (shard, self.session_key(ids[0]), args)
+            })
+            .collect();
+        let replies = self.run_each("delete", &calls, now).await;
         for id in ids {
             self.cache.invalidate(id.as_ref());
         }
-        Ok(self.deleted(&reply))
+        let mut deleted = 0;
+        let mut first_error = None;
+        for ((shard, _, _), reply) in calls.iter().zip(replies) {
+            match reply {
+                Ok(mut reply) => {
+                    deleted += self.deleted(&reply);
+                    let followups = std::mem::take(&mut reply.followups);
+                    self.follow_up(*shard, followups, Mode::Now).await;
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        match first_error {
+            // Some deleted, some not: the count of those that were.
+            Some(error) if deleted == 0 => Err(error),
+            _ => Ok(deleted),
+        }
     }
 
+    /// KILLUSER: the user's own shard's sessions go in one call, with the
+    /// user's index; the others' (ids given by clients, in other shards)
+    /// then, each only if it is still the user's.
     pub async fn kill_user(&self, user: &[u8], now: u64) -> Result<usize, StoreError> {
-        let reply = self.run("killuser", &[], &[user], now).await?;
-        Ok(self.deleted(&reply))
+        let shard = self.layout.shard_of(user);
+        let mut reply = self
+            .run("killuser", shard, &self.layout.user_key(user), &[user], now)
+            .await?;
+        for id in &reply.touched {
+            self.cache.invalidate(id);
+        }
+        let followups = std::mem::take(&mut reply.followups);
+        self.follow_up(shard, followups, Mode::Now).await;
+        let (here, elsewhere) = pair(reply.result);
+        let mut deleted = here.as_ref().and_then(integer).unwrap_or(0).max(0) as usize;
+        self.counts
+            .deleted
+            .fetch_add(deleted as u64, Ordering::Relaxed);
+        let elsewhere: Vec<Vec<u8>> = match elsewhere {
+            Some(Value::Array(ids)) => ids.into_iter().filter_map(bulk).collect(),
+            _ => Vec::new(),
+        };
+        let mut by_shard: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+        for id in elsewhere {
+            by_shard
+                .entry(self.layout.shard_of(&id))
+                .or_default()
+                .push(id);
+        }
+        let calls: Vec<ShardCall> = by_shard
+            .into_iter()
+            .map(|(shard, ids)| {
+                let key = self.session_key(&ids[0]);
+                let mut args = vec![b"killuser".to_vec(), user.to_vec()];
+                args.extend(ids);
+                (shard, key, args)
+            })
+            .collect();
+        for ((shard, _, args), reply) in
+            calls.iter().zip(self.run_each("delete", &calls, now).await)
+        {
+            for id in &args[2..] {
+                self.cache.invalidate(id);
+            }
+            let mut reply = reply?;
+            deleted += self.deleted(&reply);
+            let followups = std::mem::take(&mut reply.followups);
+            self.follow_up(*shard, followups, Mode::Now).await;
+        }
+        Ok(deleted)
     }
 
     /// The count a deleting call replied; our copies of what it touched go.
-    fn deleted(&self, reply: &Reply) -> usize {
+    pub(crate) fn deleted(&self, reply: &Reply) -> usize {
         for id in &reply.touched {
             self.cache.invalidate(id);
         }
@@ -575,7 +1014,15 @@ impl WriteThrough {
     }
 
     pub async fn bind(&self, id: &[u8], conn: &[u8], now: u64) -> Result<u64, StoreError> {
-        self.mutate("bind", id, &[id, conn], now).await
+        let repair_at = (now + REPAIR_AFTER_MS).to_string();
+        let conn_here = self.layout.shard_of(conn) == self.layout.shard_of(id);
+        self.mutate(
+            "bind",
+            id,
+            &[id, conn, flag(conn_here), repair_at.as_bytes()],
+            now,
+        )
+        .await
     }
 
     pub async fn unbind(
@@ -598,17 +1045,35 @@ impl WriteThrough {
         const PAGE: &[u8] = b"1000";
         let node = &self.config.node;
         let mut owned = self.cache.ids_where(now, |s| s.node == *node);
-        let mut cursor = b"0".to_vec();
-        loop {
-            let reply = self.run("owned", &[], &[&cursor, PAGE], now).await?;
-            let (next, ids) = pair(reply.result);
-            if let Some(Value::Array(ids)) = ids {
-                owned.extend(ids.into_iter().filter_map(bulk).map(Key::from));
+        // Every shard's index, a page of each at a time, pipelined per master.
+        let mut cursors: Vec<(u32, Vec<u8>)> = (0..self.layout.shards())
+            .map(|s| (s, b"0".to_vec()))
+            .collect();
+        while !cursors.is_empty() {
+            let calls: Vec<ShardCall> = cursors
+                .iter()
+                .map(|(shard, cursor)| {
+                    (
+                        *shard,
+                        self.layout.expiry_key(*shard),
+                        vec![cursor.clone(), PAGE.to_vec()],
+                    )
+                })
+                .collect();
+            let mut next = Vec::new();
+            for ((shard, _, _), reply) in
+                calls.iter().zip(self.run_each("owned", &calls, now).await)
+            {
+                let (cursor, ids) = pair(reply?.result);
+                if let Some(Value::Array(ids)) = ids {
+                    owned.extend(ids.into_iter().filter_map(bulk).map(Key::from));
+                }
+                let cursor = cursor.and_then(bulk).unwrap_or_else(|| b"0".to_vec());
+                if cursor != b"0" {
+                    next.push((*shard, cursor));
+                }
             }
-            cursor = next.and_then(bulk).unwrap_or_else(|| b"0".to_vec());
-            if cursor == b"0" {
-                break;
-            }
+            cursors = next;
         }
         owned.sort_unstable();
         owned.dedup();
@@ -657,26 +1122,45 @@ impl WriteThrough {
         now: u64,
     ) -> Result<Vec<bool>, StoreError> {
         let tickets: Vec<Ticket> = sessions.iter().map(|(id, _)| self.ticket(id)).collect();
-        let versions: Vec<String> = sessions.iter().map(|(_, v)| v.to_string()).collect();
-        let mut args: Vec<&[u8]> = Vec::with_capacity(1 + 2 * sessions.len());
-        args.push(from);
-        for ((id, _), version) in sessions.iter().zip(&versions) {
-            args.push(id);
-            args.push(version.as_bytes());
+        // One call per shard, pipelined per master.
+        let mut by_shard: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (i, (id, _)) in sessions.iter().enumerate() {
+            by_shard
+                .entry(self.layout.shard_of(id))
+                .or_default()
+                .push(i);
         }
-        let reply = self.run("migrate", &[], &args, now).await?;
-        let Value::Array(states) = reply.result else {
-            return Err(StoreError::Upstream(
-                "ERR unexpected reply from the session script".into(),
-            ));
-        };
-        let mut taken: Vec<bool> = sessions
+        let groups: Vec<Vec<usize>> = by_shard.into_values().collect();
+        let calls: Vec<ShardCall> = groups
             .iter()
-            .zip(tickets)
-            .zip(&states)
-            .map(|(((id, _), ticket), state)| self.absorb(id, state, &[], ticket).is_some())
+            .map(|members| {
+                let first = &sessions[members[0]].0;
+                let mut args = vec![from.to_vec()];
+                for &i in members {
+                    let (id, version) = &sessions[i];
+                    args.push(id.to_vec());
+                    args.push(version.to_string().into_bytes());
+                }
+                (self.layout.shard_of(first), self.session_key(first), args)
+            })
             .collect();
-        taken.resize(sessions.len(), false);
+        let mut taken = vec![false; sessions.len()];
+        let mut tickets: Vec<Option<Ticket>> = tickets.into_iter().map(Some).collect();
+        for (members, reply) in groups
+            .iter()
+            .zip(self.run_each("migrate", &calls, now).await)
+        {
+            let Value::Array(states) = reply?.result else {
+                return Err(StoreError::Upstream(
+                    "ERR unexpected reply from the session script".into(),
+                ));
+            };
+            for (&i, state) in members.iter().zip(&states) {
+                if let Some(ticket) = tickets[i].take() {
+                    taken[i] = self.absorb(&sessions[i].0, state, &[], ticket).is_some();
+                }
+            }
+        }
         let moved = taken.iter().filter(|t| **t).count() as u64;
         self.counts.migrated_in.fetch_add(moved, Ordering::Relaxed);
         Ok(taken)
@@ -704,14 +1188,24 @@ impl WriteThrough {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut audit = tokio::time::interval(AUDIT_INTERVAL);
         audit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut audit_cursor = String::from("0");
+        let mut refresh = tokio::time::interval(NEXT_DUE_REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut repair = tokio::time::interval(REPAIR_INTERVAL);
+        repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut audit_at = (0, HashMap::new());
         loop {
             tokio::select! {
                 _ = heartbeat.tick() => self.flush_heartbeats().await,
-                _ = sweep.tick() => self.sweep().await,
-                _ = audit.tick() => audit_cursor = self.audit(audit_cursor).await,
+                _ = sweep.tick() => {
+                    self.sweep().await;
+                    self.flush_done().await;
+                }
+                _ = refresh.tick() => self.refresh_next_due().await,
+                _ = repair.tick() => self.repair().await,
+                _ = audit.tick() => audit_at = self.audit(audit_at).await,
                 _ = shutdown.cancelled() => {
                     self.flush_heartbeats().await;
+                    self.flush_done().await;
                     return;
                 }
             }
@@ -728,26 +1222,41 @@ impl WriteThrough {
             .iter()
             .map(|entry| (entry.key().clone(), *entry.value()))
             .collect();
-        for chunk in pending.chunks(BATCH) {
-            let stamps: Vec<String> = chunk.iter().map(|(_, at)| at.to_string()).collect();
-            let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() * 2);
-            for ((id, _), at) in chunk.iter().zip(&stamps) {
-                args.push(id);
-                args.push(at.as_bytes());
-            }
-            let now = crate::store::now_ms();
-            match self.run("heartbeat", &[], &args, now).await {
+        // One call per shard, pipelined per master.
+        let mut by_shard: HashMap<u32, Vec<(Key, u64)>> = HashMap::new();
+        for (id, at) in pending {
+            by_shard
+                .entry(self.layout.shard_of(&id))
+                .or_default()
+                .push((id, at));
+        }
+        let chunks: Vec<&[(Key, u64)]> = by_shard.values().flat_map(|c| c.chunks(BATCH)).collect();
+        let calls: Vec<ShardCall> = chunks
+            .iter()
+            .map(|chunk| {
+                let first = &chunk[0].0;
+                let mut args = Vec::with_capacity(chunk.len() * 2);
+                for (id, at) in *chunk {
+                    args.push(id.to_vec());
+                    args.push(at.to_string().into_bytes());
+                }
+                (self.layout.shard_of(first), self.session_key(first), args)
+            })
+            .collect();
+        let now = crate::store::now_ms();
+        for (chunk, reply) in chunks
+            .iter()
+            .zip(self.run_each("heartbeat", &calls, now).await)
+        {
+            match reply {
                 Ok(_) => {
                     self.stats.heartbeat_flushes.fetch_add(1, Ordering::Relaxed);
-                    for (id, at) in chunk {
+                    for (id, at) in *chunk {
                         // A newer heartbeat since the snapshot stays queued.
                         self.heartbeats.remove_if(id, |_, queued| queued == at);
                     }
                 }
-                Err(error) => {
-                    tracing::debug!(?error, "heartbeat flush failed; will retry");
-                    return;
-                }
+                Err(error) => tracing::debug!(?error, "heartbeat flush failed; will retry"),
             }
         }
     }
@@ -798,51 +1307,84 @@ impl WriteThrough {
             if batch.is_empty() {
                 return;
             }
-            let mut pipeline = redis::pipe();
+            // One pipelined round trip per master.
+            let mut by_master: HashMap<Option<usize>, Vec<&Suspect>> = HashMap::new();
             for suspect in &batch {
-                pipeline
-                    .cmd("HMGET")
-                    .arg(self.session_key(&suspect.id))
-                    .arg("created")
-                    .arg("version");
+                let slot = self.layout.slot(self.layout.shard_of(&suspect.id));
+                by_master
+                    .entry(self.upstream.master_of(slot))
+                    .or_default()
+                    .push(suspect);
             }
-            // Unreachable: the cache is flushed anyway and the marks expire.
-            let Ok(states) = self
-                .upstream
-                .call(async |c| {
+            let checks = by_master.into_values().map(|suspects| async move {
+                let mut pipeline = redis::pipe();
+                for suspect in &suspects {
                     pipeline
-                        .query_async::<Vec<(Option<u64>, Option<u64>)>>(c)
-                        .await
-                })
-                .await
-            else {
-                return;
-            };
-            for (suspect, state) in batch.iter().zip(states) {
-                let identity = match state {
-                    (Some(created), Some(version)) => Some((created, version)),
-                    _ => None,
-                };
-                if self.cache.settle(suspect, identity) {
-                    self.stats.verified.fetch_add(1, Ordering::Relaxed);
+                        .cmd("HMGET")
+                        .arg(self.session_key(&suspect.id))
+                        .arg("created")
+                        .arg("version");
+                }
+                let slot = self.layout.slot(self.layout.shard_of(&suspects[0].id));
+                let states = self
+                    .upstream
+                    .call(slot, async |c| {
+                        pipeline
+                            .query_async::<Vec<(Option<u64>, Option<u64>)>>(c)
+                            .await
+                    })
+                    .await;
+                (suspects, states)
+            });
+            for (suspects, states) in futures_util::future::join_all(checks).await {
+                // Unreachable: the cache is flushed anyway and the marks expire.
+                let Ok(states) = states else { continue };
+                for (suspect, state) in suspects.into_iter().zip(states) {
+                    let identity = match state {
+                        (Some(created), Some(version)) => Some((created, version)),
+                        _ => None,
+                    };
+                    if self.cache.settle(suspect, identity) {
+                        self.stats.verified.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
     }
 
-    /// One page of the expiry-index audit; returns the next cursor.
-    async fn audit(&self, cursor: String) -> String {
+    /// One page of the expiry-index audit of each of the next
+    /// [`AUDIT_SHARDS`] shards of this sidecar's share (one call each,
+    /// pipelined per master); returns where the next tick starts and the
+    /// shards' cursors.
+    async fn audit(
+        &self,
+        (next, mut cursors): (u32, HashMap<u32, String>),
+    ) -> (u32, HashMap<u32, String>) {
         const PAGE: &[u8] = b"500";
-        match self
-            .run(
-                "audit",
-                &[],
-                &[cursor.as_bytes(), PAGE],
-                crate::store::now_ms(),
-            )
-            .await
-        {
-            Ok(reply) => match reply.result {
+        let mine = self.my_shards();
+        let start = mine.iter().position(|&s| s >= next).unwrap_or(0);
+        let batch: Vec<u32> = mine
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(AUDIT_SHARDS.min(mine.len()))
+            .copied()
+            .collect();
+        let calls: Vec<ShardCall> = batch
+            .iter()
+            .map(|&shard| {
+                let cursor = cursors.get(&shard).cloned().unwrap_or_else(|| "0".into());
+                (
+                    shard,
+                    self.layout.expiry_key(shard),
+                    vec![cursor.into_bytes(), PAGE.to_vec()],
+                )
+            })
+            .collect();
+        let now = crate::store::now_ms();
+        for ((shard, _, _), reply) in calls.iter().zip(self.run_each("audit", &calls, now).await) {
+            let Ok(reply) = reply else { continue };
+            let cursor = match reply.result {
                 Value::Array(parts) => parts
                     .into_iter()
                     .next()
@@ -850,25 +1392,135 @@ impl WriteThrough {
                     .and_then(|c| String::from_utf8(c).ok()),
                 _ => None,
             }
-            .unwrap_or_else(|| "0".into()),
-            Err(_) => cursor,
+            .unwrap_or_else(|| "0".into());
+            if cursor == "0" {
+                cursors.remove(shard);
+            } else {
+                cursors.insert(*shard, cursor);
+            }
+        }
+        let after = batch.last().map_or(0, |&s| s + 1);
+        (after, cursors)
+    }
+
+    /// A session of `shard` expires at `at`: the sweep looks there by then.
+    fn lower_next_due(&self, shard: u32, at: u64) {
+        if let Some(due) = self.next_due.get(shard as usize) {
+            due.fetch_min(at, Ordering::Relaxed);
         }
     }
 
+    /// Learns when each shard of this sidecar's share has its earliest
+    /// expiry (other sidecars' sessions included): one pipelined read per
+    /// master.
+    async fn refresh_next_due(&self) {
+        let mine = self.my_shards();
+        let mut by_master: HashMap<Option<usize>, Vec<u32>> = HashMap::new();
+        for &shard in &mine {
+            let master = self.upstream.master_of(self.layout.slot(shard));
+            by_master.entry(master).or_default().push(shard);
+        }
+        let reads = by_master.into_values().map(|shards| async move {
+            let mut pipeline = redis::pipe();
+            for &shard in &shards {
+                pipeline
+                    .cmd("ZRANGE")
+                    .arg(self.layout.expiry_key(shard))
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES");
+            }
+            let slot = self.layout.slot(shards[0]);
+            let firsts = self
+                .upstream
+                .call(slot, async |c| pipeline.query_async::<Vec<Value>>(c).await)
+                .await;
+            (shards, firsts)
+        });
+        for (shards, firsts) in futures_util::future::join_all(reads).await {
+            let Ok(firsts) = firsts else { continue };
+            for (shard, first) in shards.into_iter().zip(firsts) {
+                // RESP3 nests each member with its score; RESP2 is flat.
+                let due = match first {
+                    Value::Array(parts) => match parts.first() {
+                        Some(Value::Array(pair)) => pair.get(1).and_then(score),
+                        _ => parts.get(1).and_then(score),
+                    },
+                    Value::Map(pairs) => pairs.first().and_then(|(_, s)| score(s)),
+                    _ => None,
+                };
+                if let Some(slot) = self.next_due.get(shard as usize) {
+                    slot.store(due.unwrap_or(u64::MAX), Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Claims the due expiries of the shards in this sidecar's share that
+    /// have one: one call per such shard, pipelined per master.
+    #[tracing::instrument(name = "sweep", skip_all, level = "debug")]
     async fn sweep(&self) {
         const BATCH: &[u8] = b"1000";
-        let span = tracing::trace_span!("sweep");
-        let _entered = span.enter();
-        if let Ok(reply) = self
-            .run("sweep", &[], &[BATCH], crate::store::now_ms())
-            .await
-        {
-            let expired = integer(&reply.result).unwrap_or(0).max(0) as u64;
+        let now = crate::store::now_ms();
+        let due: Vec<u32> = self
+            .my_shards()
+            .into_iter()
+            .filter(|&s| {
+                self.next_due
+                    .get(s as usize)
+                    .is_some_and(|d| d.load(Ordering::Relaxed) <= now)
+            })
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let calls: Vec<ShardCall> = due
+            .iter()
+            .map(|&shard| (shard, self.layout.expiry_key(shard), vec![BATCH.to_vec()]))
+            .collect();
+        for ((shard, _, _), reply) in calls.iter().zip(self.run_each("sweep", &calls, now).await) {
+            let Ok(mut reply) = reply else { continue };
+            let (expired, lag) = pair(std::mem::take(&mut reply.result));
+            let expired = expired.as_ref().and_then(integer).unwrap_or(0).max(0) as u64;
+            let lag = lag.as_ref().and_then(integer).unwrap_or(0).max(0) as u64;
             self.counts.expired.fetch_add(expired, Ordering::Relaxed);
+            if expired > 0 {
+                self.stats.expiry_lag_ms_sum.add(lag * expired);
+                self.stats
+                    .expiry_lag_ms_max
+                    .fetch_max(lag, Ordering::Relaxed);
+            }
             for id in &reply.touched {
                 self.cache.invalidate(id);
             }
+            // Looked at again at the next refresh, or sooner if this
+            // sidecar writes an earlier expiry there.
+            if let Some(slot) = self.next_due.get(*shard as usize) {
+                slot.store(u64::MAX, Ordering::Relaxed);
+            }
+            let followups = std::mem::take(&mut reply.followups);
+            self.follow_up(*shard, followups, Mode::Now).await;
         }
+        // What a full batch left behind is due now.
+        self.refresh_next_due().await;
+    }
+}
+
+/// How often the earliest expiry of each shard is read again (so that
+/// sessions other sidecars create are swept within this of their expiry).
+const NEXT_DUE_REFRESH: Duration = Duration::from_millis(1000);
+
+/// A zset score as whole milliseconds.
+fn score(value: &Value) -> Option<u64> {
+    match value {
+        Value::Double(d) => Some(*d as u64),
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()?
+            .parse::<f64>()
+            .ok()
+            .map(|d| d as u64),
+        _ => None,
     }
 }
 
@@ -886,6 +1538,7 @@ impl WriteThrough {
 /// is unknown (timed out) is reported as such to all of its creations.
 struct Creations {
     upstream: Arc<Upstream>,
+    layout: Layout,
     /// The script call's common header after the operation's name.
     prefix: String,
     node: Key,
@@ -911,9 +1564,8 @@ struct CreationQueue {
 }
 
 struct Creation {
-    /// The session's key (for the call's declared key: every key shares its
-    /// hash slot).
-    key: Vec<u8>,
+    /// The session's shard: creations of one shard share a call.
+    shard: u32,
     /// The creation's arguments, packed into one buffer.
     args: redis::Cmd,
     queued: std::time::Instant,
@@ -921,9 +1573,10 @@ struct Creation {
 }
 
 impl Creations {
-    fn new(upstream: Arc<Upstream>, config: &WriteThroughConfig) -> Self {
+    fn new(upstream: Arc<Upstream>, config: &WriteThroughConfig, layout: Layout) -> Self {
         Self {
             upstream,
+            layout,
             prefix: config.prefix.clone(),
             node: config.node.clone(),
             stream_maxlen: config.stream_maxlen,
@@ -933,12 +1586,12 @@ impl Creations {
     }
 
     /// Queues a creation for the next call and waits for its own reply.
-    async fn submit(self: &Arc<Self>, key: Vec<u8>, args: redis::Cmd) -> Result<Reply, StoreError> {
+    async fn submit(self: &Arc<Self>, shard: u32, args: redis::Cmd) -> Result<Reply, StoreError> {
         let (reply, replied) = tokio::sync::oneshot::channel();
         let start_sender = {
             let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             queue.waiting.push(Creation {
-                key,
+                shard,
                 args,
                 queued: std::time::Instant::now(),
                 reply,
@@ -973,8 +1626,18 @@ impl Creations {
         }
     }
 
-    /// One call of the script for `batch`; answers each creation.
+    /// One call of the script per shard of `batch`, at the same time;
+    /// answers each creation.
     async fn send(&self, batch: Vec<Creation>) {
+        let mut by_shard: HashMap<u32, Vec<Creation>> = HashMap::new();
+        for creation in batch {
+            by_shard.entry(creation.shard).or_default().push(creation);
+        }
+        futures_util::future::join_all(by_shard.into_values().map(|b| self.send_shard(b))).await;
+    }
+
+    /// One call of the script for `batch`, all of one shard.
+    async fn send_shard(&self, batch: Vec<Creation>) {
         let timeout = self.upstream.command_timeout();
         let (batch, stale): (Vec<Creation>, Vec<Creation>) = batch
             .into_iter()
@@ -987,16 +1650,18 @@ impl Creations {
             return;
         };
         let span = tracing::trace_span!("upstream_creations", count = batch.len());
+        let shard = first.shard;
         let mut call = redis::cmd("EVALSHA");
         call.arg(SCRIPT.get_hash())
             .arg(1)
-            .arg(&first.key[..])
+            .arg(self.layout.expiry_key(shard))
             .arg("create")
             .arg(&self.prefix)
             .arg(crate::store::now_ms())
             .arg(&self.node[..])
             .arg(self.stream_maxlen)
             .arg(self.key_margin_ms)
+            .arg(self.layout.tag(shard))
             .arg(batch.len());
         for creation in &batch {
             for arg in creation.args.args_iter() {
@@ -1007,18 +1672,8 @@ impl Creations {
         }
         let replies = self
             .upstream
-            .call(async |c| {
-                match eval(c, &call).await {
-                    // Not loaded (a restarted or flushed upstream): nothing ran.
-                    Err(error)
-                        if error.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        SCRIPT.load_async(c).await?;
-                        eval(c, &call).await
-                    }
-                    other => other,
-                }
+            .call(self.layout.slot(shard), async |c| {
+                eval_loading(c, &call).await
             })
             .instrument(span)
             .await;
@@ -1045,6 +1700,23 @@ impl Creations {
     }
 }
 
+/// Runs a script call, loading the script first if the upstream does not
+/// have it (a restarted or flushed upstream: nothing ran).
+async fn eval_loading(
+    c: &mut redis::aio::MultiplexedConnection,
+    call: &redis::Cmd,
+) -> redis::RedisResult<Value> {
+    match eval(c, call).await {
+        Err(error)
+            if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
+            SCRIPT.load_async(c).await?;
+            eval(c, call).await
+        }
+        other => other,
+    }
+}
+
 /// Runs a script call, with an error reply as an error (its entries' errors
 /// stay in the reply: they are the creations' own).
 async fn eval(
@@ -1057,18 +1729,33 @@ async fn eval(
     }
 }
 
-/// One creation's entry of the script's reply: `{ result, touched }` or its
-/// error.
+/// A script call's reply: `{ result, touched, followups }`.
+fn reply_of(value: Value) -> Result<Reply, StoreError> {
+    let Value::Array(parts) = value else {
+        return Err(StoreError::Upstream(
+            "ERR unexpected reply from the session script".into(),
+        ));
+    };
+    let mut parts = parts.into_iter();
+    let result = parts.next().unwrap_or(Value::Nil);
+    let list = |value: Option<Value>| match value {
+        Some(Value::Array(items)) => items.into_iter().filter_map(bulk).collect(),
+        _ => Vec::new(),
+    };
+    let touched = list(parts.next());
+    let followups = list(parts.next());
+    Ok(Reply {
+        result,
+        touched,
+        followups,
+    })
+}
+
+/// One creation's entry of the script's reply: `{ 1, touched, followups }`
+/// or its error.
 fn script_entry(entry: Value) -> Result<Reply, StoreError> {
     match entry {
-        Value::Array(mut parts) => {
-            let touched = match parts.pop() {
-                Some(Value::Array(ids)) => ids.into_iter().filter_map(bulk).collect(),
-                _ => Vec::new(),
-            };
-            let result = parts.pop().unwrap_or(Value::Nil);
-            Ok(Reply { result, touched })
-        }
+        Value::Array(_) => reply_of(entry),
         Value::ServerError(error) => Err(StoreError::Upstream(match error.details() {
             Some(details) => format!("{} {details}", error.code()),
             None => error.code().to_string(),
@@ -1120,7 +1807,7 @@ impl PushHandler for Coherence {
     }
 }
 
-fn bulk(value: Value) -> Option<Vec<u8>> {
+pub(crate) fn bulk(value: Value) -> Option<Vec<u8>> {
     match value {
         Value::BulkString(bytes) => Some(bytes),
         Value::SimpleString(text) => Some(text.into_bytes()),
@@ -1128,18 +1815,11 @@ fn bulk(value: Value) -> Option<Vec<u8>> {
     }
 }
 
-fn integer(value: &Value) -> Option<i64> {
+pub(crate) fn integer(value: &Value) -> Option<i64> {
     match value {
         Value::Int(n) => Some(*n),
         _ => None,
     }
-}
-
-/// The hash tag every upstream key carries: `{<prefix>:events}`, the slot of
-/// the events stream, so that one script call may touch them all, on a
-/// Redis Cluster too.
-pub fn key_tag(prefix: &str) -> String {
-    format!("{{{prefix}:events}}")
 }
 
 /// A presence flag for the script.

@@ -104,6 +104,58 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Every shard's events stream, from the node holding each: the entries'
+    /// field/value pairs, in the order of their ids.
+    pub fn stream_entries(&self) -> Vec<Vec<(String, String)>> {
+        let mut entries = Vec::new();
+        for node in &self.nodes {
+            let mut client = node.client();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("session:e:*")
+                .query(&mut client)
+                .unwrap_or_default();
+            for key in keys {
+                let value: redis::Value = redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg("-")
+                    .arg("+")
+                    .query(&mut client)
+                    .unwrap_or(redis::Value::Nil);
+                for entry in super::assertions::array(&value) {
+                    let parts = super::assertions::array(&entry);
+                    let (ms, seq) = super::assertions::text(&parts[0])
+                        .split_once('-')
+                        .map(|(m, s)| {
+                            (m.parse::<u64>().unwrap_or(0), s.parse::<u64>().unwrap_or(0))
+                        })
+                        .unwrap_or((0, 0));
+                    let fields = super::assertions::array(&parts[1])
+                        .chunks(2)
+                        .map(|kv| {
+                            (
+                                super::assertions::text(&kv[0]),
+                                super::assertions::text(&kv[1]),
+                            )
+                        })
+                        .collect();
+                    entries.push(((ms, seq), fields));
+                }
+            }
+        }
+        entries.sort_by_key(|(order, _)| *order);
+        entries.into_iter().map(|(_, fields)| fields).collect()
+    }
+
+    /// Keys held by each master (DBSIZE), in node order.
+    pub fn keys_per_node(&self) -> Vec<i64> {
+        self.nodes
+            .iter()
+            .map(|node| redis::cmd("DBSIZE").query(&mut node.client()).unwrap_or(-1))
+            .collect()
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);

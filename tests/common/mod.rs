@@ -16,6 +16,8 @@
 //! - [`assertions`]: reply accessors and assertions, decoded sessions, INFO
 //!   parsing.
 //! - [`polling`]: deadlines, [`wait_until`], [`now_ms`].
+//! - [`upstream_keys`]: the upstream's key layout, from the library's own
+//!   `Layout`.
 //!
 //! Everything public is re-exported here, so a test reaches it as
 //! `common::name` or through `use common::*`.
@@ -33,10 +35,12 @@ pub mod redis_server;
 pub mod resp;
 pub mod sidecar;
 pub mod tools;
+pub mod upstream_keys;
 
 // A test binary that uses nothing from one of these modules would see its
 // re-export as an unused import.
 #[allow(unused_imports)]
 pub use self::{
     assertions::*, client::*, polling::*, redis_server::*, resp::*, sidecar::*, tools::*,
+    upstream_keys::*,
 };

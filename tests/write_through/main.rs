@@ -31,22 +31,12 @@ fn upstream_hash(redis: &mut redis::Connection, key: &str) -> BTreeMap<String, V
         .collect()
 }
 
-fn skey(id: &str) -> String {
-    format!("{{session:events}}:s:{id}")
-}
-
-/// The entries of the `session:events` stream, oldest first, each as its
+/// The entries of every shard's events stream, oldest first, each as its
 /// field/value pairs in order.
 fn stream_entries(redis: &mut redis::Connection) -> Vec<Vec<(String, String)>> {
-    array(&call(redis, &["XRANGE", "session:events", "-", "+"]))
-        .iter()
-        .map(|entry| {
-            let parts = array(entry);
-            array(&parts[1])
-                .chunks(2)
-                .map(|kv| (text(&kv[0]), text(&kv[1])))
-                .collect()
-        })
+    all_stream_entries(redis)
+        .into_iter()
+        .map(|(_, fields)| fields)
         .collect()
 }
 
@@ -1184,17 +1174,20 @@ fn evalsha_calls(redis: &mut redis::Connection) -> usize {
         .map_or(0, |calls| calls.parse().unwrap())
 }
 
-/// Concurrent CREATEs share script calls (group commit), and each still gets
-/// its own outcome. While the upstream is paused, creations pile up and then
-/// travel together, mixing ones that must fail (EXISTS) with ones that
-/// succeed: no success may be reported as a failure (the client's retry would
-/// apply it twice) and no failure as a success.
+/// Concurrent CREATEs of one shard share script calls (group commit), and
+/// each still gets its own outcome. While the upstream is paused, creations
+/// pile up and then travel together, mixing ones that must fail (EXISTS)
+/// with ones that succeed: no success may be reported as a failure (the
+/// client's retry would apply it twice) and no failure as a success. One
+/// shard here, so that every creation may share.
 #[test]
 fn creations_sharing_a_call_each_get_their_own_outcome() {
     const CLIENTS: usize = 16;
     const ROUNDS: usize = 6;
     let redis = RedisServer::start(&[]);
-    let sidecar = start_sidecar(&redis, "a", &[]);
+    let sidecar = start_sidecar(&redis, "a", &["--shards", "1"]);
+    let one = session_sidecar::upstream::layout::Layout::new("session", 1).unwrap();
+    let key = |k: Vec<u8>| String::from_utf8(k).unwrap();
     let mut c = sidecar.client();
     for w in 0..CLIENTS {
         call(&mut c, &["SESSION.CREATE", "ID", &format!("taken-{w}")]);
@@ -1245,22 +1238,31 @@ fn creations_sharing_a_call_each_get_their_own_outcome() {
     // Upstream: every acknowledged creation exactly once, nothing else.
     let expected = CLIENTS + CLIENTS * ROUNDS * 2;
     assert_eq!(
-        int(&call(&mut direct, &["ZCARD", "{session:events}:x"])),
+        int(&call(&mut direct, &["ZCARD", &key(one.expiry_key(0))])),
         expected as i64
     );
-    let created_events = stream_entries(&mut direct)
-        .iter()
-        .filter(|e| field(e, "event") == Some("created"))
-        .count();
+    let created_events = array(&call(
+        &mut direct,
+        &["XRANGE", &key(one.stream_key(0)), "-", "+"],
+    ))
+    .iter()
+    .filter(|e| {
+        let fields = array(&array(e)[1]);
+        text(&fields[1]) == "created"
+    })
+    .count();
     assert_eq!(created_events, expected);
     for w in 0..CLIENTS {
-        let taken = upstream_hash(&mut direct, &skey(&format!("taken-{w}")));
+        let taken = upstream_hash(
+            &mut direct,
+            &key(one.session_key(format!("taken-{w}").as_bytes())),
+        );
         assert_eq!(taken["version"], b"1", "taken-{w} was changed");
         assert!(!taken.contains_key("user"), "taken-{w} was overwritten");
         assert_eq!(
             int(&call(
                 &mut direct,
-                &["ZCARD", &format!("{{session:events}}:u:u-{w}")]
+                &["ZCARD", &key(one.user_key(format!("u-{w}").as_bytes()))]
             )),
             ROUNDS as i64
         );
@@ -1277,7 +1279,10 @@ fn creations_sharing_a_call_each_get_their_own_outcome() {
     for (id, conn) in &generated {
         let s = get_session(&mut c, id, false).expect("an acknowledged creation");
         assert_eq!(s.conn.as_deref(), Some(conn.as_bytes()));
-        assert_eq!(upstream_hash(&mut direct, &skey(id))["version"], b"1");
+        assert_eq!(
+            upstream_hash(&mut direct, &key(one.session_key(id.as_bytes())))["version"],
+            b"1"
+        );
     }
 }
 
@@ -1349,10 +1354,17 @@ fn a_creation_failing_inside_the_script_gets_the_upstream_error() {
     let redis = RedisServer::start(&[]);
     let sidecar = start_sidecar(&redis, "a", &[]);
     let mut direct = redis.client();
-    call(&mut direct, &["SET", "{session:events}:u:broken", "x"]);
+    call(&mut direct, &["SET", &ukey("broken"), "x"]);
     let mut c = sidecar.client();
-    let reply = call(&mut c, &["SESSION.CREATE", "ID", "b1", "USER", "broken"]);
+    // A generated id lands in the user's shard: the user's index is written
+    // in the creation's own script call, which fails as a whole.
+    let reply = call(&mut c, &["SESSION.CREATE", "USER", "broken"]);
     assert_err_code(&reply, "WRONGTYPE");
+    assert_eq!(
+        expiry_entries(&mut direct),
+        0,
+        "the failed creation left a session"
+    );
     assert_eq!(
         text(&call(
             &mut c,
