@@ -39,9 +39,18 @@ main() {
     runner_args=(--no-fail-fast "${runner_args[@]}")
   fi
 
+  # The suites that talk to an upstream run again with one shard, the
+  # single-slot layout, where every step is one script call (the first run
+  # uses the default shard count).
+  local upstream_suites=(--test write_through --test migration --test cluster --test fleet --test tls)
+
   if has_cargo_subcommand nextest; then
     log "cargo nextest run ${runner_args[*]}"
     cargo nextest run "${runner_args[@]}"
+    if [[ $# -eq 0 ]]; then
+      log "SIDECAR_TEST_SHARDS=1 cargo nextest run ${upstream_suites[*]}"
+      SIDECAR_TEST_SHARDS=1 cargo nextest run "${runner_args[@]}" "${upstream_suites[@]}"
+    fi
     # nextest does not run doctests; cargo test does, for library crates only.
     if [[ $# -eq 0 && -f src/lib.rs ]]; then
       log "cargo test --doc"
@@ -50,6 +59,10 @@ main() {
   else
     log "cargo test ${runner_args[*]}"
     cargo test "${runner_args[@]}"
+    if [[ $# -eq 0 ]]; then
+      log "SIDECAR_TEST_SHARDS=1 cargo test ${upstream_suites[*]}"
+      SIDECAR_TEST_SHARDS=1 cargo test "${upstream_suites[@]}"
+    fi
   fi
 }
 

@@ -13,10 +13,9 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
-/// Shards by default: one, the single-slot layout, until concurrent
-/// rebinding of one conn across shards is safe (see docs/upstream-layout.md);
-/// `--shards 256` spreads the sessions over a cluster's masters.
-pub const DEFAULT_SHARDS: u32 = 1;
+/// Shards by default: enough that 100 masters each hold two or three, few
+/// enough that the background work over every shard is cheap on one server.
+pub const DEFAULT_SHARDS: u32 = 256;
 
 /// Why the configuration could not be read.
 #[derive(Debug)]

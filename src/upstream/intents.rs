@@ -106,7 +106,17 @@ impl WriteThrough {
                     self.mark_done(origin, raw);
                     continue;
                 };
-                match self.step(origin, &step, mode).await {
+                let outcome = match (&step.kind[..], mode) {
+                    // A repair of a bind runs under the conn's bind lock, as
+                    // the bind itself did (Mode::Now: the caller holds it).
+                    (b"conn" | b"unbind", Mode::Repair) => {
+                        let conn = step.field(1).to_vec();
+                        self.with_conn_lock(&conn, async || self.step(origin, &step, mode).await)
+                            .await
+                    }
+                    _ => self.step(origin, &step, mode).await,
+                };
+                match outcome {
                     Ok(more) => {
                         next.extend(more);
                         if step.is_intent() {

@@ -9,6 +9,7 @@
 //! | `P:s:{t}:<id>` | hash | of the id | the session |
 //! | `P:u:{t}:<user>` | zset | of the user | the user's session ids, in creation order |
 //! | `P:c:{t}:<conn>` | string | of the conn | the id of the session bound to the connection |
+//! | `P:l:{t}:<conn>` | string | of the conn | held (a few seconds at most) while a bind across shards runs |
 //! | `P:x:{t}` | zset | each shard | the shard's sessions by expiry time: its expiry index |
 //! | `P:e:{t}` | stream | each shard | the shard's lifecycle events |
 //! | `P:i:{t}` | zset | each shard | unfinished cross-shard work (intents), by when to repair it |
@@ -123,6 +124,12 @@ impl Layout {
     /// `P:c:{t}:<conn>`, the connection's pointer to its session.
     pub fn conn_key(&self, conn: &[u8]) -> Vec<u8> {
         self.key("c", self.shard_of(conn), Some(conn))
+    }
+
+    /// `P:l:{t}:<conn>`, the lock that makes cross-shard binds of one conn
+    /// run one at a time.
+    pub fn lock_key(&self, conn: &[u8]) -> Vec<u8> {
+        self.key("l", self.shard_of(conn), Some(conn))
     }
 
     /// `P:x:{t}`, the shard's expiry index.

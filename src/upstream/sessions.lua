@@ -585,6 +585,13 @@ elseif op == 'point' then
   end
   return finish(previous or false)
 
+elseif op == 'unlock' then
+  -- The conn's shard: releases the bind lock if this caller still holds it.
+  local conn, token = arg(), arg()
+  local lock = P .. ':l:' .. T .. ':' .. conn
+  if redis.call('GET', lock) == token then redis.call('DEL', lock) end
+  return finish(1)
+
 elseif op == 'unpoint' then
   -- The conn's shard: drops the pointer if it still names `id`.
   local id, conn = arg(), arg()

@@ -72,6 +72,8 @@ pub struct WriteThroughStats {
     pub follow_up_failures: Counter,
     /// Intents found unfinished past their due time, and finished.
     pub intents_repaired: Counter,
+    /// Binds refused (TRYAGAIN) because the conn's bind lock stayed taken.
+    pub conn_lock_timeouts: Counter,
     /// Expired sessions removed by this sidecar's sweeps, and the sum and
     /// maximum of their expiry lag (due to removed), in ms.
     pub expiry_lag_ms_sum: Counter,
@@ -97,6 +99,8 @@ pub struct WriteThrough {
     next_due: Box<[AtomicU64]>,
     /// Intents finished, to be removed from their shards.
     pub(crate) done: std::sync::Mutex<Vec<(u32, Vec<u8>)>>,
+    /// Binds of a conn waiting here for its lock ([`WriteThrough::with_conn_lock`]).
+    conn_locks: DashMap<Key, Arc<tokio::sync::Mutex<()>>, foldhash::fast::RandomState>,
     /// Creations waiting for, or travelling in, a shared script call.
     creations: Arc<Creations>,
     /// `last_active` of heartbeats answered from memory, not yet written.
@@ -148,6 +152,7 @@ impl WriteThrough {
             next_due: (0..layout.shards()).map(|_| AtomicU64::new(0)).collect(),
             share: AtomicU64::new(1),
             done: std::sync::Mutex::default(),
+            conn_locks: DashMap::default(),
             creations: Arc::new(Creations::new(upstream.clone(), &config, layout.clone())),
             layout,
             upstream,
@@ -472,6 +477,78 @@ impl WriteThrough {
         }
     }
 
+    /// Runs `work` holding the bind lock of `conn` (in the conn's shard):
+    /// binds of one conn whose session is in another shard than the conn's
+    /// pointer run one at a time, so that the pointer and the sessions'
+    /// `conn` fields change in the same order. The lock expires by itself
+    /// ([`CONN_LOCK_MS`]) if its holder dies; waiting for it is bounded by
+    /// the command timeout (then TRYAGAIN: nothing was done).
+    pub(crate) async fn with_conn_lock<T>(
+        &self,
+        conn: &[u8],
+        work: impl AsyncFnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        // This sidecar's binds of one conn queue here first, in order, so
+        // that only one of them at a time asks the upstream's lock.
+        let local = self.conn_locks.entry(Key::from(conn)).or_default().clone();
+        let result = {
+            let _queued = local.lock().await;
+            self.with_upstream_conn_lock(conn, work).await
+        };
+        self.conn_locks
+            .remove_if(conn, |_, held| Arc::strong_count(held) == 2);
+        result
+    }
+
+    /// The upstream half of [`WriteThrough::with_conn_lock`].
+    async fn with_upstream_conn_lock<T>(
+        &self,
+        conn: &[u8],
+        work: impl AsyncFnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let shard = self.layout.shard_of(conn);
+        let slot = self.layout.slot(shard);
+        let key = self.layout.lock_key(conn);
+        let token = uuid::Uuid::new_v4().to_string();
+        let deadline = std::time::Instant::now() + self.upstream.command_timeout();
+        let mut wait = Duration::from_millis(1);
+        loop {
+            let taken: Option<String> = self
+                .upstream
+                .call(slot, async |c| {
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(&token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(CONN_LOCK_MS)
+                        .query_async(c)
+                        .await
+                })
+                .await?;
+            if taken.is_some() {
+                break;
+            }
+            if std::time::Instant::now() + wait > deadline {
+                self.stats.conn_lock_timeouts.inc();
+                return Err(StoreError::Unavailable);
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(20));
+        }
+        let result = work().await;
+        let now = crate::store::now_ms();
+        if self
+            .run("unlock", shard, &key, &[conn, token.as_bytes()], now)
+            .await
+            .is_err()
+        {
+            // It expires by itself.
+            tracing::debug!("conn lock not released");
+        }
+        result
+    }
+
     /// Runs a script operation on a session, in its shard, then its
     /// cross-shard follow-ups.
     async fn run_on(
@@ -753,13 +830,20 @@ impl WriteThrough {
             args.arg(&name[..]).arg(&value[..]);
         }
         let ticket = self.ticket(&id);
-        let mut reply = self.creations.submit(shard, args).await?;
-        for other in &reply.touched {
-            self.cache.invalidate(other);
+        let apply = async || {
+            let mut reply = self.creations.submit(shard, args).await?;
+            for other in &reply.touched {
+                self.cache.invalidate(other);
+            }
+            self.lower_next_due(shard, expires);
+            let followups = std::mem::take(&mut reply.followups);
+            self.follow_up(shard, followups, Mode::Now).await;
+            Ok(())
+        };
+        match &conn {
+            Some(conn) if !conn_here => self.with_conn_lock(conn, apply).await?,
+            _ => apply().await?,
         }
-        self.lower_next_due(shard, expires);
-        let followups = std::mem::take(&mut reply.followups);
-        self.follow_up(shard, followups, Mode::Now).await;
         let session = Session {
             user,
             conn,
@@ -867,7 +951,13 @@ impl WriteThrough {
             args.push(value);
         }
         args.extend(request.del_attrs.iter().map(|n| &n[..]));
-        self.mutate("update", id, &args, now).await
+        match &request.conn {
+            Some(conn) if !conn_here => {
+                self.with_conn_lock(conn, async || self.mutate("update", id, &args, now).await)
+                    .await
+            }
+            _ => self.mutate("update", id, &args, now).await,
+        }
     }
 
     /// The heartbeat. When the hot copy shows that it will not extend the
@@ -1016,13 +1106,12 @@ impl WriteThrough {
     pub async fn bind(&self, id: &[u8], conn: &[u8], now: u64) -> Result<u64, StoreError> {
         let repair_at = (now + REPAIR_AFTER_MS).to_string();
         let conn_here = self.layout.shard_of(conn) == self.layout.shard_of(id);
-        self.mutate(
-            "bind",
-            id,
-            &[id, conn, flag(conn_here), repair_at.as_bytes()],
-            now,
-        )
-        .await
+        let args: [&[u8]; 4] = [id, conn, flag(conn_here), repair_at.as_bytes()];
+        if conn_here {
+            return self.mutate("bind", id, &args, now).await;
+        }
+        self.with_conn_lock(conn, async || self.mutate("bind", id, &args, now).await)
+            .await
     }
 
     pub async fn unbind(
@@ -1505,6 +1594,10 @@ impl WriteThrough {
         self.refresh_next_due().await;
     }
 }
+
+/// How long a conn's bind lock lasts if its holder dies: well past the
+/// command timeout of every step it covers.
+pub(crate) const CONN_LOCK_MS: u64 = 5000;
 
 /// How often the earliest expiry of each shard is read again (so that
 /// sessions other sidecars create are swept within this of their expiry).

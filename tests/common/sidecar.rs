@@ -63,6 +63,13 @@ impl Sidecar {
             full_args.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
         }
         full_args.extend(args.iter().map(|a| a.to_string()));
+        // The suite runs again with many shards (scripts/test.sh): every
+        // sidecar gets them unless its test chose its own.
+        if let Some(shards) = super::upstream_keys::test_shards()
+            && !args.contains(&"--shards")
+        {
+            full_args.extend(["--shards".to_string(), shards.to_string()]);
+        }
 
         let mut command = Command::new(env!("CARGO_BIN_EXE_session-sidecar"));
         command

@@ -10,9 +10,17 @@ use session_sidecar::upstream::layout::{DEFAULT_SHARDS, Layout};
 use super::assertions::{array, text};
 use super::client::call;
 
-/// The default layout: prefix `session`, the default shard count.
-pub static LAYOUT: LazyLock<Layout> =
-    LazyLock::new(|| Layout::new("session", DEFAULT_SHARDS).expect("the default layout"));
+/// The shard count the suite runs with: `SIDECAR_TEST_SHARDS` when set
+/// (every sidecar the tests start gets `--shards` with it), else none given.
+pub fn test_shards() -> Option<u32> {
+    std::env::var("SIDECAR_TEST_SHARDS").ok()?.parse().ok()
+}
+
+/// The layout of the sidecars the tests start: prefix `session`, and the
+/// suite's shard count.
+pub static LAYOUT: LazyLock<Layout> = LazyLock::new(|| {
+    Layout::new("session", test_shards().unwrap_or(DEFAULT_SHARDS)).expect("the tests' layout")
+});
 
 fn key_text(key: Vec<u8>) -> String {
     String::from_utf8(key).expect("test keys are text")
