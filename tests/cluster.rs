@@ -138,3 +138,88 @@ fn expiry_on_a_cluster_is_published_exactly_once() {
     expected.sort();
     assert_eq!(expired, expected, "each expiry exactly once");
 }
+
+/// Per-master `calls` of EVALSHA (INFO commandstats), in node order.
+fn script_calls(cluster: &Cluster) -> Vec<i64> {
+    cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query(&mut node.client())
+                .unwrap_or_default();
+            info.lines()
+                .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+                .and_then(|rest| rest.split(',').next())
+                .map_or(0, |calls| calls.parse().unwrap_or(0))
+        })
+        .collect()
+}
+
+/// Each share of the total within `tolerance` (a fraction) of a third.
+#[track_caller]
+fn assert_thirds(what: &str, per_master: &[i64], tolerance: f64) {
+    let total: i64 = per_master.iter().sum();
+    assert!(total > 0, "{what}: nothing counted");
+    for count in per_master {
+        let share = *count as f64 / total as f64;
+        assert!(
+            (share - 1.0 / 3.0).abs() <= tolerance,
+            "{what} per master {per_master:?}: one holds {:.1}%",
+            share * 100.0
+        );
+    }
+    eprintln!("{what} per master: {per_master:?}");
+}
+
+/// 30,000 sessions of 3,000 users, created through two sidecars: each of
+/// the three masters holds a third of the keys (± 5%), and serves a third of
+/// the script calls of a CREATE and UPDATE load (± 8%).
+#[test]
+fn sessions_and_their_work_spread_evenly_over_three_masters() {
+    const SESSIONS: usize = 30_000;
+    const USERS: usize = 3_000;
+    let cluster = Cluster::start();
+    let sidecars = [sidecar(&cluster, "a"), sidecar(&cluster, "b")];
+    let calls_before = script_calls(&cluster);
+    let mut ids = Vec::with_capacity(SESSIONS);
+    for (i, chunk) in (0..SESSIONS).collect::<Vec<_>>().chunks(1000).enumerate() {
+        let mut con = sidecars[i % 2].client();
+        let mut pipe = redis::pipe();
+        for n in chunk {
+            pipe.cmd("SESSION.CREATE")
+                .arg("USER")
+                .arg(format!("user-{}", n % USERS))
+                .arg("ATTR")
+                .arg("n")
+                .arg(n);
+        }
+        let created: Vec<String> = pipe.query(&mut con).expect("creations");
+        ids.extend(created);
+    }
+    assert_eq!(ids.len(), SESSIONS);
+    let keys = cluster.keys_per_node();
+    assert_thirds("keys", &keys, 0.05);
+
+    // An UPDATE of every tenth session, through both sidecars.
+    for (i, chunk) in ids.iter().step_by(10).collect::<Vec<_>>().chunks(500).enumerate() {
+        let mut con = sidecars[i % 2].client();
+        let mut pipe = redis::pipe();
+        for id in chunk {
+            pipe.cmd("SESSION.UPDATE").arg(id).arg("ATTR").arg("seen").arg(1);
+        }
+        let versions: Vec<i64> = pipe.query(&mut con).expect("updates");
+        assert!(versions.iter().all(|v| *v == 2));
+    }
+    let calls: Vec<i64> = script_calls(&cluster)
+        .iter()
+        .zip(&calls_before)
+        .map(|(after, before)| after - before)
+        .collect();
+    assert_thirds("script calls", &calls, 0.08);
+    assert_eq!(
+        int(&call(&mut sidecars[0].client(), &["SESSION.COUNT"])),
+        SESSIONS as i64
+    );
+}
