@@ -203,11 +203,21 @@ fn sessions_and_their_work_spread_evenly_over_three_masters() {
     assert_thirds("keys", &keys, 0.05);
 
     // An UPDATE of every tenth session, through both sidecars.
-    for (i, chunk) in ids.iter().step_by(10).collect::<Vec<_>>().chunks(500).enumerate() {
+    for (i, chunk) in ids
+        .iter()
+        .step_by(10)
+        .collect::<Vec<_>>()
+        .chunks(500)
+        .enumerate()
+    {
         let mut con = sidecars[i % 2].client();
         let mut pipe = redis::pipe();
         for id in chunk {
-            pipe.cmd("SESSION.UPDATE").arg(id).arg("ATTR").arg("seen").arg(1);
+            pipe.cmd("SESSION.UPDATE")
+                .arg(id)
+                .arg("ATTR")
+                .arg("seen")
+                .arg(1);
         }
         let versions: Vec<i64> = pipe.query(&mut con).expect("updates");
         assert!(versions.iter().all(|v| *v == 2));

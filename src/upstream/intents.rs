@@ -37,6 +37,14 @@ pub const REPAIR_AFTER_MS: u64 = 3000;
 /// How often each sidecar looks for due intents in its share of the shards.
 pub const REPAIR_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Fault injection for the crash tests: with `SESSION_SIDECAR_FAULT` set to
+/// `crash-between-steps`, the process aborts (no clean-up, as after kill -9)
+/// right after a change whose intents are recorded, before its cross-shard
+/// steps. Never set in production.
+static CRASH_BETWEEN_STEPS: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+    std::env::var("SESSION_SIDECAR_FAULT").is_ok_and(|fault| fault == "crash-between-steps")
+});
+
 /// One follow-up, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FollowUp {
@@ -92,6 +100,15 @@ impl WriteThrough {
     /// intents done. Errors are not the client's: what fails here is left
     /// to the repairer (its intent stays).
     pub(crate) async fn follow_up(&self, shard: u32, followups: Vec<Vec<u8>>, mode: Mode) {
+        if *CRASH_BETWEEN_STEPS
+            && mode == Mode::Now
+            && followups
+                .iter()
+                .any(|f| FollowUp::parse(f).is_some_and(|f| f.is_intent()))
+        {
+            tracing::error!("fault injection: crashing between the steps of a cross-shard change");
+            std::process::abort();
+        }
         let mut pending: Vec<(u32, Vec<u8>)> = followups.into_iter().map(|f| (shard, f)).collect();
         // Follow-ups may produce more (an eviction, a displaced conn): at
         // most a few rounds, bounded so that a bug cannot loop.

@@ -39,7 +39,7 @@ pub(super) async fn connect_async(
         .unwrap_or_else(|e| panic!("connect {url}: {e}"))
 }
 
-fn build_cmd<A: ToRedisArgs>(args: &[A]) -> redis::Cmd {
+pub fn build_cmd<A: ToRedisArgs>(args: &[A]) -> redis::Cmd {
     let mut cmd = redis::Cmd::new();
     for a in args {
         cmd.arg(a);

@@ -1441,3 +1441,101 @@ fn a_write_in_flight_when_the_connection_breaks_is_reported_as_unknown() {
     assert!(message.starts_with("TIMEOUT"), "{message}");
     call(&mut admin, &["CLIENT", "UNPAUSE"]);
 }
+
+/// A sidecar killed between the steps of cross-shard changes (it aborts
+/// right after the first step: `SESSION_SIDECAR_FAULT=crash-between-steps`)
+/// leaves intents that another sidecar's repairer finishes: a creation's
+/// user index entry and conn pointer appear, and a bind's displaced holder
+/// loses the conn, with nothing left inconsistent.
+#[test]
+fn kill_9_between_the_steps_of_cross_shard_changes_is_repaired() {
+    use session_sidecar::upstream::layout::Layout;
+    let layout = Layout::new("session", 256).unwrap();
+    let shard = |name: &str| layout.shard_of(name.as_bytes());
+    // Names whose shards all differ, so that every change crosses shards.
+    let pick = |stem: &str, taken: &[u32]| {
+        (0..)
+            .map(|i| format!("{stem}{i}"))
+            .find(|name| !taken.contains(&shard(name)))
+            .unwrap()
+    };
+    let x = pick("x", &[]);
+    let user = pick("user", &[shard(&x)]);
+    let conn = pick("conn", &[shard(&x), shard(&user)]);
+    let y = pick("y", &[shard(&x), shard(&user), shard(&conn)]);
+    let conn2 = pick("other", &[shard(&x), shard(&user), shard(&conn), shard(&y)]);
+
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let survivor = Sidecar::write_through(&url, "survivor", &["--shards", "256"]);
+    let mut s = survivor.client();
+    call(&mut s, &["SESSION.CREATE", "ID", &y, "CONN", &conn2]);
+
+    let crash = |node: &str, command: &[&str]| {
+        let doomed = Sidecar::start_with_env(
+            &[
+                "--upstream",
+                &url,
+                "--node-id",
+                node,
+                "--registry-interval-ms",
+                "100",
+                "--shards",
+                "256",
+            ],
+            &[("SESSION_SIDECAR_FAULT", "crash-between-steps")],
+        );
+        doomed.wait_upstream_up();
+        let mut c = doomed.client();
+        let reply: redis::RedisResult<Value> = build_cmd(command).query(&mut c);
+        assert!(
+            reply.is_err(),
+            "the sidecar answered {reply:?} instead of crashing"
+        );
+        doomed
+    };
+
+    // A creation: the session is there, its user index entry and conn
+    // pointer are intents until repaired.
+    let _dead = crash(
+        "doomed-1",
+        &["SESSION.CREATE", "ID", &x, "USER", &user, "CONN", &conn],
+    );
+    assert_eq!(
+        get_session(&mut s, &x, false).unwrap().conn.as_deref(),
+        Some(conn.as_bytes())
+    );
+    let repaired = wait_until(Duration::from_secs(15), || {
+        byuser(&mut s, &user) == [x.clone()] && call(&mut s, &["SESSION.BYCONN", &conn]) == bulk(&x)
+    });
+    assert!(
+        repaired,
+        "the creation's cross-shard steps were not finished"
+    );
+
+    // A bind that takes conn2 from y: after the repair, x alone holds it.
+    let _dead = crash("doomed-2", &["SESSION.BIND", &x, &conn2]);
+    let repaired = wait_until(Duration::from_secs(15), || {
+        call(&mut s, &["SESSION.BYCONN", &conn2]) == bulk(&x)
+            && get_session(&mut s, &y, false).unwrap().conn.is_none()
+    });
+    assert!(repaired, "the bind's cross-shard steps were not finished");
+    let y_now = get_session(&mut s, &y, false).unwrap();
+    assert_eq!(y_now.status, "disconnected");
+    assert_eq!(
+        get_session(&mut s, &x, false).unwrap().conn.as_deref(),
+        Some(conn2.as_bytes())
+    );
+    // Nothing is left to repair (finished intents are removed in batches).
+    let mut direct = redis.client();
+    let mut intents = || -> i64 {
+        (0..256)
+            .map(|t| {
+                let key = String::from_utf8(layout.intents_key(t)).unwrap();
+                int(&call(&mut direct, &["ZCARD", &key]))
+            })
+            .sum()
+    };
+    let cleared = wait_until(Duration::from_secs(5), || intents() == 0);
+    assert!(cleared, "{} intents left behind", intents());
+}
