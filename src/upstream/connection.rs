@@ -108,6 +108,15 @@ enum Target {
     Server(Box<ConnectionInfo>),
     /// A Redis Cluster, found through its seeds.
     Cluster { seeds: Vec<ConnectionInfo> },
+    /// A master and its replicas watched by Redis Sentinel: the master is
+    /// asked of the sentinels at every connect, and again when a reply or a
+    /// broken link says it may have changed (a failover).
+    Sentinel {
+        sentinels: Vec<ConnectionInfo>,
+        master: String,
+        /// The master's credentials, database and TLS.
+        node: redis::sentinel::SentinelNodeConnectionInfo,
+    },
 }
 
 /// The masters known, and which serves each slot.
@@ -165,15 +174,19 @@ impl Upstream {
     /// is the certificate authority to verify the upstream with, instead of
     /// the system's. Connecting is the supervisor's job.
     pub fn new(url: &str, ca_pem: Option<Vec<u8>>, timeouts: Timeouts) -> Result<Upstream, String> {
-        let target = match cluster_seeds(url)? {
-            Some(seeds) => Target::Cluster { seeds },
-            None => {
-                let info =
-                    redis::IntoConnectionInfo::into_connection_info(url).map_err(invalid_url)?;
-                // Checked now: a bad URL is a start-up error, not a retry loop.
-                client_for(info.clone(), ca_pem.clone())?;
-                Target::Server(Box::new(info))
+        let target = if let Some((sentinels, master, node)) = sentinel_target(url)? {
+            Target::Sentinel {
+                sentinels,
+                master,
+                node,
             }
+        } else if let Some(seeds) = cluster_seeds(url)? {
+            Target::Cluster { seeds }
+        } else {
+            let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(invalid_url)?;
+            // Checked now: a bad URL is a start-up error, not a retry loop.
+            client_for(info.clone(), ca_pem.clone())?;
+            Target::Server(Box::new(info))
         };
         Ok(Upstream {
             target,
@@ -194,6 +207,9 @@ impl Upstream {
         let (servers, cluster) = match &self.target {
             Target::Server(info) => (vec![(**info).clone()], false),
             Target::Cluster { seeds } => (seeds.clone(), true),
+            // The master moves with failovers: the passthrough, which dials
+            // fixed addresses, is not offered (see the docs).
+            Target::Sentinel { .. } => (Vec::new(), false),
         };
         (servers, cluster, self.tls_ca.clone())
     }
@@ -393,6 +409,10 @@ impl Upstream {
                     self.install(masters, &setup, &handler, &links, &shutdown);
                     match self.target {
                         Target::Cluster { .. } => TOPOLOGY_REFRESH,
+                        // A failover shows at the sentinels first: asked
+                        // every second, so that writes follow the new master
+                        // before the old one is even demoted.
+                        Target::Sentinel { .. } => SENTINEL_REFRESH,
                         Target::Server(_) => Duration::MAX,
                     }
                 }
@@ -426,6 +446,18 @@ impl Upstream {
         let seeds = match &self.target {
             Target::Server(info) => {
                 return Ok(vec![((**info).clone(), vec![(0, SLOTS as u16 - 1)])]);
+            }
+            Target::Sentinel {
+                sentinels,
+                master,
+                node,
+            } => {
+                let span = tracing::debug_span!("upstream_sentinel", master = %master);
+                let _entered = span.enter();
+                let mut sentinel = redis::sentinel::Sentinel::build(sentinels.clone())?;
+                let client = sentinel.async_master_for(master, Some(node)).await?;
+                let info = client.get_connection_info().clone();
+                return Ok(vec![(info, vec![(0, SLOTS as u16 - 1)])]);
             }
             Target::Cluster { seeds } => seeds,
         };
@@ -595,7 +627,8 @@ impl Upstream {
                     self.set_link(&link, None, State::Down, handler.as_ref());
                 }
             }
-            if matches!(self.target, Target::Cluster { .. }) {
+            if !matches!(self.target, Target::Server(_)) {
+                // A cluster's or a sentinel's master may have failed over.
                 self.refresh_requested.notify_one();
             }
             let delay = self.backoff(attempt);
@@ -696,6 +729,8 @@ impl Upstream {
 
 /// How often a cluster's masters are looked up when nothing asks for it.
 const TOPOLOGY_REFRESH: Duration = Duration::from_secs(10);
+/// How often the sentinels are asked for the master.
+const SENTINEL_REFRESH: Duration = Duration::from_secs(1);
 
 impl State {
     /// The lesser of two states in the order down < connecting < up.
@@ -734,6 +769,65 @@ fn client_for(info: ConnectionInfo, ca_pem: Option<Vec<u8>>) -> Result<Client, S
         }
         None => Client::open(info).map_err(invalid_url),
     }
+}
+
+/// The sentinels, master name and master connection settings of a
+/// `redis+sentinel://[user:pass@]host:port[,host:port...]/<master>[/<db>]`
+/// URL (or `rediss+sentinel://`, TLS to the master); None for any other URL.
+/// The credentials and database are the master's; the sentinels are asked
+/// without credentials.
+#[allow(clippy::type_complexity)]
+fn sentinel_target(
+    url: &str,
+) -> Result<
+    Option<(
+        Vec<ConnectionInfo>,
+        String,
+        redis::sentinel::SentinelNodeConnectionInfo,
+    )>,
+    String,
+> {
+    let (tls, rest) = match url.split_once("://") {
+        Some(("redis+sentinel", rest)) => (false, rest),
+        Some(("rediss+sentinel", rest)) => (true, rest),
+        _ => return Ok(None),
+    };
+    let (credentials, rest) = match rest.rsplit_once('@') {
+        Some((credentials, rest)) => (format!("{credentials}@"), rest),
+        None => (String::new(), rest),
+    };
+    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut path = path.split('/').filter(|p| !p.is_empty());
+    let master = path
+        .next()
+        .ok_or("invalid --upstream: a sentinel URL names the master: redis+sentinel://host:port[,host:port...]/<master>[/<db>]")?
+        .to_string();
+    let db = path.next().unwrap_or("0");
+    let sentinels = hosts
+        .split(',')
+        .filter(|host| !host.is_empty())
+        .map(|host| {
+            redis::IntoConnectionInfo::into_connection_info(format!("redis://{host}"))
+                .map_err(invalid_url)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let first = hosts.split(',').next().unwrap_or_default();
+    if sentinels.is_empty() {
+        return Err("invalid --upstream: a sentinel URL needs at least one host:port".into());
+    }
+    let master_settings = redis::IntoConnectionInfo::into_connection_info(format!(
+        "redis://{credentials}{first}/{db}"
+    ))
+    .map_err(invalid_url)?
+    .redis_settings()
+    .clone()
+    .set_protocol(ProtocolVersion::RESP3);
+    let mut node = redis::sentinel::SentinelNodeConnectionInfo::default()
+        .set_redis_connection_info(master_settings);
+    if tls {
+        node = node.set_tls_mode(redis::TlsMode::Secure);
+    }
+    Ok(Some((sentinels, master, node)))
 }
 
 /// The seeds of a `redis+cluster://` (or `rediss+cluster://`) URL, each with

@@ -8,6 +8,7 @@
 //! - [`redis_server`]: the `redis-server` fixture ([`RedisServer`],
 //!   [`free_port`]).
 //! - [`cluster`]: a 3-master Redis Cluster built from [`RedisServer`]s.
+//! - [`sentinel`]: a master, a replica and three `redis-sentinel`s.
 //! - [`tools`]: other programs and OS resources: `redis-cli`, the redis-py
 //!   checks, HTTP GET on the metrics listener, [`TempDir`].
 //! - [`resp`]: the raw RESP test client ([`Resp`], [`RawConn`]).
@@ -33,6 +34,7 @@ pub mod cluster;
 pub mod polling;
 pub mod redis_server;
 pub mod resp;
+pub mod sentinel;
 pub mod sidecar;
 pub mod tools;
 pub mod upstream_keys;
