@@ -42,7 +42,7 @@ main() {
   # The suites that talk to an upstream run again with one shard, the
   # single-slot layout, where every step is one script call (the first run
   # uses the default shard count).
-  local upstream_suites=(--test write_through --test migration --test cluster --test fleet --test tls)
+  local upstream_suites=(--test write_through --test migration --test fleet --test tls)
 
   if has_cargo_subcommand nextest; then
     log "cargo nextest run ${runner_args[*]}"

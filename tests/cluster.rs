@@ -1,8 +1,12 @@
 //! Write-through to a real 3-master Redis Cluster on loopback
-//! (`redis-cli --cluster create`): the sidecars find the master of their
-//! hash slot through the seeds and keep the contract there.
+//! (`redis-cli --cluster create`): the sidecars keep a link to every master,
+//! spread the sessions over all of them and keep the whole contract there
+//! (the shared suite runs against two sidecars on a cluster).
 
 mod common;
+#[macro_use]
+#[path = "shared/contract.rs"]
+mod contract;
 
 use std::time::Duration;
 
@@ -232,4 +236,47 @@ fn sessions_and_their_work_spread_evenly_over_three_masters() {
         int(&call(&mut sidecars[0].client(), &["SESSION.COUNT"])),
         SESSIONS as i64
     );
+}
+
+/// The shared contract suite against two sidecars on a 3-master cluster.
+mod contract_cluster {
+    use std::ops::Deref;
+
+    use crate::common::cluster::Cluster;
+    use crate::common::*;
+    use crate::contract::{NODE, Target};
+
+    pub struct ClusterFleet {
+        // Field order is drop order: the sidecars go before the cluster.
+        a: Sidecar,
+        b: Sidecar,
+        _cluster: Cluster,
+    }
+
+    impl Deref for ClusterFleet {
+        type Target = Sidecar;
+
+        fn deref(&self) -> &Sidecar {
+            &self.a
+        }
+    }
+
+    impl Target for ClusterFleet {
+        fn start(extra: &[&str]) -> Self {
+            let cluster = Cluster::start();
+            let a = Sidecar::write_through(&cluster.url(), NODE, extra);
+            let b = Sidecar::write_through(&cluster.url(), "node-b", extra);
+            ClusterFleet {
+                a,
+                b,
+                _cluster: cluster,
+            }
+        }
+
+        fn other(&self) -> &Sidecar {
+            &self.b
+        }
+    }
+
+    contract_tests!(ClusterFleet);
 }
