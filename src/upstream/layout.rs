@@ -147,6 +147,28 @@ impl Layout {
         self.key("i", shard, None)
     }
 
+    /// The keys a script call in `shard` declares (numkeys, then the keys):
+    /// `key` (the session's, the user's or the conn's it is about, if any)
+    /// and the shard's expiry index, stream and intents. While Redis Cluster
+    /// moves the shard's slot, a call whose declared keys are not all on one
+    /// side is refused with TRYAGAIN (or ASK) instead of running on half of
+    /// them: a write during a reshard succeeds or fails fast.
+    pub fn declare_keys(&self, call: &mut redis::Cmd, shard: u32, key: &[u8]) {
+        let shard_keys = [
+            self.expiry_key(shard),
+            self.stream_key(shard),
+            self.intents_key(shard),
+        ];
+        let extra = !key.is_empty() && !shard_keys.iter().any(|k| k == key);
+        call.arg(shard_keys.len() + usize::from(extra));
+        if extra {
+            call.arg(key);
+        }
+        for shard_key in &shard_keys {
+            call.arg(&shard_key[..]);
+        }
+    }
+
     /// `P:layout`, where the shard count is recorded.
     pub fn layout_key(&self) -> String {
         format!("{}:layout", self.prefix)

@@ -326,10 +326,9 @@ impl WriteThrough {
         now: u64,
     ) -> redis::Cmd {
         let mut call = redis::cmd("EVALSHA");
-        call.arg(SCRIPT.get_hash())
-            .arg(1)
-            .arg(key)
-            .arg(op)
+        call.arg(SCRIPT.get_hash());
+        self.layout.declare_keys(&mut call, shard, key);
+        call.arg(op)
             .arg(&self.config.prefix)
             .arg(now)
             .arg(&self.config.node[..])
@@ -1745,10 +1744,9 @@ impl Creations {
         let span = tracing::trace_span!("upstream_creations", count = batch.len());
         let shard = first.shard;
         let mut call = redis::cmd("EVALSHA");
-        call.arg(SCRIPT.get_hash())
-            .arg(1)
-            .arg(self.layout.expiry_key(shard))
-            .arg("create")
+        call.arg(SCRIPT.get_hash());
+        self.layout.declare_keys(&mut call, shard, &[]);
+        call.arg("create")
             .arg(&self.prefix)
             .arg(crate::store::now_ms())
             .arg(&self.node[..])

@@ -14,13 +14,18 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Cluster::start_with(0)
+    }
+
+    /// Three masters with `replicas` replicas each (all in `nodes`).
+    pub fn start_with(replicas: usize) -> Cluster {
         let dir = std::env::temp_dir().join(format!(
             "sidecar-cluster-{}-{}",
             std::process::id(),
             free_port()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let nodes: Vec<RedisServer> = (0..3)
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|i| {
                 let config = dir
                     .join(format!("nodes-{i}.conf"))
@@ -45,7 +50,7 @@ impl Cluster {
             create.arg(node.addr.to_string());
         }
         let out = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli runs");
         assert!(
@@ -63,6 +68,16 @@ impl Cluster {
             })
         });
         assert!(ok, "the cluster never reached cluster_state:ok");
+        let synced = wait_until(Duration::from_secs(20), || {
+            nodes.iter().all(|node| {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut node.client())
+                    .unwrap_or_default();
+                info.contains("role:master") || info.contains("master_link_status:up")
+            })
+        });
+        assert!(synced, "the replicas never synced");
         Cluster { nodes, dir }
     }
 
@@ -105,6 +120,20 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// The nodes that are replicas now.
+    pub fn replicas(&self) -> Vec<&RedisServer> {
+        self.nodes
+            .iter()
+            .filter(|node| {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut node.client())
+                    .unwrap_or_default();
+                info.contains("role:slave")
+            })
+            .collect()
+    }
+
     /// Every shard's events stream, from the node holding each: the entries'
     /// field/value pairs, in the order of their ids.
     pub fn stream_entries(&self) -> Vec<Vec<(String, String)>> {
