@@ -9,18 +9,6 @@ use std::time::Duration;
 use common::*;
 use redis::Value;
 
-/// The value of the first sample of `metric` (any labels) in Prometheus text.
-fn metric_value(body: &str, metric: &str) -> Option<f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| {
-            l.strip_prefix(metric)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// Sum of every sample of `metric` (all label sets).
 fn metric_sum(body: &str, metric: &str) -> f64 {
     body.lines()

@@ -268,6 +268,65 @@ pub fn render(node: &Node) -> String {
             "Batched last_active writes.",
             m.load(&w.heartbeat_flushes),
         );
+        metric(
+            "upstream_masters",
+            "gauge",
+            "Upstream masters with a link (one for a single server).",
+            store.upstream.masters().len() as u64,
+        );
+        metric(
+            "upstream_masters_up",
+            "gauge",
+            "Upstream masters whose link is up.",
+            store
+                .upstream
+                .masters()
+                .iter()
+                .filter(|(_, state)| *state == crate::upstream::connection::State::Up)
+                .count() as u64,
+        );
+        metric(
+            "expired_swept_total",
+            "counter",
+            "Expired sessions removed by this sidecar's sweeps.",
+            m.load(&store.counts.expired),
+        );
+        metric(
+            "expiry_lag_milliseconds_sum",
+            "counter",
+            "Sum over swept sessions of the time from their expiry to their removal.",
+            w.expiry_lag_ms_sum.get(),
+        );
+        metric(
+            "expiry_lag_milliseconds_max",
+            "gauge",
+            "Longest expiry-to-removal time seen by this sidecar's sweeps.",
+            m.load(&w.expiry_lag_ms_max),
+        );
+        metric(
+            "intents_repaired_total",
+            "counter",
+            "Cross-shard changes found unfinished and finished by this sidecar.",
+            w.intents_repaired.get(),
+        );
+        metric(
+            "follow_up_failures_total",
+            "counter",
+            "Cross-shard steps that failed and were left to the repairer.",
+            w.follow_up_failures.get(),
+        );
+        metric(
+            "conn_lock_timeouts_total",
+            "counter",
+            "Cross-shard binds refused because the conn's lock stayed taken.",
+            w.conn_lock_timeouts.get(),
+        );
+        metric(
+            "shards_swept",
+            "gauge",
+            "Shards in this sidecar's share of the background work.",
+            store.shares_now() as u64,
+        );
     }
     out.push_str("# HELP session_sidecar_event_loop_clients Client connections per event loop.\n");
     out.push_str("# TYPE session_sidecar_event_loop_clients gauge\n");

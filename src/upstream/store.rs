@@ -467,6 +467,11 @@ impl WriteThrough {
             .collect()
     }
 
+    /// How many shards this sidecar's share holds now.
+    pub fn shares_now(&self) -> usize {
+        self.my_shards().len()
+    }
+
     /// Sets this sidecar's share of the shards: it is `rank` of `count` live
     /// sidecars (the fleet's registry, ordered by node id).
     pub fn set_share(&self, rank: u32, count: u32) {

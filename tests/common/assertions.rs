@@ -242,3 +242,15 @@ pub fn commandstats_calls(con: &mut redis::Connection) -> u64 {
         })
         .sum()
 }
+
+/// The value of the first sample of `metric` (any labels) in Prometheus text.
+pub fn metric_value(body: &str, metric: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

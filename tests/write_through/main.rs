@@ -1539,3 +1539,60 @@ fn kill_9_between_the_steps_of_cross_shard_changes_is_repaired() {
     let cleared = wait_until(Duration::from_secs(5), || intents() == 0);
     assert!(cleared, "{} intents left behind", intents());
 }
+
+/// The live sidecars share the background work over the shards: two split
+/// them, and when one goes the other takes them all back. Expiries swept
+/// and their lag are exported.
+#[test]
+fn sweeping_is_shared_among_the_live_sidecars_and_its_lag_exported() {
+    let f = Fleet::start(&[]);
+    let shards_swept = |sc: &Sidecar| {
+        let (_, _, body) = sc.http_get("/metrics");
+        metric_value(&body, "session_sidecar_shards_swept").unwrap_or(0.0) as u32
+    };
+    let all = LAYOUT.shards();
+    let split = wait_until(WAIT, || {
+        shards_swept(&f.a) + shards_swept(&f.b) == all && shards_swept(&f.a) < all
+    });
+    assert!(
+        split,
+        "two sidecars sweep {} and {} of {all} shards",
+        shards_swept(&f.a),
+        shards_swept(&f.b)
+    );
+
+    let mut c = f.a.client();
+    for i in 0..20 {
+        call(
+            &mut c,
+            &["SESSION.CREATE", "ID", &format!("lag{i}"), "PTTL", "100"],
+        );
+    }
+    let swept = |sc: &Sidecar| {
+        let (_, _, body) = sc.http_get("/metrics");
+        metric_value(&body, "session_sidecar_expired_swept_total").unwrap_or(0.0)
+    };
+    let gone = wait_until(WAIT, || swept(&f.a) + swept(&f.b) >= 20.0);
+    assert!(
+        gone,
+        "the sweeps removed {} of 20",
+        swept(&f.a) + swept(&f.b)
+    );
+    let (_, _, body) = f.a.http_get("/metrics");
+    assert!(metric_value(&body, "session_sidecar_expiry_lag_milliseconds_sum").is_some());
+    assert!(metric_value(&body, "session_sidecar_expiry_lag_milliseconds_max").is_some());
+
+    // B goes: once its registry entry lapses, A sweeps every shard.
+    let Fleet {
+        a,
+        b,
+        redis: _redis,
+    } = f;
+    drop(b);
+    let took_over = wait_until(Duration::from_secs(10), || shards_swept(&a) == all);
+    assert!(
+        took_over,
+        "A sweeps {} of {all} shards after B left",
+        shards_swept(&a)
+    );
+}
