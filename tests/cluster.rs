@@ -416,3 +416,70 @@ fn a_cluster_failover_under_concurrent_writers_loses_and_doubles_nothing() {
         std::thread::sleep(Duration::from_millis(1500));
     });
 }
+
+/// A consumer reads every event durably: SESSION.STREAMS names each shard's
+/// stream, and reading each through the sidecar (its passthrough routes each
+/// stream to its master), with a consumer group, gives every event once, in
+/// order for each session.
+#[test]
+fn every_event_is_read_from_the_shard_streams_through_the_sidecar() {
+    let cluster = Cluster::start();
+    let a = sidecar(&cluster, "a");
+    let mut c = a.client();
+    let streams: Vec<String> = array(&call(&mut c, &["SESSION.STREAMS"]))
+        .iter()
+        .map(text)
+        .collect();
+    assert_eq!(streams.len(), LAYOUT.shards() as usize);
+    for stream in &streams {
+        call(
+            &mut c,
+            &["XGROUP", "CREATE", stream, "audit", "$", "MKSTREAM"],
+        );
+    }
+    for i in 0..40 {
+        let id = format!("ev{i}");
+        call(&mut c, &["SESSION.CREATE", "ID", &id, "USER", "u"]);
+        call(&mut c, &["SESSION.BIND", &id, &format!("conn{i}")]);
+        call(&mut c, &["SESSION.DEL", &id]);
+    }
+    // One consumer reads every stream's group, as a worker of a fleet would.
+    let mut seen: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for stream in &streams {
+        let reply = call(
+            &mut c,
+            &[
+                "XREADGROUP",
+                "GROUP",
+                "audit",
+                "w1",
+                "COUNT",
+                "1000",
+                "STREAMS",
+                stream,
+                ">",
+            ],
+        );
+        if reply == Value::Nil {
+            continue;
+        }
+        for entries in array(&reply) {
+            let entries = array(&array(&entries)[1]);
+            for entry in entries {
+                let fields: Vec<String> = array(&array(&entry)[1]).iter().map(text).collect();
+                let field = |name: &str| {
+                    fields
+                        .chunks(2)
+                        .find(|kv| kv[0] == name)
+                        .map(|kv| kv[1].clone())
+                        .unwrap()
+                };
+                seen.entry(field("id")).or_default().push(field("event"));
+            }
+        }
+    }
+    assert_eq!(seen.len(), 40, "sessions with events: {}", seen.len());
+    for (id, events) in &seen {
+        assert_eq!(events, &["created", "bound", "deleted"], "{id}'s events");
+    }
+}

@@ -158,6 +158,7 @@ pub async fn execute(
         Cmd::SessionByuser => session::byuser(node, &mut args, out).await,
         Cmd::SessionKilluser => session::killuser(node, &mut args, out).await,
         Cmd::SessionCount => session::count(node, &mut args, out).await,
+        Cmd::SessionStreams => session::streams(node, out),
         Cmd::SessionNodes => session::nodes(node, out).await,
         Cmd::SessionMigrate => session::migrate(node, &mut args, out).await,
         Cmd::SessionImport => session::import(node, client, &mut args, out).await,

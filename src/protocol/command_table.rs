@@ -44,6 +44,7 @@ pub enum Cmd {
     SessionKilluser,
     SessionCount,
     SessionNodes,
+    SessionStreams,
     SessionMigrate,
     SessionImport,
     SessionDrain,
@@ -568,6 +569,15 @@ pub static COMMANDS: &[CommandSpec] = &[
         READ,
         "session",
         "The live sidecars known to this one.",
+        []
+    ),
+    command!(
+        "session.streams",
+        SessionStreams,
+        1,
+        READ,
+        "session",
+        "The upstream's events streams, one per shard (empty without an upstream).",
         []
     ),
     command!(

@@ -17,7 +17,7 @@ pub use delete::{del, killuser};
 pub use expiry::{expire, touch, ttl};
 pub use get::get;
 pub use migrate::{drain, import, migrate, peerauth};
-pub use query::{byuser, count, exists, nodes};
+pub use query::{byuser, count, exists, nodes, streams};
 pub use update::update;
 
 use bytes::Bytes;

@@ -58,6 +58,22 @@ pub async fn count(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) 
     Ok(())
 }
 
+/// SESSION.STREAMS: the key of every shard's events stream in the upstream,
+/// in shard order (none standalone): what a consumer reads, with XREAD or
+/// XREADGROUP on each, to see every event durably.
+pub fn streams(node: &Node, out: &mut ReplyWriter<'_>) -> CommandResult {
+    let Some(store) = node.upstream() else {
+        out.array(0);
+        return Ok(());
+    };
+    let layout = store.layout();
+    out.array(layout.shards() as usize);
+    for shard in 0..layout.shards() {
+        out.bulk(&layout.stream_key(shard));
+    }
+    Ok(())
+}
+
 /// SESSION.NODES: the live sidecars known to this one: itself, the upstream
 /// registry's (write-through mode) and the `--peers` that answer.
 pub async fn nodes(node: &Node, out: &mut ReplyWriter<'_>) -> CommandResult {
