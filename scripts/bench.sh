@@ -19,7 +19,7 @@
 #   BENCH_SIDECAR_ARGS        extra flags for the sidecar, e.g. "--threads 1"
 #   BENCH_PASSTHROUGH_ARGS    extra flags for the passthrough sidecar
 #   BENCH_SECTIONS            sections to run, of: memory hot_reads
-#                             write_through passthrough migration (default: all,
+#                             write_through passthrough cluster migration (default: all,
 #                             in order; hot_reads after memory reads the hashes
 #                             it stores; migration alone starts only its own
 #                             sidecars)
@@ -226,9 +226,15 @@ start_sidecar() {
   SIDECAR_PID=$LAST_PID
 }
 
-# cpu_ticks PID: user + system CPU time the process has used, in clock ticks.
+# cpu_ticks PID...: user + system CPU time the processes have used, in
+# clock ticks.
 cpu_ticks() {
-  awk '{ print $14 + $15 }' "/proc/$1/stat"
+  local pid total=0 ticks
+  for pid in "$@"; do
+    ticks=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+    total=$((total + ticks))
+  done
+  echo "$total"
 }
 
 # rss_kb PID: resident memory, in KiB.
@@ -337,20 +343,23 @@ parse_rps() {
 # measure PORT PID PIPELINE COMMAND...: runs COMMAND with __rand_int__ over
 # the prefilled ids; sets RPS, and CPU_US to the microseconds of CPU the
 # server (PID) spent per request, a figure the benchmark client's own cost
-# does not distort. With MEASURE_UPSTREAM_PID set, also UPSTREAM_CPU_US: the
-# CPU that process (a write-through sidecar's upstream) spent per request.
+# does not distort. With MEASURE_UPSTREAM_PID set (one or more pids), also
+# UPSTREAM_CPU_US: the CPU those processes (a write-through sidecar's
+# upstream, every master of a cluster) spent per request.
 measure() {
   local port=$1 pid=$2 pipeline=$3 requests=${MEASURE_REQUESTS:-$REQUESTS} output before after
   local upstream_pid=${MEASURE_UPSTREAM_PID:-} upstream_before=0 upstream_after=0
   shift 3
   ((pipeline == 1)) || requests=${MEASURE_PIPELINED_REQUESTS:-$PIPELINED_REQUESTS}
   before=$(cpu_ticks "$pid")
-  [[ -z $upstream_pid ]] || upstream_before=$(cpu_ticks "$upstream_pid")
+  # shellcheck disable=SC2086 # one or more pids
+  [[ -z $upstream_pid ]] || upstream_before=$(cpu_ticks $upstream_pid)
   output=$(redis-benchmark -h 127.0.0.1 -p "$port" -c "$CLIENTS" -n "$requests" \
     -r "$SESSIONS" -P "$pipeline" --csv "$@" 2>&1) ||
     die "redis-benchmark $* (port $port, -P $pipeline) failed: $output"
   after=$(cpu_ticks "$pid")
-  [[ -z $upstream_pid ]] || upstream_after=$(cpu_ticks "$upstream_pid")
+  # shellcheck disable=SC2086 # one or more pids
+  [[ -z $upstream_pid ]] || upstream_after=$(cpu_ticks $upstream_pid)
   RPS=$(parse_rps <<<"$output") || die "no requests per second in redis-benchmark's output: $output"
   CPU_US=$(awk -v t="$((after - before))" -v hz="$(getconf CLK_TCK)" -v n="$requests" \
     'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
@@ -522,6 +531,91 @@ section_write_through() {
   printf '\nsc_us/req: CPU of the sidecar per request; "its upstream'"'"'s CPU": of the\n'
   printf 'redis-server behind it per SESSION.CREATE (one script call applies each\n'
   printf 'creation with its indexes and event; concurrent creations share a call).\n'
+}
+
+# Cluster: write-through SESSION.CREATE with a 3-master Redis Cluster as the
+# upstream against one redis-server, alternating in each round: creations
+# per second, the CPU per creation of the upstream (every master summed) and
+# of the sidecar, and each master's share of that CPU (the shards spread the
+# sessions, so each should carry a third). On a machine with fewer cores than
+# masters the throughput cannot grow with them; the CPU per creation and its
+# spread are the figures that carry over.
+section_cluster() {
+  heading "Write-through CREATE on a 3-master cluster vs one redis-server (medians of $ROUNDS rounds)"
+  local masters=() pids=() port node_ports=() i
+  for i in 0 1 2; do
+    # The cluster bus listens on port + 10000: keep the port low enough.
+    port=
+    while [[ -z $port ]] || ((port > 55535)); do claim_port port; done
+    start_process "cluster-$i" redis-server --bind 127.0.0.1 --port "$port" \
+      --save '' --appendonly no --dir "$WORK_DIR" --cluster-enabled yes \
+      --cluster-config-file "$WORK_DIR/nodes-$i.conf" --cluster-node-timeout 10000
+    wait_for_ping "cluster-$i" "$LAST_PID" "$port"
+    masters+=("127.0.0.1:$port")
+    node_ports+=("$port")
+    pids+=("$LAST_PID")
+  done
+  timeout 60 redis-cli --cluster create "${masters[@]}" --cluster-replicas 0 --cluster-yes \
+    >"$WORK_DIR/cluster-create.log" 2>&1 || die "redis-cli --cluster create failed: $(cat "$WORK_DIR/cluster-create.log")"
+  local deadline=$((SECONDS + START_TIMEOUT_SECONDS))
+  for port in "${node_ports[@]}"; do
+    until cli "$port" CLUSTER INFO 2>/dev/null | grep -q cluster_state:ok; do
+      ((SECONDS < deadline)) || die "the cluster never reached cluster_state:ok"
+      sleep 0.1
+    done
+  done
+  local cluster_url single_port cluster_port single_pid cluster_pid
+  cluster_url="redis+cluster://$(IFS=,; echo "${masters[*]}")"
+  start_sidecar cluster_port cluster-sidecar --upstream "$cluster_url"
+  cluster_pid=$LAST_PID
+  start_sidecar single_port single-sidecar --upstream "redis://127.0.0.1:$REDIS_PORT"
+  single_pid=$LAST_PID
+  for port in "$cluster_port" "$single_port"; do
+    deadline=$((SECONDS + START_TIMEOUT_SECONDS))
+    until [[ $(info_field "$port" upstream upstream_state) == up ]]; do
+      ((SECONDS < deadline)) || die "a write-through sidecar did not connect to its upstream"
+      sleep 0.1
+    done
+  done
+
+  local row='%-10s %8s %12s %14s %14s %s\n'
+  # shellcheck disable=SC2059 # the format is the row layout above
+  printf "$row" upstream pipeline creates/s "upstream_us/op" "sidecar_us/op" "each master's share of the upstream CPU"
+  local pipeline round cluster_rps=() cluster_up=() cluster_sc=() single_rps=() single_up=() single_sc=()
+  local shares before=() after=() ticks
+  for pipeline in 1 16; do
+    cluster_rps=() cluster_up=() cluster_sc=() single_rps=() single_up=() single_sc=()
+    local share_ticks=(0 0 0)
+    for ((round = 0; round < ROUNDS; round++)); do
+      for i in 0 1 2; do before[i]=$(cpu_ticks "${pids[i]}"); done
+      MEASURE_REQUESTS=$WRITE_REQUESTS MEASURE_PIPELINED_REQUESTS=$PIPELINED_WRITE_REQUESTS \
+        MEASURE_UPSTREAM_PID="${pids[*]}" \
+        measure "$cluster_port" "$cluster_pid" "$pipeline" SESSION.CREATE USER "u:__rand_int__" TTL 3600 ATTR locale en-US
+      for i in 0 1 2; do
+        after[i]=$(cpu_ticks "${pids[i]}")
+        share_ticks[i]=$((share_ticks[i] + after[i] - before[i]))
+      done
+      cluster_rps+=("$RPS") cluster_up+=("$UPSTREAM_CPU_US") cluster_sc+=("$CPU_US")
+      MEASURE_REQUESTS=$WRITE_REQUESTS MEASURE_PIPELINED_REQUESTS=$PIPELINED_WRITE_REQUESTS \
+        MEASURE_UPSTREAM_PID=$REDIS_PID \
+        measure "$single_port" "$single_pid" "$pipeline" SESSION.CREATE USER "u:__rand_int__" TTL 3600 ATTR locale en-US
+      single_rps+=("$RPS") single_up+=("$UPSTREAM_CPU_US") single_sc+=("$CPU_US")
+    done
+    ticks=$((share_ticks[0] + share_ticks[1] + share_ticks[2]))
+    shares=$(awk -v a="${share_ticks[0]}" -v b="${share_ticks[1]}" -v c="${share_ticks[2]}" -v t="$ticks" \
+      'BEGIN { if (t > 0) printf "%.0f%% %.0f%% %.0f%%", 100*a/t, 100*b/t, 100*c/t; else print "n/a" }')
+    # shellcheck disable=SC2059
+    printf "$row" "3 masters" "$pipeline" "$(median "${cluster_rps[@]}")" "$(median "${cluster_up[@]}")" \
+      "$(median "${cluster_sc[@]}")" "$shares"
+    # shellcheck disable=SC2059
+    printf "$row" "1 server" "$pipeline" "$(median "${single_rps[@]}")" "$(median "${single_up[@]}")" \
+      "$(median "${single_sc[@]}")" ""
+    printf '%-10s %8s %12s\n' "ratio" "$pipeline" \
+      "$(ratio "$(median "${cluster_rps[@]}")" "$(median "${single_rps[@]}")")"
+  done
+  printf '\nupstream_us/op: CPU of the upstream per creation (the three masters summed);\n'
+  printf 'sidecar_us/op: of the sidecar. Each creation is one script call in the\n'
+  printf "shard of its user (the generated id lands there).\n"
 }
 
 # Passthrough: GET and SET through a sidecar with an upstream (the same
@@ -723,7 +817,7 @@ main() {
 
   check_setup
   build_sidecar
-  local sections=${BENCH_SECTIONS:-memory hot_reads write_through passthrough migration}
+  local sections=${BENCH_SECTIONS:-memory hot_reads write_through passthrough cluster migration}
   if [[ $sections == migration ]]; then
     # Its own sidecars only: no prefill needed.
     section_migration
@@ -741,7 +835,7 @@ main() {
   local section
   for section in $sections; do
     case $section in
-      memory | hot_reads | write_through | passthrough | migration) "section_$section" ;;
+      memory | hot_reads | write_through | passthrough | cluster | migration) "section_$section" ;;
       *) die "unknown section in BENCH_SECTIONS: $section" ;;
     esac
   done

@@ -30,7 +30,7 @@ use std::time::Duration;
 use redis::Value;
 
 use super::store::{WriteThrough, bulk};
-use crate::store::{Key, StoreError};
+use crate::store::StoreError;
 
 /// How long after it is recorded an intent is repaired if it is still there.
 pub const REPAIR_AFTER_MS: u64 = 3000;
@@ -404,14 +404,6 @@ impl WriteThrough {
         }
         reply.followups.into_iter().map(|f| (shard, f)).collect()
     }
-}
-
-/// Ids in the order given, without repeats.
-pub fn unique(ids: Vec<Key>) -> Vec<Key> {
-    let mut seen = std::collections::HashSet::new();
-    ids.into_iter()
-        .filter(|id| seen.insert(id.clone()))
-        .collect()
 }
 
 #[cfg(test)]
