@@ -39,17 +39,17 @@ main() {
     runner_args=(--no-fail-fast "${runner_args[@]}")
   fi
 
-  # The suites that talk to an upstream run again with one shard, the
-  # single-slot layout, where every step is one script call (the first run
-  # uses the default shard count).
+  # The suites that talk to one redis-server run again with 256 shards (the
+  # default on a cluster, where the cluster suite runs with it): every
+  # cross-shard step, intent and lock then runs on a single server too.
   local upstream_suites=(--test write_through --test migration --test fleet --test tls)
 
   if has_cargo_subcommand nextest; then
     log "cargo nextest run ${runner_args[*]}"
     cargo nextest run "${runner_args[@]}"
     if [[ $# -eq 0 ]]; then
-      log "SIDECAR_TEST_SHARDS=1 cargo nextest run ${upstream_suites[*]}"
-      SIDECAR_TEST_SHARDS=1 cargo nextest run "${runner_args[@]}" "${upstream_suites[@]}"
+      log "SIDECAR_TEST_SHARDS=256 cargo nextest run ${upstream_suites[*]}"
+      SIDECAR_TEST_SHARDS=256 cargo nextest run "${runner_args[@]}" "${upstream_suites[@]}"
     fi
     # nextest does not run doctests; cargo test does, for library crates only.
     if [[ $# -eq 0 && -f src/lib.rs ]]; then
@@ -60,8 +60,8 @@ main() {
     log "cargo test ${runner_args[*]}"
     cargo test "${runner_args[@]}"
     if [[ $# -eq 0 ]]; then
-      log "SIDECAR_TEST_SHARDS=1 cargo test ${upstream_suites[*]}"
-      SIDECAR_TEST_SHARDS=1 cargo test "${upstream_suites[@]}"
+      log "SIDECAR_TEST_SHARDS=256 cargo test ${upstream_suites[*]}"
+      SIDECAR_TEST_SHARDS=256 cargo test "${upstream_suites[@]}"
     fi
   fi
 }

@@ -13,9 +13,15 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
-/// Shards by default: enough that 100 masters each hold two or three, few
-/// enough that the background work over every shard is cheap on one server.
-pub const DEFAULT_SHARDS: u32 = 256;
+/// Shards by default on a Redis Cluster: enough that 100 masters each hold
+/// two or three, few enough that the background work over every shard stays
+/// cheap.
+pub const DEFAULT_CLUSTER_SHARDS: u32 = 256;
+
+/// Shards by default on one server (or a Sentinel's master): one, where
+/// concurrent creations share script calls and every change is one call. A
+/// move to a cluster is a move to a new upstream, laid out anew.
+pub const DEFAULT_SHARDS: u32 = 1;
 
 /// Why the configuration could not be read.
 #[derive(Debug)]
@@ -126,10 +132,11 @@ pub struct Config {
     pub prefix: String,
 
     /// Shards the sessions spread over in the upstream (a power of two up to
-    /// 16384), each one hash slot, evenly spaced over a cluster's slots. Recorded
-    /// in the upstream at first use: every sidecar of a prefix must use the same.
-    #[arg(long, env = "SESSION_SIDECAR_SHARDS", default_value_t = DEFAULT_SHARDS)]
-    pub shards: u32,
+    /// 16384), each one hash slot, evenly spaced over a cluster's slots; by
+    /// default 256 on a cluster, 1 otherwise. Recorded in the upstream at
+    /// first use: every sidecar of a prefix must use the same.
+    #[arg(long, env = "SESSION_SIDECAR_SHARDS")]
+    pub shards: Option<u32>,
 
     /// TTL in seconds of sessions created without TTL or PTTL.
     #[arg(long, env = "SESSION_SIDECAR_DEFAULT_TTL", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..=MAX_TTL_SECONDS))]
@@ -308,6 +315,20 @@ impl Config {
 
     /// How many event loops serve clients: `--threads`, or the CPUs this
     /// process may use (its cgroup's CPU quota included).
+    /// The shard count: `--shards`, or the default for the upstream's kind.
+    pub fn shard_count(&self) -> u32 {
+        self.shards.unwrap_or_else(|| {
+            let cluster = self.upstream.as_deref().is_some_and(|url| {
+                url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://")
+            });
+            if cluster {
+                DEFAULT_CLUSTER_SHARDS
+            } else {
+                DEFAULT_SHARDS
+            }
+        })
+    }
+
     pub fn worker_threads(&self) -> usize {
         match self.threads {
             0 => std::thread::available_parallelism().map_or(1, usize::from),

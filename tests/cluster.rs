@@ -75,19 +75,23 @@ fn two_sidecars_share_sessions_through_a_three_master_cluster() {
     // The session's keys, its user's index and its conn's pointer are each
     // on the master of their shard's slot (`holder` fails if none has it);
     // a generated id lands in its user's shard.
+    let l = &*CLUSTER_LAYOUT;
+    let c1_shard = l.shard_of(b"c1");
     for key in [
-        skey("c1"),
-        xkey_of("c1"),
-        ekey_of("c1"),
-        ukey("alice"),
-        ckey("ws1"),
+        l.session_key(b"c1"),
+        l.expiry_key(c1_shard),
+        l.stream_key(c1_shard),
+        l.user_key(b"alice"),
+        l.conn_key(b"ws1"),
     ] {
-        cluster.holder(&key);
+        cluster.holder(&key_text(key));
     }
     let generated = text(&call(&mut ca, &["SESSION.CREATE", "USER", "bob"]));
     assert_eq!(
-        cluster.holder(&skey(&generated)).addr,
-        cluster.holder(&ukey("bob")).addr,
+        cluster
+            .holder(&key_text(l.session_key(generated.as_bytes())))
+            .addr,
+        cluster.holder(&key_text(l.user_key(b"bob"))).addr,
         "a generated id is not beside its user's index"
     );
     assert_eq!(int(&call(&mut ca, &["SESSION.COUNT"])), 2);
@@ -430,7 +434,7 @@ fn every_event_is_read_from_the_shard_streams_through_the_sidecar() {
         .iter()
         .map(text)
         .collect();
-    assert_eq!(streams.len(), LAYOUT.shards() as usize);
+    assert_eq!(streams.len(), CLUSTER_LAYOUT.shards() as usize);
     for stream in &streams {
         call(
             &mut c,

@@ -282,7 +282,7 @@ fn start_sessions(
         upstream.clone(),
         WriteThroughConfig {
             prefix: config.prefix.clone(),
-            shards: config.shards,
+            shards: config.shard_count(),
             node: Key::from(node.as_bytes()),
             default_ttl_ms,
             limits,

@@ -31,7 +31,7 @@
 use crate::protocol::slot::{SLOTS, slot_of};
 use crate::store::Key;
 
-pub use crate::config::DEFAULT_SHARDS;
+pub use crate::config::{DEFAULT_CLUSTER_SHARDS, DEFAULT_SHARDS};
 
 /// The layout's version, recorded beside the shard count.
 pub const LAYOUT_VERSION: u32 = 2;

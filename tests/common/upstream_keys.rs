@@ -5,7 +5,7 @@
 use std::sync::LazyLock;
 
 use redis::Value;
-use session_sidecar::upstream::layout::{DEFAULT_SHARDS, Layout};
+use session_sidecar::upstream::layout::{DEFAULT_CLUSTER_SHARDS, DEFAULT_SHARDS, Layout};
 
 use super::assertions::{array, text};
 use super::client::call;
@@ -16,13 +16,20 @@ pub fn test_shards() -> Option<u32> {
     std::env::var("SIDECAR_TEST_SHARDS").ok()?.parse().ok()
 }
 
-/// The layout of the sidecars the tests start: prefix `session`, and the
-/// suite's shard count.
+/// The layout of the sidecars the tests start on one redis-server: prefix
+/// `session`, and the suite's shard count (else the default for one server).
 pub static LAYOUT: LazyLock<Layout> = LazyLock::new(|| {
     Layout::new("session", test_shards().unwrap_or(DEFAULT_SHARDS)).expect("the tests' layout")
 });
 
-fn key_text(key: Vec<u8>) -> String {
+/// The same on a Redis Cluster (whose default shard count differs).
+pub static CLUSTER_LAYOUT: LazyLock<Layout> = LazyLock::new(|| {
+    Layout::new("session", test_shards().unwrap_or(DEFAULT_CLUSTER_SHARDS))
+        .expect("the tests' cluster layout")
+});
+
+/// A key as text (the tests' names are).
+pub fn key_text(key: Vec<u8>) -> String {
     String::from_utf8(key).expect("test keys are text")
 }
 
