@@ -487,3 +487,116 @@ fn every_event_is_read_from_the_shard_streams_through_the_sidecar() {
         assert_eq!(events, &["created", "bound", "deleted"], "{id}'s events");
     }
 }
+
+/// Coherence and cheap heartbeats across every master: a sidecar serves hot
+/// copies of sessions on all three masters, sees another sidecar's writes to
+/// each within a second, and answers non-extending heartbeats without a
+/// script call per heartbeat.
+#[test]
+fn hot_copies_stay_coherent_and_heartbeats_cheap_on_every_master() {
+    let cluster = Cluster::start();
+    let a = sidecar(&cluster, "a");
+    let b = sidecar(&cluster, "b");
+    let (mut ca, mut cb) = (a.client(), b.client());
+    let l = &*CLUSTER_LAYOUT;
+    // Sessions until every master holds some.
+    let mut ids = Vec::new();
+    let mut masters = std::collections::BTreeSet::new();
+    for i in 0..300 {
+        let id = format!("h{i}");
+        call(&mut ca, &["SESSION.CREATE", "ID", &id, "TTL", "3600"]);
+        masters.insert(cluster.holder(&key_text(l.session_key(id.as_bytes()))).addr);
+        ids.push(id);
+        if masters.len() == 3 && ids.len() >= 30 {
+            break;
+        }
+    }
+    assert_eq!(masters.len(), 3, "the sessions are not on every master");
+    for id in &ids {
+        assert_eq!(get_session(&mut ca, id, false).unwrap().version, 1);
+    }
+    for id in &ids {
+        call(&mut cb, &["SESSION.ATTR.SET", id, "k", "b"]);
+    }
+    let coherent = wait_until(Duration::from_secs(1), || {
+        ids.iter()
+            .all(|id| get_session(&mut ca, id, false).unwrap().version == 2)
+    });
+    assert!(coherent, "a served stale copies after b's writes");
+
+    let absorbed =
+        |sc: &Sidecar| -> i64 { sc.info("upstream")["heartbeats_absorbed"].parse().unwrap() };
+    let before = absorbed(&a);
+    for _ in 0..10 {
+        for id in &ids {
+            assert!(int(&call(&mut ca, &["SESSION.TOUCH", id])) > 0);
+        }
+    }
+    // Every one answered from memory, on every master's sessions; their
+    // last_active reaches the upstream in batches.
+    assert_eq!(absorbed(&a) - before, 10 * ids.len() as i64);
+}
+
+/// One master down: the sessions on the others are served and written as
+/// before; those on it fail fast with TRYAGAIN, not after a timeout.
+#[test]
+fn a_master_down_fails_its_shards_fast_and_spares_the_others() {
+    let mut cluster = Cluster::start();
+    let a = sidecar(&cluster, "a");
+    let mut c = a.client();
+    let l = &*CLUSTER_LAYOUT;
+    let down = cluster.nodes[2].addr;
+    let (mut on_down, mut elsewhere) = (Vec::new(), Vec::new());
+    for i in 0..60 {
+        let id = format!("o{i}");
+        call(&mut c, &["SESSION.CREATE", "ID", &id]);
+        if cluster.holder(&key_text(l.session_key(id.as_bytes()))).addr == down {
+            on_down.push(id);
+        } else {
+            elsewhere.push(id);
+        }
+    }
+    assert!(!on_down.is_empty() && !elsewhere.is_empty());
+    cluster.nodes[2].kill9();
+    // Once the sidecar has seen the master go, its shards fail fast.
+    let fast = wait_until(Duration::from_secs(10), || {
+        let started = std::time::Instant::now();
+        let reply = call(&mut c, &["SESSION.ATTR.SET", &on_down[0], "k", "v"]);
+        err_text(&reply).starts_with("TRYAGAIN") && started.elapsed() < Duration::from_millis(100)
+    });
+    assert!(fast, "writes to the dead master's shards do not fail fast");
+    for id in &elsewhere {
+        assert_eq!(
+            int(&call(&mut c, &["SESSION.ATTR.SET", id, "k", "v"])),
+            2,
+            "{id}, on a live master"
+        );
+    }
+}
+
+/// SIGTERM on a cluster: the sidecar drains the sessions it owns, on every
+/// master, to the other sidecar it finds in the registry.
+#[test]
+fn sigterm_drains_every_masters_sessions_to_the_registered_sidecar() {
+    let cluster = Cluster::start();
+    let b = sidecar(&cluster, "b");
+    let mut a = sidecar(&cluster, "a");
+    assert!(wait_until(Duration::from_secs(10), || {
+        array(&call(&mut a.client(), &["SESSION.NODES"])).len() == 2
+    }));
+    let mut c = a.client();
+    for i in 0..200 {
+        call(
+            &mut c,
+            &["SESSION.CREATE", "ID", &format!("d{i}"), "USER", "u"],
+        );
+    }
+    a.sigterm();
+    assert!(a.wait_exit(Duration::from_secs(20)).success());
+    let mut cb = b.client();
+    for i in 0..200 {
+        let s = get_session(&mut cb, &format!("d{i}"), false).expect("a drained session");
+        assert_eq!(s.node, "b", "d{i}");
+    }
+    assert_eq!(byuser(&mut cb, "u").len(), 200);
+}
