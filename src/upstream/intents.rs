@@ -12,7 +12,7 @@
 //! | --- | --- | --- |
 //! | `uadd id user max created` | the session's shard | `user_add` in the user's shard (may evict, see `evict`) |
 //! | `conn id conn` | the session's shard | `point` in the conn's shard (may displace, see `unbind`) |
-//! | `evict id user` | the user's shard | `delete` of the session if still the user's, in its shard |
+//! | `evict id user reason` | the user's shard | `delete` of the session if still the user's, in its shard (MAXPERUSER, KILLUSER) |
 //! | `unbind id conn` | the conn's shard | `unbind_if` in the session's shard, if the pointer moved on |
 //! | `gone id user conn` | (tidying) | `user_rem` and `unpoint` where those are elsewhere |
 //! | `keep id user conn expires` | (tidying) | `keep` of the index and pointer where elsewhere |
@@ -44,6 +44,19 @@ pub const REPAIR_INTERVAL: Duration = Duration::from_millis(500);
 static CRASH_BETWEEN_STEPS: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
     std::env::var("SESSION_SIDECAR_FAULT").is_ok_and(|fault| fault == "crash-between-steps")
 });
+
+/// The fault injection point: aborts when a change's follow-ups hold an
+/// intent and `SESSION_SIDECAR_FAULT=crash-between-steps`.
+pub(crate) fn crash_if_injected(followups: &[Vec<u8>]) {
+    if *CRASH_BETWEEN_STEPS
+        && followups
+            .iter()
+            .any(|f| FollowUp::parse(f).is_some_and(|f| f.is_intent()))
+    {
+        tracing::error!("fault injection: crashing between the steps of a cross-shard change");
+        std::process::abort();
+    }
+}
 
 /// One follow-up, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,14 +113,8 @@ impl WriteThrough {
     /// intents done. Errors are not the client's: what fails here is left
     /// to the repairer (its intent stays).
     pub(crate) async fn follow_up(&self, shard: u32, followups: Vec<Vec<u8>>, mode: Mode) {
-        if *CRASH_BETWEEN_STEPS
-            && mode == Mode::Now
-            && followups
-                .iter()
-                .any(|f| FollowUp::parse(f).is_some_and(|f| f.is_intent()))
-        {
-            tracing::error!("fault injection: crashing between the steps of a cross-shard change");
-            std::process::abort();
+        if mode == Mode::Now {
+            crash_if_injected(&followups);
         }
         let mut pending: Vec<(u32, Vec<u8>)> = followups.into_iter().map(|f| (shard, f)).collect();
         // Follow-ups may produce more (an eviction, a displaced conn): at
@@ -202,13 +209,17 @@ impl WriteThrough {
             }
             b"evict" => {
                 let (id, user) = (step.field(0), step.field(1));
+                let reason = match step.field(2) {
+                    b"" => &b"evicted"[..],
+                    reason => reason,
+                };
                 let shard = layout.shard_of(id);
                 let reply = self
                     .run(
                         "delete",
                         shard,
                         &layout.session_key(id),
-                        &[b"evicted", user, id],
+                        &[reason, user, id],
                         now,
                     )
                     .await?;

@@ -529,6 +529,8 @@ elseif op == 'delete' then
 elseif op == 'killuser' then
   -- The user's index is here: this shard's sessions go now; the others'
   -- ids are handed back, for deletion in their shards.
+  -- Those leave the index now, each with an intent: a sidecar killed
+  -- before deleting them leaves them to the repairer.
   local user = arg()
   local deleted, elsewhere = 0, {}
   for _, entry in ipairs(user_entries(user)) do
@@ -538,6 +540,7 @@ elseif op == 'killuser' then
     else
       table.insert(elsewhere, entry[1])
       redis.call('ZREM', ukey(user), entry[1])
+      intend(now + 3000, 'evict', entry[1], user, 'killuser')
     end
   end
   return finish({ deleted, elsewhere })

@@ -1056,8 +1056,10 @@ impl WriteThrough {
         for id in &reply.touched {
             self.cache.invalidate(id);
         }
-        let followups = std::mem::take(&mut reply.followups);
-        self.follow_up(shard, followups, Mode::Now).await;
+        // Its intents (the other shards' deletions) are done below, then
+        // marked done; a crash before leaves them to the repairer.
+        let intents = std::mem::take(&mut reply.followups);
+        super::intents::crash_if_injected(&intents);
         let (here, elsewhere) = pair(reply.result);
         let mut deleted = here.as_ref().and_then(integer).unwrap_or(0).max(0) as usize;
         self.counts
@@ -1094,6 +1096,8 @@ impl WriteThrough {
             let followups = std::mem::take(&mut reply.followups);
             self.follow_up(*shard, followups, Mode::Now).await;
         }
+        // Each intent's deletion finds nothing left to delete: it is marked done.
+        self.follow_up(shard, intents, Mode::Now).await;
         Ok(deleted)
     }
 

@@ -1526,6 +1526,40 @@ fn kill_9_between_the_steps_of_cross_shard_changes_is_repaired() {
         get_session(&mut s, &x, false).unwrap().conn.as_deref(),
         Some(conn2.as_bytes())
     );
+    // MAXPERUSER evicting a session of another shard (a client-given id):
+    // the eviction is an intent in the user's shard.
+    let owner = pick("owner", &[]);
+    let theirs = pick("theirs", &[shard(&owner)]);
+    call(&mut s, &["SESSION.CREATE", "ID", &theirs, "USER", &owner]);
+    let _dead = crash(
+        "doomed-3",
+        &["SESSION.CREATE", "USER", &owner, "MAXPERUSER", "1"],
+    );
+    let evicted = wait_until(Duration::from_secs(15), || {
+        get_session(&mut s, &theirs, false).is_none() && byuser(&mut s, &owner).len() == 1
+    });
+    assert!(evicted, "the eviction in another shard was not finished");
+
+    // KILLUSER with sessions in other shards: they leave the user's index
+    // at once, and are deleted by the repairer.
+    let victim = pick("victim", &[]);
+    let ids: Vec<String> = (0..3)
+        .map(|k| pick(&format!("kill{k}-"), &[shard(&victim)]))
+        .collect();
+    for id in &ids {
+        call(&mut s, &["SESSION.CREATE", "ID", id, "USER", &victim]);
+    }
+    let _dead = crash("doomed-4", &["SESSION.KILLUSER", &victim]);
+    let killed = wait_until(Duration::from_secs(15), || {
+        ids.iter()
+            .all(|id| get_session(&mut s, id, false).is_none())
+    });
+    assert!(
+        killed,
+        "KILLUSER's deletions in other shards were not finished"
+    );
+    assert!(byuser(&mut s, &victim).is_empty());
+
     // Nothing is left to repair (finished intents are removed in batches).
     let mut direct = redis.client();
     let mut intents = || -> i64 {
@@ -1597,4 +1631,53 @@ fn sweeping_is_shared_among_the_live_sidecars_and_its_lag_exported() {
         "A sweeps {} of {all} shards after B left",
         shards_swept(&a)
     );
+}
+
+/// The shard count is recorded in the upstream: a sidecar started with
+/// another one refuses to start, naming both.
+#[test]
+fn a_sidecar_with_another_shard_count_refuses_to_start() {
+    let redis = RedisServer::start(&[]);
+    let _first = start_sidecar(&redis, "a", &["--shards", "16"]);
+    let url = upstream_url(&redis);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-sidecar"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--upstream", &url, "--shards", "64"])
+        .env_remove("SESSION_SIDECAR_SHARDS")
+        .output()
+        .expect("run the sidecar");
+    assert!(
+        !out.status.success(),
+        "a sidecar with another shard count started"
+    );
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        log.contains("16 shards") && log.contains("--shards 64"),
+        "the error does not name both counts: {log}"
+    );
+}
+
+/// "Oldest" is creation order, even within one millisecond: creations
+/// pipelined together (one group-commit call, one millisecond) keep the
+/// newest under MAXPERUSER.
+#[test]
+fn maxperuser_keeps_the_newest_of_creations_in_one_millisecond() {
+    let f = Fleet::start(&[]);
+    let mut c = f.a.client();
+    let mut pipe = redis::pipe();
+    for i in 0..5 {
+        pipe.cmd("SESSION.CREATE")
+            .arg("ID")
+            .arg(format!("ms{i}"))
+            .arg("USER")
+            .arg("fast")
+            .arg("MAXPERUSER")
+            .arg(2);
+    }
+    let _: Vec<String> = pipe.query(&mut c).unwrap();
+    assert_eq!(byuser(&mut c, "fast"), ["ms3", "ms4"]);
 }
