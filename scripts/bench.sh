@@ -354,7 +354,8 @@ measure() {
   before=$(cpu_ticks "$pid")
   # shellcheck disable=SC2086 # one or more pids
   [[ -z $upstream_pid ]] || upstream_before=$(cpu_ticks $upstream_pid)
-  output=$(redis-benchmark -h 127.0.0.1 -p "$port" -c "$CLIENTS" -n "$requests" \
+  # shellcheck disable=SC2086 # MEASURE_CLIENT_PIN is a command prefix or empty
+  output=$(${MEASURE_CLIENT_PIN:-} redis-benchmark -h 127.0.0.1 -p "$port" -c "$CLIENTS" -n "$requests" \
     -r "$SESSIONS" -P "$pipeline" --csv "$@" 2>&1) ||
     die "redis-benchmark $* (port $port, -P $pipeline) failed: $output"
   after=$(cpu_ticks "$pid")
@@ -540,8 +541,18 @@ section_write_through() {
 # sessions, so each should carry a third). On a machine with fewer cores than
 # masters the throughput cannot grow with them; the CPU per creation and its
 # spread are the figures that carry over.
+#
+# Pinned when the machine has two CPUs or more: the upstreams (the three
+# masters, or the one server) on CPU 1, the write-through sidecars and the
+# load generator on CPU 0, as a sidecar runs beside its application.
 section_cluster() {
-  heading "Write-through CREATE on a 3-master cluster vs one redis-server (medians of $ROUNDS rounds)"
+  local pinned=0
+  if (($(nproc) >= 2)) && command -v taskset >/dev/null 2>&1; then
+    pinned=1
+  fi
+  heading "Write-through CREATE on a 3-master cluster vs one redis-server (medians of $ROUNDS rounds$( ((pinned)) && echo ", pinned: upstreams on CPU 1, sidecars and redis-benchmark on CPU 0"))"
+  ((pinned)) || printf 'note: not pinned (fewer than 2 CPUs, or no taskset): the figures mix the processes fighting for the cores\n\n'
+  pin() { ((pinned)) && taskset -pc "$1" "$2" >/dev/null; true; }
   local masters=() pids=() port node_ports=() i
   for i in 0 1 2; do
     # The cluster bus listens on port + 10000: keep the port low enough.
@@ -551,6 +562,7 @@ section_cluster() {
       --save '' --appendonly no --dir "$WORK_DIR" --cluster-enabled yes \
       --cluster-config-file "$WORK_DIR/nodes-$i.conf" --cluster-node-timeout 10000
     wait_for_ping "cluster-$i" "$LAST_PID" "$port"
+    pin 1 "$LAST_PID"
     masters+=("127.0.0.1:$port")
     node_ports+=("$port")
     pids+=("$LAST_PID")
@@ -570,6 +582,11 @@ section_cluster() {
   cluster_pid=$LAST_PID
   start_sidecar single_port single-sidecar --upstream "redis://127.0.0.1:$REDIS_PORT"
   single_pid=$LAST_PID
+  pin 0 "$cluster_pid"
+  pin 0 "$single_pid"
+  pin 1 "$REDIS_PID"
+  local client_pin=
+  ((pinned)) && client_pin="taskset -c 0"
   for port in "$cluster_port" "$single_port"; do
     deadline=$((SECONDS + START_TIMEOUT_SECONDS))
     until [[ $(info_field "$port" upstream upstream_state) == up ]]; do
@@ -589,7 +606,7 @@ section_cluster() {
     for ((round = 0; round < ROUNDS; round++)); do
       for i in 0 1 2; do before[i]=$(cpu_ticks "${pids[i]}"); done
       MEASURE_REQUESTS=$WRITE_REQUESTS MEASURE_PIPELINED_REQUESTS=$PIPELINED_WRITE_REQUESTS \
-        MEASURE_UPSTREAM_PID="${pids[*]}" \
+        MEASURE_UPSTREAM_PID="${pids[*]}" MEASURE_CLIENT_PIN=$client_pin \
         measure "$cluster_port" "$cluster_pid" "$pipeline" SESSION.CREATE USER "u:__rand_int__" TTL 3600 ATTR locale en-US
       for i in 0 1 2; do
         after[i]=$(cpu_ticks "${pids[i]}")
@@ -597,7 +614,7 @@ section_cluster() {
       done
       cluster_rps+=("$RPS") cluster_up+=("$UPSTREAM_CPU_US") cluster_sc+=("$CPU_US")
       MEASURE_REQUESTS=$WRITE_REQUESTS MEASURE_PIPELINED_REQUESTS=$PIPELINED_WRITE_REQUESTS \
-        MEASURE_UPSTREAM_PID=$REDIS_PID \
+        MEASURE_UPSTREAM_PID=$REDIS_PID MEASURE_CLIENT_PIN=$client_pin \
         measure "$single_port" "$single_pid" "$pipeline" SESSION.CREATE USER "u:__rand_int__" TTL 3600 ATTR locale en-US
       single_rps+=("$RPS") single_up+=("$UPSTREAM_CPU_US") single_sc+=("$CPU_US")
     done
@@ -613,6 +630,8 @@ section_cluster() {
     printf '%-10s %8s %12s\n' "ratio" "$pipeline" \
       "$(ratio "$(median "${cluster_rps[@]}")" "$(median "${single_rps[@]}")")"
   done
+  # The other sections run unpinned.
+  ((pinned)) && taskset -pc "0-$(($(nproc) - 1))" "$REDIS_PID" >/dev/null
   printf '\nupstream_us/op: CPU of the upstream per creation (the three masters summed);\n'
   printf 'sidecar_us/op: of the sidecar. Each creation is one script call in the\n'
   printf "shard of its user (the generated id lands there).\n"

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::client::connect_sync;
 use super::polling::{STARTUP_DEADLINE, wait_until};
+use super::tools::TempDir;
 
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
 
@@ -19,6 +20,8 @@ const REDIS_SERVER: &str = "/usr/bin/redis-server";
 pub struct RedisServer {
     child: Child,
     pub addr: SocketAddr,
+    /// Its working directory, where replication writes its RDB files.
+    _dir: TempDir,
 }
 
 impl RedisServer {
@@ -26,9 +29,11 @@ impl RedisServer {
     pub fn start(extra: &[&str]) -> RedisServer {
         for _attempt in 0..5 {
             let port = free_port();
+            let dir = TempDir::new("redis");
             let mut child = Command::new(REDIS_SERVER)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
+                .args(["--dir", &dir.0.to_string_lossy()])
                 .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -43,7 +48,11 @@ impl RedisServer {
                 ping_raw(addr)
             });
             if up && child.try_wait().unwrap().is_none() {
-                return RedisServer { child, addr };
+                return RedisServer {
+                    child,
+                    addr,
+                    _dir: dir,
+                };
             }
             // The port was taken between probe and bind: try another.
             let _ = child.kill();
@@ -59,9 +68,11 @@ impl RedisServer {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let end = Instant::now() + STARTUP_DEADLINE;
         loop {
+            let dir = TempDir::new("redis");
             let mut child = Command::new(REDIS_SERVER)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
+                .args(["--dir", &dir.0.to_string_lossy()])
                 .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -75,7 +86,11 @@ impl RedisServer {
                 ping_raw(addr)
             });
             if up && child.try_wait().unwrap().is_none() {
-                return RedisServer { child, addr };
+                return RedisServer {
+                    child,
+                    addr,
+                    _dir: dir,
+                };
             }
             let _ = child.kill();
             let _ = child.wait();
