@@ -241,6 +241,21 @@ local function user_add(user, id, deadline, max_per_user, created)
   end
 end
 
+-- Session `id` (of this shard) loses `conn` to another session, if it
+-- still has it: its version moves and an `unbound` event says why.
+-- Returns whether it had it.
+local function lose_conn(id, s, conn)
+  if not s or s.conn ~= conn then return false end
+  table.insert(touched, id)
+  redis.call('HDEL', skey(id), 'conn')
+  redis.call('HSET', skey(id), 'status', 'disconnected')
+  if live(s) then
+    bump(id, s)
+    publish('unbound', id, s, 'rebound')
+  end
+  return true
+end
+
 -- The conn's pointer (in this shard) now names `id`. A previous holder
 -- loses the conn: here if it is this shard's session, else by an intent.
 local function point(conn, id, deadline, repair_at)
@@ -248,16 +263,7 @@ local function point(conn, id, deadline, repair_at)
   redis.call('SET', ckey(conn), id, 'PXAT', deadline)
   if previous and previous ~= id then
     if redis.call('EXISTS', skey(previous)) == 1 then
-      local other = load(previous)
-      if other.conn == conn then
-        table.insert(touched, previous)
-        redis.call('HDEL', skey(previous), 'conn')
-        redis.call('HSET', skey(previous), 'status', 'disconnected')
-        if live(other) then
-          bump(previous, other)
-          publish('unbound', previous, other, 'rebound')
-        end
-      end
+      lose_conn(previous, load(previous), conn)
     else
       intend(repair_at, 'unbind', previous, conn)
     end
@@ -605,17 +611,7 @@ elseif op == 'unbind_if' then
   -- The session's shard: `conn` went to another session; this one loses it
   -- if it still has it (its version moves, an `unbound` event says why).
   local id, conn, pointer_moved = arg(), arg(), arg()
-  local s = load(id)
-  if s and s.conn == conn and pointer_moved == '1' then
-    table.insert(touched, id)
-    redis.call('HDEL', skey(id), 'conn')
-    redis.call('HSET', skey(id), 'status', 'disconnected')
-    if live(s) then
-      bump(id, s)
-      publish('unbound', id, s, 'rebound')
-    end
-    return finish(1)
-  end
+  if pointer_moved == '1' and lose_conn(id, load(id), conn) then return finish(1) end
   return finish(0)
 
 elseif op == 'user_add' then

@@ -352,14 +352,10 @@ impl WriteThrough {
         calls: &[ShardCall],
         now: u64,
     ) -> Vec<Result<Reply, StoreError>> {
-        let mut by_master: HashMap<Option<usize>, Vec<usize>> = HashMap::new();
-        for (i, (shard, _, _)) in calls.iter().enumerate() {
-            let master = self.upstream.master_of(self.layout.slot(*shard));
-            by_master.entry(master).or_default().push(i);
-        }
         let mut results: Vec<Option<Result<Reply, StoreError>>> =
             calls.iter().map(|_| None).collect();
-        let rounds = by_master.into_values().map(|members| async move {
+        let groups = self.by_master(0..calls.len(), |&i| calls[i].0);
+        let rounds = groups.into_iter().map(|members| async move {
             let Some(&first) = members.first() else {
                 return Vec::new();
             };
@@ -416,16 +412,27 @@ impl WriteThrough {
             .collect()
     }
 
+    /// `items` in groups, one per master serving their shards (`shard` says
+    /// each one's): what one pipelined round trip per master carries.
+    fn by_master<T>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        shard: impl Fn(&T) -> u32,
+    ) -> Vec<Vec<T>> {
+        let mut groups: HashMap<Option<usize>, Vec<T>> = HashMap::new();
+        for item in items {
+            let master = self.upstream.master_of(self.layout.slot(shard(&item)));
+            groups.entry(master).or_default().push(item);
+        }
+        groups.into_values().collect()
+    }
+
     /// The shards (of `shards`) whose `kind` index (`x`: expiry, `i`:
     /// intents) has an entry due now: one pipelined read per master.
     pub(crate) async fn shards_with_due(&self, shards: &[u32], kind: &str) -> Vec<u32> {
         let now = crate::store::now_ms();
-        let mut by_master: HashMap<Option<usize>, Vec<u32>> = HashMap::new();
-        for &shard in shards {
-            let master = self.upstream.master_of(self.layout.slot(shard));
-            by_master.entry(master).or_default().push(shard);
-        }
-        let reads = by_master.into_values().map(|members| async move {
+        let groups = self.by_master(shards.iter().copied(), |&shard| shard);
+        let reads = groups.into_iter().map(|members| async move {
             let Some(&first) = members.first() else {
                 return Vec::new();
             };
@@ -738,13 +745,9 @@ impl WriteThrough {
         if slots.is_empty() {
             return Err(StoreError::Unavailable);
         }
-        let mut by_master: HashMap<Option<usize>, Vec<u32>> = HashMap::new();
-        for shard in 0..self.layout.shards() {
-            let master = self.upstream.master_of(self.layout.slot(shard));
-            by_master.entry(master).or_default().push(shard);
-        }
+        let groups = self.by_master(0..self.layout.shards(), |&shard| shard);
         let since = format!("({now}");
-        let counts = by_master.into_values().map(|shards| {
+        let counts = groups.into_iter().map(|shards| {
             let since = &since;
             async move {
                 let mut pipeline = redis::pipe();
@@ -1407,15 +1410,8 @@ impl WriteThrough {
                 return;
             }
             // One pipelined round trip per master.
-            let mut by_master: HashMap<Option<usize>, Vec<&Suspect>> = HashMap::new();
-            for suspect in &batch {
-                let slot = self.layout.slot(self.layout.shard_of(&suspect.id));
-                by_master
-                    .entry(self.upstream.master_of(slot))
-                    .or_default()
-                    .push(suspect);
-            }
-            let checks = by_master.into_values().map(|suspects| async move {
+            let groups = self.by_master(&batch, |suspect| self.layout.shard_of(&suspect.id));
+            let checks = groups.into_iter().map(|suspects| async move {
                 let mut pipeline = redis::pipe();
                 for suspect in &suspects {
                     pipeline
@@ -1513,13 +1509,8 @@ impl WriteThrough {
     /// expiry (other sidecars' sessions included): one pipelined read per
     /// master.
     async fn refresh_next_due(&self) {
-        let mine = self.my_shards();
-        let mut by_master: HashMap<Option<usize>, Vec<u32>> = HashMap::new();
-        for &shard in &mine {
-            let master = self.upstream.master_of(self.layout.slot(shard));
-            by_master.entry(master).or_default().push(shard);
-        }
-        let reads = by_master.into_values().map(|shards| async move {
+        let groups = self.by_master(self.my_shards(), |&shard| shard);
+        let reads = groups.into_iter().map(|shards| async move {
             let mut pipeline = redis::pipe();
             for &shard in &shards {
                 pipeline
