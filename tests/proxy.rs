@@ -1445,3 +1445,29 @@ fn an_upstream_dying_under_a_waiting_command_does_not_wedge_the_pool() {
     });
     assert!(through, "the pool never served again");
 }
+
+/// Replication cannot go through a proxy: SYNC, PSYNC and REPLCONF get a
+/// clear error (they once panicked a pooled connection and hung the
+/// client), and the connection and the pool go on serving.
+#[test]
+fn replication_commands_get_a_clear_error_and_break_nothing() {
+    let redis = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&redis.url(), &[]);
+    let mut c = sidecar.client();
+    for command in [
+        &["SYNC"][..],
+        &["PSYNC", "?", "-1"],
+        &["REPLCONF", "listening-port", "1"],
+    ] {
+        let started = Instant::now();
+        let reply = call(&mut c, command);
+        assert!(
+            err_text(&reply).contains("not served through session-sidecar"),
+            "{command:?}: {reply:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    call(&mut c, &["SET", "k", "v"]);
+    assert_eq!(text(&call(&mut c, &["GET", "k"])), "v");
+    assert_eq!(text(&call(&mut sidecar.client(), &["GET", "k"])), "v");
+}

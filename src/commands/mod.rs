@@ -73,6 +73,10 @@ pub async fn execute(
         return;
     };
     let Some(spec) = table::lookup(name) else {
+        if node.proxy.is_some() && client.authenticated && crate::proxy::refuses(name) {
+            out.error(crate::proxy::REFUSED_REPLICATION);
+            return;
+        }
         if node.proxy.is_some() && !client.authenticated {
             // With an upstream, an unknown command is forwarded once the
             // client has authenticated.

@@ -33,20 +33,25 @@ impl FrameScanner {
             };
             let element_end = match kind {
                 b'$' | b'=' | b'!' if value >= 0 => {
-                    let end = self.pos + header_end + value as usize + 2;
+                    let end = usize::try_from(value)
+                        .ok()
+                        .and_then(|len| (self.pos + header_end).checked_add(len)?.checked_add(2))
+                        .ok_or(FrameError("invalid length"))?;
                     if buf.len() < end {
                         return Ok(None);
                     }
                     end
                 }
                 b'*' | b'~' | b'>' | b'%' | b'|' if value > 0 => {
+                    let count = value as u64;
                     let elements = match kind {
-                        b'%' => value as u64 * 2,
+                        b'%' => count.checked_mul(2),
                         // An attribute map comes before the value it describes:
                         // both make one element.
-                        b'|' => value as u64 * 2 + 1,
-                        _ => value as u64,
-                    };
+                        b'|' => count.checked_mul(2).and_then(|n| n.checked_add(1)),
+                        _ => Some(count),
+                    }
+                    .ok_or(FrameError("invalid length"))?;
                     self.pos += header_end;
                     self.open.push(elements);
                     continue;
@@ -87,20 +92,25 @@ fn header(buf: &[u8]) -> Result<Option<(usize, u8, i64)>, FrameError> {
     let Some(&kind) = buf.first() else {
         return Ok(None);
     };
+    let counted = match kind {
+        b'$' | b'=' | b'!' | b'*' | b'~' | b'>' | b'%' | b'|' => true,
+        b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => false,
+        // Known at the first byte: no need to wait for a line end.
+        _ => return Err(FrameError("unknown type byte")),
+    };
     let limit = buf.len().min(MAX_LINE);
-    let Some(cr) = memchr_crlf(&buf[..limit]) else {
+    // The line ends after its type byte.
+    let Some(cr) = memchr_crlf(&buf[1..limit]).map(|at| at + 1) else {
         if buf.len() > MAX_LINE {
             return Err(FrameError("line too long"));
         }
         return Ok(None);
     };
     let line = &buf[1..cr];
-    let value = match kind {
-        b'$' | b'=' | b'!' | b'*' | b'~' | b'>' | b'%' | b'|' => {
-            super::parse_i64(line).ok_or(FrameError("invalid length"))?
-        }
-        b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => 0,
-        _ => return Err(FrameError("unknown type byte")),
+    let value = if counted {
+        super::parse_i64(line).ok_or(FrameError("invalid length"))?
+    } else {
+        0
     };
     Ok(Some((cr + 2, kind, value)))
 }
@@ -138,12 +148,12 @@ impl<'a> FrameView<'a> {
         let (mut pos, _, count) = header(self.frame).ok()??;
         let mut elements = Vec::with_capacity(usize::try_from(count).ok()?.min(8));
         for _ in 0..count {
-            let (len, kind, value) = header(&self.frame[pos..]).ok()??;
-            let line = &self.frame[pos + 1..pos + len - 2];
+            let (len, kind, value) = header(self.frame.get(pos..)?).ok()??;
+            let line = self.frame.get(pos + 1..pos + len - 2)?;
             match kind {
                 b'$' if value >= 0 => {
                     let start = pos + len;
-                    let end = start + value as usize;
+                    let end = start.checked_add(usize::try_from(value).ok()?)?;
                     elements.push(Element::Bulk(self.frame.get(start..end)?));
                     pos = end + 2;
                 }
@@ -180,7 +190,9 @@ pub fn split_aggregate(reply: &[u8]) -> Option<(u8, Vec<bytes::Bytes>)> {
         return None;
     }
     let (mut pos, _, count) = header(reply).ok()??;
-    let count = usize::try_from(count).ok()? * if kind == b'%' { 2 } else { 1 };
+    let count = usize::try_from(count)
+        .ok()?
+        .checked_mul(if kind == b'%' { 2 } else { 1 })?;
     let mut elements = Vec::with_capacity(count.min(4096));
     for _ in 0..count {
         let rest = reply.get(pos..)?;
@@ -261,6 +273,61 @@ mod tests {
     fn refuses_what_is_not_resp() {
         let mut scanner = FrameScanner::default();
         assert!(scanner.next_frame(b"hello\r\n").is_err());
+        // A reply that starts with CRLF (once a panic that wedged the pool).
+        assert!(FrameScanner::default().next_frame(b"\r\n").is_err());
+        assert!(FrameScanner::default().next_frame(b"\r\n+OK\r\n").is_err());
+        // Lengths and counts past what fits: a huge length waits (the
+        // proxy's reply timeout bounds that), a count that overflows is
+        // refused; neither panics.
+        assert_eq!(
+            FrameScanner::default().next_frame(b"$9223372036854775807\r\n"),
+            Ok(None)
+        );
+        assert_eq!(
+            FrameScanner::default().next_frame(b"%9223372036854775807\r\n"),
+            Ok(None)
+        );
+        assert!(
+            FrameScanner::default()
+                .next_frame(b"$99999999999999999999\r\n")
+                .is_err()
+        );
+    }
+
+    proptest::proptest! {
+        /// No byte sequence from an upstream panics the scanner, whole or
+        /// in any two pieces, nor a view of what it accepts.
+        #[test]
+        fn any_bytes_scan_without_panicking(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            split in 0usize..64,
+        ) {
+            let mut scanner = FrameScanner::default();
+            let cut = split.min(bytes.len());
+            if scanner.next_frame(&bytes[..cut]).is_ok()
+                && let Ok(Some(end)) = scanner.next_frame(&bytes)
+            {
+                let _ = FrameView::new(&bytes[..end]).elements();
+            }
+        }
+
+        /// Bytes made of RESP's own pieces reach deeper than random ones.
+        #[test]
+        fn resp_shaped_bytes_scan_without_panicking(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    &b"*"[..], b"$", b"%", b"|", b">", b"~", b":", b"+", b"-", b"_",
+                    b"\r\n", b"\r", b"\n", b"0", b"1", b"2", b"-1", b"9999999999999999999", b"x",
+                ]),
+                0..24,
+            ),
+        ) {
+            let bytes: Vec<u8> = pieces.concat();
+            let mut scanner = FrameScanner::default();
+            if let Ok(Some(end)) = scanner.next_frame(&bytes) {
+                let _ = FrameView::new(&bytes[..end]).elements();
+            }
+        }
     }
 
     #[test]

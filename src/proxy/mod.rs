@@ -159,8 +159,11 @@ impl Proxy {
         if !authenticated {
             return false;
         }
-        let Some(spec) = argv.first().and_then(|name| table::lookup(name)) else {
-            return true;
+        let Some(name) = argv.first() else {
+            return false;
+        };
+        let Some(spec) = table::lookup(name) else {
+            return !refuses(name);
         };
         if link.resp2_subscribed() {
             return !matches!(spec.cmd, Cmd::Quit | Cmd::Reset);
@@ -581,7 +584,10 @@ impl Link {
         while let Some((end, name)) = complete_request(input, limits) {
             let name = &input[name];
             if !self.plain_name.is(name) {
-                if table::lookup(name).is_some() || Command::of(name) != Command::Other {
+                if table::lookup(name).is_some()
+                    || Command::of(name) != Command::Other
+                    || refuses(name)
+                {
                     break;
                 }
                 self.plain_name.set(name);
@@ -738,6 +744,19 @@ impl Link {
 }
 
 /// The forwarded commands the proxy must tell apart.
+/// The commands a proxy cannot serve: a replication stream (SYNC, PSYNC)
+/// and its handshake (REPLCONF) are a connection's whole state, which
+/// neither a pooled nor a pinned connection can carry. They are refused
+/// with [`REFUSED_REPLICATION`] instead of forwarded.
+pub fn refuses(name: &[u8]) -> bool {
+    [&b"sync"[..], b"psync", b"replconf"]
+        .iter()
+        .any(|refused| name.eq_ignore_ascii_case(refused))
+}
+
+/// The error a client gets for a command [`refuses`] names.
+pub const REFUSED_REPLICATION: &str = "ERR replication (SYNC, PSYNC, REPLCONF) is not served through session-sidecar: replicate from the upstream directly";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
     Multi,
