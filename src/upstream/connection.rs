@@ -356,6 +356,13 @@ impl Upstream {
             self.refresh_requested.notify_one();
             return CallError::Unavailable;
         }
+        if error.code() == Some("LOADING") {
+            // The upstream is loading its data after a restart: nothing ran,
+            // and it will answer soon. Session commands fail fast with
+            // TRYAGAIN instead of handing clients a reply they do not expect.
+            self.stats.unavailable.inc();
+            return CallError::Unavailable;
+        }
         if error.is_timeout() {
             // Sent, but no answer in time: it may have been applied, so the
             // client must not be told to retry it blindly. The link itself

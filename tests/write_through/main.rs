@@ -1681,3 +1681,37 @@ fn maxperuser_keeps_the_newest_of_creations_in_one_millisecond() {
     let _: Vec<String> = pipe.query(&mut c).unwrap();
     assert_eq!(byuser(&mut c, "fast"), ["ms3", "ms4"]);
 }
+
+/// While the upstream loads its data after a restart (it answers -LOADING),
+/// session commands get TRYAGAIN, never the upstream's LOADING, and work
+/// again once it has loaded.
+#[test]
+fn session_commands_get_tryagain_while_the_upstream_loads() {
+    let dir = TempDir::new("loading");
+    let redis_args = ["--dir", dir.path(), "--enable-debug-command", "yes"];
+    let mut f = Fleet::on(RedisServer::start(&redis_args), &[]);
+    let port = f.redis.port();
+    let mut c = f.a.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "kept", "ATTR", "k", "v"]);
+    let mut direct = f.redis.client();
+    call(&mut direct, &["DEBUG", "POPULATE", "20000"]);
+    call(&mut direct, &["SAVE"]);
+    f.redis.kill9();
+    // Loading 20,000 keys 50 us apart takes about a second.
+    let slow = ["--dir", dir.path(), "--key-load-delay", "50"];
+    f.redis = RedisServer::start_on_port(port, &slow);
+    let mut tryagain = 0;
+    let served = wait_until(Duration::from_secs(30), || {
+        let reply = call(&mut c, &["SESSION.GET", "kept"]);
+        if let Value::ServerError(_) = &reply {
+            let error = err_text(&reply);
+            assert!(error.starts_with("TRYAGAIN"), "while loading: {error}");
+            tryagain += 1;
+            std::thread::sleep(Duration::from_millis(20));
+            return false;
+        }
+        get_session(&mut c, "kept", false).is_some_and(|s| s.attrs[&b"k"[..]] == b"v")
+    });
+    assert!(served, "the session was not served after the upstream loaded");
+    assert!(tryagain > 0, "no command was refused while the upstream loaded");
+}
