@@ -600,3 +600,59 @@ fn sigterm_drains_every_masters_sessions_to_the_registered_sidecar() {
     }
     assert_eq!(byuser(&mut cb, "u").len(), 200);
 }
+
+/// Cluster-mode clients see the sidecar as a one-node cluster serving every
+/// slot at its own address, so they keep talking to it: the redis crate's
+/// cluster client and redis-py's RedisCluster, standalone and in front of a
+/// 3-master cluster (the sidecar routes each key to its master).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mode_clients_talk_to_the_sidecar_as_a_one_node_cluster() {
+    let standalone = Sidecar::start(&[]);
+    let mut c = standalone.client();
+    let slots = array(&call(&mut c, &["CLUSTER", "SLOTS"]));
+    assert_eq!(slots.len(), 1);
+    let range = array(&slots[0]);
+    assert_eq!((int(&range[0]), int(&range[1])), (0, 16383));
+    let node = array(&range[2]);
+    assert_eq!(int(&node[1]), i64::from(standalone.addr.port()));
+    let id = text(&call(&mut c, &["CLUSTER", "MYID"]));
+    assert_eq!(id.len(), 40);
+    assert!(text(&call(&mut c, &["CLUSTER", "NODES"])).starts_with(&format!("{id} ")));
+    assert!(text(&call(&mut c, &["CLUSTER", "INFO"])).contains("cluster_state:ok"));
+    assert_eq!(int(&call(&mut c, &["CLUSTER", "KEYSLOT", "foo"])), 12182);
+    run_python_check("redis_py_cluster.py", &standalone, &[]);
+
+    let cluster = Cluster::start();
+    let sidecar = sidecar(&cluster, "front");
+    let client = redis::cluster::ClusterClient::new(vec![sidecar.url()]).unwrap();
+    let mut con = client.get_async_connection().await.unwrap();
+    for i in 0..50 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(i)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    for i in 0..50 {
+        let value: i64 = redis::cmd("GET")
+            .arg(format!("k{i}"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(value, i);
+    }
+    let created: String = redis::cmd("SESSION.CREATE")
+        .arg("ID")
+        .arg("through-cluster-client")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(created, "through-cluster-client");
+    // The keys are spread over the upstream's masters all the same.
+    let holders: std::collections::BTreeSet<_> = (0..50)
+        .map(|i| cluster.holder(&format!("k{i}")).addr)
+        .collect();
+    assert_eq!(holders.len(), 3);
+    run_python_check("redis_py_cluster.py", &sidecar, &["passthrough"]);
+}

@@ -7,6 +7,7 @@
 //! everything below it.
 
 mod args;
+pub mod cluster;
 mod connection;
 mod pubsub;
 pub use pubsub::unsubscribe_all;
@@ -139,6 +140,7 @@ pub async fn execute(
         },
         Cmd::Config => server::config(node, &mut args, out).await,
         Cmd::Time => server::time(out),
+        Cmd::Cluster => cluster::cluster(node, &mut args, out),
         Cmd::Subscribe => pubsub::subscribe(node, client, &mut args, out).await,
         Cmd::Unsubscribe => pubsub::unsubscribe(node, client, &mut args, out),
         Cmd::Psubscribe => pubsub::psubscribe(node, client, &mut args, out).await,

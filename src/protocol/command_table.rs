@@ -20,6 +20,7 @@ pub enum Cmd {
     Command,
     Config,
     Time,
+    Cluster,
     Subscribe,
     Unsubscribe,
     Psubscribe,
@@ -337,6 +338,15 @@ pub static COMMANDS: &[CommandSpec] = &[
         "server",
         "Returns the server time.",
         []
+    ),
+    command!(
+        "cluster",
+        Cluster,
+        -2,
+        CONNECTION,
+        "cluster",
+        "The sidecar as a one-node cluster serving every slot (SLOTS, SHARDS, NODES, MYID, INFO, KEYSLOT).",
+        [string("subcommand"), optional(many(string("arg")))]
     ),
     command!(
         "subscribe",

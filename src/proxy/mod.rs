@@ -179,6 +179,9 @@ impl Proxy {
                         && crate::config::sets_own_parameter(argv));
                 !answered_here
             }),
+            // The sidecar is a one-node cluster; the rest of CLUSTER is the
+            // upstream's.
+            Cmd::Cluster => argv.get(1).is_some_and(|sub| !cluster_answers_here(sub)),
             Cmd::Client => argv.get(1).is_some_and(|sub| {
                 [&b"tracking"[..], b"caching", b"getredir", b"trackinginfo"]
                     .iter()
@@ -744,6 +747,21 @@ impl Link {
 }
 
 /// The forwarded commands the proxy must tell apart.
+/// CLUSTER subcommands the sidecar answers itself (see `commands::cluster`,
+/// above this layer: the list is written here, where forwarding is decided).
+pub fn cluster_answers_here(sub: &[u8]) -> bool {
+    [
+        &b"slots"[..],
+        b"shards",
+        b"nodes",
+        b"myid",
+        b"info",
+        b"keyslot",
+    ]
+    .iter()
+    .any(|name| sub.eq_ignore_ascii_case(name))
+}
+
 /// The commands a proxy cannot serve: a replication stream (SYNC, PSYNC)
 /// and its handshake (REPLCONF) are a connection's whole state, which
 /// neither a pooled nor a pinned connection can carry. They are refused

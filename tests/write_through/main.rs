@@ -1712,6 +1712,12 @@ fn session_commands_get_tryagain_while_the_upstream_loads() {
         }
         get_session(&mut c, "kept", false).is_some_and(|s| s.attrs[&b"k"[..]] == b"v")
     });
-    assert!(served, "the session was not served after the upstream loaded");
-    assert!(tryagain > 0, "no command was refused while the upstream loaded");
+    assert!(
+        served,
+        "the session was not served after the upstream loaded"
+    );
+    assert!(
+        tryagain > 0,
+        "no command was refused while the upstream loaded"
+    );
 }
