@@ -606,3 +606,63 @@ fn a_single_thread_serves_and_stops() {
     sc.sigterm();
     assert!(sc.wait_exit(std::time::Duration::from_secs(10)).success());
 }
+
+/// With an open-file limit too low for --maxclients, the sidecar lowers
+/// maxclients to fit and says so at start, as Redis does; clients past it are
+/// told "max number of clients reached" instead of waiting in the backlog.
+#[test]
+fn maxclients_is_lowered_to_fit_the_open_file_limit() {
+    let port = free_port();
+    let command = format!(
+        "ulimit -n 64 && exec {} --listen 127.0.0.1:{port} --metrics-listen 127.0.0.1:0 --maxclients 10000",
+        env!("CARGO_BIN_EXE_session-sidecar")
+    );
+    let mut child = std::process::Command::new("bash")
+        .args(["-c", &command])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut con = None;
+    assert!(wait_until(Duration::from_secs(10), || {
+        con = redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection())
+            .ok();
+        con.is_some()
+    }));
+    let mut con = con.unwrap();
+    let maxclients = array(&call(&mut con, &["CONFIG", "GET", "maxclients"]));
+    assert_eq!(
+        text(&maxclients[1]),
+        "32",
+        "64 open files minus the 32 kept"
+    );
+    // Past the lowered limit: refused with Redis's words, not left waiting.
+    let mut extra = Vec::new();
+    let mut refused = false;
+    for _ in 0..40 {
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            break;
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        std::io::Write::write_all(&mut stream, b"PING\r\n").unwrap();
+        let mut reply = [0u8; 64];
+        let n = std::io::Read::read(&mut stream, &mut reply).unwrap_or(0);
+        if reply[..n].starts_with(b"-ERR max number of clients reached") {
+            refused = true;
+            break;
+        }
+        extra.push(stream);
+    }
+    assert!(refused, "no connection was refused past maxclients");
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        log.contains("maxclients lowered"),
+        "no word of it at start: {log}"
+    );
+}

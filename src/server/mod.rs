@@ -34,8 +34,35 @@ use crate::upstream::{Coherence, Timeouts, Upstream, WriteThrough, WriteThroughC
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// File descriptors the sidecar keeps beside one per client (listeners,
+/// upstream links and pools, logs), as Redis reserves 32.
+const RESERVED_FDS: usize = 32;
+
+/// Makes room for `--maxclients` in the open-file limit: raises the soft
+/// limit as far as the hard one allows, and if that is not enough lowers
+/// maxclients to fit and says so, as Redis does (clients past the limit then
+/// get "max number of clients reached" instead of waiting in the backlog).
+fn fit_maxclients(config: &mut Config) {
+    let wanted = config.maxclients.saturating_add(RESERVED_FDS);
+    match rlimit::increase_nofile_limit(wanted as u64) {
+        Ok(limit) if (limit as usize) < wanted => {
+            let fitted = (limit as usize).saturating_sub(RESERVED_FDS).max(1);
+            tracing::warn!(
+                requested = config.maxclients,
+                open_files = limit,
+                maxclients = fitted,
+                "maxclients lowered to fit the open-file limit (raise it with ulimit -n)"
+            );
+            config.maxclients = fitted;
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
+}
+
 /// Binds the listeners, serves until SIGTERM or SIGINT, then shuts down.
-pub async fn run(config: Config) -> Result<(), BoxError> {
+pub async fn run(mut config: Config) -> Result<(), BoxError> {
+    fit_maxclients(&mut config);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
