@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command: formatting, lints, build, then the test
 # suite. Extra arguments go to the test runner (cargo nextest run when
-# installed, cargo test otherwise), e.g. `scripts/test.sh session_get`.
+# installed, cargo test otherwise), e.g. `scripts/test.sh maxperuser` runs the
+# tests whose names contain it.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -46,7 +47,14 @@ main() {
 
   if has_cargo_subcommand nextest; then
     log "cargo nextest run ${runner_args[*]}"
-    cargo nextest run "${runner_args[@]}"
+    local status=0
+    cargo nextest run "${runner_args[@]}" || status=$?
+    if ((status == 4)); then
+      # nextest's code for "no test matched the filter".
+      printf 'error: no test name matches %s\n' "$*" >&2
+      exit 4
+    fi
+    ((status == 0)) || exit "$status"
     if [[ $# -eq 0 ]]; then
       log "SIDECAR_TEST_SHARDS=256 cargo nextest run ${upstream_suites[*]}"
       SIDECAR_TEST_SHARDS=256 cargo nextest run "${runner_args[@]}" "${upstream_suites[@]}"

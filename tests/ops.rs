@@ -666,3 +666,56 @@ fn maxclients_is_lowered_to_fit_the_open_file_limit() {
         "no word of it at start: {log}"
     );
 }
+
+/// Standalone without peers, SIGTERM cannot save the sessions: the log says
+/// how many are lost instead of dropping them silently.
+#[test]
+fn standalone_sigterm_without_peers_says_how_many_sessions_are_lost() {
+    let mut sc = Sidecar::start(&[]);
+    let mut c = sc.client();
+    for i in 0..3 {
+        call(&mut c, &["SESSION.CREATE", "ID", &format!("lost{i}")]);
+    }
+    sc.sigterm();
+    assert!(sc.wait_exit(Duration::from_secs(10)).success());
+    let logs = sc.logs().join("\n");
+    assert!(
+        logs.contains("no --peers to drain them to") && logs.contains("sessions=3"),
+        "{logs}"
+    );
+}
+
+/// Mistakes in the command line name what to do: a bad upstream URL lists
+/// the accepted schemes; a taken metrics port names --metrics-listen.
+#[test]
+fn bad_urls_and_taken_metrics_ports_are_explained() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-sidecar"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--upstream", "http://example.com"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("redis+cluster://") && text.contains("redis+sentinel://"),
+        "{text}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = taken.local_addr().unwrap().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-sidecar"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", &metrics])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("--metrics-listen"), "{text}");
+}

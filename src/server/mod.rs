@@ -68,7 +68,13 @@ pub async fn run(mut config: Config) -> Result<(), BoxError> {
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let metrics_listener = TcpListener::bind(config.metrics_listen)
         .await
-        .map_err(|e| format!("cannot listen on {} (metrics): {e}", config.metrics_listen))?;
+        .map_err(|e| {
+            format!(
+                "cannot listen on {} for metrics and health (--metrics-listen): {e}; \
+                 a second sidecar on this host needs a --metrics-listen of its own (port 0: any free port)",
+                config.metrics_listen
+            )
+        })?;
     let listen_addr = listener.local_addr()?;
     let metrics_addr = metrics_listener.local_addr()?;
     let tls = tls_listener(&config).await?;
@@ -206,8 +212,15 @@ pub async fn run(mut config: Config) -> Result<(), BoxError> {
     // still served (they get TRYAGAIN, then SESSIONMOVED, for moving ones).
     // Write-through: the sessions it owns may not all be hot, the drain asks
     // the upstream. Standalone: only with --peers is there a place to go.
-    let standalone_with_sessions =
-        !node.config.peers.is_empty() && node.sessions.count_local(now_ms()) > 0;
+    let held = node.sessions.count_local(now_ms());
+    let standalone_with_sessions = !node.config.peers.is_empty() && held > 0;
+    if node.upstream().is_none() && node.config.peers.is_empty() && held > 0 {
+        // Standalone, the sessions exist only here: say what is lost.
+        tracing::warn!(
+            sessions = held,
+            "shutting down with sessions and no --peers to drain them to: they are lost"
+        );
+    }
     if node.upstream().is_some() || standalone_with_sessions {
         let deadline = Duration::from_millis(node.config.drain_timeout_ms);
         let _ = node.drain(deadline).await;

@@ -756,7 +756,11 @@ impl State {
 }
 
 fn invalid_url(error: RedisError) -> String {
-    format!("invalid --upstream: {error}")
+    format!(
+        "invalid --upstream: {error} (accepted: redis://[user:pass@]host:port[/db], rediss://..., \
+         redis+cluster://host:port[,host:port...], rediss+cluster://..., \
+         redis+sentinel://host:port[,host:port...]/<master>[/db], rediss+sentinel://...)"
+    )
 }
 
 /// A RESP3 client for `info`, over TLS verified against `ca_pem` if given.
