@@ -128,6 +128,7 @@ fn write_section(node: &Node, section: &str, sessions_total: i64, text: &mut Str
                 );
                 field("upstream_commands", &u.stats.commands.get());
                 field("upstream_errors", &u.stats.errors.get());
+                field("upstream_refusals", &u.stats.refusals.get());
                 field("upstream_unavailable", &u.stats.unavailable.get());
                 field("upstream_reconnects", &u.stats.reconnects.get());
                 field("upstream_invalidations", &u.stats.invalidations.get());

@@ -211,8 +211,14 @@ pub fn render(node: &Node) -> String {
         metric(
             "upstream_errors_total",
             "counter",
-            "Error replies from the upstream.",
+            "Error replies from the upstream that are failures (refusals apart).",
             u.errors.get(),
+        );
+        metric(
+            "upstream_refusals_total",
+            "counter",
+            "Ordinary refusals from the session script (NOSESSION, CONFLICT, EXISTS, attribute limits).",
+            u.refusals.get(),
         );
         metric(
             "upstream_unavailable_total",

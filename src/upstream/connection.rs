@@ -75,7 +75,10 @@ impl State {
 #[derive(Default, Debug)]
 pub struct UpstreamStats {
     pub commands: Counter,
+    /// Error replies that are upstream failures (not the ordinary refusals).
     pub errors: Counter,
+    /// The script's ordinary refusals: NOSESSION, CONFLICT, EXISTS, attribute limits.
+    pub refusals: Counter,
     pub unavailable: Counter,
     pub reconnects: Counter,
     pub invalidations: Counter,
@@ -382,12 +385,16 @@ impl Upstream {
             tracing::debug!(%error, "upstream connection broke during a call");
             return CallError::Unknown;
         }
-        self.stats.errors.inc();
         let message = match (error.code(), error.detail()) {
             (Some(code), Some(detail)) => format!("{code} {detail}"),
             (Some(code), None) => code.to_string(),
             _ => format!("ERR upstream: {error}"),
         };
+        if is_session_outcome(&message) {
+            self.stats.refusals.inc();
+        } else {
+            self.stats.errors.inc();
+        }
         CallError::Reply(message)
     }
 
@@ -753,6 +760,15 @@ impl State {
             other
         }
     }
+}
+
+/// Whether an error reply is one of the session script's ordinary answers
+/// (a missing session, a version conflict, an existing id, a refused
+/// attribute), which the client asked for, rather than an upstream failure.
+fn is_session_outcome(message: &str) -> bool {
+    ["NOSESSION ", "CONFLICT ", "EXISTS ", "ERR too many attributes", "ERR attribute value", "ERR increment or decrement"]
+        .iter()
+        .any(|outcome| message.starts_with(outcome))
 }
 
 fn invalid_url(error: RedisError) -> String {
