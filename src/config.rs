@@ -52,7 +52,7 @@ pub const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 #[command(name = "session-sidecar", version, about, long_about = None)]
 pub struct Config {
     /// RESP listener for applications, redis-cli and peers (port 0: any free port).
-    #[arg(long, env = "SESSION_SIDECAR_LISTEN", default_value = "127.0.0.1:6380")]
+    #[arg(long, env = "SESSION_SIDECAR_LISTEN", default_value = "127.0.0.1:6380", value_parser = listen_addr)]
     pub listen: SocketAddr,
 
     /// Upstream Redis, the source of truth (write-through mode): redis://[user:pass@]host:port[/db].
@@ -106,7 +106,8 @@ pub struct Config {
     #[arg(
         long,
         env = "SESSION_SIDECAR_METRICS_LISTEN",
-        default_value = "127.0.0.1:9380"
+        default_value = "127.0.0.1:9380",
+        value_parser = listen_addr
     )]
     pub metrics_listen: SocketAddr,
 
@@ -115,7 +116,8 @@ pub struct Config {
     #[arg(
         long,
         env = "SESSION_SIDECAR_TLS_LISTEN",
-        requires_all = ["tls_cert_file", "tls_key_file"]
+        requires_all = ["tls_cert_file", "tls_key_file"],
+        value_parser = listen_addr
     )]
     pub tls_listen: Option<SocketAddr>,
 
@@ -307,14 +309,20 @@ impl Config {
                 )));
             }
             let value = value.trim().trim_matches('"').to_string();
+            // Checked now, so that a bad value is reported against the file
+            // and its line, not against the flag it stands for.
+            if let Some(reason) = invalid_value(&command, &id, &value) {
+                return Err(file_error(format!(
+                    "line {}: invalid value '{value}' for {name}: {reason}",
+                    line_no + 1
+                )));
+            }
             command = command.mut_arg(id, |arg| arg.default_value(value));
         }
         let matches = command.try_get_matches_from(&args)?;
         Ok(Config::from_arg_matches(&matches)?)
     }
 
-    /// How many event loops serve clients: `--threads`, or the CPUs this
-    /// process may use (its cgroup's CPU quota included).
     /// The shard count: `--shards`, or the default for the upstream's kind.
     pub fn shard_count(&self) -> u32 {
         self.shards.unwrap_or_else(|| {
@@ -329,6 +337,8 @@ impl Config {
         })
     }
 
+    /// How many event loops serve clients: `--threads`, or the CPUs this
+    /// process may use (its cgroup's CPU quota included).
     pub fn worker_threads(&self) -> usize {
         match self.threads {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
@@ -374,6 +384,47 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(multiplier))
         .ok_or_else(|| format!("invalid memory size '{text}'"))
+}
+
+/// Why `value` is not a valid value of the argument `id`, if it is not
+/// (arguments that take no value are not checked here).
+fn invalid_value(command: &clap::Command, id: &str, value: &str) -> Option<String> {
+    let arg = command.get_arguments().find(|a| a.get_id() == id)?;
+    if !arg.get_action().takes_values() {
+        return None;
+    }
+    let long = format!("--{}", arg.get_long()?);
+    let probe = Config::command().try_get_matches_from(["session-sidecar", long.as_str(), value]);
+    let error = probe.err()?;
+    if !matches!(
+        error.kind(),
+        clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    Some(match std::error::Error::source(&error) {
+        Some(source) => source.to_string(),
+        None => error.kind().to_string(),
+    })
+}
+
+/// A listen address: `ip:port` or `host:port` (resolved once, at start;
+/// an IPv4 address is preferred, as `localhost` usually means 127.0.0.1).
+fn listen_addr(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("expected host:port or ip:port ({e})"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text} resolves to no address"))
 }
 
 /// The parameters that are the sidecar's own (its listener, its limits, its
@@ -428,6 +479,18 @@ mod tests {
         assert_eq!(config.default_ttl, 90);
         std::fs::write(&dir, "bogus 1\n").unwrap();
         assert!(Config::load_from(["x", "--config", path]).is_err());
+        // A bad value names the file and its line, not the flag.
+        std::fs::write(&dir, "# comment\nprefix ok\nlisten not-an-address\n").unwrap();
+        match Config::load_from(["x", "--config", path]) {
+            Err(ConfigError::File(message)) => {
+                assert!(message.starts_with(path), "{message}");
+                assert!(
+                    message.contains("line 3: invalid value 'not-an-address' for listen"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a file error, got {other:?}"),
+        }
         std::fs::remove_file(&dir).unwrap();
     }
 }

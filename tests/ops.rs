@@ -719,3 +719,29 @@ fn bad_urls_and_taken_metrics_ports_are_explained() {
     );
     assert!(text.contains("--metrics-listen"), "{text}");
 }
+
+/// Listen addresses may be host names: `--listen localhost:<port>` serves.
+#[test]
+fn listen_addresses_may_be_host_names() {
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_session-sidecar"))
+        .args([
+            "--listen",
+            &format!("localhost:{port}"),
+            "--metrics-listen",
+            "localhost:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("redis://127.0.0.1:{port}");
+    let served = wait_until(Duration::from_secs(10), || {
+        redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection())
+            .is_ok_and(|mut con| redis::cmd("PING").query::<String>(&mut con).is_ok())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(served, "nothing served on localhost:{port}");
+}

@@ -766,9 +766,16 @@ impl State {
 /// (a missing session, a version conflict, an existing id, a refused
 /// attribute), which the client asked for, rather than an upstream failure.
 fn is_session_outcome(message: &str) -> bool {
-    ["NOSESSION ", "CONFLICT ", "EXISTS ", "ERR too many attributes", "ERR attribute value", "ERR increment or decrement"]
-        .iter()
-        .any(|outcome| message.starts_with(outcome))
+    [
+        "NOSESSION ",
+        "CONFLICT ",
+        "EXISTS ",
+        "ERR too many attributes",
+        "ERR attribute value",
+        "ERR increment or decrement",
+    ]
+    .iter()
+    .any(|outcome| message.starts_with(outcome))
 }
 
 fn invalid_url(error: RedisError) -> String {

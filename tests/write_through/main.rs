@@ -1747,8 +1747,17 @@ fn ordinary_refusals_are_not_counted_as_upstream_errors() {
     let mut c = f.a.client();
     call(&mut c, &["SESSION.CREATE", "ID", "r"]);
     assert_err_code(&call(&mut c, &["SESSION.CREATE", "ID", "r"]), "EXISTS");
-    assert_err_code(&call(&mut c, &["SESSION.UPDATE", "r", "IFVERSION", "7", "ATTR", "a", "1"]), "CONFLICT");
-    assert_err_code(&call(&mut c, &["SESSION.BIND", "missing", "c"]), "NOSESSION");
+    assert_err_code(
+        &call(
+            &mut c,
+            &["SESSION.UPDATE", "r", "IFVERSION", "7", "ATTR", "a", "1"],
+        ),
+        "CONFLICT",
+    );
+    assert_err_code(
+        &call(&mut c, &["SESSION.BIND", "missing", "c"]),
+        "NOSESSION",
+    );
     assert_eq!(upstream_counter(&f.a, "upstream_errors"), 0);
     assert!(upstream_counter(&f.a, "upstream_refusals") >= 2);
 }
