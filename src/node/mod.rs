@@ -45,14 +45,19 @@ pub struct Node {
 }
 
 impl Node {
-    /// Serving, not shutting down, and (write-through) connected upstream:
-    /// without it no session command can be answered.
+    /// Whether this pod can serve: listening, not shutting down, not
+    /// draining. The shared upstream's health is not part of it: when the
+    /// upstream is down on every pod at once, taking every pod out of its
+    /// Service would only turn fast TRYAGAIN replies into refused
+    /// connections. It is reported apart ([`Node::upstream_up`]).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-            && !self.migration.is_draining()
-            && self.upstream().is_none_or(|store| {
-                store.upstream.state() == crate::upstream::connection::State::Up
-            })
+        self.ready.load(Ordering::Relaxed) && !self.migration.is_draining()
+    }
+
+    /// Whether every upstream master is reachable (None standalone).
+    pub fn upstream_up(&self) -> Option<bool> {
+        self.upstream()
+            .map(|store| store.upstream.state() == crate::upstream::connection::State::Up)
     }
 
     /// `standalone` or `write-through`.

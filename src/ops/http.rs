@@ -1,7 +1,9 @@
 //! The operations HTTP listener: `/metrics` (Prometheus), `/healthz`
-//! (liveness: the process answers) and `/readyz` (readiness: serving and not
-//! shutting down). Three fixed GET pages, one request per connection: small
-//! enough not to need an HTTP framework.
+//! (liveness: the process answers), `/readyz` (readiness: serving, not
+//! shutting down, not draining; the upstream's health is not part of it) and
+//! `/upstream` (200 while every upstream master is reachable, 503 otherwise).
+//! HEAD is answered as GET without a body. A few fixed pages, one request
+//! per connection: small enough not to need an HTTP framework.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +49,19 @@ async fn respond(mut stream: TcpStream, node: &Node) -> std::io::Result<()> {
     let mut words = line.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
+    // HEAD is GET without the body.
+    let head = method == "HEAD";
+    let method = if head { "GET" } else { method };
     let (status, content_type, body) = match (method, path) {
+        ("GET", "/upstream") => match node.upstream_up() {
+            Some(true) => ("200 OK", "text/plain", "up\n".to_string()),
+            Some(false) => (
+                "503 Service Unavailable",
+                "text/plain",
+                "down\n".to_string(),
+            ),
+            None => ("200 OK", "text/plain", "none (standalone)\n".to_string()),
+        },
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4",
@@ -68,8 +82,9 @@ async fn respond(mut stream: TcpStream, node: &Node) -> std::io::Result<()> {
         ),
     };
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        if head { "" } else { body.as_str() }
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await

@@ -1761,3 +1761,37 @@ fn ordinary_refusals_are_not_counted_as_upstream_errors() {
     assert_eq!(upstream_counter(&f.a, "upstream_errors"), 0);
     assert!(upstream_counter(&f.a, "upstream_refusals") >= 2);
 }
+
+/// Readiness says whether this pod can serve; the shared upstream's health
+/// is reported apart (/upstream, INFO, metrics), so an upstream outage does
+/// not take every pod out of its Service at once.
+#[test]
+fn readiness_does_not_follow_the_shared_upstream() {
+    let mut f = Fleet::start(&[]);
+    assert_eq!(f.a.http_get("/readyz").0, 200);
+    assert_eq!(f.a.http_get("/upstream").0, 200);
+    f.redis.kill9();
+    let down = wait_until(WAIT, || f.a.http_get("/upstream").0 == 503);
+    assert!(down, "/upstream did not report the outage");
+    assert_eq!(
+        f.a.http_get("/readyz").0,
+        200,
+        "readiness followed the upstream"
+    );
+    assert_eq!(upstream_state(&f.a), "down");
+    let (_, _, body) = f.a.http_get("/metrics");
+    assert_eq!(
+        metric_value(&body, "session_sidecar_upstream_up"),
+        Some(0.0)
+    );
+    // HEAD: the status, no body.
+    let mut stream = std::net::TcpStream::connect(f.a.metrics_addr).unwrap();
+    std::io::Write::write_all(&mut stream, b"HEAD /readyz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.ends_with("\r\n\r\n"),
+        "HEAD sent a body: {response}"
+    );
+}
