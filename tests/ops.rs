@@ -745,3 +745,13 @@ fn listen_addresses_may_be_host_names() {
     let _ = child.wait();
     assert!(served, "nothing served on localhost:{port}");
 }
+
+/// The Kubernetes example holds what the sidecar's operation depends on: a
+/// native sidecar with a startup probe, a shutdown budget inside the grace
+/// period, memory sizing under the limit, a PodDisruptionBudget and a
+/// NetworkPolicy (checked by parsing the manifest).
+#[test]
+fn the_kubernetes_example_is_a_native_sidecar_with_its_guards() {
+    let manifest = format!("{}/docker/k8s/deployment.yaml", env!("CARGO_MANIFEST_DIR"));
+    run_python("k8s_manifest.py", &[&manifest]);
+}

@@ -75,10 +75,19 @@ fn python() -> String {
 /// succeeds.
 #[track_caller]
 pub fn run_python_check(script: &str, sidecar: &Sidecar, args: &[&str]) {
+    let port = sidecar.addr.port().to_string();
+    let mut all = vec![port.as_str()];
+    all.extend_from_slice(args);
+    run_python(script, &all);
+}
+
+/// Runs `tests/python/<script> <args...>` and fails with its output unless
+/// it succeeds.
+#[track_caller]
+pub fn run_python(script: &str, args: &[&str]) {
     let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
     let output = Command::new(python())
         .arg(&path)
-        .arg(sidecar.addr.port().to_string())
         .args(args)
         .output()
         .expect("python runs (scripts/test.sh installs redis-py in target/test-venv)");
