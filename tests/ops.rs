@@ -689,17 +689,14 @@ fn standalone_sigterm_without_peers_says_how_many_sessions_are_lost() {
 /// the accepted schemes; a taken metrics port names --metrics-listen.
 #[test]
 fn bad_urls_and_taken_metrics_ports_are_explained() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-sidecar"))
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .args(["--upstream", "http://example.com"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = failed_start_output(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "http://example.com",
+    ]);
     assert!(
         text.contains("redis+cluster://") && text.contains("redis+sentinel://"),
         "{text}"
@@ -707,16 +704,7 @@ fn bad_urls_and_taken_metrics_ports_are_explained() {
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let metrics = taken.local_addr().unwrap().to_string();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-sidecar"))
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", &metrics])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = failed_start_output(&["--listen", "127.0.0.1:0", "--metrics-listen", &metrics]);
     assert!(text.contains("--metrics-listen"), "{text}");
 }
 

@@ -172,3 +172,20 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Runs the sidecar binary with `args`, expects it to refuse to start, and
+/// returns what it printed (stdout and stderr).
+#[track_caller]
+pub fn failed_start_output(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_session-sidecar"))
+        .args(args)
+        .env_remove("SESSION_SIDECAR_SHARDS")
+        .output()
+        .expect("run the sidecar");
+    assert!(!out.status.success(), "the sidecar started with {args:?}");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

@@ -1640,21 +1640,16 @@ fn a_sidecar_with_another_shard_count_refuses_to_start() {
     let redis = RedisServer::start(&[]);
     let _first = start_sidecar(&redis, "a", &["--shards", "16"]);
     let url = upstream_url(&redis);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-sidecar"))
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .args(["--upstream", &url, "--shards", "64"])
-        .env_remove("SESSION_SIDECAR_SHARDS")
-        .output()
-        .expect("run the sidecar");
-    assert!(
-        !out.status.success(),
-        "a sidecar with another shard count started"
-    );
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let log = failed_start_output(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &url,
+        "--shards",
+        "64",
+    ]);
     assert!(
         log.contains("16 shards") && log.contains("--shards 64"),
         "the error does not name both counts: {log}"
