@@ -274,19 +274,18 @@ pub fn render(node: &Node) -> String {
             "Batched last_active writes.",
             m.load(&w.heartbeat_flushes),
         );
+        let masters = store.upstream.masters();
         metric(
             "upstream_masters",
             "gauge",
             "Upstream masters with a link (one for a single server).",
-            store.upstream.masters().len() as u64,
+            masters.len() as u64,
         );
         metric(
             "upstream_masters_up",
             "gauge",
             "Upstream masters whose link is up.",
-            store
-                .upstream
-                .masters()
+            masters
                 .iter()
                 .filter(|(_, state)| *state == crate::upstream::connection::State::Up)
                 .count() as u64,

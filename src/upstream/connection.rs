@@ -324,21 +324,6 @@ impl Upstream {
         result.map_err(|error| self.classify(&link, error))
     }
 
-    /// The slots each master serves, one slot of each (the lowest): where a
-    /// call about the whole store goes once per master.
-    pub fn slot_per_master(&self) -> Vec<u16> {
-        let topology = self.current();
-        let mut first = vec![None; topology.links.len()];
-        for (slot, &index) in topology.slots.iter().enumerate() {
-            if let Some(entry) = first.get_mut(usize::from(index))
-                && entry.is_none()
-            {
-                *entry = Some(slot as u16);
-            }
-        }
-        first.into_iter().flatten().collect()
-    }
-
     /// Which master (its index in [`Upstream::masters`]) serves `slot`.
     pub fn master_of(&self, slot: u16) -> Option<usize> {
         self.current()

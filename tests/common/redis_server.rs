@@ -28,35 +28,10 @@ impl RedisServer {
     /// Starts redis-server with `extra` arguments and waits until it answers PING.
     pub fn start(extra: &[&str]) -> RedisServer {
         for _attempt in 0..5 {
-            let port = free_port();
-            let dir = TempDir::new("redis");
-            let mut child = Command::new(REDIS_SERVER)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .args(["--dir", &dir.0.to_string_lossy()])
-                .args(extra)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn redis-server");
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let up = wait_until(STARTUP_DEADLINE, || {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return true;
-                }
-                ping_raw(addr)
-            });
-            if up && child.try_wait().unwrap().is_none() {
-                return RedisServer {
-                    child,
-                    addr,
-                    _dir: dir,
-                };
+            if let Some(server) = RedisServer::try_start(free_port(), extra, STARTUP_DEADLINE) {
+                return server;
             }
             // The port was taken between probe and bind: try another.
-            let _ = child.kill();
-            let _ = child.wait();
         }
         panic!("could not start redis-server");
     }
@@ -65,41 +40,51 @@ impl RedisServer {
     /// the port its clients know) and waits until it answers PING. Panics if
     /// it cannot bind the port within the startup deadline.
     pub fn start_on_port(port: u16, extra: &[&str]) -> RedisServer {
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let end = Instant::now() + STARTUP_DEADLINE;
         loop {
-            let dir = TempDir::new("redis");
-            let mut child = Command::new(REDIS_SERVER)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .args(["--dir", &dir.0.to_string_lossy()])
-                .args(extra)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn redis-server");
-            let up = wait_until(end.saturating_duration_since(Instant::now()), || {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return true;
-                }
-                ping_raw(addr)
-            });
-            if up && child.try_wait().unwrap().is_none() {
-                return RedisServer {
-                    child,
-                    addr,
-                    _dir: dir,
-                };
+            let left = end.saturating_duration_since(Instant::now());
+            if let Some(server) = RedisServer::try_start(port, extra, left) {
+                return server;
             }
-            let _ = child.kill();
-            let _ = child.wait();
             if Instant::now() >= end {
                 panic!("could not start redis-server on port {port}");
             }
             // The port may still be held by a dying process: retry shortly.
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// One attempt: redis-server on `port`, in a directory of its own,
+    /// answering PING within `deadline`; None (the process gone) otherwise.
+    fn try_start(port: u16, extra: &[&str], deadline: Duration) -> Option<RedisServer> {
+        let dir = TempDir::new("redis");
+        let mut child = Command::new(REDIS_SERVER)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--dir", &dir.0.to_string_lossy()])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let up = wait_until(deadline, || {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            ping_raw(addr)
+        });
+        if up && child.try_wait().unwrap().is_none() {
+            return Some(RedisServer {
+                child,
+                addr,
+                _dir: dir,
+            });
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     /// `redis://` URL of this server.
