@@ -5,7 +5,7 @@
 //! long flags without dashes, `#` comments. Its values become the flags'
 //! defaults, so the environment and the command line still win.
 //!
-//! Layer 1 of 14 (the order is in `tests/layers.rs`). Uses nothing of the
+//! Layer 1 of 15 (the order is in `tests/layers.rs`). Uses nothing of the
 //! crate; every layer may read it.
 
 use std::net::SocketAddr;

@@ -4,7 +4,7 @@
 //! passthrough keeps its pools per loop, so that a forwarded command and its
 //! reply never cross threads. This is the one fact both need to share.
 //!
-//! Layer 1 of 14 (the order is in `tests/layers.rs`). Uses nothing of the
+//! Layer 1 of 15 (the order is in `tests/layers.rs`). Uses nothing of the
 //! crate; the server sets it, the proxy reads it.
 
 use std::cell::Cell;

@@ -3,8 +3,12 @@
 //! In standalone mode they go to the sidecar's own subscribers. Nothing is
 //! serialized while nobody listens.
 //!
-//! Layer 6 of 14 (the order is in `tests/layers.rs`). Uses `store` (the
-//! events it reports) and `pubsub` (where they are published standalone).
+//! Each event is also a change for the clients caching that session
+//! ([`crate::tracking`]).
+//!
+//! Layer 7 of 15 (the order is in `tests/layers.rs`). Uses `store` (the
+//! events it reports), `pubsub` (where they are published standalone) and
+//! `tracking`.
 
 use std::sync::Arc;
 
@@ -13,24 +17,33 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::pubsub::PubSub;
 use crate::store::{Event, EventSink, lossy_text};
+use crate::tracking::Tracking;
 
 /// Publishes store events to local subscribers.
 pub struct LocalEvents {
     channel: Bytes,
     pubsub: Arc<PubSub>,
+    /// Every event is a change clients caching the session are told of.
+    tracking: Arc<Tracking>,
 }
 
 impl LocalEvents {
-    pub fn new(prefix: &str, pubsub: Arc<PubSub>) -> Self {
+    pub fn new(prefix: &str, pubsub: Arc<PubSub>, tracking: Arc<Tracking>) -> Self {
         Self {
             channel: Bytes::from(format!("{prefix}:events")),
             pubsub,
+            tracking,
         }
     }
 }
 
 impl EventSink for LocalEvents {
     fn publish(&self, events: Vec<Event>) {
+        if self.tracking.any() {
+            for event in &events {
+                self.tracking.invalidate(&event.id, None);
+            }
+        }
         if !self.pubsub.has_subscribers() {
             return;
         }

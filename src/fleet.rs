@@ -8,7 +8,7 @@
 //! last report, so a sidecar that died leaves the registry by itself. A
 //! sidecar that stops cleanly removes its entry at once.
 //!
-//! Layer 10 of 14 (the order is in `tests/layers.rs`). Uses `sessions`,
+//! Layer 11 of 15 (the order is in `tests/layers.rs`). Uses `sessions`,
 //! `upstream` and `migrate` (to reach peers): a [`Fleet`] holds the sessions
 //! and settings it needs, not the node.
 

@@ -25,4 +25,5 @@ pub mod pubsub;
 pub mod server;
 pub mod sessions;
 pub mod store;
+pub mod tracking;
 pub mod upstream;

@@ -1,7 +1,7 @@
 //! The metric handles: counters an operator graphs, registered once as
 //! plain atomics and kept in the structs that update them.
 //!
-//! Layer 3 of 14 (the order is in `tests/layers.rs`). Uses the command table
+//! Layer 3 of 15 (the order is in `tests/layers.rs`). Uses the command table
 //! of `protocol`. Rendering the handles for `/metrics` is `ops::prometheus`.
 
 use std::sync::atomic::{AtomicU64, Ordering};

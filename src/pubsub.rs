@@ -6,7 +6,7 @@
 //! client never slows a publisher down nor makes the sidecar buffer without
 //! bound.
 //!
-//! Layer 5 of 14 (the order is in `tests/layers.rs`). Uses the layers below
+//! Layer 5 of 15 (the order is in `tests/layers.rs`). Uses the layers below
 //! (it needs none of them).
 
 use std::collections::HashMap;
@@ -29,6 +29,11 @@ pub enum Message {
         channel: Bytes,
         payload: Bytes,
     },
+    /// Client-side caching: these sessions (None: every session) may have
+    /// changed since the client read them ([`crate::tracking`]).
+    Invalidate {
+        keys: Option<Vec<Bytes>>,
+    },
 }
 
 /// Queue depth per subscriber (messages) before it is dropped as too slow.
@@ -48,6 +53,7 @@ impl Message {
                 channel,
                 payload,
             } => pattern.len() + channel.len() + payload.len(),
+            Message::Invalidate { keys } => keys.iter().flatten().map(|k| k.len() + 16).sum(),
         }
     }
 }
@@ -79,7 +85,7 @@ impl Subscriber {
         self.queued.fetch_sub(message.size(), Ordering::Relaxed);
     }
 
-    fn deliver(&self, message: Message) -> bool {
+    pub fn deliver(&self, message: Message) -> bool {
         let size = message.size();
         if self.queued.fetch_add(size, Ordering::Relaxed) + size > SUBSCRIBER_MAX_BYTES {
             self.queued.fetch_sub(size, Ordering::Relaxed);

@@ -3,7 +3,7 @@
 //! write-through (the upstream is the source of truth and [`WriteThrough`]
 //! keeps a coherent hot copy). One async interface over both.
 //!
-//! Layer 8 of 14 (the order is in `tests/layers.rs`). Uses `store` and
+//! Layer 9 of 15 (the order is in `tests/layers.rs`). Uses `store` and
 //! `upstream`.
 
 use std::sync::Arc;
@@ -101,6 +101,20 @@ impl Sessions {
                 found => Ok(found),
             },
             Sessions::WriteThrough(store) => store.read(id, now, f).await,
+        }
+    }
+
+    /// [`Sessions::read`] of the source of truth: write-through, the
+    /// upstream's session rather than the hot copy.
+    pub async fn read_through<R>(
+        &self,
+        id: &[u8],
+        now: u64,
+        f: impl FnOnce(&Session) -> R,
+    ) -> Result<Option<R>> {
+        match self {
+            Sessions::Standalone(_) => self.read(id, now, f).await,
+            Sessions::WriteThrough(store) => store.read_through(id, now, f).await,
         }
     }
 

@@ -656,3 +656,45 @@ async fn cluster_mode_clients_talk_to_the_sidecar_as_a_one_node_cluster() {
     assert_eq!(holders.len(), 3);
     run_python_check("redis_py_cluster.py", &sidecar, &["passthrough"]);
 }
+
+/// Through a sidecar on a cluster, a transaction mixes SESSION.* commands
+/// with ordinary ones whose keys share a slot: the upstream's MULTI goes to
+/// that slot's master, EXEC replies in order.
+#[test]
+fn transactions_mix_session_and_ordinary_commands_on_a_cluster() {
+    let cluster = Cluster::start();
+    let sidecar = sidecar(&cluster, "tx");
+    let mut c = sidecar.client();
+    let replies: Vec<Value> = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg("{t}a")
+        .arg(1)
+        .cmd("SESSION.CREATE")
+        .arg("ID")
+        .arg("on-cluster")
+        .arg("USER")
+        .arg("u")
+        .cmd("INCR")
+        .arg("{t}a")
+        .cmd("SESSION.ATTR.INCRBY")
+        .arg("on-cluster")
+        .arg("n")
+        .arg(3)
+        .cmd("MGET")
+        .arg("{t}a")
+        .arg("{t}b")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(text(&replies[0]), "OK");
+    assert_eq!(replies[1], bulk("on-cluster"));
+    assert_eq!(replies[2], Value::Int(2));
+    assert_eq!(replies[3], Value::Int(3));
+    assert_eq!(array(&replies[4]), [bulk("2"), Value::Nil]);
+    let mut holder = cluster.holder("{t}a").client();
+    assert_eq!(call(&mut holder, &["GET", "{t}a"]), bulk("2"));
+    assert_eq!(
+        call(&mut c, &["SESSION.EXISTS", "on-cluster"]),
+        Value::Int(1)
+    );
+}

@@ -18,8 +18,10 @@ const LAYERS: &[&[&str]] = &[
     &["metrics"],
     // The in-memory sessions and their indexes.
     &["store"],
-    // The local pub/sub broker, then the lifecycle events published on it.
+    // The local pub/sub broker, who caches which session (CLIENT TRACKING),
+    // then the lifecycle events published on it.
     &["pubsub"],
+    &["tracking"],
     &["events"],
     // The shared upstream Redis: connection, scripts, coherent cache.
     &["upstream"],

@@ -584,6 +584,142 @@ fn watch_aborts_exec_when_another_client_changes_the_key() {
     }
 }
 
+/// SESSION.* and ordinary commands queued in one transaction: each answers
+/// QUEUED (the ordinary ones from the upstream's own MULTI), and EXEC
+/// replies in the order they were queued, in RESP2 and RESP3.
+#[test]
+fn transactions_mix_session_and_ordinary_commands_in_order() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    for resp3 in [false, true] {
+        let mut con = sidecar.raw();
+        if resp3 {
+            hello3(&mut con);
+        }
+        let id = if resp3 { "mixed3" } else { "mixed2" };
+        let queued = Resp::Simple("QUEUED".into());
+        assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+        assert_eq!(con.cmd(&["SET", "t", "1"]), queued);
+        assert_eq!(con.cmd(&["SESSION.CREATE", "ID", id, "USER", "u"]), queued);
+        assert_eq!(con.cmd(&["INCR", "t"]), queued);
+        assert_eq!(con.cmd(&["PING"]), queued);
+        assert_eq!(con.cmd(&["SESSION.ATTR.INCRBY", id, "n", "5"]), queued);
+        assert_eq!(con.cmd(&["GET", "t"]), queued);
+        assert_eq!(
+            con.cmd(&["EXEC"]),
+            Resp::Array(vec![
+                Resp::Simple("OK".into()),
+                Resp::bulk(id),
+                Resp::Int(2),
+                Resp::Simple("PONG".into()),
+                Resp::Int(5),
+                Resp::bulk("2"),
+            ])
+        );
+        // In step afterwards, multiplexed again.
+        assert_eq!(con.cmd(&["SESSION.EXISTS", id]), Resp::Int(1));
+        assert_eq!(int_of(&con.cmd(&["INCR", "t"])), 3);
+        // DISCARD runs neither kind.
+        assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+        assert_eq!(con.cmd(&["INCR", "t"]), queued);
+        assert_eq!(con.cmd(&["SESSION.DEL", id]), queued);
+        assert_eq!(con.cmd(&["DISCARD"]), Resp::Simple("OK".into()));
+        assert_eq!(upstream_get(&upstream, "t"), Some("3".into()));
+        assert_eq!(con.cmd(&["SESSION.EXISTS", id]), Resp::Int(1));
+        // An error queuing a SESSION.* command aborts the ordinary ones too.
+        assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+        assert_eq!(con.cmd(&["INCR", "t"]), queued);
+        assert!(
+            matches!(con.cmd(&["SESSION.GET"]), Resp::Error(e) if e.starts_with("ERR wrong number"))
+        );
+        assert!(matches!(con.cmd(&["EXEC"]), Resp::Error(e) if e.starts_with("EXECABORT")));
+        assert_eq!(upstream_get(&upstream, "t"), Some("3".into()));
+        set_key(&upstream, "t", "0");
+    }
+}
+
+fn set_key(redis: &RedisServer, key: &str, value: &str) {
+    call(&mut redis.client(), &["SET", key, value]);
+}
+
+/// A watched key changed by another client aborts the whole transaction:
+/// the queued SESSION.* commands do not run either.
+#[test]
+fn a_watched_key_that_changed_aborts_the_session_commands_too() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut con = sidecar.raw();
+    let mut other = sidecar.raw();
+    assert_eq!(con.cmd(&["WATCH", "w"]), Resp::Simple("OK".into()));
+    assert_eq!(
+        other.cmd(&["SET", "w", "theirs"]),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+    assert_eq!(
+        con.cmd(&["SESSION.CREATE", "ID", "not-made"]),
+        Resp::Simple("QUEUED".into())
+    );
+    assert_eq!(con.cmd(&["EXEC"]), Resp::NullArray);
+    assert_eq!(con.cmd(&["SESSION.EXISTS", "not-made"]), Resp::Int(0));
+    // Watched keys with only SESSION.* commands queued are checked too.
+    assert_eq!(con.cmd(&["WATCH", "w"]), Resp::Simple("OK".into()));
+    assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+    con.cmd(&["SESSION.CREATE", "ID", "made"]);
+    assert_eq!(con.cmd(&["EXEC"]), Resp::Array(vec![Resp::bulk("made")]));
+    assert_eq!(con.cmd(&["WATCH", "w"]), Resp::Simple("OK".into()));
+    other.cmd(&["SET", "w", "again"]);
+    assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+    con.cmd(&["SESSION.DEL", "made"]);
+    assert_eq!(con.cmd(&["EXEC"]), Resp::NullArray);
+    assert_eq!(con.cmd(&["SESSION.EXISTS", "made"]), Resp::Int(1));
+}
+
+/// A transaction of SESSION.* commands only opens no transaction upstream.
+#[test]
+fn a_transaction_of_session_commands_costs_the_upstream_no_multi() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut con = sidecar.client();
+    let replies: Vec<Value> = redis::pipe()
+        .atomic()
+        .cmd("SESSION.CREATE")
+        .arg("ID")
+        .arg("only")
+        .cmd("SESSION.TTL")
+        .arg("only")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(replies[0], bulk("only"));
+    let stats = text(&call(&mut upstream.client(), &["INFO", "commandstats"]));
+    assert!(!stats.contains("cmdstat_multi:"), "{stats}");
+    assert!(!stats.contains("cmdstat_exec:"), "{stats}");
+}
+
+/// SELECT inside MULTI holds after EXEC, as on redis-server (and not after
+/// DISCARD, nor after an aborted EXEC).
+#[test]
+fn select_inside_multi_holds_after_exec() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut con = sidecar.raw();
+    assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+    assert_eq!(con.cmd(&["SELECT", "2"]), Resp::Simple("QUEUED".into()));
+    assert_eq!(con.cmd(&["DISCARD"]), Resp::Simple("OK".into()));
+    assert_eq!(con.cmd(&["SET", "where", "db0"]), Resp::Simple("OK".into()));
+    assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+    assert_eq!(con.cmd(&["SELECT", "1"]), Resp::Simple("QUEUED".into()));
+    assert_eq!(
+        con.cmd(&["EXEC"]),
+        Resp::Array(vec![Resp::Simple("OK".into())])
+    );
+    assert_eq!(con.cmd(&["SET", "where", "db1"]), Resp::Simple("OK".into()));
+    let mut direct = upstream.client();
+    assert_eq!(call(&mut direct, &["GET", "where"]), bulk("db0"));
+    call(&mut direct, &["SELECT", "1"]);
+    assert_eq!(call(&mut direct, &["GET", "where"]), bulk("db1"));
+}
+
 #[test]
 fn subscribe_and_psubscribe_receive_messages_in_resp2_and_resp3() {
     let upstream = RedisServer::start(&[]);
@@ -1001,13 +1137,20 @@ fn an_unreachable_upstream_gets_a_clear_error_fast() {
         &[
             &["GET", "k"][..],
             &["BLPOP", "q", "0"],
-            &["MULTI"],
             &["SUBSCRIBE", "c"],
             // Answered by the sidecar with the upstream's part.
             &["CONFIG", "GET", "maxmemory"],
             &["COMMAND", "COUNT"],
             &["COMMAND", "INFO", "get"],
         ],
+    );
+    // A transaction starts here; the first command bound for the upstream
+    // is refused, and EXEC then discards the transaction.
+    assert_eq!(con.cmd(&["MULTI"]), Resp::Simple("OK".into()));
+    assert_refused_fast(&mut con, &[&["INCR", "k"][..]]);
+    assert_eq!(
+        con.cmd(&["EXEC"]),
+        Resp::Error("EXECABORT Transaction discarded because of previous errors.".into())
     );
     // INFO is the sidecar's: it answers, without the upstream's keyspace.
     let started = Instant::now();

@@ -98,3 +98,69 @@ fn nodes_advertises_the_listen_address_by_default() {
     assert_eq!(text(&me["addr"]), sc.addr.to_string());
     assert_eq!(me["sessions"], Value::Int(0));
 }
+
+/// Standalone, EXEC runs its queued commands with no other client's command
+/// between them: transactions that move a unit from one session to another
+/// never let a transaction that reads both see it in neither or both.
+#[test]
+fn exec_is_atomic_against_other_clients() {
+    // Four event loops, so clients run in parallel even on two CPUs.
+    let sc = Sidecar::start(&["--threads", "4"]);
+    let mut c = sc.client();
+    call(
+        &mut c,
+        &["SESSION.CREATE", "ID", "left", "ATTR", "n", "1000"],
+    );
+    call(&mut c, &["SESSION.CREATE", "ID", "right", "ATTR", "n", "0"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let movers: Vec<_> = (0..3)
+        .map(|_| {
+            let mut m = sc.client();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut moved = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && moved < 150 {
+                    // Reads between the two halves widen the window in
+                    // which another client could see one half done.
+                    let mut pipe = redis::pipe();
+                    pipe.atomic()
+                        .cmd("SESSION.ATTR.INCRBY")
+                        .arg("left")
+                        .arg("n")
+                        .arg(-1);
+                    for _ in 0..100 {
+                        pipe.cmd("SESSION.GET").arg("left");
+                    }
+                    pipe.cmd("SESSION.ATTR.INCRBY").arg("right").arg("n").arg(1);
+                    let _: Vec<Value> = pipe.query(&mut m).unwrap();
+                    moved += 1;
+                }
+                moved
+            })
+        })
+        .collect();
+    let mut reads = 0;
+    while movers.iter().any(|m| !m.is_finished()) {
+        let both: Vec<Vec<String>> = redis::pipe()
+            .atomic()
+            .cmd("SESSION.ATTR.GET")
+            .arg("left")
+            .arg("n")
+            .cmd("SESSION.ATTR.GET")
+            .arg("right")
+            .arg("n")
+            .query(&mut c)
+            .unwrap();
+        let sum: i64 = both.iter().map(|v| v[0].parse::<i64>().unwrap()).sum();
+        assert_eq!(sum, 1000, "a transaction saw another half done: {both:?}");
+        reads += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let moved: i64 = movers.into_iter().map(|m| m.join().unwrap()).sum();
+    assert_eq!(moved, 450);
+    assert!(reads > 10, "only {reads} reads overlapped the movers");
+    assert_eq!(
+        call(&mut c, &["SESSION.ATTR.GET", "right", "n"]),
+        Value::Array(vec![bulk("450")])
+    );
+}

@@ -156,6 +156,8 @@ pub fn quit(client: &mut ClientState, out: &mut ReplyWriter) -> CommandResult {
 pub fn reset(node: &Node, client: &mut ClientState, out: &mut ReplyWriter) -> CommandResult {
     super::pubsub::unsubscribe_all(node, client);
     client.proxy.reset();
+    client.multi = None;
+    client.watched.clear();
     client.sync_subscription_counts();
     client.set_protocol(Protocol::Resp2);
     out.set_protocol(Protocol::Resp2);

@@ -3,7 +3,7 @@
 //! Every request gets exactly one reply, written by [`execute`] before it
 //! returns (pub/sub commands write one reply per channel, as Redis does).
 //!
-//! Layer 12 of 14 (the order is in `tests/layers.rs`). Uses `node` and
+//! Layer 13 of 15 (the order is in `tests/layers.rs`). Uses `node` and
 //! everything below it.
 
 mod args;
@@ -13,6 +13,7 @@ mod pubsub;
 pub use pubsub::unsubscribe_all;
 pub mod server;
 mod session;
+mod transaction;
 
 use std::sync::atomic::Ordering;
 
@@ -63,7 +64,8 @@ impl From<StoreError> for CommandError {
 
 pub type CommandResult = Result<(), CommandError>;
 
-/// Runs one request and writes its reply.
+/// Runs one request and writes its reply. Inside MULTI, a command is
+/// checked and queued instead ([`transaction`]).
 pub async fn execute(
     node: &Node,
     client: &mut ClientState,
@@ -74,6 +76,8 @@ pub async fn execute(
         return;
     };
     let Some(spec) = table::lookup(name) else {
+        // Refused at queue time: the transaction is aborted, as in Redis.
+        client.flag_transaction();
         if node.proxy.is_some() && client.authenticated && crate::proxy::refuses(name) {
             out.error(crate::proxy::REFUSED_REPLICATION);
             return;
@@ -95,23 +99,50 @@ pub async fn execute(
     info.last_command
         .store(spec.cmd as usize, Ordering::Relaxed);
 
+    if let Err(refusal) = admit(node, client, spec, argv) {
+        client.flag_transaction();
+        out.error(&refusal);
+        return;
+    }
+    match spec.cmd {
+        Cmd::Multi => return transaction::multi(node, client, out),
+        Cmd::Exec => return transaction::exec(node, client, out).await,
+        Cmd::Discard => return transaction::discard(node, client, out).await,
+        Cmd::Watch => return transaction::watch(node, client, argv, out).await,
+        Cmd::Quit | Cmd::Reset => {}
+        _ if client.multi.is_some() => return transaction::queue(client, argv, out),
+        _ => {}
+    }
+    // Standalone, an EXEC runs its commands with no other command between.
+    let _beside_others = match node.sessions {
+        crate::sessions::Sessions::Standalone(_) => Some(node.gate.shared().await),
+        crate::sessions::Sessions::WriteThrough(_) => None,
+    };
+    dispatch(node, client, spec, argv, out).await;
+}
+
+/// Why a known command may not run now, in Redis's words; in a
+/// transaction, found at queue time.
+fn admit(
+    node: &Node,
+    client: &ClientState,
+    spec: &table::CommandSpec,
+    argv: &[Bytes],
+) -> Result<(), String> {
     if !spec.accepts(argv.len()) {
-        out.error(&format!(
+        return Err(format!(
             "ERR wrong number of arguments for '{}' command",
             spec.name
         ));
-        return;
     }
     if !client.authenticated && !spec.no_auth() {
-        out.error("NOAUTH Authentication required.");
-        return;
+        return Err("NOAUTH Authentication required.".into());
     }
     if client.in_resp2_pubsub() && !spec.in_pubsub_context() {
-        out.error(&format!(
+        return Err(format!(
             "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
             spec.name
         ));
-        return;
     }
     let maxmemory = node.config.maxmemory;
     if maxmemory > 0
@@ -120,9 +151,19 @@ pub async fn execute(
         && node.sessions.memory() as u64 > maxmemory
     {
         node.metrics.oom_rejections.inc();
-        out.error("OOM command not allowed when used memory > 'maxmemory'.");
-        return;
+        return Err("OOM command not allowed when used memory > 'maxmemory'.".into());
     }
+    Ok(())
+}
+
+/// Runs an admitted command (at once, or queued, at EXEC).
+async fn dispatch(
+    node: &Node,
+    client: &mut ClientState,
+    spec: &table::CommandSpec,
+    argv: &[Bytes],
+    out: &mut ReplyWriter<'_>,
+) {
     let mut args = Args::new(&argv[1..]);
     let result = match spec.cmd {
         Cmd::Ping => connection::ping(client, &mut args, out),
@@ -141,6 +182,12 @@ pub async fn execute(
         Cmd::Config => server::config(node, &mut args, out).await,
         Cmd::Time => server::time(out),
         Cmd::Cluster => cluster::cluster(node, &mut args, out),
+        // Transactions are run by `execute`; inside EXEC they are not queued.
+        Cmd::Multi | Cmd::Exec | Cmd::Discard | Cmd::Watch => Err(CommandError::err(format!(
+            "ERR Command not allowed inside a transaction: '{}'",
+            spec.name
+        ))),
+        Cmd::Unwatch => transaction::unwatch(node, client, argv, out).await,
         Cmd::Subscribe => pubsub::subscribe(node, client, &mut args, out).await,
         Cmd::Unsubscribe => pubsub::unsubscribe(node, client, &mut args, out),
         Cmd::Psubscribe => pubsub::psubscribe(node, client, &mut args, out).await,

@@ -25,7 +25,7 @@
 //! fails the compare and stays; this sidecar then answers for moved ids
 //! through the upstream, like any sidecar.
 //!
-//! Layer 9 of 14 (the order is in `tests/layers.rs`). Uses `sessions` and
+//! Layer 10 of 15 (the order is in `tests/layers.rs`). Uses `sessions` and
 //! `store`: a [`Migration`] holds the sessions and settings it needs, not the
 //! node.
 

@@ -147,6 +147,34 @@ pub struct ClientState {
     pub close: bool,
     /// The client's side of the passthrough to the upstream.
     pub proxy: crate::proxy::Link,
+    /// Between MULTI and EXEC/DISCARD: the commands queued.
+    pub multi: Option<Transaction>,
+    /// Sessions named by WATCH, as they were then.
+    pub watched: Vec<Watched>,
+}
+
+/// A transaction being queued (MULTI until EXEC or DISCARD).
+#[derive(Default)]
+pub struct Transaction {
+    pub queued: Vec<Queued>,
+    /// A command was refused at queue time: EXEC answers EXECABORT.
+    pub aborted: bool,
+}
+
+/// One queued command.
+pub enum Queued {
+    /// Answered by the sidecar at EXEC.
+    Here(Vec<Bytes>),
+    /// Queued in the upstream's own transaction; its reply is the next
+    /// element of the upstream's EXEC reply.
+    Upstream,
+}
+
+/// A session named by WATCH, and what it was then: its version and
+/// creation time, or None when there was no such session.
+pub struct Watched {
+    pub id: Bytes,
+    pub seen: Option<(u64, u64)>,
 }
 
 impl ClientState {
@@ -161,11 +189,20 @@ impl ClientState {
             subscriber: None,
             close: false,
             proxy: crate::proxy::Link::default(),
+            multi: None,
+            watched: Vec::new(),
         }
     }
 
     pub fn id(&self) -> u64 {
         self.info.id
+    }
+
+    /// A command was refused: inside MULTI, the transaction is aborted.
+    pub fn flag_transaction(&mut self) {
+        if let Some(transaction) = self.multi.as_mut() {
+            transaction.aborted = true;
+        }
     }
 
     pub fn subscription_count(&self) -> usize {

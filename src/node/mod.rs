@@ -2,11 +2,12 @@
 //! commands and background work share, behind one cheap handle
 //! ([`Node`]), with the registry of its clients ([`clients`]).
 //!
-//! Layer 11 of 14 (the order is in `tests/layers.rs`). Uses every component
+//! Layer 12 of 15 (the order is in `tests/layers.rs`). Uses every component
 //! it holds: `config`, `metrics`, `protocol`, `pubsub`, `sessions`, `proxy`,
 //! `migrate`, `fleet`.
 
 mod clients;
+mod gate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,9 +22,11 @@ use crate::protocol::Limits;
 use crate::proxy::Proxy;
 use crate::pubsub::PubSub;
 use crate::sessions::Sessions;
+use crate::tracking::Tracking;
 use crate::upstream::WriteThrough;
 
-pub use clients::{ClientInfo, ClientRegistry, ClientState};
+pub use clients::{ClientInfo, ClientRegistry, ClientState, Queued, Transaction, Watched};
+pub use gate::Gate;
 
 /// Everything the connection tasks share.
 pub struct Node {
@@ -42,6 +45,10 @@ pub struct Node {
     pub ready: AtomicBool,
     /// Live clients per event loop ([`workers`]).
     pub loop_load: Arc<[AtomicUsize]>,
+    /// Standalone, EXEC runs its queued commands alone behind it.
+    pub gate: Gate,
+    /// Clients caching sessions (CLIENT TRACKING).
+    pub tracking: Arc<Tracking>,
 }
 
 impl Node {

@@ -1,6 +1,6 @@
 //! Operations: logging, the metrics page and the health endpoints.
 //!
-//! Layer 13 of 14 (the order is in `tests/layers.rs`). Uses `node` and below:
+//! Layer 14 of 15 (the order is in `tests/layers.rs`). Uses `node` and below:
 //! the HTTP endpoints and the metrics page read the node; `server` starts
 //! them.
 

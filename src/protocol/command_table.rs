@@ -21,6 +21,11 @@ pub enum Cmd {
     Config,
     Time,
     Cluster,
+    Multi,
+    Exec,
+    Discard,
+    Watch,
+    Unwatch,
     Subscribe,
     Unsubscribe,
     Psubscribe,
@@ -280,6 +285,51 @@ pub static COMMANDS: &[CommandSpec] = &[
         &["fast", "no_auth", "loading", "stale"],
         "connection",
         "Resets the connection.",
+        []
+    ),
+    command!(
+        "multi",
+        Multi,
+        1,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        "transactions",
+        "Starts a transaction.",
+        []
+    ),
+    command!(
+        "exec",
+        Exec,
+        1,
+        &["noscript", "loading", "stale", "skip_slowlog"],
+        "transactions",
+        "Executes all commands in a transaction.",
+        []
+    ),
+    command!(
+        "discard",
+        Discard,
+        1,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        "transactions",
+        "Discards a transaction.",
+        []
+    ),
+    command!(
+        "watch",
+        Watch,
+        -2,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        "transactions",
+        "Monitors changes to keys (and sessions) to determine the execution of a transaction.",
+        [many(key("key"))]
+    ),
+    command!(
+        "unwatch",
+        Unwatch,
+        1,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        "transactions",
+        "Forgets about watched keys of a transaction.",
         []
     ),
     command!(

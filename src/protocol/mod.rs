@@ -3,7 +3,7 @@
 //! the commands the sidecar itself answers ([`command_table`]), and Redis
 //! Cluster's hash slots ([`slot`]).
 //!
-//! Layer 2 of 14 (the order is in `tests/layers.rs`). Uses only `config`.
+//! Layer 2 of 15 (the order is in `tests/layers.rs`). Uses only `config`.
 //! Bytes in, commands and replies out; it knows no store and no server.
 
 pub mod command_table;

@@ -47,6 +47,11 @@ impl<'a> ReplyWriter<'a> {
         self.protocol = protocol;
     }
 
+    /// The output buffer itself, for what is relayed into it unencoded.
+    pub fn buffer(&mut self) -> &mut BytesMut {
+        self.buf
+    }
+
     /// Bytes written so far (the whole output buffer).
     pub fn len(&self) -> usize {
         self.buf.len()

@@ -20,7 +20,7 @@
 //! before a command the sidecar answers itself, the replies owed for the
 //! forwarded commands before it are written first ([`Link::settle`]).
 //!
-//! Layer 9 of 14 (the order is in `tests/layers.rs`). Uses `config`,
+//! Layer 10 of 15 (the order is in `tests/layers.rs`). Uses `config`,
 //! `event_loop`, `metrics`, `protocol` and `upstream`; not the node: it gets
 //! what it uses when it is built.
 
@@ -49,6 +49,8 @@ use sink::ReplySink;
 
 /// The reply to a command that could not be sent.
 pub const UNAVAILABLE: &[u8] = b"-TRYAGAIN upstream unavailable\r\n";
+/// EXEC's reply to a transaction refused at queue time.
+pub const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
 /// The reply to a command sent on a connection that then failed.
 pub const LOST: &[u8] = b"-ERR upstream connection lost: the command may have been applied\r\n";
 /// Pooled connections per event loop, upstream server and protocol
@@ -407,8 +409,10 @@ pub struct Link {
     /// The client's socket, where pooled connections write replies.
     sink: Option<Arc<ReplySink>>,
     pinned: Option<Pinned>,
-    /// Cluster: the client said MULTI and was told OK; the MULTI is sent
-    /// with the next command, to the node of that command's key.
+    /// The client said MULTI and was told OK; the MULTI is sent with the
+    /// next forwarded command (on a cluster, to the node of its key), so a
+    /// transaction of commands the sidecar answers costs the upstream
+    /// nothing.
     deferred_multi: bool,
     /// A command of the deferred transaction could not be sent: its EXEC
     /// is refused, as Redis refuses a transaction with a queuing error.
@@ -519,33 +523,6 @@ impl Link {
         }
         // The replies to what was batched before come first.
         self.settle_pool(proxy, protocol, lane, output).await?;
-        if proxy.is_cluster() && self.pinned.is_none() {
-            match (command, self.deferred_multi) {
-                // The node is the one of the first key the transaction touches.
-                (Command::Multi, false) => {
-                    self.deferred_multi = true;
-                    self.deferred_failed = false;
-                    output.extend_from_slice(b"+OK\r\n");
-                    return Ok(());
-                }
-                // Nothing of the transaction was sent: it ends here.
-                (Command::Exec, true) => {
-                    self.deferred_multi = false;
-                    output.extend_from_slice(if self.deferred_failed {
-                        b"-EXECABORT Transaction discarded because of previous errors.\r\n"
-                    } else {
-                        b"*0\r\n"
-                    });
-                    return Ok(());
-                }
-                (Command::Discard, true) => {
-                    self.deferred_multi = false;
-                    output.extend_from_slice(b"+OK\r\n");
-                    return Ok(());
-                }
-                _ => {}
-            }
-        }
         if self.pinned.is_none() {
             match proxy.pin(protocol, argv).await {
                 Ok(pinned) => self.pinned = Some(pinned),
@@ -736,6 +713,76 @@ impl Link {
             pinned.fail_owed(output);
             self.lost_state |= pinned.holds_state();
         }
+    }
+
+    /// MULTI: the upstream's transaction starts with the first command
+    /// forwarded inside it.
+    pub fn begin_transaction(&mut self) {
+        self.deferred_multi = true;
+        self.deferred_failed = false;
+    }
+
+    /// EXEC, upstream side: sends EXEC for the commands queued there (or,
+    /// with none but keys watched, an empty MULTI/EXEC that checks them) and
+    /// returns its reply rather than relaying it. None when the upstream has
+    /// no part in the transaction. Replies owed before it are relayed to
+    /// `output` first.
+    pub async fn exec_upstream(
+        &mut self,
+        proxy: &Proxy,
+        protocol: Protocol,
+        lane: usize,
+        output: &mut BytesMut,
+    ) -> io::Result<Option<Bytes>> {
+        let never_sent = std::mem::take(&mut self.deferred_multi);
+        if std::mem::take(&mut self.deferred_failed) {
+            self.discard_upstream(proxy, protocol, lane, output).await?;
+            return Ok(Some(Bytes::from_static(EXECABORT)));
+        }
+        let Some(pinned) = self.pinned.as_mut() else {
+            return Ok(None);
+        };
+        if never_sent {
+            if !pinned.watching() {
+                return Ok(None);
+            }
+            pinned.send_swallowed_multi();
+        }
+        pinned.send_captured(&[Bytes::from_static(b"EXEC")]);
+        self.flush(proxy, protocol, lane, output).await?;
+        loop {
+            match self.pinned.as_mut() {
+                None => return Ok(Some(Bytes::from_static(LOST))),
+                Some(pinned) => {
+                    if let Some(reply) = pinned.take_captured() {
+                        if !pinned.in_use()
+                            && let Some(pinned) = self.pinned.take()
+                        {
+                            pinned.release();
+                        }
+                        return Ok(Some(reply));
+                    }
+                }
+            }
+            self.read_pinned(output).await;
+        }
+    }
+
+    /// DISCARD, or an aborted EXEC, upstream side: ends the upstream's
+    /// transaction and its watches, if it has any; the reply is not relayed.
+    pub async fn discard_upstream(
+        &mut self,
+        proxy: &Proxy,
+        protocol: Protocol,
+        lane: usize,
+        output: &mut BytesMut,
+    ) -> io::Result<()> {
+        self.deferred_multi = false;
+        self.deferred_failed = false;
+        if let Some(pinned) = self.pinned.as_mut() {
+            pinned.end_transaction_swallowed();
+        }
+        self.flush(proxy, protocol, lane, output).await
     }
 
     /// Drops the pinned connection and its state (RESET).

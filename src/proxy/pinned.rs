@@ -77,8 +77,10 @@ fn still_open(connection: &Connection) -> bool {
 struct Owed {
     frames: usize,
     effect: Effect,
-    /// Not relayed: a command the proxy sent on its own (cluster MULTI).
+    /// Not relayed: a command the proxy sent on its own (a deferred MULTI).
     swallow: bool,
+    /// Kept for the proxy instead of relayed ([`Pinned::take_captured`]).
+    capture: bool,
 }
 
 /// What a frame from the upstream is.
@@ -100,6 +102,9 @@ enum Effect {
     Multi,
     /// EXEC or DISCARD: the transaction and its watches are over.
     EndMulti,
+    /// EXEC: as EndMulti, and a SELECT queued in the transaction takes
+    /// effect if it ran.
+    Exec,
     Watch,
     Unwatch,
     Select(i64),
@@ -122,6 +127,10 @@ pub struct Pinned {
     /// A MULTI was sent and no EXEC/DISCARD yet: replies are QUEUED.
     queuing: bool,
     in_multi: bool,
+    /// The database the last SELECT queued in the transaction names.
+    queued_select: Option<i64>,
+    /// The reply of a captured command, once it came.
+    captured: Option<Bytes>,
     watching: bool,
     channels: HashSet<Bytes>,
     patterns: HashSet<Bytes>,
@@ -154,6 +163,8 @@ impl Pinned {
             owed: VecDeque::new(),
             queuing: false,
             in_multi: false,
+            queued_select: None,
+            captured: None,
             watching: false,
             channels: HashSet::new(),
             patterns: HashSet::new(),
@@ -193,6 +204,7 @@ impl Pinned {
     pub fn in_use(&self) -> bool {
         !self.owed.is_empty()
             || !self.pending.is_empty()
+            || self.captured.is_some()
             || self.queuing
             || self.in_multi
             || self.watching
@@ -233,7 +245,43 @@ impl Pinned {
             frames: 1,
             effect: Effect::Multi,
             swallow: true,
+            capture: false,
         });
+    }
+
+    /// Whether keys are watched on the connection.
+    pub fn watching(&self) -> bool {
+        self.watching
+    }
+
+    /// Sends one of the proxy's own commands whose reply it keeps
+    /// ([`Pinned::take_captured`]) instead of relaying.
+    pub fn send_captured(&mut self, argv: &[Bytes]) {
+        self.send(argv);
+        if let Some(owed) = self.owed.back_mut() {
+            owed.capture = true;
+        }
+    }
+
+    /// The captured reply, once it came.
+    pub fn take_captured(&mut self) -> Option<Bytes> {
+        self.captured.take()
+    }
+
+    /// Ends a transaction (DISCARD) or, outside one, the watches (UNWATCH),
+    /// on the proxy's own account.
+    pub fn end_transaction_swallowed(&mut self) {
+        let command: &[u8] = if self.queuing {
+            b"DISCARD"
+        } else if self.watching {
+            b"UNWATCH"
+        } else {
+            return;
+        };
+        self.send(&[Bytes::copy_from_slice(command)]);
+        if let Some(owed) = self.owed.back_mut() {
+            owed.swallow = true;
+        }
     }
 
     /// Makes the connection speak `protocol`, which the client switched to
@@ -249,6 +297,7 @@ impl Pinned {
             frames: 1,
             effect: Effect::None,
             swallow: true,
+            capture: false,
         });
     }
 
@@ -260,9 +309,22 @@ impl Pinned {
         let args = &argv[1..];
         let command = Command::of(&argv[0]);
         if self.queuing {
-            if matches!(command, Command::Exec | Command::Discard) {
-                self.queuing = false;
-                effect = Effect::EndMulti;
+            match command {
+                Command::Exec => {
+                    self.queuing = false;
+                    effect = Effect::Exec;
+                }
+                Command::Discard => {
+                    self.queuing = false;
+                    self.queued_select = None;
+                    effect = Effect::EndMulti;
+                }
+                Command::Select => {
+                    if let Some(db) = args.first().and_then(|db| crate::protocol::parse_i64(db)) {
+                        self.queued_select = Some(db);
+                    }
+                }
+                _ => {}
             }
         } else {
             match command {
@@ -301,6 +363,7 @@ impl Pinned {
             frames,
             effect,
             swallow: false,
+            capture: false,
         });
     }
 
@@ -334,7 +397,10 @@ impl Pinned {
             let view = FrameView::new(&input[..end]);
             let class = self.classify(&view);
             let failed = view.is_error();
+            // EXEC's reply when the transaction ran (not nil, not an error).
+            let ran = view.kind == b'*' && !input[..end].starts_with(b"*-1");
             let mut relayed = true;
+            let mut captured = false;
             if let Class::Confirmation { shard, count } = class {
                 if shard {
                     self.confirmed_shard = count;
@@ -347,14 +413,17 @@ impl Pinned {
                     return Err("a reply nobody asked for");
                 };
                 owed.frames -= 1;
-                relayed = !owed.swallow;
+                relayed = !owed.swallow && !owed.capture;
+                captured = owed.capture;
                 if owed.frames == 0 {
                     let effect = owed.effect;
                     self.owed.pop_front();
-                    self.apply(effect, failed);
+                    self.apply(effect, failed, ran);
                 }
             }
-            if relayed {
+            if captured {
+                self.captured = Some(Bytes::copy_from_slice(&self.connection.input[..end]));
+            } else if relayed {
                 output.extend_from_slice(&self.connection.input[..end]);
             }
             let _ = self.connection.input.split_to(end);
@@ -415,9 +484,16 @@ impl Pinned {
         self.confirmed > 0 || self.confirmed_shard > 0
     }
 
-    fn apply(&mut self, effect: Effect, failed: bool) {
+    fn apply(&mut self, effect: Effect, failed: bool, ran: bool) {
         match effect {
             Effect::None => {}
+            Effect::Exec => {
+                let select = self.queued_select.take();
+                if ran && let Some(db) = select {
+                    self.db = db;
+                }
+                self.apply(Effect::EndMulti, failed, ran);
+            }
             Effect::Multi => self.in_multi = !failed || self.in_multi,
             Effect::EndMulti if !failed || self.in_multi => {
                 self.in_multi = false;
@@ -435,7 +511,8 @@ impl Pinned {
     /// The replies still owed, as errors, when the connection is lost.
     pub fn fail_owed(&mut self, output: &mut BytesMut) {
         for owed in self.owed.drain(..) {
-            if owed.swallow {
+            // A captured reply's loss is the proxy's to answer.
+            if owed.swallow || owed.capture {
                 continue;
             }
             for _ in 0..owed.frames {

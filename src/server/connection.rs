@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::commands::{execute, unsubscribe_all};
 use crate::node::Node;
 use crate::node::{ClientInfo, ClientState};
-use crate::protocol::{ReplyWriter, RequestParser};
+use crate::protocol::{Protocol, ReplyWriter, RequestParser};
 use crate::proxy::sink::ReplySink;
 use crate::pubsub::{Message, Subscriber};
 use tokio::sync::mpsc;
@@ -73,6 +73,7 @@ pub async fn serve(
         tracing::debug!(client = id, %error, "client connection ended with an error");
     }
     unsubscribe_all(&node, &mut client);
+    node.tracking.forget(id);
     node.clients.unregister(id);
 }
 
@@ -94,8 +95,32 @@ async fn overflowed(overflow: Option<CancellationToken>) {
     }
 }
 
-fn encode_message(message: Message, out: &mut ReplyWriter) {
+/// Writes a message for the client; `subscribed`: it may take RESP2
+/// messages (an invalidation reaches a RESP2 client only so, on
+/// `__redis__:invalidate`, as Redis sends them).
+fn encode_message(message: Message, subscribed: bool, out: &mut ReplyWriter) {
     match message {
+        Message::Invalidate { keys } => {
+            if out.protocol() == Protocol::Resp3 {
+                out.push(2);
+                out.bulk(b"invalidate");
+            } else if subscribed {
+                out.push(3);
+                out.bulk(b"message");
+                out.bulk(b"__redis__:invalidate");
+            } else {
+                return;
+            }
+            match keys {
+                Some(keys) => {
+                    out.array(keys.len());
+                    for key in keys {
+                        out.bulk(&key);
+                    }
+                }
+                None => out.null(),
+            }
+        }
         Message::Message { channel, payload } => {
             out.push(3);
             out.bulk(b"message");
@@ -137,6 +162,7 @@ async fn run<R: AsyncRead + Unpin>(
         loop {
             if let Some(proxy) = &node.proxy
                 && client.authenticated
+                && client.multi.is_none()
                 && parser.is_idle()
             {
                 let lane = client.id() as usize;
@@ -160,6 +186,9 @@ async fn run<R: AsyncRead + Unpin>(
                         // for the commands forwarded before it are written.
                         let lane = client.id() as usize;
                         if proxy.forwards(&client.proxy, client.authenticated, &argv) {
+                            if let Some(transaction) = client.multi.as_mut() {
+                                transaction.queued.push(crate::node::Queued::Upstream);
+                            }
                             client
                                 .proxy
                                 .forward(proxy, client.protocol, lane, &argv, &mut output)
@@ -261,6 +290,7 @@ async fn run<R: AsyncRead + Unpin>(
             }
             message = next_message(&mut client.subscriber) => {
                 let mut out = ReplyWriter::new(&mut output, client.protocol);
+                let subscribed = client.subscription_count() > 0 || client.proxy.subscribed();
                 let ClientState { subscriber, channels, patterns, .. } = client;
                 if let (Some(message), Some((subscriber, rx))) = (message, subscriber) {
                     // Messages queued before an UNSUBSCRIBE are not delivered
@@ -268,10 +298,11 @@ async fn run<R: AsyncRead + Unpin>(
                     let wanted = |message: &Message| match message {
                         Message::Message { channel, .. } => channels.contains(channel),
                         Message::PMessage { pattern, .. } => patterns.contains(pattern),
+                        Message::Invalidate { .. } => true,
                     };
                     subscriber.taken(&message);
                     if wanted(&message) {
-                        encode_message(message, &mut out);
+                        encode_message(message, subscribed, &mut out);
                     }
                     // Batch whatever else is already queued into the same
                     // write, up to the flush bound.
@@ -279,7 +310,7 @@ async fn run<R: AsyncRead + Unpin>(
                         let Ok(message) = rx.try_recv() else { break };
                         subscriber.taken(&message);
                         if wanted(&message) {
-                            encode_message(message, &mut out);
+                            encode_message(message, subscribed, &mut out);
                         }
                     }
                 }

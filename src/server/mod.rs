@@ -2,7 +2,7 @@
 //! configuration, starts its background work, runs the accept loop with its
 //! connection cap and the event loops, and shuts down on SIGTERM/SIGINT.
 //!
-//! Layer 14 of 14 (the order is in `tests/layers.rs`). Uses everything below;
+//! Layer 15 of 15 (the order is in `tests/layers.rs`). Uses everything below;
 //! only `main` is above it.
 
 mod connection;
@@ -30,6 +30,7 @@ use crate::proxy::Proxy;
 use crate::pubsub::PubSub;
 use crate::sessions::Sessions;
 use crate::store::{Key, SessionLimits, SessionStore, StoreError, now_ms};
+use crate::tracking::Tracking;
 use crate::upstream::{Coherence, Timeouts, Upstream, WriteThrough, WriteThroughConfig};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -90,7 +91,8 @@ pub async fn run(mut config: Config) -> Result<(), BoxError> {
     let pubsub = Arc::new(PubSub::default());
     let shutdown = CancellationToken::new();
     let background = Background::default();
-    let sessions = start_sessions(&config, &pubsub, &background)?;
+    let tracking = Arc::new(Tracking::default());
+    let sessions = start_sessions(&config, &pubsub, &tracking, &background)?;
     if let Sessions::WriteThrough(store) = &sessions {
         check_layout(store, &config).await?;
     }
@@ -137,6 +139,8 @@ pub async fn run(mut config: Config) -> Result<(), BoxError> {
         started_ms: now_ms(),
         ready: AtomicBool::new(false),
         loop_load: crate::node::load_counters(config_loops),
+        gate: crate::node::Gate::default(),
+        tracking,
     });
 
     background
@@ -277,6 +281,7 @@ impl Background {
 fn start_sessions(
     config: &Config,
     pubsub: &Arc<PubSub>,
+    tracking: &Arc<Tracking>,
     background: &Background,
 ) -> Result<Sessions, BoxError> {
     let limits = SessionLimits {
@@ -288,7 +293,11 @@ fn start_sessions(
     let node = config.node_id();
     let default_ttl_ms = config.default_ttl.saturating_mul(1000);
     let Some(url) = &config.upstream else {
-        let events = Arc::new(LocalEvents::new(&config.prefix, pubsub.clone()));
+        let events = Arc::new(LocalEvents::new(
+            &config.prefix,
+            pubsub.clone(),
+            tracking.clone(),
+        ));
         let store = Arc::new(SessionStore::new(
             node.as_bytes(),
             default_ttl_ms,
@@ -334,6 +343,7 @@ fn start_sessions(
             relay_wait: timeouts.command,
         },
         pubsub.clone(),
+        tracking.clone(),
     )?);
     let handler = Arc::new(Coherence {
         store: store.clone(),

@@ -15,7 +15,7 @@
 //! passed is treated as absent by every operation (lazy expiry) and removed by
 //! the sweeper, which is woken by the expiry index at the earliest deadline.
 //!
-//! Layer 4 of 14 (the order is in `tests/layers.rs`). Uses `config` and
+//! Layer 4 of 15 (the order is in `tests/layers.rs`). Uses `config` and
 //! `protocol`.
 
 mod attributes;

@@ -4,7 +4,7 @@
 //! the cross-shard steps and their repair ([`intents`]), the coherent hot
 //! cache ([`cache`]) and the store that puts them together ([`store`]).
 //!
-//! Layer 7 of 14 (the order is in `tests/layers.rs`). Uses `metrics`,
+//! Layer 8 of 15 (the order is in `tests/layers.rs`). Uses `metrics`,
 //! `protocol`, `store`, `pubsub` and `events`.
 
 pub mod cache;

@@ -33,6 +33,7 @@ use crate::store::{
     Attributes, CreateSession, Event, EventKind, Key, Session, SessionLimits, Status, StoreError,
     StoreStats, UpdateSession,
 };
+use crate::tracking::Tracking;
 
 /// The session script, loaded once and run by its SHA (redis-rs reloads it
 /// when the upstream answers NOSCRIPT).
@@ -116,6 +117,9 @@ pub struct WriteThrough {
     /// Whether the upstream's events channel is relayed right now.
     relaying: tokio::sync::watch::Sender<bool>,
     pubsub: Arc<PubSub>,
+    /// Clients caching sessions, told of changes made through other
+    /// sidecars ([`Coherence`]).
+    tracking: Arc<Tracking>,
     pub stats: WriteThroughStats,
     /// Lifecycle counts of the changes this sidecar made.
     pub counts: StoreStats,
@@ -148,6 +152,7 @@ impl WriteThrough {
         upstream: Arc<Upstream>,
         config: WriteThroughConfig,
         pubsub: Arc<PubSub>,
+        tracking: Arc<Tracking>,
     ) -> Result<Self, String> {
         let layout = Layout::new(&config.prefix, config.shards)?;
         Ok(Self {
@@ -165,6 +170,7 @@ impl WriteThrough {
             relaying: tokio::sync::watch::Sender::new(false),
             config,
             pubsub,
+            tracking,
             stats: WriteThroughStats::default(),
             counts: StoreStats::default(),
         })
@@ -648,6 +654,20 @@ impl WriteThrough {
             return Ok(result);
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.read_through(id, now, |s| f.take().map(|f| f(s)))
+            .await
+            .map(Option::flatten)
+    }
+
+    /// Runs `f` on the live session as the upstream has it now, whatever
+    /// the hot copy says (WATCH's snapshots: a change another sidecar made
+    /// may not have reached this one's copy yet).
+    pub async fn read_through<R>(
+        &self,
+        id: &[u8],
+        now: u64,
+        f: impl FnOnce(&Session) -> R,
+    ) -> Result<Option<R>, StoreError> {
         let ticket = self.ticket(id);
         let key = self.session_key(id);
         let value: Value = self
@@ -662,9 +682,9 @@ impl WriteThrough {
         if !session.is_live(now) {
             return Ok(None);
         }
-        let result = f.take().map(|f| f(&session));
+        let result = f(&session);
         self.install(key, session, ticket);
-        Ok(result)
+        Ok(Some(result))
     }
 
     pub async fn exists(&self, ids: &[Bytes], now: u64) -> Result<usize, StoreError> {
@@ -1362,8 +1382,10 @@ impl WriteThrough {
 
     /// An invalidation of `id`: its copy, if any, is checked in the next batch.
     pub fn suspect(&self, id: &[u8]) {
-        if let Some(suspect) = self.cache.suspect(id, crate::store::now_ms()) {
-            self.check_later(suspect);
+        match self.cache.suspect(id, crate::store::now_ms()) {
+            Some(suspect) => self.check_later(suspect),
+            // No copy to check: clients caching it are told at once.
+            None => self.tracking.invalidate(id, None),
         }
     }
 
@@ -1436,8 +1458,12 @@ impl WriteThrough {
                         (Some(created), Some(version)) => Some((created, version)),
                         _ => None,
                     };
+                    let id = suspect.id.clone();
                     if self.cache.settle(suspect, identity) {
                         self.stats.verified.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        // Changed or gone through another sidecar.
+                        self.tracking.invalidate(&id, None);
                     }
                 }
             }
@@ -1865,10 +1891,12 @@ impl PushHandler for Coherence {
     fn connected(&self) {
         // Invalidations may have been missed while we were away.
         self.store.cache.flush(true);
+        self.store.tracking.invalidate_all();
     }
 
     fn disconnected(&self) {
         self.store.cache.flush(false);
+        self.store.tracking.invalidate_all();
         self.store
             .suspects
             .lock()
@@ -1885,7 +1913,10 @@ impl PushHandler for Coherence {
                     }
                 }
             }
-            None => self.store.cache.flush(true),
+            None => {
+                self.store.cache.flush(true);
+                self.store.tracking.invalidate_all();
+            }
         }
     }
 

@@ -68,6 +68,44 @@ def check(protocol: int, port: int) -> None:
     replies = pipe.execute()
     assert replies[:100] == [f"{tag}bulk{i}" for i in range(100)] and replies[100] == 100, replies[-3:]
 
+    # The default pipeline is a transaction (MULTI ... EXEC), answered in
+    # order, and run once.
+    pipe = r.pipeline()
+    pipe.execute_command("SESSION.CREATE", "ID", tag + "tx", "USER", tag + "carol", "ATTR", "n", 1)
+    pipe.execute_command("SESSION.ATTR.INCRBY", tag + "tx", "n", 1)
+    pipe.ping()
+    pipe.execute_command("SESSION.ATTR.GET", tag + "tx", "n")
+    assert pipe.execute() == [tag + "tx", 2, True, ["2"]]
+    assert r.execute_command("SESSION.BYUSER", tag + "carol") == [tag + "tx"]
+    # A queue-time error: nothing runs, redis-py raises.
+    pipe = r.pipeline()
+    pipe.execute_command("SESSION.DEL", tag + "tx")
+    pipe.execute_command("SESSION.GET")
+    try:
+        pipe.execute()
+        raise AssertionError("a transaction with a queuing error ran")
+    except redis.ResponseError as error:
+        assert "EXECABORT" in str(error) or "wrong number" in str(error), str(error)
+    assert r.execute_command("SESSION.EXISTS", tag + "tx") == 1
+
+    # An optimistic transaction on a session: WATCH it, read, write in MULTI;
+    # a concurrent change makes redis-py retry.
+    other = redis.Redis(host="127.0.0.1", port=port, protocol=protocol, decode_responses=True)
+    attempts = []
+
+    def bump(pipe):
+        n = int(pipe.execute_command("SESSION.ATTR.GET", tag + "tx", "n")[0])
+        if not attempts:
+            other.execute_command("SESSION.ATTR.SET", tag + "tx", "n", 10)
+        attempts.append(n)
+        pipe.multi()
+        pipe.execute_command("SESSION.ATTR.SET", tag + "tx", "n", n + 1)
+
+    r.transaction(bump, tag + "tx")
+    assert attempts == [2, 10], attempts
+    assert r.execute_command("SESSION.ATTR.GET", tag + "tx", "n") == ["11"]
+    other.close()
+
     # Lifecycle events on the sidecar's own pub/sub.
     events = redis.Redis(host="127.0.0.1", port=port, protocol=protocol, decode_responses=True).pubsub()
     events.subscribe("session:events")

@@ -1641,6 +1641,218 @@ pub fn killuser_deletes_every_session_of_the_user<T: Target>() {
 }
 
 // ---------------------------------------------------------------------------
+// Transactions (MULTI / EXEC / DISCARD / WATCH)
+// ---------------------------------------------------------------------------
+
+/// The `redis` crate's atomic pipeline (MULTI ... EXEC, replies unwrapped
+/// from EXEC's array): SESSION.* and commands the sidecar answers, in order.
+fn check_transaction_in_order<T: Target>(resp3: bool) {
+    let sc = T::start(&[]);
+    let mut c = client(&sc, resp3);
+    let replies: Vec<Value> = redis::pipe()
+        .atomic()
+        .cmd("SESSION.CREATE")
+        .arg("ID")
+        .arg("tx1")
+        .arg("USER")
+        .arg("u")
+        .arg("ATTR")
+        .arg("n")
+        .arg("1")
+        .cmd("SESSION.ATTR.INCRBY")
+        .arg("tx1")
+        .arg("n")
+        .arg("41")
+        .cmd("PING")
+        .cmd("SESSION.ATTR.GET")
+        .arg("tx1")
+        .arg("n")
+        .cmd("ECHO")
+        .arg("last")
+        .query(&mut c)
+        .expect("the transaction runs");
+    assert_eq!(replies.len(), 5, "{replies:?}");
+    assert_eq!(replies[0], bulk("tx1"));
+    assert_eq!(replies[1], Value::Int(42));
+    assert_eq!(text(&replies[2]), "PONG");
+    assert_eq!(array(&replies[3]), [bulk("42")]);
+    assert_eq!(replies[4], bulk("last"));
+    // The connection is still in step: the next command gets its own reply.
+    assert_eq!(call(&mut c, &["SESSION.EXISTS", "tx1"]), Value::Int(1));
+}
+
+pub fn transaction_runs_session_commands_in_order_resp2<T: Target>() {
+    check_transaction_in_order::<T>(false)
+}
+
+pub fn transaction_runs_session_commands_in_order_resp3<T: Target>() {
+    check_transaction_in_order::<T>(true)
+}
+
+pub fn queued_commands_answer_queued_and_run_only_at_exec<T: Target>() {
+    let sc = T::start(&[]);
+    let mut c = sc.client();
+    let mut other = sc.client();
+    assert_eq!(text(&call(&mut c, &["MULTI"])), "OK");
+    assert_eq!(
+        text(&call(&mut c, &["SESSION.CREATE", "ID", "q1", "USER", "u"])),
+        "QUEUED"
+    );
+    // Not created yet: queued commands run at EXEC.
+    assert_eq!(call(&mut other, &["SESSION.EXISTS", "q1"]), Value::Int(0));
+    let exec = call(&mut c, &["EXEC"]);
+    assert_eq!(array(&exec), [bulk("q1")]);
+    assert_eq!(call(&mut other, &["SESSION.EXISTS", "q1"]), Value::Int(1));
+}
+
+pub fn discard_runs_nothing<T: Target>() {
+    let sc = T::start(&[]);
+    let mut c = sc.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "keep"]);
+    assert_eq!(text(&call(&mut c, &["MULTI"])), "OK");
+    assert_eq!(text(&call(&mut c, &["SESSION.DEL", "keep"])), "QUEUED");
+    assert_eq!(
+        text(&call(&mut c, &["SESSION.CREATE", "ID", "never"])),
+        "QUEUED"
+    );
+    assert_eq!(text(&call(&mut c, &["DISCARD"])), "OK");
+    assert_eq!(
+        call(&mut c, &["SESSION.EXISTS", "keep", "never"]),
+        Value::Int(1)
+    );
+    assert_err(&call(&mut c, &["EXEC"]), "ERR EXEC without MULTI");
+}
+
+pub fn queue_time_errors_make_exec_abort<T: Target>() {
+    let sc = T::start(&[]);
+    let mut c = sc.client();
+    for refused in [&["SESSION.GET"][..], &["NOSUCHCOMMAND", "x"][..]] {
+        assert_eq!(text(&call(&mut c, &["MULTI"])), "OK");
+        assert_eq!(
+            text(&call(&mut c, &["SESSION.CREATE", "ID", "aborted"])),
+            "QUEUED"
+        );
+        assert!(err_text(&call(&mut c, refused)).starts_with("ERR "));
+        assert_eq!(text(&call(&mut c, &["PING"])), "QUEUED");
+        assert_err(
+            &call(&mut c, &["EXEC"]),
+            "EXECABORT Transaction discarded because of previous errors.",
+        );
+        assert_eq!(call(&mut c, &["SESSION.EXISTS", "aborted"]), Value::Int(0));
+    }
+    // Runtime errors are replies in EXEC's array; the rest still runs.
+    assert_eq!(text(&call(&mut c, &["MULTI"])), "OK");
+    call(&mut c, &["SESSION.ATTR.SET", "missing", "a", "1"]);
+    call(&mut c, &["SESSION.CREATE", "ID", "after"]);
+    let exec = array(&call(&mut c, &["EXEC"]));
+    assert_err(&exec[0], "NOSESSION no such session");
+    assert_eq!(exec[1], bulk("after"));
+}
+
+pub fn transaction_misuse_is_worded_as_redis<T: Target>() {
+    let sc = T::start(&[]);
+    let mut c = sc.client();
+    assert_err(&call(&mut c, &["EXEC"]), "ERR EXEC without MULTI");
+    assert_err(&call(&mut c, &["DISCARD"]), "ERR DISCARD without MULTI");
+    assert_eq!(text(&call(&mut c, &["MULTI"])), "OK");
+    assert_err(
+        &call(&mut c, &["MULTI"]),
+        "ERR MULTI calls can not be nested",
+    );
+    assert_err(
+        &call(&mut c, &["WATCH", "x"]),
+        "ERR WATCH inside MULTI is not allowed",
+    );
+    // Neither error aborts the transaction, as in Redis.
+    assert_eq!(text(&call(&mut c, &["PING"])), "QUEUED");
+    assert_eq!(array(&call(&mut c, &["EXEC"])).len(), 1);
+    // RESET ends a transaction.
+    call(&mut c, &["MULTI"]);
+    call(&mut c, &["SESSION.CREATE", "ID", "reset"]);
+    assert_eq!(text(&call(&mut c, &["RESET"])), "RESET");
+    assert_err(&call(&mut c, &["EXEC"]), "ERR EXEC without MULTI");
+    assert_eq!(call(&mut c, &["SESSION.EXISTS", "reset"]), Value::Int(0));
+}
+
+/// One optimistic transaction on session `id`: WATCH, then `change` from
+/// another client, then MULTI / ATTR.SET / EXEC. True when EXEC ran.
+fn watched_exec(
+    c: &mut redis::Connection,
+    other: &mut redis::Connection,
+    id: &str,
+    change: &[&str],
+) -> bool {
+    assert_eq!(text(&call(c, &["WATCH", id])), "OK");
+    if !change.is_empty() {
+        call(other, change);
+    }
+    call(c, &["MULTI"]);
+    call(c, &["SESSION.ATTR.SET", id, "by", "tx"]);
+    match call(c, &["EXEC"]) {
+        Value::Nil => false,
+        Value::Array(replies) => {
+            assert_eq!(replies.len(), 1);
+            true
+        }
+        other => panic!("EXEC answered {other:?}"),
+    }
+}
+
+pub fn watch_on_a_session_aborts_exec_when_it_changes<T: Target>() {
+    let sc = T::start(&[]);
+    let mut c = sc.client();
+    let mut other = client(sc.other(), false);
+    call(&mut c, &["SESSION.CREATE", "ID", "w", "TTL", "600"]);
+    assert!(
+        watched_exec(&mut c, &mut other, "w", &[]),
+        "unchanged: runs"
+    );
+    for change in [
+        &["SESSION.ATTR.SET", "w", "by", "other"][..],
+        &["SESSION.BIND", "w", "conn-1"][..],
+    ] {
+        // The other sidecar's change must have reached this one's copy.
+        let before = version(&mut c, "w");
+        assert!(
+            !watched_exec(&mut c, &mut other, "w", change),
+            "{change:?} must abort the transaction"
+        );
+        assert!(version(&mut c, "w") > before);
+    }
+    assert_eq!(
+        call(&mut c, &["SESSION.ATTR.GET", "w", "by"]),
+        Value::Array(vec![bulk("other")])
+    );
+    // A heartbeat is not a change.
+    assert!(watched_exec(
+        &mut c,
+        &mut other,
+        "w",
+        &["SESSION.TOUCH", "w"]
+    ));
+    // Deleted, and created where there was none, are changes.
+    assert!(!watched_exec(
+        &mut c,
+        &mut other,
+        "w",
+        &["SESSION.DEL", "w"]
+    ));
+    assert!(!watched_exec(
+        &mut c,
+        &mut other,
+        "w",
+        &["SESSION.CREATE", "ID", "w"]
+    ));
+    // UNWATCH forgets.
+    call(&mut c, &["WATCH", "w"]);
+    call(&mut other, &["SESSION.ATTR.SET", "w", "by", "other"]);
+    assert_eq!(text(&call(&mut c, &["UNWATCH"])), "OK");
+    call(&mut c, &["MULTI"]);
+    call(&mut c, &["PING"]);
+    assert_eq!(array(&call(&mut c, &["EXEC"])).len(), 1);
+}
+
+// ---------------------------------------------------------------------------
 // Async clients
 // ---------------------------------------------------------------------------
 
@@ -1675,6 +1887,34 @@ macro_rules! contract_tests {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn async_clients_see_the_same_replies() {
             $crate::contract::async_clients_see_the_same_replies::<$target>().await
+        }
+        #[test]
+        fn transaction_runs_session_commands_in_order_resp2() {
+            $crate::contract::transaction_runs_session_commands_in_order_resp2::<$target>()
+        }
+        #[test]
+        fn transaction_runs_session_commands_in_order_resp3() {
+            $crate::contract::transaction_runs_session_commands_in_order_resp3::<$target>()
+        }
+        #[test]
+        fn queued_commands_answer_queued_and_run_only_at_exec() {
+            $crate::contract::queued_commands_answer_queued_and_run_only_at_exec::<$target>()
+        }
+        #[test]
+        fn discard_runs_nothing() {
+            $crate::contract::discard_runs_nothing::<$target>()
+        }
+        #[test]
+        fn queue_time_errors_make_exec_abort() {
+            $crate::contract::queue_time_errors_make_exec_abort::<$target>()
+        }
+        #[test]
+        fn transaction_misuse_is_worded_as_redis() {
+            $crate::contract::transaction_misuse_is_worded_as_redis::<$target>()
+        }
+        #[test]
+        fn watch_on_a_session_aborts_exec_when_it_changes() {
+            $crate::contract::watch_on_a_session_aborts_exec_when_it_changes::<$target>()
         }
         #[test]
         fn create_without_id_returns_a_fresh_uuid_v4() {
