@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::pubsub::PubSub;
-use crate::store::{Event, EventSink, lossy_text};
+use crate::store::{Event, EventKind, EventSink, lossy_text};
 use crate::tracking::Tracking;
 
 /// Publishes store events to local subscribers.
@@ -40,8 +40,17 @@ impl LocalEvents {
 impl EventSink for LocalEvents {
     fn publish(&self, events: Vec<Event>) {
         if self.tracking.any() {
+            // What no command names: expiry, moves, and the sessions a
+            // command changed besides its own (evictions, KILLUSER, a
+            // connection taken from another session). The command's own
+            // session is invalidated by the command, with its client (for
+            // NOLOOP).
             for event in &events {
-                self.tracking.invalidate(&event.id, None);
+                let side_effect = matches!(event.kind, EventKind::Expired | EventKind::Migrated)
+                    || event.reason.is_some_and(|reason| reason != "expire");
+                if side_effect {
+                    self.tracking.invalidate(&event.id, None);
+                }
             }
         }
         if !self.pubsub.has_subscribers() {

@@ -75,6 +75,11 @@ impl Tracking {
         self.tracking.load(Ordering::Relaxed) > 0
     }
 
+    /// How many clients track.
+    pub fn clients(&self) -> usize {
+        self.tracking.load(Ordering::Relaxed)
+    }
+
     /// Lets invalidations meant for `client` (its own, or redirected to it)
     /// reach its queue.
     pub fn register_endpoint(&self, client: ClientId, queue: Subscriber) {

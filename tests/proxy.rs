@@ -720,6 +720,41 @@ fn select_inside_multi_holds_after_exec() {
     assert_eq!(call(&mut direct, &["GET", "where"]), bulk("db1"));
 }
 
+/// One RESP3 connection caches both kinds: ordinary keys are tracked by
+/// the upstream (its invalidations relayed), sessions by the sidecar.
+#[test]
+fn client_tracking_covers_ordinary_keys_and_sessions_together() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut writer = sidecar.client();
+    call(&mut writer, &["SET", "plain", "1"]);
+    call(&mut writer, &["SESSION.CREATE", "ID", "tracked"]);
+    let mut con = sidecar.raw();
+    hello3(&mut con);
+    assert_eq!(
+        con.cmd(&["CLIENT", "TRACKING", "ON"]),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(con.cmd(&["GET", "plain"]), Resp::bulk("1"));
+    assert!(matches!(con.cmd(&["SESSION.GET", "tracked"]), Resp::Map(_)));
+    call(&mut writer, &["SET", "plain", "2"]);
+    call(&mut writer, &["SESSION.ATTR.SET", "tracked", "a", "1"]);
+    let mut told = Vec::new();
+    while told.len() < 2 {
+        match con.try_read_reply(Duration::from_secs(5)) {
+            Ok(Resp::Push(items)) if items[0] == Resp::bulk("invalidate") => {
+                let Resp::Array(keys) = &items[1] else {
+                    panic!("{items:?}")
+                };
+                told.extend(keys.iter().map(Resp::text));
+            }
+            other => panic!("expected invalidations, got {other:?} after {told:?}"),
+        }
+    }
+    told.sort();
+    assert_eq!(told, ["plain", "tracked"]);
+}
+
 #[test]
 fn subscribe_and_psubscribe_receive_messages_in_resp2_and_resp3() {
     let upstream = RedisServer::start(&[]);

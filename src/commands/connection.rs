@@ -332,7 +332,23 @@ pub fn client(
     };
     if keyword.is("ID") {
         args.finish().map_err(|_| arity_error())?;
+        // The id is what CLIENT TRACKING ... REDIRECT names: invalidations
+        // sent here need the client's queue.
+        let queue = client.subscriber();
+        node.tracking.register_endpoint(client.id(), queue);
         out.int(client.id() as i64);
+    } else if keyword.is("TRACKING") {
+        super::tracking::tracking(node, client, args)?;
+        out.ok();
+    } else if keyword.is("CACHING") {
+        super::tracking::caching(client, args)?;
+        out.ok();
+    } else if keyword.is("GETREDIR") {
+        args.finish().map_err(|_| arity_error())?;
+        super::tracking::getredir(client, out);
+    } else if keyword.is("TRACKINGINFO") {
+        args.finish().map_err(|_| arity_error())?;
+        super::tracking::trackinginfo(node, client, out);
     } else if keyword.is("SETNAME") {
         let name = args.next().ok_or_else(arity_error)?;
         args.finish().map_err(|_| arity_error())?;

@@ -13,6 +13,7 @@ mod pubsub;
 pub use pubsub::unsubscribe_all;
 pub mod server;
 mod session;
+mod tracking;
 mod transaction;
 
 use std::sync::atomic::Ordering;
@@ -119,6 +120,10 @@ pub async fn execute(
         crate::sessions::Sessions::WriteThrough(_) => None,
     };
     dispatch(node, client, spec, argv, out).await;
+    // CLIENT CACHING's answer holds for the next command (or transaction).
+    if !tracking::sets_caching(spec.cmd, argv) {
+        client.caching = None;
+    }
 }
 
 /// Why a known command may not run now, in Redis's words; in a
@@ -221,6 +226,23 @@ async fn dispatch(
     if let Err(error) = result {
         node.metrics.command_errors.inc();
         out.error(&error.message());
+    }
+    if client.tracking.is_some() || node.tracking.any() {
+        tracking::after(node, client, spec.cmd, argv);
+    }
+}
+
+/// With an upstream, a forwarded command that also changes what the
+/// sidecar tracks for the client (CLIENT TRACKING, CACHING).
+pub fn note_forwarded(node: &Node, client: &mut ClientState, argv: &[Bytes]) {
+    if argv
+        .first()
+        .is_some_and(|name| name.eq_ignore_ascii_case(b"client"))
+    {
+        tracking::note(node, client, argv);
+    }
+    if !tracking::sets_caching(Cmd::Client, argv) {
+        client.caching = None;
     }
 }
 

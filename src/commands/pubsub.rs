@@ -24,6 +24,10 @@ fn confirm(out: &mut ReplyWriter, what: &[u8], name: Option<&[u8]>, count: usize
 
 fn add(node: &Node, client: &mut ClientState, kind: Kind, names: &[Bytes], out: &mut ReplyWriter) {
     let subscriber = client.subscriber();
+    // A subscriber can be where another client's invalidations are sent
+    // (CLIENT TRACKING ... REDIRECT, on `__redis__:invalidate`).
+    node.tracking
+        .register_endpoint(client.id(), subscriber.clone());
     for name in names {
         let name = Bytes::copy_from_slice(name);
         let reply: &[u8] = match kind {

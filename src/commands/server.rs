@@ -106,6 +106,7 @@ fn write_section(node: &Node, section: &str, sessions_total: i64, text: &mut Str
             field("maxclients", &node.config.maxclients);
             field("blocked_clients", &0);
             field("pubsub_clients", &node.pubsub_clients());
+            field("tracking_clients", &node.tracking.clients());
         }
         "sessions" => {
             field("sessions", &sessions_total);
@@ -114,6 +115,7 @@ fn write_section(node: &Node, section: &str, sessions_total: i64, text: &mut Str
             field("sessions_deleted", &m.load(&stats.deleted));
             field("sessions_expired", &m.load(&stats.expired));
             field("sessions_evicted", &m.load(&stats.evicted));
+            field("tracking_total_keys", &node.tracking.tracked_sessions());
             field("default_ttl_ms", &sessions.default_ttl_ms());
         }
         "upstream" => {

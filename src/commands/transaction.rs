@@ -121,6 +121,7 @@ pub async fn exec(node: &Node, client: &mut ClientState, out: &mut ReplyWriter<'
             Queued::Here(argv) => run_queued(node, client, &argv, out).await,
         }
     }
+    client.caching = None;
 }
 
 /// One of the sidecar's queued commands, at EXEC.

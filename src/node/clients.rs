@@ -112,6 +112,11 @@ impl ClientRegistry {
         info
     }
 
+    /// Whether client `id` is connected.
+    pub fn contains(&self, id: u64) -> bool {
+        self.clients.contains_key(&id)
+    }
+
     pub fn unregister(&self, id: u64) {
         self.clients.remove(&id);
     }
@@ -151,6 +156,10 @@ pub struct ClientState {
     pub multi: Option<Transaction>,
     /// Sessions named by WATCH, as they were then.
     pub watched: Vec<Watched>,
+    /// CLIENT TRACKING's mode, while on.
+    pub tracking: Option<crate::tracking::Mode>,
+    /// CLIENT CACHING yes/no, for the next command (or transaction).
+    pub caching: Option<bool>,
 }
 
 /// A transaction being queued (MULTI until EXEC or DISCARD).
@@ -191,6 +200,8 @@ impl ClientState {
             proxy: crate::proxy::Link::default(),
             multi: None,
             watched: Vec::new(),
+            tracking: None,
+            caching: None,
         }
     }
 

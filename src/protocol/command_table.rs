@@ -347,7 +347,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         -2,
         &["loading", "stale"],
         "connection",
-        "CLIENT ID|SETNAME|GETNAME|SETINFO|INFO|LIST|KILL|NO-EVICT|NO-TOUCH.",
+        "CLIENT ID|SETNAME|GETNAME|SETINFO|INFO|LIST|KILL|NO-EVICT|NO-TOUCH|TRACKING|CACHING|GETREDIR|TRACKINGINFO.",
         [string("subcommand"), optional(many(string("arg")))]
     ),
     command!(

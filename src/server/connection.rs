@@ -196,6 +196,7 @@ async fn run<R: AsyncRead + Unpin>(
                             if client.proxy.is_pinned() {
                                 client.sync_subscription_counts();
                             }
+                            crate::commands::note_forwarded(node, client, &argv);
                             continue;
                         }
                         client

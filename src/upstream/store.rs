@@ -12,7 +12,7 @@
 //! through otherwise. Heartbeats that do not extend the expiry are answered
 //! from memory; their `last_active` reaches the upstream in batches.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -114,6 +114,10 @@ pub struct WriteThrough {
     /// of one key costs one check: bounded by the sessions held.
     suspects: std::sync::Mutex<HashMap<Key, Suspect>>,
     suspects_added: tokio::sync::Notify,
+    /// Sessions invalidated with no copy here while clients cache sessions:
+    /// checked like suspects, so that a change this sidecar made itself
+    /// (Redis 7.0 sends those too) is not taken for another's.
+    orphans: std::sync::Mutex<HashSet<Key>>,
     /// Whether the upstream's events channel is relayed right now.
     relaying: tokio::sync::watch::Sender<bool>,
     pubsub: Arc<PubSub>,
@@ -167,6 +171,7 @@ impl WriteThrough {
             heartbeats: DashMap::default(),
             suspects: std::sync::Mutex::default(),
             suspects_added: tokio::sync::Notify::new(),
+            orphans: std::sync::Mutex::default(),
             relaying: tokio::sync::watch::Sender::new(false),
             config,
             pubsub,
@@ -1384,8 +1389,16 @@ impl WriteThrough {
     pub fn suspect(&self, id: &[u8]) {
         match self.cache.suspect(id, crate::store::now_ms()) {
             Some(suspect) => self.check_later(suspect),
-            // No copy to check: clients caching it are told at once.
-            None => self.tracking.invalidate(id, None),
+            // No copy to check against (yet: this sidecar's own write may
+            // not have installed it): checked by the verifier.
+            None if self.tracking.any() => {
+                self.orphans
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(Key::from(id));
+                self.suspects_added.notify_one();
+            }
+            None => {}
         }
     }
 
@@ -1416,7 +1429,7 @@ impl WriteThrough {
     }
 
     /// Checks the suspects against the upstream's state (creation time and
-    /// version), one pipelined round trip per batch.
+    /// version), one pipelined round trip per batch; then the orphans.
     async fn verify_suspects(&self) {
         const BATCH: usize = 1024;
         loop {
@@ -1426,48 +1439,74 @@ impl WriteThrough {
                 ids.iter().filter_map(|id| suspects.remove(id)).collect()
             };
             if batch.is_empty() {
-                return;
+                break;
             }
-            // One pipelined round trip per master.
-            let groups = self.by_master(&batch, |suspect| self.layout.shard_of(&suspect.id));
-            let checks = groups.into_iter().map(|suspects| async move {
-                let mut pipeline = redis::pipe();
-                for suspect in &suspects {
-                    pipeline
-                        .cmd("HMGET")
-                        .arg(self.session_key(&suspect.id))
-                        .arg("created")
-                        .arg("version");
-                }
-                let slot = self.layout.slot(self.layout.shard_of(&suspects[0].id));
-                let states = self
-                    .upstream
-                    .call(slot, async |c| {
-                        pipeline
-                            .query_async::<Vec<(Option<u64>, Option<u64>)>>(c)
-                            .await
-                    })
-                    .await;
-                (suspects, states)
-            });
-            for (suspects, states) in futures_util::future::join_all(checks).await {
-                // Unreachable: the cache is flushed anyway and the marks expire.
-                let Ok(states) = states else { continue };
-                for (suspect, state) in suspects.into_iter().zip(states) {
-                    let identity = match state {
-                        (Some(created), Some(version)) => Some((created, version)),
-                        _ => None,
-                    };
-                    let id = suspect.id.clone();
-                    if self.cache.settle(suspect, identity) {
-                        self.stats.verified.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        // Changed or gone through another sidecar.
-                        self.tracking.invalidate(&id, None);
-                    }
+            for (suspect, identity) in self.upstream_identities(batch, |s| &s.id).await {
+                if self.cache.settle(&suspect, identity) {
+                    self.stats.verified.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    // Changed or gone through another sidecar.
+                    self.tracking.invalidate(&suspect.id, None);
                 }
             }
         }
+        let orphans: Vec<Key> =
+            std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .collect();
+        if orphans.is_empty() {
+            return;
+        }
+        let now = crate::store::now_ms();
+        for (id, identity) in self.upstream_identities(orphans, |id| id).await {
+            let copy = self.cache.read(&id, now, |s| (s.created, s.version));
+            if copy.is_none() || copy != identity {
+                self.tracking.invalidate(&id, None);
+            }
+        }
+    }
+
+    /// The upstream's (creation time, version) of each item's session (None:
+    /// no session), one pipelined round trip per master; the items of an
+    /// unreachable master are left out (the cache is flushed then anyway).
+    async fn upstream_identities<T>(
+        &self,
+        items: Vec<T>,
+        id: impl Fn(&T) -> &Key + Copy,
+    ) -> Vec<(T, Option<(u64, u64)>)> {
+        let groups = self.by_master(items, |item| self.layout.shard_of(id(item)));
+        let checks = groups.into_iter().map(|items| async move {
+            let mut pipeline = redis::pipe();
+            for item in &items {
+                pipeline
+                    .cmd("HMGET")
+                    .arg(self.session_key(id(item)))
+                    .arg("created")
+                    .arg("version");
+            }
+            let slot = self.layout.slot(self.layout.shard_of(id(&items[0])));
+            let states = self
+                .upstream
+                .call(slot, async |c| {
+                    pipeline
+                        .query_async::<Vec<(Option<u64>, Option<u64>)>>(c)
+                        .await
+                })
+                .await;
+            (items, states)
+        });
+        let mut known = Vec::new();
+        for (items, states) in futures_util::future::join_all(checks).await {
+            let Ok(states) = states else { continue };
+            for (item, state) in items.into_iter().zip(states) {
+                let identity = match state {
+                    (Some(created), Some(version)) => Some((created, version)),
+                    _ => None,
+                };
+                known.push((item, identity));
+            }
+        }
+        known
     }
 
     /// One page of the expiry-index audit of each of the next

@@ -1853,6 +1853,185 @@ pub fn watch_on_a_session_aborts_exec_when_it_changes<T: Target>() {
 }
 
 // ---------------------------------------------------------------------------
+// Client-side caching: CLIENT TRACKING over sessions
+// ---------------------------------------------------------------------------
+
+/// The next invalidation `con` receives (RESP3 push, or RESP2 message on
+/// `__redis__:invalidate`), skipping nothing else: None when none comes.
+pub fn next_invalidation(con: &mut RawConn, within: Duration) -> Option<Vec<String>> {
+    match con.try_read_reply(within) {
+        Err(_) => None,
+        Ok(Resp::Push(items)) => {
+            assert_eq!(items[0], Resp::bulk("invalidate"), "{items:?}");
+            Some(keys(&items[1]))
+        }
+        Ok(Resp::Array(items)) => {
+            assert_eq!(
+                items[..2],
+                [Resp::bulk("message"), Resp::bulk("__redis__:invalidate")]
+            );
+            Some(keys(&items[2]))
+        }
+        Ok(other) => panic!("expected an invalidation, got {other:?}"),
+    }
+}
+
+fn keys(reply: &Resp) -> Vec<String> {
+    match reply {
+        Resp::Array(keys) => keys.iter().map(Resp::text).collect(),
+        other => panic!("expected keys, got {other:?}"),
+    }
+}
+
+fn resp3_raw(sc: &Sidecar) -> RawConn {
+    let mut con = sc.raw();
+    assert!(matches!(con.cmd(&["HELLO", "3"]), Resp::Map(_)));
+    con
+}
+
+pub fn tracking_invalidates_a_read_session_once_when_it_changes<T: Target>() {
+    let sc = T::start(&[]);
+    let mut c = sc.client();
+    let mut other = client(sc.other(), false);
+    call(&mut c, &["SESSION.CREATE", "ID", "cached", "TTL", "600"]);
+    let mut tracker = resp3_raw(&sc);
+    assert_eq!(
+        tracker.cmd(&["CLIENT", "TRACKING", "ON"]),
+        Resp::Simple("OK".into())
+    );
+    assert!(matches!(
+        tracker.cmd(&["SESSION.GET", "cached"]),
+        Resp::Map(_)
+    ));
+    // A session never read is not tracked.
+    call(&mut other, &["SESSION.CREATE", "ID", "unread"]);
+    call(&mut other, &["SESSION.ATTR.SET", "unread", "a", "1"]);
+    // A change (through the other sidecar, with an upstream) is told once.
+    call(&mut other, &["SESSION.ATTR.SET", "cached", "a", "1"]);
+    assert_eq!(
+        next_invalidation(&mut tracker, WAIT),
+        Some(vec!["cached".to_string()])
+    );
+    call(&mut other, &["SESSION.ATTR.SET", "cached", "a", "2"]);
+    assert_eq!(
+        next_invalidation(&mut tracker, Duration::from_millis(300)),
+        None
+    );
+    // Read again, then deleted: told again.
+    assert!(matches!(
+        tracker.cmd(&["SESSION.ATTR.GET", "cached", "a"]),
+        Resp::Array(_)
+    ));
+    call(&mut other, &["SESSION.DEL", "cached"]);
+    assert_eq!(
+        next_invalidation(&mut tracker, WAIT),
+        Some(vec!["cached".to_string()])
+    );
+    // A missing session that was read is told when it is created.
+    assert_eq!(tracker.cmd(&["SESSION.EXISTS", "later"]), Resp::Int(0));
+    call(
+        &mut other,
+        &["SESSION.CREATE", "ID", "later", "PTTL", "300"],
+    );
+    assert_eq!(
+        next_invalidation(&mut tracker, WAIT),
+        Some(vec!["later".to_string()])
+    );
+    // And when it expires.
+    assert!(matches!(
+        tracker.cmd(&["SESSION.TTL", "later"]),
+        Resp::Int(_)
+    ));
+    assert_eq!(
+        next_invalidation(&mut tracker, WAIT),
+        Some(vec!["later".to_string()])
+    );
+    assert_eq!(
+        tracker.cmd(&["CLIENT", "TRACKING", "OFF"]),
+        Resp::Simple("OK".into())
+    );
+}
+
+pub fn tracking_bcast_prefixes_and_noloop<T: Target>() {
+    let sc = T::start(&[]);
+    let mut other = client(sc.other(), false);
+    let mut tracker = resp3_raw(&sc);
+    assert_eq!(
+        tracker.cmd(&[
+            "CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", "room:", "NOLOOP"
+        ]),
+        Resp::Simple("OK".into())
+    );
+    // Its own changes are not told back (NOLOOP); others' are, read or not,
+    // for ids under the prefix only.
+    tracker.cmd(&["SESSION.CREATE", "ID", "room:own"]);
+    call(&mut other, &["SESSION.CREATE", "ID", "hall:1"]);
+    call(&mut other, &["SESSION.ATTR.SET", "hall:1", "a", "1"]);
+    call(&mut other, &["SESSION.CREATE", "ID", "room:2"]);
+    call(&mut other, &["SESSION.ATTR.SET", "room:2", "a", "1"]);
+    let mut told = Vec::new();
+    while let Some(keys) = next_invalidation(&mut tracker, Duration::from_millis(500)) {
+        told.extend(keys);
+    }
+    assert!(told.contains(&"room:2".to_string()), "{told:?}");
+    assert!(
+        told.iter().all(|id| id == "room:2"),
+        "only room:2 is another's change under the prefix: {told:?}"
+    );
+    let info = tracker.cmd(&["CLIENT", "TRACKINGINFO"]);
+    let Resp::Map(fields) = info else {
+        panic!("{info:?}")
+    };
+    assert_eq!(
+        fields[0].1,
+        Resp::Set(vec![
+            Resp::bulk("on"),
+            Resp::bulk("bcast"),
+            Resp::bulk("noloop")
+        ])
+    );
+    assert_eq!(fields[2].1, Resp::Array(vec![Resp::bulk("room:")]));
+    // Modes are worded as Redis words them.
+    let mut plain = sc.raw();
+    assert_eq!(
+        plain.cmd(&["CLIENT", "TRACKING", "ON", "PREFIX", "x"]),
+        Resp::Error("ERR PREFIX option requires BCAST mode to be enabled".into())
+    );
+    assert_eq!(
+        plain.cmd(&["CLIENT", "CACHING", "YES"]),
+        Resp::Error("ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled".into())
+    );
+}
+
+pub fn tracking_optin_remembers_only_after_caching_yes<T: Target>() {
+    let sc = T::start(&[]);
+    let mut c = sc.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "not-cached"]);
+    call(&mut c, &["SESSION.CREATE", "ID", "opted-in"]);
+    let mut tracker = resp3_raw(&sc);
+    assert_eq!(
+        tracker.cmd(&["CLIENT", "TRACKING", "ON", "OPTIN"]),
+        Resp::Simple("OK".into())
+    );
+    tracker.cmd(&["SESSION.GET", "not-cached"]);
+    assert_eq!(
+        tracker.cmd(&["CLIENT", "CACHING", "YES"]),
+        Resp::Simple("OK".into())
+    );
+    tracker.cmd(&["SESSION.GET", "opted-in"]);
+    call(&mut c, &["SESSION.ATTR.SET", "not-cached", "a", "1"]);
+    call(&mut c, &["SESSION.ATTR.SET", "opted-in", "a", "1"]);
+    assert_eq!(
+        next_invalidation(&mut tracker, WAIT),
+        Some(vec!["opted-in".to_string()])
+    );
+    assert_eq!(
+        next_invalidation(&mut tracker, Duration::from_millis(300)),
+        None
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Async clients
 // ---------------------------------------------------------------------------
 
@@ -1915,6 +2094,18 @@ macro_rules! contract_tests {
         #[test]
         fn watch_on_a_session_aborts_exec_when_it_changes() {
             $crate::contract::watch_on_a_session_aborts_exec_when_it_changes::<$target>()
+        }
+        #[test]
+        fn tracking_invalidates_a_read_session_once_when_it_changes() {
+            $crate::contract::tracking_invalidates_a_read_session_once_when_it_changes::<$target>()
+        }
+        #[test]
+        fn tracking_bcast_prefixes_and_noloop() {
+            $crate::contract::tracking_bcast_prefixes_and_noloop::<$target>()
+        }
+        #[test]
+        fn tracking_optin_remembers_only_after_caching_yes() {
+            $crate::contract::tracking_optin_remembers_only_after_caching_yes::<$target>()
         }
         #[test]
         fn create_without_id_returns_a_fresh_uuid_v4() {
