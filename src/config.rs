@@ -231,6 +231,16 @@ pub struct Config {
     #[arg(long, env = "SESSION_SIDECAR_CLIENT_QUERY_BUFFER_LIMIT", default_value = "1gb", value_parser = parse_memory)]
     pub client_query_buffer_limit: u64,
 
+    /// Unread replies a client may hold before it is closed, per class, as
+    /// Redis's `client-output-buffer-limit`: `<class> <hard> <soft>
+    /// <soft-seconds>` (sizes in bytes or with a unit, 0: no limit).
+    /// Classes: normal (replies, passthrough ones included), pubsub
+    /// (messages of the sidecar's own channels); replica is accepted and
+    /// ignored. Unlike Redis, normal clients are bounded by default: a
+    /// sidecar runs under its pod's memory limit.
+    #[arg(long, env = "SESSION_SIDECAR_CLIENT_OUTPUT_BUFFER_LIMIT", default_value = "normal 128mb 32mb 60 pubsub 32mb 8mb 60", value_parser = OutputLimits::parse)]
+    pub client_output_buffer_limit: OutputLimits,
+
     /// Longest id, user, conn or attribute name, in bytes.
     #[arg(long, env = "SESSION_SIDECAR_MAX_NAME_LEN", default_value_t = 512)]
     pub max_name_len: usize,
@@ -427,6 +437,78 @@ fn listen_addr(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{text} resolves to no address"))
 }
 
+/// One class of `client-output-buffer-limit`: closed past `hard` bytes, or
+/// past `soft` bytes for `soft_seconds` on end (0: that limit is off).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutputLimit {
+    pub hard: u64,
+    pub soft: u64,
+    pub soft_seconds: u64,
+}
+
+impl OutputLimit {
+    /// Whether a client holding `held` bytes goes over the limit;
+    /// `over_soft_since` keeps when it went over the soft limit.
+    pub fn exceeded(&self, held: u64, over_soft_since: &mut Option<std::time::Instant>) -> bool {
+        if self.hard > 0 && held > self.hard {
+            return true;
+        }
+        if self.soft == 0 || held <= self.soft {
+            *over_soft_since = None;
+            return false;
+        }
+        let since = *over_soft_since.get_or_insert_with(std::time::Instant::now);
+        since.elapsed().as_secs() >= self.soft_seconds
+    }
+
+    fn words(&self) -> String {
+        format!("{} {} {}", self.hard, self.soft, self.soft_seconds)
+    }
+}
+
+/// `client-output-buffer-limit`, per class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutputLimits {
+    pub normal: OutputLimit,
+    pub pubsub: OutputLimit,
+}
+
+impl OutputLimits {
+    /// Redis's syntax: `<class> <hard> <soft> <soft-seconds>`, repeated.
+    pub fn parse(text: &str) -> Result<OutputLimits, String> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        if words.is_empty() || !words.len().is_multiple_of(4) {
+            return Err("expected <class> <hard> <soft> <soft-seconds>, repeated".into());
+        }
+        let mut limits = OutputLimits::default();
+        for group in words.chunks_exact(4) {
+            let limit = OutputLimit {
+                hard: parse_memory(group[1])?,
+                soft: parse_memory(group[2])?,
+                soft_seconds: group[3]
+                    .parse()
+                    .map_err(|_| format!("invalid soft seconds {:?}", group[3]))?,
+            };
+            match group[0].to_ascii_lowercase().as_str() {
+                "normal" => limits.normal = limit,
+                "pubsub" => limits.pubsub = limit,
+                "replica" | "slave" => {}
+                other => return Err(format!("invalid client class {other:?}")),
+            }
+        }
+        Ok(limits)
+    }
+
+    /// As CONFIG GET shows it.
+    pub fn words(&self) -> String {
+        format!(
+            "normal {} slave 0 0 0 pubsub {}",
+            self.normal.words(),
+            self.pubsub.words()
+        )
+    }
+}
+
 /// The parameters that are the sidecar's own (its listener, its limits, its
 /// flags): with an upstream, CONFIG GET answers these from the sidecar and
 /// every other from the upstream, and CONFIG SET of these is refused while
@@ -438,6 +520,7 @@ pub const OWN_PARAMETERS: &[&str] = &[
     "timeout",
     "proto-max-bulk-len",
     "client-query-buffer-limit",
+    "client-output-buffer-limit",
     "prefix",
     "default-ttl",
     "node-id",
@@ -460,6 +543,42 @@ pub fn sets_own_parameter(argv: &[bytes::Bytes]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_limits_read_as_redis_writes_them() {
+        let limits =
+            OutputLimits::parse("normal 0 0 0 slave 256mb 64mb 60 pubsub 32mb 8mb 60").unwrap();
+        assert_eq!(limits.normal, OutputLimit::default());
+        assert_eq!(
+            limits.pubsub,
+            OutputLimit {
+                hard: 32 << 20,
+                soft: 8 << 20,
+                soft_seconds: 60
+            }
+        );
+        assert!(OutputLimits::parse("normal 1mb").is_err());
+        assert!(OutputLimits::parse("nobody 1 1 1").is_err());
+        let mut since = None;
+        let limit = OutputLimit {
+            hard: 100,
+            soft: 10,
+            soft_seconds: 0,
+        };
+        assert!(!limit.exceeded(10, &mut since));
+        assert!(limit.exceeded(11, &mut since), "over soft for 0 s");
+        assert!(limit.exceeded(101, &mut None));
+        let patient = OutputLimit {
+            soft_seconds: 60,
+            ..limit
+        };
+        let mut since = None;
+        assert!(
+            !patient.exceeded(50, &mut since),
+            "over soft, not for 60 s yet"
+        );
+        assert!(since.is_some());
+    }
 
     #[test]
     fn memory_units() {

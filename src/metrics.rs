@@ -35,6 +35,11 @@ pub struct Metrics {
     pub protocol_errors: Counter,
     pub auth_failures: Counter,
     pub oom_rejections: Counter,
+    /// Clients closed for holding more unread replies than
+    /// `client-output-buffer-limit` allows.
+    pub output_limit_disconnections: Counter,
+    /// Times freed memory was given back to the OS.
+    pub memory_trims: Counter,
     /// Calls per command, indexed by [`Cmd`].
     commands: Box<[Counter]>,
 }
@@ -49,6 +54,8 @@ impl Default for Metrics {
             protocol_errors: Counter::default(),
             auth_failures: Counter::default(),
             oom_rejections: Counter::default(),
+            output_limit_disconnections: Counter::default(),
+            memory_trims: Counter::default(),
             commands: COMMANDS.iter().map(|_| Counter::default()).collect(),
         }
     }

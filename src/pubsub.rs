@@ -15,6 +15,8 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+
+use crate::config::OutputLimit;
 use tokio_util::sync::CancellationToken;
 
 /// A message on its way to one subscriber.
@@ -38,10 +40,6 @@ pub enum Message {
 
 /// Queue depth per subscriber (messages) before it is dropped as too slow.
 pub const SUBSCRIBER_QUEUE: usize = 16 * 1024;
-
-/// Bytes queued per subscriber before it is dropped as too slow: Redis's
-/// `client-output-buffer-limit pubsub` hard limit.
-pub const SUBSCRIBER_MAX_BYTES: usize = 32 * 1024 * 1024;
 
 impl Message {
     /// Bytes this message holds, for the subscriber's budget.
@@ -67,14 +65,23 @@ pub struct Subscriber {
     pub tx: mpsc::Sender<Message>,
     /// Cancelled when the client's queue overflowed: its task disconnects it.
     pub overflow: CancellationToken,
+    /// Bytes queued past this drop the subscriber as too slow
+    /// (`client-output-buffer-limit pubsub`).
+    limit: OutputLimit,
+    /// Since when the queue is over the soft limit.
+    over_soft_since: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    over_soft: Arc<std::sync::atomic::AtomicBool>,
     /// Bytes sent but not yet taken by the client's task.
     pub queued: Arc<AtomicUsize>,
 }
 
 impl Subscriber {
-    pub fn new(tx: mpsc::Sender<Message>) -> Self {
+    pub fn new(tx: mpsc::Sender<Message>, limit: OutputLimit) -> Self {
         Self {
             tx,
+            limit,
+            over_soft_since: Arc::default(),
+            over_soft: Arc::default(),
             overflow: CancellationToken::new(),
             queued: Arc::default(),
         }
@@ -87,7 +94,20 @@ impl Subscriber {
 
     pub fn deliver(&self, message: Message) -> bool {
         let size = message.size();
-        if self.queued.fetch_add(size, Ordering::Relaxed) + size > SUBSCRIBER_MAX_BYTES {
+        let held = (self.queued.fetch_add(size, Ordering::Relaxed) + size) as u64;
+        // The soft limit's clock is only looked at while over it.
+        let over = (self.limit.hard > 0 && held > self.limit.hard)
+            || (self.limit.soft > 0 && held > self.limit.soft);
+        let watched = over || self.over_soft.load(Ordering::Relaxed);
+        if watched && {
+            let mut since = self
+                .over_soft_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let exceeded = self.limit.exceeded(held, &mut since);
+            self.over_soft.store(since.is_some(), Ordering::Relaxed);
+            exceeded
+        } {
             self.queued.fetch_sub(size, Ordering::Relaxed);
             self.overflow.cancel();
             return false;

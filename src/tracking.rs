@@ -211,7 +211,10 @@ mod tests {
 
     fn client(tracking: &Tracking, id: ClientId, mode: Mode) -> mpsc::Receiver<Message> {
         let (tx, rx) = mpsc::channel(16);
-        tracking.register_endpoint(id, Subscriber::new(tx));
+        tracking.register_endpoint(
+            id,
+            Subscriber::new(tx, crate::config::OutputLimit::default()),
+        );
         tracking.enable(id, mode);
         rx
     }
@@ -255,7 +258,10 @@ mod tests {
         assert_eq!(invalidated(&mut rx).len(), 1);
 
         let (tx, mut target) = mpsc::channel(16);
-        tracking.register_endpoint(9, Subscriber::new(tx));
+        tracking.register_endpoint(
+            9,
+            Subscriber::new(tx, crate::config::OutputLimit::default()),
+        );
         let redirected = Mode {
             redirect: Some(9),
             ..Mode::default()

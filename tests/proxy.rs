@@ -1649,3 +1649,65 @@ fn replication_commands_get_a_clear_error_and_break_nothing() {
     assert_eq!(text(&call(&mut c, &["GET", "k"])), "v");
     assert_eq!(text(&call(&mut sidecar.client(), &["GET", "k"])), "v");
 }
+
+/// `client-output-buffer-limit`: a client that pipelines GETs of a 1 MB value
+/// and never reads is closed once its unread replies pass the hard limit,
+/// with a log line and a counter, while other clients are served on.
+#[test]
+fn a_client_that_never_reads_is_closed_at_its_output_buffer_limit() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(
+        &upstream.url(),
+        &[
+            "--client-output-buffer-limit",
+            "normal 8mb 2mb 10 pubsub 32mb 8mb 60",
+        ],
+    );
+    assert_eq!(
+        call(
+            &mut sidecar.client(),
+            &["CONFIG", "GET", "client-output-buffer-limit"]
+        ),
+        Value::Array(vec![
+            bulk("client-output-buffer-limit"),
+            bulk("normal 8388608 2097152 10 slave 0 0 0 pubsub 33554432 8388608 60"),
+        ])
+    );
+    call(
+        &mut upstream.client(),
+        &["SET", "big", &"x".repeat(1 << 20)],
+    );
+    let mut hog = sidecar.raw();
+    let mut pipeline = Vec::new();
+    for _ in 0..200 {
+        pipeline.extend(encode_cmd(&["GET", "big"]));
+    }
+    hog.send(&pipeline).unwrap();
+    let counted = wait_until(Duration::from_secs(10), || {
+        let (_, _, body) = sidecar.http_get("/metrics");
+        metric_value(&body, "session_sidecar_output_limit_disconnections_total") == Some(1.0)
+    });
+    assert!(counted, "the client was not closed at its limit");
+    // Others are served all along.
+    let started = Instant::now();
+    assert_eq!(text(&call(&mut sidecar.client(), &["SET", "k", "v"])), "OK");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(
+        sidecar
+            .logs()
+            .iter()
+            .any(|l| l.contains("client-output-buffer-limit normal")),
+        "no log line names the limit"
+    );
+    // What the socket already held can be read; then the connection ends,
+    // long before the 200 replies.
+    let mut replies = 0;
+    loop {
+        match hog.try_read_reply(Duration::from_secs(5)) {
+            Ok(_) => replies += 1,
+            Err(ReadEnd::Closed) => break,
+            Err(ReadEnd::Timeout) => panic!("the connection stayed open"),
+        }
+    }
+    assert!(replies < 100, "{replies} replies");
+}

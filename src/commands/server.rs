@@ -497,6 +497,10 @@ pub async fn config(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>)
             "client-query-buffer-limit",
             c.client_query_buffer_limit.to_string(),
         ),
+        (
+            "client-output-buffer-limit",
+            c.client_output_buffer_limit.words(),
+        ),
         ("databases", "1".into()),
         ("save", String::new()),
         ("appendonly", "no".into()),

@@ -160,6 +160,8 @@ pub struct ClientState {
     pub tracking: Option<crate::tracking::Mode>,
     /// CLIENT CACHING yes/no, for the next command (or transaction).
     pub caching: Option<bool>,
+    /// `client-output-buffer-limit pubsub`, for its subscriber queue.
+    pub pubsub_limit: crate::config::OutputLimit,
 }
 
 /// A transaction being queued (MULTI until EXEC or DISCARD).
@@ -187,7 +189,11 @@ pub struct Watched {
 }
 
 impl ClientState {
-    pub fn new(info: Arc<ClientInfo>, authenticated: bool) -> Self {
+    pub fn new(
+        info: Arc<ClientInfo>,
+        authenticated: bool,
+        pubsub_limit: crate::config::OutputLimit,
+    ) -> Self {
         Self {
             info,
             protocol: Protocol::Resp2,
@@ -202,6 +208,7 @@ impl ClientState {
             watched: Vec::new(),
             tracking: None,
             caching: None,
+            pubsub_limit,
         }
     }
 
@@ -227,9 +234,10 @@ impl ClientState {
 
     /// This client's subscriber handle, created on first use.
     pub fn subscriber(&mut self) -> Subscriber {
+        let limit = self.pubsub_limit;
         let (subscriber, _) = self.subscriber.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel(crate::pubsub::SUBSCRIBER_QUEUE);
-            (Subscriber::new(tx), rx)
+            (Subscriber::new(tx, limit), rx)
         });
         subscriber.clone()
     }

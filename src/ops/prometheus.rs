@@ -82,6 +82,18 @@ pub fn render(node: &Node) -> String {
         m.oom_rejections.get(),
     );
     metric(
+        "output_limit_disconnections_total",
+        "counter",
+        "Clients closed for unread replies past client-output-buffer-limit.",
+        m.output_limit_disconnections.get(),
+    );
+    metric(
+        "memory_trims_total",
+        "counter",
+        "Times memory freed by closed connections was given back to the OS.",
+        m.memory_trims.get(),
+    );
+    metric(
         "sessions",
         "gauge",
         "Live sessions held.",

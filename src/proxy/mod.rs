@@ -408,7 +408,7 @@ pub struct Link {
     batch: Batch,
     /// The client's socket, where pooled connections write replies.
     sink: Option<Arc<ReplySink>>,
-    pinned: Option<Pinned>,
+    pinned: Option<Box<Pinned>>,
     /// The client said MULTI and was told OK; the MULTI is sent with the
     /// next forwarded command (on a cluster, to the node of its key), so a
     /// transaction of commands the sidecar answers costs the upstream
@@ -464,7 +464,7 @@ impl Link {
     pub fn subscription_counts(&self) -> (usize, usize, usize) {
         self.pinned
             .as_ref()
-            .map_or((0, 0, 0), Pinned::subscription_counts)
+            .map_or((0, 0, 0), |p| p.subscription_counts())
     }
 
     /// Whether the client holds a connection of its own upstream.
@@ -525,7 +525,7 @@ impl Link {
         self.settle_pool(proxy, protocol, lane, output).await?;
         if self.pinned.is_none() {
             match proxy.pin(protocol, argv).await {
-                Ok(pinned) => self.pinned = Some(pinned),
+                Ok(pinned) => self.pinned = Some(Box::new(pinned)),
                 Err(reason) => {
                     tracing::warn!(%reason, "cannot pin an upstream connection");
                     proxy.stats.unavailable.inc();

@@ -23,9 +23,17 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 use tokio_rustls::server::TlsStream;
 
+use crate::config::OutputLimit;
+
+/// Why a client over its output buffer limit is closed.
+pub const OVER_LIMIT: &str = "client-output-buffer-limit reached";
+
 /// The write side of a client connection, shared with the pools.
 pub struct ReplySink {
     writer: Writer,
+    /// Unread replies past this close the client (`client-output-buffer-limit
+    /// normal`).
+    limit: OutputLimit,
     state: Mutex<SinkState>,
     wake: Notify,
 }
@@ -40,6 +48,11 @@ struct SinkState {
     writing: bool,
     /// The client's task waits for every reply owed.
     waiting: bool,
+    /// Since when the backlog is over the soft limit.
+    over_soft_since: Option<std::time::Instant>,
+    /// Over the limit: the backlog was dropped, replies are discarded, the
+    /// client's task closes the connection.
+    over_limit: bool,
 }
 
 /// A plain socket, which a pool may write to directly, or a TLS session,
@@ -50,18 +63,19 @@ enum Writer {
 }
 
 impl ReplySink {
-    pub fn new(writer: OwnedWriteHalf) -> ReplySink {
-        ReplySink::with(Writer::Plain(writer))
+    pub fn new(writer: OwnedWriteHalf, limit: OutputLimit) -> ReplySink {
+        ReplySink::with(Writer::Plain(writer), limit)
     }
 
     /// The sink of a TLS client.
-    pub fn tls(writer: WriteHalf<TlsStream<TcpStream>>) -> ReplySink {
-        ReplySink::with(Writer::Tls(tokio::sync::Mutex::new(writer)))
+    pub fn tls(writer: WriteHalf<TlsStream<TcpStream>>, limit: OutputLimit) -> ReplySink {
+        ReplySink::with(Writer::Tls(tokio::sync::Mutex::new(writer)), limit)
     }
 
-    fn with(writer: Writer) -> ReplySink {
+    fn with(writer: Writer, limit: OutputLimit) -> ReplySink {
         ReplySink {
             writer,
+            limit,
             state: Mutex::new(SinkState::default()),
             wake: Notify::new(),
         }
@@ -86,6 +100,12 @@ impl ReplySink {
     pub fn deliver(&self, replies: &[u8]) {
         let mut state = self.lock();
         state.owed = state.owed.saturating_sub(1);
+        if state.over_limit {
+            if state.waiting && state.owed == 0 {
+                self.wake.notify_one();
+            }
+            return;
+        }
         if let Writer::Plain(writer) = &self.writer
             && state.backlog.is_empty()
             && !state.writing
@@ -101,6 +121,17 @@ impl ReplySink {
         } else {
             state.backlog.extend_from_slice(replies);
         }
+        let held = state.backlog.len() as u64;
+        let SinkState {
+            over_soft_since, ..
+        } = &mut *state;
+        if self.limit.exceeded(held, over_soft_since) {
+            // Its memory goes now; the client's task closes the connection.
+            state.over_limit = true;
+            state.backlog = BytesMut::new();
+            self.wake.notify_one();
+            return;
+        }
         let backlogged = !state.backlog.is_empty() && !state.writing;
         if backlogged || (state.waiting && state.owed == 0) {
             self.wake.notify_one();
@@ -113,11 +144,21 @@ impl ReplySink {
         self.wake.notified().await;
     }
 
-    /// Writes the backlog until it is empty.
+    /// Whether the client went over its output buffer limit (and must be
+    /// closed).
+    pub fn over_limit(&self) -> bool {
+        self.lock().over_limit
+    }
+
+    /// Writes the backlog until it is empty; fails once the client went over
+    /// its output buffer limit.
     pub async fn drain(&self) -> io::Result<()> {
         loop {
             let chunk = {
                 let mut state = self.lock();
+                if state.over_limit {
+                    return Err(io::Error::other(OVER_LIMIT));
+                }
                 if state.backlog.is_empty() {
                     state.writing = false;
                     return Ok(());

@@ -30,8 +30,6 @@ use tokio::sync::mpsc;
 const FLUSH_AT: usize = 64 * 1024;
 /// Read at least this much room per read.
 const READ_CHUNK: usize = 16 * 1024;
-/// Buffers grown past this are given back once empty.
-const SHRINK_ABOVE: usize = 1024 * 1024;
 
 /// How long a TLS client may take over its handshake.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
@@ -44,28 +42,20 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
 ) {
     let id = info.id;
-    let mut client = ClientState::new(info, node.config.requirepass.is_none());
+    let limits = node.config.client_output_buffer_limit;
+    let mut client = ClientState::new(info, node.config.requirepass.is_none(), limits.pubsub);
     let served = match stream.set_nodelay(true) {
         Err(error) => Err(error),
         Ok(()) => match tls {
             None => {
                 let (reader, writer) = stream.into_split();
-                let sink = Arc::new(ReplySink::new(writer));
+                let sink = Arc::new(ReplySink::new(writer, limits.normal));
                 run(&node, reader, sink, &mut client, &shutdown).await
             }
+            // Boxed: a TLS session's state is large, and a plain
+            // connection's future would otherwise be sized for it too.
             Some(acceptor) => {
-                match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
-                    Ok(Ok(session)) => {
-                        let (reader, writer) = tokio::io::split(session);
-                        let sink = Arc::new(ReplySink::tls(writer));
-                        run(&node, reader, sink, &mut client, &shutdown).await
-                    }
-                    Ok(Err(error)) => Err(error),
-                    Err(_) => Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "TLS handshake timed out",
-                    )),
-                }
+                Box::pin(serve_tls(&node, stream, acceptor, &mut client, &shutdown)).await
             }
         },
     };
@@ -75,6 +65,31 @@ pub async fn serve(
     unsubscribe_all(&node, &mut client);
     node.tracking.forget(id);
     node.clients.unregister(id);
+}
+
+/// A TLS client: the handshake (bounded in time), then its requests.
+async fn serve_tls(
+    node: &Node,
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    client: &mut ClientState,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+        Ok(Ok(session)) => {
+            let (reader, writer) = tokio::io::split(session);
+            let sink = Arc::new(ReplySink::tls(
+                writer,
+                node.config.client_output_buffer_limit.normal,
+            ));
+            run(node, reader, sink, client, shutdown).await
+        }
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        )),
+    }
 }
 
 /// Waits for the next pub/sub message, or forever when not subscribed.
@@ -141,7 +156,160 @@ fn encode_message(message: Message, subscribed: bool, out: &mut ReplyWriter) {
     }
 }
 
-async fn run<R: AsyncRead + Unpin>(
+/// What the connection does after its buffered requests ran.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// Runs every complete request already buffered, then sends what was
+/// forwarded. Boxed by the caller: its state lives only while there is
+/// input to run, so a connection at rest holds none of it.
+async fn run_buffered(
+    node: &Node,
+    client: &mut ClientState,
+    sink: &ReplySink,
+    parser: &mut RequestParser,
+    input: &mut BytesMut,
+    output: &mut BytesMut,
+    argv: &mut Vec<bytes::Bytes>,
+) -> std::io::Result<Flow> {
+    loop {
+        if let Some(proxy) = &node.proxy
+            && client.authenticated
+            && client.multi.is_none()
+            && parser.is_idle()
+        {
+            let lane = client.id() as usize;
+            client
+                .proxy
+                .forward_unparsed(proxy, client.protocol, lane, input, node.limits, output)
+                .await?;
+        }
+        let restricted = !client.authenticated;
+        match parser.parse(input, argv, node.limits, restricted) {
+            Ok(true) => {
+                if let Some(proxy) = &node.proxy {
+                    // Forwarded, or answered here once the replies owed
+                    // for the commands forwarded before it are written.
+                    let lane = client.id() as usize;
+                    if proxy.forwards(&client.proxy, client.authenticated, argv) {
+                        if let Some(transaction) = client.multi.as_mut() {
+                            transaction.queued.push(crate::node::Queued::Upstream);
+                        }
+                        client
+                            .proxy
+                            .forward(proxy, client.protocol, lane, argv, output)
+                            .await?;
+                        if client.proxy.is_pinned() {
+                            client.sync_subscription_counts();
+                        }
+                        crate::commands::note_forwarded(node, client, argv);
+                        continue;
+                    }
+                    client
+                        .proxy
+                        .settle(proxy, client.protocol, lane, output)
+                        .await?;
+                }
+                let mut out = ReplyWriter::new(output, client.protocol);
+                execute(node, client, argv, &mut out).await;
+                if client.close {
+                    sink.write(output).await?;
+                    return Ok(Flow::Close);
+                }
+                if output.len() >= FLUSH_AT {
+                    sink.write(output).await?;
+                    output.clear();
+                }
+            }
+            Ok(false) => break,
+            Err(error) => {
+                if let Some(proxy) = &node.proxy {
+                    let lane = client.id() as usize;
+                    client
+                        .proxy
+                        .settle(proxy, client.protocol, lane, output)
+                        .await?;
+                }
+                node.metrics.protocol_errors.inc();
+                tracing::debug!(client = client.id(), error = error.0, "protocol error");
+                ReplyWriter::new(output, client.protocol)
+                    .error(&format!("ERR Protocol error: {}", error.0));
+                sink.write(output).await?;
+                return Ok(Flow::Close);
+            }
+        }
+    }
+    if let Some(proxy) = &node.proxy {
+        let lane = client.id() as usize;
+        client
+            .proxy
+            .flush(proxy, client.protocol, lane, output)
+            .await?;
+        if client.proxy.lost_state() {
+            sink.write(output).await?;
+            return Ok(Flow::Close);
+        }
+    }
+    Ok(Flow::Continue)
+}
+
+/// A client connection's read side: waits for readiness before the read
+/// buffer is allocated.
+pub trait ClientRead: AsyncRead + Unpin {
+    /// Resolves when a read may not block (a plain socket); at once where
+    /// that cannot be told (TLS, which buffers on its own).
+    fn ready(&self) -> impl Future<Output = std::io::Result<()>>;
+}
+
+impl ClientRead for tokio::net::tcp::OwnedReadHalf {
+    async fn ready(&self) -> std::io::Result<()> {
+        self.readable().await
+    }
+}
+
+impl<S: AsyncRead + tokio::io::AsyncWrite> ClientRead for tokio::io::ReadHalf<S> {
+    async fn ready(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads what the client sent, allocating room once there is something.
+async fn read_when_ready<R: ClientRead>(
+    reader: &mut R,
+    input: &mut BytesMut,
+) -> std::io::Result<usize> {
+    if input.capacity() - input.len() < READ_CHUNK {
+        reader.ready().await?;
+        input.reserve(READ_CHUNK);
+    }
+    reader.read_buf(input).await
+}
+
+/// Serves the client; one that went over its output buffer limit is
+/// closed, logged and counted, as Redis does.
+async fn run<R: ClientRead>(
+    node: &Node,
+    reader: R,
+    sink: Arc<ReplySink>,
+    client: &mut ClientState,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
+    let served = serve_requests(node, reader, sink.clone(), client, shutdown).await;
+    if sink.over_limit() {
+        node.metrics.output_limit_disconnections.inc();
+        tracing::warn!(
+            client = client.id(),
+            addr = %client.info.addr,
+            "closing client that went over client-output-buffer-limit normal"
+        );
+        return Ok(());
+    }
+    served
+}
+
+async fn serve_requests<R: ClientRead>(
     node: &Node,
     mut reader: R,
     sink: Arc<ReplySink>,
@@ -152,97 +320,27 @@ async fn run<R: AsyncRead + Unpin>(
     // write the replies of forwarded commands straight to the client.
     client.proxy.attach(sink.clone());
     let mut parser = RequestParser::default();
-    let mut input = BytesMut::with_capacity(READ_CHUNK);
-    let mut output = BytesMut::with_capacity(READ_CHUNK);
+    // Allocated when there is something to read or write, given back when
+    // the client waits: an idle connection holds no buffer.
+    let mut input = BytesMut::new();
+    let mut output = BytesMut::new();
     let mut argv = Vec::new();
     let query_limit = usize::try_from(node.config.client_query_buffer_limit).unwrap_or(usize::MAX);
     let idle = (node.config.timeout > 0).then(|| Duration::from_secs(node.config.timeout));
     loop {
         // Run every complete request already buffered.
-        loop {
-            if let Some(proxy) = &node.proxy
-                && client.authenticated
-                && client.multi.is_none()
-                && parser.is_idle()
-            {
-                let lane = client.id() as usize;
-                client
-                    .proxy
-                    .forward_unparsed(
-                        proxy,
-                        client.protocol,
-                        lane,
-                        &mut input,
-                        node.limits,
-                        &mut output,
-                    )
-                    .await?;
-            }
-            let restricted = !client.authenticated;
-            match parser.parse(&mut input, &mut argv, node.limits, restricted) {
-                Ok(true) => {
-                    if let Some(proxy) = &node.proxy {
-                        // Forwarded, or answered here once the replies owed
-                        // for the commands forwarded before it are written.
-                        let lane = client.id() as usize;
-                        if proxy.forwards(&client.proxy, client.authenticated, &argv) {
-                            if let Some(transaction) = client.multi.as_mut() {
-                                transaction.queued.push(crate::node::Queued::Upstream);
-                            }
-                            client
-                                .proxy
-                                .forward(proxy, client.protocol, lane, &argv, &mut output)
-                                .await?;
-                            if client.proxy.is_pinned() {
-                                client.sync_subscription_counts();
-                            }
-                            crate::commands::note_forwarded(node, client, &argv);
-                            continue;
-                        }
-                        client
-                            .proxy
-                            .settle(proxy, client.protocol, lane, &mut output)
-                            .await?;
-                    }
-                    let mut out = ReplyWriter::new(&mut output, client.protocol);
-                    execute(node, client, &argv, &mut out).await;
-                    if client.close {
-                        sink.write(&output).await?;
-                        return Ok(());
-                    }
-                    if output.len() >= FLUSH_AT {
-                        sink.write(&output).await?;
-                        output.clear();
-                    }
-                }
-                Ok(false) => break,
-                Err(error) => {
-                    if let Some(proxy) = &node.proxy {
-                        let lane = client.id() as usize;
-                        client
-                            .proxy
-                            .settle(proxy, client.protocol, lane, &mut output)
-                            .await?;
-                    }
-                    node.metrics.protocol_errors.inc();
-                    tracing::debug!(client = client.id(), error = error.0, "protocol error");
-                    ReplyWriter::new(&mut output, client.protocol)
-                        .error(&format!("ERR Protocol error: {}", error.0));
-                    sink.write(&output).await?;
-                    return Ok(());
-                }
-            }
-        }
-        if let Some(proxy) = &node.proxy {
-            let lane = client.id() as usize;
-            client
-                .proxy
-                .flush(proxy, client.protocol, lane, &mut output)
-                .await?;
-            if client.proxy.lost_state() {
-                sink.write(&output).await?;
-                return Ok(());
-            }
+        let flow = Box::pin(run_buffered(
+            node,
+            client,
+            &sink,
+            &mut parser,
+            &mut input,
+            &mut output,
+            &mut argv,
+        ))
+        .await?;
+        if let Flow::Close = flow {
+            return Ok(());
         }
         if input.len() > query_limit {
             node.metrics.protocol_errors.inc();
@@ -259,19 +357,18 @@ async fn run<R: AsyncRead + Unpin>(
             sink.write(&output).await?;
             output.clear();
         }
-        // A large request or reply once must not pin its buffer for the life
-        // of the connection, as Redis shrinks idle clients' buffers.
-        if output.capacity() > SHRINK_ABOVE {
-            output = BytesMut::with_capacity(READ_CHUNK);
+        // Waiting for the client: give the buffers back, as Redis frees an
+        // idle client's query buffer, so that a connection at rest costs
+        // only its state (and a large request or reply once does not pin
+        // its buffer for the life of the connection).
+        if output.is_empty() && output.capacity() > 0 {
+            output = BytesMut::new();
         }
-        if input.is_empty() && input.capacity() > SHRINK_ABOVE {
-            input = BytesMut::with_capacity(READ_CHUNK);
+        if input.is_empty() && input.capacity() > 0 {
+            input = BytesMut::new();
         }
         if shutdown.is_cancelled() {
             return Ok(());
-        }
-        if input.capacity() - input.len() < READ_CHUNK {
-            input.reserve(READ_CHUNK);
         }
         let idle_timeout = async {
             match idle {
@@ -284,7 +381,7 @@ async fn run<R: AsyncRead + Unpin>(
         let subscribed = client.subscription_count() > 0 || client.proxy.busy();
         let overflow = client.subscriber.as_ref().map(|(s, _)| s.overflow.clone());
         tokio::select! {
-            read = reader.read_buf(&mut input) => {
+            read = read_when_ready(&mut reader, &mut input) => {
                 if read? == 0 {
                     return Ok(());
                 }
@@ -326,7 +423,12 @@ async fn run<R: AsyncRead + Unpin>(
                 }
             }
             _ = overflowed(overflow) => {
-                tracing::warn!(client = client.id(), "closing subscriber that could not keep up");
+                node.metrics.output_limit_disconnections.inc();
+                tracing::warn!(
+                    client = client.id(),
+                    addr = %client.info.addr,
+                    "closing subscriber that went over client-output-buffer-limit pubsub"
+                );
                 return Ok(());
             }
             _ = idle_timeout, if !subscribed => {

@@ -146,6 +146,12 @@ pub async fn run(mut config: Config) -> Result<(), BoxError> {
     background
         .work
         .spawn(node.fleet.clone().report(background.work_stop.clone()));
+    background
+        .work
+        .spawn(crate::ops::memory::give_back_after_disconnects(
+            node.clone(),
+            background.work_stop.clone(),
+        ));
     let http = tokio::spawn(crate::ops::http::serve(
         metrics_listener,
         node.clone(),
