@@ -18,8 +18,10 @@
 #   BENCH_SIDECAR_BIN         benchmark this binary instead of building one
 #   BENCH_SIDECAR_ARGS        extra flags for the sidecar, e.g. "--threads 1"
 #   BENCH_PASSTHROUGH_ARGS    extra flags for the passthrough sidecar
+#   BENCH_IDLE_CONNECTIONS    idle connections opened to each server (5000)
 #   BENCH_SECTIONS            sections to run, of: memory hot_reads
-#                             write_through passthrough cluster migration (default: all,
+#                             write_through passthrough cluster migration
+#                             idle_connections (default: all,
 #                             in order; hot_reads after memory reads the hashes
 #                             it stores; migration alone starts only its own
 #                             sidecars)
@@ -788,6 +790,40 @@ section_memory() {
     "verdict (counted)" "$(verdict "$r" 1 at-most)"
 }
 
+# Idle connections: resident memory per connection, sidecar vs
+# redis-server, and what stays resident once they closed.
+readonly IDLE_CONNECTIONS=${BENCH_IDLE_CONNECTIONS:-5000}
+section_idle_connections() {
+  heading "Idle connections: $IDLE_CONNECTIONS each, resident bytes per connection (goal: sidecar < 4096)"
+  ulimit -n $((IDLE_CONNECTIONS * 2 + 256)) 2>/dev/null || true
+  local name port pid
+  for name in sidecar redis-server; do
+    if [[ $name == sidecar ]]; then port=$SIDECAR_PORT pid=$SIDECAR_PID; else port=$REDIS_PORT pid=$REDIS_PID; fi
+    python3 - "$port" "$pid" "$IDLE_CONNECTIONS" "$name" <<'PY'
+import socket, sys, time
+port, pid, n, name = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+def rss():
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(l.split()[1]) for l in status if l.startswith("VmRSS:"))
+before = rss()
+socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+for s in socks:
+    s.sendall(b"PING\r\n")
+for s in socks:
+    s.recv(16)
+# At rest: after both servers' housekeeping (Redis frees idle query buffers
+# within 2 s, the sidecar trims freed memory every 5 s).
+time.sleep(6)
+held = rss()
+for s in socks:
+    s.close()
+time.sleep(7)
+print(f"{name + ' bytes per idle connection':<52} {(held - before) * 1024 // n}")
+print(f"{name + ' KiB still resident 7 s after they closed':<52} {max(rss() - before, 0)}")
+PY
+  done
+}
+
 # SESSION.MIGRATE of every session between two standalone sidecars on
 # loopback, and the same through SIGTERM's drain to a third.
 section_migration() {
@@ -836,7 +872,7 @@ main() {
 
   check_setup
   build_sidecar
-  local sections=${BENCH_SECTIONS:-memory hot_reads write_through passthrough cluster migration}
+  local sections=${BENCH_SECTIONS:-memory hot_reads write_through passthrough cluster migration idle_connections}
   if [[ $sections == migration ]]; then
     # Its own sidecars only: no prefill needed.
     section_migration
@@ -854,7 +890,7 @@ main() {
   local section
   for section in $sections; do
     case $section in
-      memory | hot_reads | write_through | passthrough | cluster | migration) "section_$section" ;;
+      memory | hot_reads | write_through | passthrough | cluster | migration | idle_connections) "section_$section" ;;
       *) die "unknown section in BENCH_SECTIONS: $section" ;;
     esac
   done

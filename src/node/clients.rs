@@ -87,6 +87,8 @@ impl ClientInfo {
 pub struct ClientRegistry {
     clients: DashMap<u64, Arc<ClientInfo>>,
     next_id: AtomicU64,
+    /// The most clients connected at once since [`ClientRegistry::take_peak`].
+    peak: AtomicUsize,
 }
 
 impl ClientRegistry {
@@ -109,7 +111,14 @@ impl ClientRegistry {
             last_command: AtomicUsize::new(usize::MAX),
         });
         self.clients.insert(id, info.clone());
+        self.peak.fetch_max(self.clients.len(), Ordering::Relaxed);
         info
+    }
+
+    /// The most clients connected at once since the last call; starts over
+    /// from the count now.
+    pub fn take_peak(&self) -> usize {
+        self.peak.swap(self.clients.len(), Ordering::Relaxed)
     }
 
     /// Whether client `id` is connected.

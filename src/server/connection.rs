@@ -367,6 +367,12 @@ async fn serve_requests<R: ClientRead>(
         if input.is_empty() && input.capacity() > 0 {
             input = BytesMut::new();
         }
+        // The last request's arguments are slices of the read buffer: they
+        // would keep it alive. (Not those of a request still arriving: the
+        // parser goes on from them.)
+        if parser.is_idle() {
+            argv.clear();
+        }
         if shutdown.is_cancelled() {
             return Ok(());
         }
