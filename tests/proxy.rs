@@ -1711,3 +1711,48 @@ fn a_client_that_never_reads_is_closed_at_its_output_buffer_limit() {
     }
     assert!(replies < 100, "{replies} replies");
 }
+
+/// RESP2 client-side caching of ordinary keys with REDIRECT, as Redis's own
+/// tracking tests do it: the sidecar names the target's upstream connection
+/// there, and relays the upstream's `__redis__:invalidate` messages (whose
+/// payload is an array) to the target without taking them for replies.
+#[test]
+fn tracking_redirect_of_ordinary_keys_reaches_a_resp2_subscriber() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut target = sidecar.raw();
+    let Resp::Int(target_id) = target.cmd(&["CLIENT", "ID"]) else {
+        panic!("CLIENT ID is an integer")
+    };
+    assert!(matches!(
+        target.cmd(&["SUBSCRIBE", "__redis__:invalidate"]),
+        Resp::Array(_)
+    ));
+    let mut tracker = sidecar.raw();
+    assert_eq!(
+        tracker.cmd(&[
+            "CLIENT",
+            "TRACKING",
+            "on",
+            "REDIRECT",
+            &target_id.to_string()
+        ]),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(tracker.cmd(&["SET", "a", "1"]), Resp::Simple("OK".into()));
+    assert_eq!(tracker.cmd(&["GET", "a"]), Resp::bulk("1"));
+    assert_eq!(tracker.cmd(&["INCR", "a"]), Resp::Int(2));
+    assert_eq!(
+        target.read_reply_within(Duration::from_secs(5)),
+        Resp::Array(vec![
+            Resp::bulk("message"),
+            Resp::bulk("__redis__:invalidate"),
+            Resp::Array(vec![Resp::bulk("a")]),
+        ])
+    );
+    // Still subscribed and in step.
+    assert_eq!(
+        target.cmd(&["PING"]),
+        Resp::Array(vec![Resp::bulk("pong"), Resp::bulk("")])
+    );
+}

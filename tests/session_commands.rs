@@ -9,7 +9,6 @@ mod common;
 mod contract;
 
 use std::ops::Deref;
-use std::time::Duration;
 
 use common::*;
 use contract::{NODE, Target};
@@ -170,35 +169,5 @@ fn exec_is_atomic_against_other_clients() {
 /// sidecar the upstream does not know (docs/redis-compatibility.md).
 #[test]
 fn tracking_redirects_to_a_resp2_subscriber() {
-    let sc = Standalone::start(&[]);
-    let mut c = sc.client();
-    call(&mut c, &["SESSION.CREATE", "ID", "redirected"]);
-    let mut target = sc.raw();
-    let target_id = match target.cmd(&["CLIENT", "ID"]) {
-        Resp::Int(id) => id.to_string(),
-        other => panic!("CLIENT ID answered {other:?}"),
-    };
-    assert!(matches!(
-        target.cmd(&["SUBSCRIBE", "__redis__:invalidate"]),
-        Resp::Array(_)
-    ));
-    let mut tracker = sc.raw();
-    assert_eq!(
-        tracker.cmd(&["CLIENT", "TRACKING", "ON", "REDIRECT", &target_id]),
-        Resp::Simple("OK".into())
-    );
-    assert_eq!(
-        tracker.cmd(&["CLIENT", "GETREDIR"]),
-        Resp::Int(target_id.parse().unwrap())
-    );
-    tracker.cmd(&["SESSION.GET", "redirected"]);
-    call(&mut c, &["SESSION.UPDATE", "redirected", "ATTR", "x", "1"]);
-    assert_eq!(
-        contract::next_invalidation(&mut target, Duration::from_secs(5)),
-        Some(vec!["redirected".to_string()])
-    );
-    assert_eq!(
-        tracker.cmd(&["CLIENT", "TRACKING", "ON", "REDIRECT", "987654"]),
-        Resp::Error("ERR The client ID you want redirect to does not exist".into())
-    );
+    contract::tracking_redirects_to_a_resp2_subscriber::<Standalone>()
 }

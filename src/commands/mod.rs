@@ -232,6 +232,29 @@ async fn dispatch(
     }
 }
 
+/// With an upstream, `CLIENT TRACKING ... REDIRECT <id>` as the upstream
+/// must see it: the id of the target's own upstream connection (which its
+/// SUBSCRIBE to `__redis__:invalidate` pinned). None when nothing changes.
+pub fn upstream_redirect(node: &Node, argv: &[Bytes]) -> Option<Vec<Bytes>> {
+    let is = |i: usize, word: &[u8]| argv.get(i).is_some_and(|a| a.eq_ignore_ascii_case(word));
+    if !(is(0, b"client") && is(1, b"tracking")) {
+        return None;
+    }
+    let at = (2..argv.len()).find(|&i| is(i, b"redirect"))? + 1;
+    let target: u64 = crate::protocol::parse_i64(argv.get(at)?)?.try_into().ok()?;
+    let upstream_id = node
+        .clients
+        .get(target)?
+        .upstream_id
+        .load(Ordering::Relaxed);
+    if upstream_id < 0 {
+        return None;
+    }
+    let mut sent = argv.to_vec();
+    sent[at] = Bytes::from(upstream_id.to_string());
+    Some(sent)
+}
+
 /// With an upstream, a forwarded command that also changes what the
 /// sidecar tracks for the client (CLIENT TRACKING, CACHING).
 pub fn note_forwarded(node: &Node, client: &mut ClientState, argv: &[Bytes]) {

@@ -191,16 +191,14 @@ pub fn trackinginfo(node: &Node, client: &ClientState, out: &mut ReplyWriter) {
 
 /// With an upstream, a forwarded CLIENT TRACKING or CACHING: applied here
 /// too, for sessions (the upstream's reply is the one the client gets; a
-/// REDIRECT names a client of the sidecar, not of the upstream, so it is
-/// left to the upstream alone).
+/// REDIRECT, which names a client of the sidecar, was sent to the upstream
+/// as the id of that client's own upstream connection:
+/// [`super::upstream_redirect`]).
 pub fn note(node: &Node, client: &mut ClientState, argv: &[Bytes]) {
     let Some(sub) = argv.get(1) else { return };
     let mut args = Args::new(&argv[2..]);
     let sub = Keyword::of(sub);
     if sub.is("TRACKING") {
-        if argv.iter().any(|a| a.eq_ignore_ascii_case(b"redirect")) {
-            return;
-        }
         let _ = tracking(node, client, &mut args);
     } else if sub.is("CACHING") {
         let _ = caching(client, &mut args);

@@ -32,6 +32,8 @@ pub struct ClientInfo {
     pub shard_subscriptions: AtomicUsize,
     /// Cancelled by CLIENT KILL: the connection closes.
     pub kill: CancellationToken,
+    /// The upstream's id for the client's pinned connection (-1: none).
+    pub upstream_id: std::sync::atomic::AtomicI64,
     /// The last command, as its [`Cmd`] number (`usize::MAX`: none yet), for
     /// CLIENT LIST's `cmd=`.
     pub last_command: AtomicUsize,
@@ -109,6 +111,7 @@ impl ClientRegistry {
             shard_subscriptions: AtomicUsize::new(0),
             kill: CancellationToken::new(),
             last_command: AtomicUsize::new(usize::MAX),
+            upstream_id: std::sync::atomic::AtomicI64::new(-1),
         });
         self.clients.insert(id, info.clone());
         self.peak.fetch_max(self.clients.len(), Ordering::Relaxed);
@@ -119,6 +122,11 @@ impl ClientRegistry {
     /// from the count now.
     pub fn take_peak(&self) -> usize {
         self.peak.swap(self.clients.len(), Ordering::Relaxed)
+    }
+
+    /// Client `id`, if connected.
+    pub fn get(&self, id: u64) -> Option<Arc<ClientInfo>> {
+        self.clients.get(&id).map(|c| c.value().clone())
     }
 
     /// Whether client `id` is connected.
@@ -261,6 +269,9 @@ impl ClientState {
     /// Publishes the subscription counts (the sidecar's own and those held
     /// on the upstream through the proxy) for CLIENT LIST and INFO.
     pub fn sync_subscription_counts(&self) {
+        self.info
+            .upstream_id
+            .store(self.proxy.upstream_id().unwrap_or(-1), Ordering::Relaxed);
         let (channels, patterns, shard_channels) = self.proxy.subscription_counts();
         self.info
             .subscriptions

@@ -36,6 +36,9 @@ pub struct Endpoint {
 pub struct Connection {
     pub stream: Stream,
     pub input: BytesMut,
+    /// The upstream's CLIENT ID for it, learnt in the handshake: what
+    /// another client's CLIENT TRACKING ... REDIRECT must name there.
+    pub id: Option<i64>,
 }
 
 /// A plain or TLS connection to the upstream.
@@ -224,6 +227,7 @@ impl Endpoint {
             let mut scanner = FrameScanner::default();
             let mut answered = 0;
             let mut start = 0;
+            let mut id = None;
             while answered < replies {
                 match scanner.next_frame(&input) {
                     Ok(Some(end)) => {
@@ -231,6 +235,10 @@ impl Endpoint {
                         if view.is_error() {
                             let text = String::from_utf8_lossy(&input[start + 1..end - 2]);
                             return Err(format!("upstream refused the login: {text}"));
+                        }
+                        // The last reply is CLIENT ID's.
+                        if answered + 1 == replies && view.kind == b':' {
+                            id = crate::protocol::parse_i64(&input[start + 1..end - 2]);
                         }
                         start = end;
                         answered += 1;
@@ -249,7 +257,7 @@ impl Endpoint {
                 }
             }
             let _ = input.split_to(start);
-            Ok(Connection { stream, input })
+            Ok(Connection { stream, input, id })
         };
         tokio::time::timeout(timeout, connecting)
             .await
@@ -292,6 +300,8 @@ impl Endpoint {
             encode_command(&mut out, &[&b"SELECT"[..], self.db.to_string().as_bytes()]);
             replies += 1;
         }
+        encode_command(&mut out, &[&b"CLIENT"[..], b"ID"]);
+        replies += 1;
         (out, replies)
     }
 }

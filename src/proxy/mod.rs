@@ -155,7 +155,7 @@ impl Proxy {
     /// Whether a request goes to the upstream rather than being answered by
     /// the sidecar: every command it does not know, the SUBSCRIBE family and
     /// PUBLISH (the channels are the upstream's), SELECT, CLIENT TRACKING and
-    /// CACHING; and, on a RESP2 subscribed connection, everything but QUIT
+    /// CACHING (applied here too, for sessions); and, on a RESP2 subscribed connection, everything but QUIT
     /// and RESET, since the upstream decides what is allowed there.
     pub fn forwards(&self, link: &Link, authenticated: bool, argv: &[Bytes]) -> bool {
         if !authenticated {
@@ -184,8 +184,11 @@ impl Proxy {
             // The sidecar is a one-node cluster; the rest of CLUSTER is the
             // upstream's.
             Cmd::Cluster => argv.get(1).is_some_and(|sub| !cluster_answers_here(sub)),
+            // TRACKING and CACHING also go to the upstream, for its keys;
+            // GETREDIR and TRACKINGINFO are answered here, where REDIRECT
+            // names the sidecar's client ids.
             Cmd::Client => argv.get(1).is_some_and(|sub| {
-                [&b"tracking"[..], b"caching", b"getredir", b"trackinginfo"]
+                [&b"tracking"[..], b"caching"]
                     .iter()
                     .any(|name| sub.eq_ignore_ascii_case(name))
             }),
@@ -465,6 +468,11 @@ impl Link {
         self.pinned
             .as_ref()
             .map_or((0, 0, 0), |p| p.subscription_counts())
+    }
+
+    /// The upstream's id for the client's own connection, if it holds one.
+    pub fn upstream_id(&self) -> Option<i64> {
+        self.pinned.as_ref().and_then(|p| p.upstream_id())
     }
 
     /// Whether the client holds a connection of its own upstream.

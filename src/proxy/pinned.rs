@@ -185,6 +185,11 @@ impl Pinned {
         self.protocol
     }
 
+    /// The upstream's id for this connection.
+    pub fn upstream_id(&self) -> Option<i64> {
+        self.connection.id
+    }
+
     /// Channels, patterns and shard channels subscribed to.
     pub fn subscription_counts(&self) -> (usize, usize, usize) {
         (
@@ -395,7 +400,7 @@ impl Pinned {
                 return Ok(());
             };
             let view = FrameView::new(&input[..end]);
-            let class = self.classify(&view);
+            let class = self.classify(&view, &input[..end]);
             let failed = view.is_error();
             // EXEC's reply when the transaction ran (not nil, not an error).
             let ran = view.kind == b'*' && !input[..end].starts_with(b"*-1");
@@ -434,14 +439,23 @@ impl Pinned {
     /// What a frame is: a reply, or a frame the upstream sent on its own (a
     /// message, an invalidation). Subscription confirmations are replies and
     /// carry how many subscriptions the connection holds.
-    fn classify(&self, view: &FrameView) -> Class {
+    fn classify(&self, view: &FrameView, frame: &[u8]) -> Class {
         if !matches!(view.kind, b'>' | b'*') {
             return Class::Reply;
         }
         let Some(elements) = view.elements() else {
-            // Not flat (an invalidation's array of keys): no message nor
-            // confirmation.
-            return if view.kind == b'>' {
+            // Not flat (an invalidation's array of keys): no confirmation.
+            // In RESP2 an invalidation redirected here is a message on
+            // `__redis__:invalidate` whose payload is that array.
+            let message = || {
+                crate::protocol::frame::split_aggregate(frame)
+                    .and_then(|(_, elements)| {
+                        let kind = crate::protocol::frame::bulk_payload(elements.first()?)?;
+                        Some(kind.eq_ignore_ascii_case(b"message"))
+                    })
+                    .unwrap_or(false)
+            };
+            return if view.kind == b'>' || (self.subscribed_upstream() && message()) {
                 Class::OutOfBand
             } else {
                 Class::Reply

@@ -197,9 +197,11 @@ async fn run_buffered(
                         if let Some(transaction) = client.multi.as_mut() {
                             transaction.queued.push(crate::node::Queued::Upstream);
                         }
+                        let redirected = crate::commands::upstream_redirect(node, argv);
+                        let sent = redirected.as_deref().unwrap_or(argv);
                         client
                             .proxy
-                            .forward(proxy, client.protocol, lane, argv, output)
+                            .forward(proxy, client.protocol, lane, sent, output)
                             .await?;
                         if client.proxy.is_pinned() {
                             client.sync_subscription_counts();

@@ -1952,6 +1952,44 @@ pub fn tracking_invalidates_a_read_session_once_when_it_changes<T: Target>() {
     );
 }
 
+/// REDIRECT names a client of the sidecar; with an upstream, the sidecar
+/// names that client's own upstream connection there. (Not on a cluster,
+/// where the two connections may be on different nodes.)
+#[allow(dead_code)] // the cluster suite leaves it out
+pub fn tracking_redirects_to_a_resp2_subscriber<T: Target>() {
+    let sc = T::start(&[]);
+    let mut c = sc.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "redirected"]);
+    let mut target = sc.raw();
+    let target_id = match target.cmd(&["CLIENT", "ID"]) {
+        Resp::Int(id) => id.to_string(),
+        other => panic!("CLIENT ID answered {other:?}"),
+    };
+    assert!(matches!(
+        target.cmd(&["SUBSCRIBE", "__redis__:invalidate"]),
+        Resp::Array(_)
+    ));
+    let mut tracker = sc.raw();
+    assert_eq!(
+        tracker.cmd(&["CLIENT", "TRACKING", "ON", "REDIRECT", &target_id]),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(
+        tracker.cmd(&["CLIENT", "GETREDIR"]),
+        Resp::Int(target_id.parse().unwrap())
+    );
+    tracker.cmd(&["SESSION.GET", "redirected"]);
+    call(&mut c, &["SESSION.UPDATE", "redirected", "ATTR", "x", "1"]);
+    assert_eq!(
+        next_invalidation(&mut target, WAIT),
+        Some(vec!["redirected".to_string()])
+    );
+    assert_eq!(
+        tracker.cmd(&["CLIENT", "TRACKING", "ON", "REDIRECT", "987654"]),
+        Resp::Error("ERR The client ID you want redirect to does not exist".into())
+    );
+}
+
 pub fn tracking_bcast_prefixes_and_noloop<T: Target>() {
     let sc = T::start(&[]);
     let mut other = client(sc.other(), false);

@@ -20,6 +20,11 @@ impl Target for Fleet {
 
 contract_tests!(Fleet);
 
+#[test]
+fn tracking_redirects_to_a_resp2_subscriber() {
+    crate::contract::tracking_redirects_to_a_resp2_subscriber::<Fleet>()
+}
+
 fn sidecar() -> Fleet {
     Fleet::start(&[])
 }
