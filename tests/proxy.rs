@@ -1756,3 +1756,34 @@ fn tracking_redirect_of_ordinary_keys_reaches_a_resp2_subscriber() {
         Resp::Array(vec![Resp::bulk("pong"), Resp::bulk("")])
     );
 }
+
+/// With an upstream, INFO carries the upstream's own fields beside the
+/// sidecar's: its version, the clients blocked on it, and the sections the
+/// sidecar has none of.
+#[test]
+fn info_carries_the_upstreams_fields() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let direct = parse_info(&text(&call(&mut upstream.client(), &["INFO", "server"])));
+    let mut blocked = sidecar.raw();
+    blocked.send_cmd(&["BLPOP", "nothing-here", "0"]);
+    let mut c = sidecar.client();
+    let seen = wait_until(Duration::from_secs(5), || {
+        let info = parse_info(&text(&call(&mut c, &["INFO"])));
+        info.get("blocked_clients").map(String::as_str) == Some("1")
+    });
+    assert!(seen, "INFO never showed the client blocked upstream");
+    let info = parse_info(&text(&call(&mut c, &["INFO", "everything"])));
+    assert_eq!(info.get("redis_version"), direct.get("redis_version"));
+    assert!(
+        info.contains_key("used_cpu_sys"),
+        "the upstream's cpu section"
+    );
+    assert!(
+        info.contains_key("cmdstat_blpop"),
+        "the upstream's commandstats"
+    );
+    // The sidecar's own fields are there too.
+    assert_eq!(info.get("mode").map(String::as_str), Some("write-through"));
+    assert!(info.contains_key("sessions"));
+}

@@ -44,6 +44,22 @@ pub async fn info(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -
         (Some(proxy), true) => proxy.keyspace().await,
         _ => None,
     };
+    // With an upstream, the upstream's own fields join the sidecar's: its
+    // sections the sidecar has none of (cpu, commandstats, errorstats,
+    // persistence, ...), and, in the sections both have, the fields the
+    // sidecar lacks, and the ones only the upstream can know
+    // ([`UPSTREAM_FIELDS`]). On a cluster, one master's.
+    let upstream_sections = match &node.proxy {
+        Some(proxy) => {
+            let mut argv: Vec<&[u8]> = vec![b"INFO"];
+            argv.extend(args_sections(&requested));
+            let reply = proxy.ask(crate::protocol::Protocol::Resp2, &argv).await;
+            crate::protocol::frame::bulk_payload(&reply)
+                .map(|text| parse_sections(&String::from_utf8_lossy(text)))
+                .unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
     let mut text = String::new();
     for section in SECTIONS {
         if wanted(section) && (*section != "upstream" || node.upstream().is_some()) {
@@ -58,12 +74,105 @@ pub async fn info(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -
                         text.push_str("\r\n");
                     }
                 }
-                _ => write_section(node, section, total, &mut text),
+                _ => {
+                    let mut own = String::new();
+                    write_section(node, section, total, &mut own);
+                    let theirs = upstream_sections
+                        .iter()
+                        .find(|(title, _)| title == section)
+                        .map_or(&[][..], |(_, fields)| &fields[..]);
+                    text.push_str(&merge_fields(&own, theirs));
+                }
             }
+        }
+    }
+    for (title, fields) in &upstream_sections {
+        if SECTIONS.contains(&title.as_str()) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str("\r\n");
+        }
+        let mut heading = title.clone();
+        if let Some(first) = heading.get_mut(..1) {
+            first.make_ascii_uppercase();
+        }
+        let _ = write!(text, "# {heading}\r\n");
+        for (name, value) in fields {
+            let _ = write!(text, "{name}:{value}\r\n");
         }
     }
     out.verbatim(&text);
     Ok(())
+}
+
+/// Fields of the sections both have that only the upstream can know: its
+/// version, and the clients blocked on it (through the sidecar's pinned
+/// connections among them).
+const UPSTREAM_FIELDS: &[&str] = &["redis_version", "blocked_clients"];
+
+/// INFO's section arguments as the upstream is asked them: the sidecar's
+/// own sections mean nothing there.
+fn args_sections(requested: &[String]) -> Vec<&[u8]> {
+    requested
+        .iter()
+        .filter(|s| !["sessions", "upstream", "migration"].contains(&s.as_str()))
+        .map(|s| s.as_bytes())
+        .collect()
+}
+
+/// INFO text as (lowercase section title, [(field, value)]), in order.
+fn parse_sections(text: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let mut sections: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(title) = line.strip_prefix("# ") {
+            sections.push((title.trim().to_ascii_lowercase(), Vec::new()));
+        } else if let (Some((name, value)), Some((_, fields))) =
+            (line.split_once(':'), sections.last_mut())
+        {
+            fields.push((name.to_string(), value.to_string()));
+        }
+    }
+    sections
+}
+
+/// The sidecar's section text with the upstream's fields merged in: those
+/// it lacks appended, those of [`UPSTREAM_FIELDS`] taking the upstream's
+/// value.
+fn merge_fields(own: &str, theirs: &[(String, String)]) -> String {
+    let mut merged = String::with_capacity(own.len());
+    let mut names = Vec::new();
+    for line in own.split("\r\n").filter(|l| !l.is_empty()) {
+        match line.split_once(':') {
+            Some((name, _)) if UPSTREAM_FIELDS.contains(&name) => {
+                names.push(name);
+                match theirs.iter().find(|(n, _)| n == name) {
+                    Some((_, value)) => {
+                        let _ = write!(merged, "{name}:{value}\r\n");
+                    }
+                    None => {
+                        merged.push_str(line);
+                        merged.push_str("\r\n");
+                    }
+                }
+            }
+            Some((name, _)) => {
+                names.push(name);
+                merged.push_str(line);
+                merged.push_str("\r\n");
+            }
+            None => {
+                merged.push_str(line);
+                merged.push_str("\r\n");
+            }
+        }
+    }
+    for (name, value) in theirs {
+        if !names.contains(&name.as_str()) {
+            let _ = write!(merged, "{name}:{value}\r\n");
+        }
+    }
+    merged
 }
 
 fn write_section(node: &Node, section: &str, sessions_total: i64, text: &mut String) {
