@@ -593,3 +593,44 @@ fn redis_cli_talks_to_the_sidecar() {
             .contains("session.get")
     );
 }
+
+/// Standalone CLIENT PAUSE holds every client's commands until its timeout,
+/// or until CLIENT UNPAUSE.
+#[test]
+fn client_pause_holds_commands_until_timeout_or_unpause() {
+    let sc = Sidecar::start(&[]);
+    let mut pauser = sc.client();
+    let mut other = sc.client();
+    assert_eq!(
+        call(&mut pauser, &["CLIENT", "PAUSE", "400", "WRITE"]),
+        Value::Okay
+    );
+    let started = std::time::Instant::now();
+    call(&mut other, &["SESSION.CREATE", "ID", "after-pause"]);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(300),
+        "a command ran during the pause"
+    );
+    assert_eq!(
+        call(&mut pauser, &["CLIENT", "PAUSE", "60000"]),
+        Value::Okay
+    );
+    let waiter = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        call(&mut other, &["SESSION.EXISTS", "after-pause"]);
+        started.elapsed()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut unpauser = sc.client();
+    assert_eq!(call(&mut unpauser, &["CLIENT", "UNPAUSE"]), Value::Okay);
+    let waited = waiter.join().unwrap();
+    assert!(
+        waited >= std::time::Duration::from_millis(150)
+            && waited < std::time::Duration::from_secs(10),
+        "waited {waited:?}"
+    );
+    assert_err(
+        &call(&mut pauser, &["CLIENT", "PAUSE", "soon"]),
+        "ERR timeout is not an integer or out of range",
+    );
+}

@@ -1787,3 +1787,29 @@ fn info_carries_the_upstreams_fields() {
     assert_eq!(info.get("mode").map(String::as_str), Some("write-through"));
     assert!(info.contains_key("sessions"));
 }
+
+/// With an upstream, CLIENT PAUSE and UNPAUSE are the upstream's.
+#[test]
+fn client_pause_pauses_the_upstream() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut c = sidecar.client();
+    assert_eq!(
+        call(&mut c, &["CLIENT", "PAUSE", "400", "WRITE"]),
+        Value::Okay
+    );
+    let started = Instant::now();
+    assert_eq!(
+        text(&call(&mut upstream.client(), &["SET", "k", "v"])),
+        "OK"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "the upstream was not paused"
+    );
+    call(&mut c, &["CLIENT", "PAUSE", "60000", "WRITE"]);
+    assert_eq!(call(&mut c, &["CLIENT", "UNPAUSE"]), Value::Okay);
+    let started = Instant::now();
+    call(&mut upstream.client(), &["SET", "k", "w"]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -337,6 +337,27 @@ pub fn client(
         let queue = client.subscriber();
         node.tracking.register_endpoint(client.id(), queue);
         out.int(client.id() as i64);
+    } else if keyword.is("PAUSE") {
+        // CLIENT PAUSE timeout [WRITE|ALL]; standalone, it holds the
+        // session commands and PUBLISH, reads among them (they pass the gate
+        // EXEC holds too).
+        let timeout = args
+            .integer()
+            .map_err(|_| CommandError::err("ERR timeout is not an integer or out of range"))?;
+        if let Some(mode) = args.keyword()
+            && !(mode.is("WRITE") || mode.is("ALL"))
+        {
+            return Err(CommandError::Syntax);
+        }
+        args.finish()?;
+        let timeout =
+            u64::try_from(timeout).map_err(|_| CommandError::err("ERR timeout is negative"))?;
+        node.pause_clients(timeout);
+        out.ok();
+    } else if keyword.is("UNPAUSE") {
+        args.finish().map_err(|_| arity_error())?;
+        node.unpause_clients();
+        out.ok();
     } else if keyword.is("TRACKING") {
         super::tracking::tracking(node, client, args)?;
         out.ok();

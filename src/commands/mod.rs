@@ -114,10 +114,14 @@ pub async fn execute(
         _ if client.multi.is_some() => return transaction::queue(client, argv, out),
         _ => {}
     }
-    // Standalone, an EXEC runs its commands with no other command between.
+    // Standalone, an EXEC runs its commands with no other client's session
+    // command or PUBLISH between them, and CLIENT PAUSE holds those. The
+    // connection and server commands (HELLO, CLIENT, INFO...) pass: they
+    // touch no session, and a paused sidecar still takes connections.
+    let gated = spec.name.starts_with("session.") || spec.cmd == Cmd::Publish;
     let _beside_others = match node.sessions {
-        crate::sessions::Sessions::Standalone(_) => Some(node.gate.shared().await),
-        crate::sessions::Sessions::WriteThrough(_) => None,
+        crate::sessions::Sessions::Standalone(_) if gated => Some(node.gate.shared().await),
+        _ => None,
     };
     dispatch(node, client, spec, argv, out).await;
     // CLIENT CACHING's answer holds for the next command (or transaction).

@@ -1,7 +1,8 @@
-//! The gate that makes a standalone EXEC atomic: every other command passes
-//! it shared, an EXEC holds it alone while its queued commands run, so no
-//! other client's command runs between them (as Redis, single-threaded,
-//! runs a transaction).
+//! The gate that makes a standalone EXEC atomic: every session command and
+//! PUBLISH passes it shared, an EXEC holds it alone while its queued
+//! commands run, so no other client's command on the sessions runs between
+//! them (as Redis, single-threaded, runs a transaction). CLIENT PAUSE holds
+//! it too.
 //!
 //! Hand-written rather than `tokio::sync::RwLock`: the shared side is on
 //! every command's path, and tokio's semaphore takes a mutex on every

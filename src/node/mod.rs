@@ -45,8 +45,11 @@ pub struct Node {
     pub ready: AtomicBool,
     /// Live clients per event loop ([`workers`]).
     pub loop_load: Arc<[AtomicUsize]>,
-    /// Standalone, EXEC runs its queued commands alone behind it.
-    pub gate: Gate,
+    /// Standalone, EXEC runs its queued commands alone behind it, and
+    /// CLIENT PAUSE holds it.
+    pub gate: Arc<Gate>,
+    /// Ends the CLIENT PAUSE in force, if any.
+    pub pause: std::sync::Mutex<Option<tokio_util::sync::CancellationToken>>,
     /// Clients caching sessions (CLIENT TRACKING).
     pub tracking: Arc<Tracking>,
 }
@@ -112,6 +115,36 @@ impl Node {
             timeout_after,
         )
         .await
+    }
+
+    /// Standalone CLIENT PAUSE: no client's command runs for `for_ms` (or
+    /// until CLIENT UNPAUSE), as Redis pauses its clients; a pause replaces
+    /// the one in force.
+    pub fn pause_clients(&self, for_ms: u64) {
+        let token = tokio_util::sync::CancellationToken::new();
+        let previous = self
+            .pause
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(token.clone());
+        if let Some(previous) = previous {
+            previous.cancel();
+        }
+        let gate = self.gate.clone();
+        tokio::spawn(async move {
+            let _paused = gate.exclusive().await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(for_ms)) => {}
+                _ = token.cancelled() => {}
+            }
+        });
+    }
+
+    /// CLIENT UNPAUSE.
+    pub fn unpause_clients(&self) {
+        if let Some(token) = self.pause.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            token.cancel();
+        }
     }
 
     /// Clients with at least one subscription.

@@ -187,8 +187,9 @@ impl Proxy {
             // TRACKING and CACHING also go to the upstream, for its keys;
             // GETREDIR and TRACKINGINFO are answered here, where REDIRECT
             // names the sidecar's client ids.
+            // PAUSE and UNPAUSE are the upstream's: its clients are paused.
             Cmd::Client => argv.get(1).is_some_and(|sub| {
-                [&b"tracking"[..], b"caching"]
+                [&b"tracking"[..], b"caching", b"pause", b"unpause"]
                     .iter()
                     .any(|name| sub.eq_ignore_ascii_case(name))
             }),

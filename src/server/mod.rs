@@ -139,7 +139,8 @@ pub async fn run(mut config: Config) -> Result<(), BoxError> {
         started_ms: now_ms(),
         ready: AtomicBool::new(false),
         loop_load: crate::node::load_counters(config_loops),
-        gate: crate::node::Gate::default(),
+        gate: Arc::default(),
+        pause: std::sync::Mutex::default(),
         tracking,
     });
 
