@@ -634,3 +634,27 @@ fn client_pause_holds_commands_until_timeout_or_unpause() {
         "ERR timeout is not an integer or out of range",
     );
 }
+
+/// CLIENT REPLY OFF and SKIP stop replies (theirs included), as in Redis;
+/// the commands still run.
+#[test]
+fn client_reply_off_and_skip_suppress_replies() {
+    let sc = Sidecar::start(&[]);
+    let mut con = sc.raw();
+    con.send_cmd(&["CLIENT", "REPLY", "OFF"]);
+    con.send_cmd(&["SESSION.CREATE", "ID", "quiet"]);
+    con.send_cmd(&["PING"]);
+    assert_eq!(
+        con.cmd(&["CLIENT", "REPLY", "ON"]),
+        Resp::Simple("OK".into())
+    );
+    con.send_cmd(&["CLIENT", "REPLY", "SKIP"]);
+    con.send_cmd(&["PING"]);
+    assert_eq!(con.cmd(&["ECHO", "heard"]), Resp::bulk("heard"));
+    assert_eq!(con.cmd(&["SESSION.EXISTS", "quiet"]), Resp::Int(1));
+    // Nothing else was sent.
+    assert!(matches!(
+        con.try_read_reply(Duration::from_millis(200)),
+        Err(ReadEnd::Timeout)
+    ));
+}

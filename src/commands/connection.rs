@@ -337,6 +337,28 @@ pub fn client(
         let queue = client.subscriber();
         node.tracking.register_endpoint(client.id(), queue);
         out.int(client.id() as i64);
+    } else if keyword.is("REPLY") {
+        // CLIENT REPLY ON|OFF|SKIP. With an upstream, forwarded commands'
+        // replies are written by the pooled connections, past the sidecar's
+        // reach: refused there rather than half done.
+        let mode = super::args::Keyword::of(args.required()?);
+        args.finish()?;
+        if node.proxy.is_some() {
+            return Err(CommandError::err(
+                "ERR CLIENT REPLY is not served through session-sidecar with an upstream",
+            ));
+        }
+        if mode.is("ON") {
+            client.reply = crate::node::ReplyMode::On;
+            out.ok();
+        } else if mode.is("OFF") {
+            // Not even this OK is sent.
+            client.reply = crate::node::ReplyMode::SkipThis(false);
+        } else if mode.is("SKIP") {
+            client.reply = crate::node::ReplyMode::SkipThis(true);
+        } else {
+            return Err(CommandError::Syntax);
+        }
     } else if keyword.is("PAUSE") {
         // CLIENT PAUSE timeout [WRITE|ALL]; standalone, it holds the
         // session commands and PUBLISH, reads among them (they pass the gate

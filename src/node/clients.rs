@@ -179,6 +179,21 @@ pub struct ClientState {
     pub caching: Option<bool>,
     /// `client-output-buffer-limit pubsub`, for its subscriber queue.
     pub pubsub_limit: crate::config::OutputLimit,
+    /// CLIENT REPLY: whether replies are sent.
+    pub reply: ReplyMode,
+}
+
+/// CLIENT REPLY's modes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReplyMode {
+    #[default]
+    On,
+    Off,
+    /// The next command's reply is not sent.
+    Skip,
+    /// This command's reply is not sent, then On again (SKIP's next
+    /// command; also CLIENT REPLY OFF/SKIP themselves, whose OK is not sent).
+    SkipThis(bool),
 }
 
 /// A transaction being queued (MULTI until EXEC or DISCARD).
@@ -226,11 +241,33 @@ impl ClientState {
             tracking: None,
             caching: None,
             pubsub_limit,
+            reply: ReplyMode::On,
         }
     }
 
     pub fn id(&self) -> u64 {
         self.info.id
+    }
+
+    /// Whether the reply of the command that just ran is not to be sent
+    /// (CLIENT REPLY), moving SKIP on to the next command.
+    pub fn take_reply_suppressed(&mut self) -> bool {
+        match self.reply {
+            ReplyMode::On => false,
+            ReplyMode::Off => true,
+            ReplyMode::Skip => {
+                self.reply = ReplyMode::On;
+                true
+            }
+            ReplyMode::SkipThis(then_skip) => {
+                self.reply = if then_skip {
+                    ReplyMode::Skip
+                } else {
+                    ReplyMode::Off
+                };
+                true
+            }
+        }
     }
 
     /// A command was refused: inside MULTI, the transaction is aborted.

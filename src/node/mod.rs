@@ -25,7 +25,9 @@ use crate::sessions::Sessions;
 use crate::tracking::Tracking;
 use crate::upstream::WriteThrough;
 
-pub use clients::{ClientInfo, ClientRegistry, ClientState, Queued, Transaction, Watched};
+pub use clients::{
+    ClientInfo, ClientRegistry, ClientState, Queued, ReplyMode, Transaction, Watched,
+};
 pub use gate::Gate;
 
 /// Everything the connection tasks share.

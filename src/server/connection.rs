@@ -214,8 +214,13 @@ async fn run_buffered(
                         .settle(proxy, client.protocol, lane, output)
                         .await?;
                 }
+                let before = output.len();
                 let mut out = ReplyWriter::new(output, client.protocol);
                 execute(node, client, argv, &mut out).await;
+                // CLIENT REPLY OFF or SKIP: the reply is not sent.
+                if client.take_reply_suppressed() {
+                    output.truncate(before);
+                }
                 if client.close {
                     sink.write(output).await?;
                     return Ok(Flow::Close);
