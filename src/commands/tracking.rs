@@ -220,7 +220,7 @@ pub fn after(node: &Node, client: &mut ClientState, cmd: Cmd, argv: &[Bytes]) {
         {
             let ids = match cmd {
                 Cmd::SessionExists => &argv[1..],
-                _ => &argv[1..2.min(argv.len())],
+                _ => argv.get(1..2).unwrap_or(&[]),
             };
             for id in ids {
                 node.tracking.read(client.id(), id);
@@ -234,7 +234,7 @@ pub fn after(node: &Node, client: &mut ClientState, cmd: Cmd, argv: &[Bytes]) {
             | Cmd::SessionUpdate
             | Cmd::SessionExpire
             | Cmd::SessionBind
-            | Cmd::SessionUnbind => &argv[1..2.min(argv.len())],
+            | Cmd::SessionUnbind => argv.get(1..2).unwrap_or(&[]),
             Cmd::SessionDel => &argv[1..],
             Cmd::SessionCreate => created_id(argv),
             _ => &[],
