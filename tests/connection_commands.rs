@@ -658,3 +658,15 @@ fn client_reply_off_and_skip_suppress_replies() {
         Err(ReadEnd::Timeout)
     ));
 }
+
+/// Standalone no command blocks: CLIENT UNBLOCK unblocks nobody.
+#[test]
+fn client_unblock_standalone_unblocks_nobody() {
+    let sc = Sidecar::start(&[]);
+    let mut c = sc.client();
+    assert_eq!(call(&mut c, &["CLIENT", "UNBLOCK", "1"]), Value::Int(0));
+    assert_err(
+        &call(&mut c, &["CLIENT", "UNBLOCK", "1", "LATER"]),
+        "ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR",
+    );
+}

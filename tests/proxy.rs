@@ -1813,3 +1813,35 @@ fn client_pause_pauses_the_upstream() {
     call(&mut upstream.client(), &["SET", "k", "w"]);
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// CLIENT UNBLOCK names a client of the sidecar: the sidecar unblocks that
+/// client's own blocked upstream connection, and no other.
+#[test]
+fn client_unblock_ends_a_blocking_command_through_the_sidecar() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut blocked = sidecar.raw();
+    let Resp::Int(id) = blocked.cmd(&["CLIENT", "ID"]) else {
+        panic!("CLIENT ID is an integer")
+    };
+    blocked.send_cmd(&["BLPOP", "empty", "0"]);
+    let mut c = sidecar.client();
+    let blocked_upstream = wait_until(Duration::from_secs(5), || {
+        let info = parse_info(&text(&call(&mut c, &["INFO", "clients"])));
+        info.get("blocked_clients").map(String::as_str) == Some("1")
+    });
+    assert!(blocked_upstream);
+    // An id no sidecar client has unblocks nobody.
+    assert_eq!(
+        call(&mut c, &["CLIENT", "UNBLOCK", "987654"]),
+        Value::Int(0)
+    );
+    assert_eq!(
+        call(&mut c, &["CLIENT", "UNBLOCK", &id.to_string(), "ERROR"]),
+        Value::Int(1)
+    );
+    match blocked.read_reply_within(Duration::from_secs(5)) {
+        Resp::Error(e) => assert!(e.starts_with("UNBLOCKED"), "{e}"),
+        other => panic!("expected UNBLOCKED, got {other:?}"),
+    }
+}

@@ -337,6 +337,19 @@ pub fn client(
         let queue = client.subscriber();
         node.tracking.register_endpoint(client.id(), queue);
         out.int(client.id() as i64);
+    } else if keyword.is("UNBLOCK") {
+        // Standalone, no command blocks: no client is ever unblocked.
+        // (With an upstream it is forwarded.)
+        let _id = args.integer()?;
+        if let Some(how) = args.keyword()
+            && !(how.is("TIMEOUT") || how.is("ERROR"))
+        {
+            return Err(CommandError::err(
+                "ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR",
+            ));
+        }
+        args.finish()?;
+        out.int(0);
     } else if keyword.is("REPLY") {
         // CLIENT REPLY ON|OFF|SKIP. With an upstream, forwarded commands'
         // replies are written by the pooled connections, past the sidecar's

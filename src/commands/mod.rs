@@ -236,24 +236,34 @@ async fn dispatch(
     }
 }
 
-/// With an upstream, `CLIENT TRACKING ... REDIRECT <id>` as the upstream
-/// must see it: the id of the target's own upstream connection (which its
-/// SUBSCRIBE to `__redis__:invalidate` pinned). None when nothing changes.
+/// With an upstream, a CLIENT command naming another client as the
+/// upstream must see it: the id of that client's own upstream connection
+/// (its pinned one: the SUBSCRIBE to `__redis__:invalidate` that a REDIRECT
+/// names, the blocking command UNBLOCK ends). `CLIENT TRACKING ... REDIRECT
+/// <id>` and `CLIENT UNBLOCK <id>`. A client with no upstream connection,
+/// or none at all, becomes an id no upstream client has (REDIRECT is then
+/// refused, and UNBLOCK answers 0, as Redis does for a client that is not
+/// blocked): the sidecar's id could name another client there. None when
+/// nothing changes.
 pub fn upstream_redirect(node: &Node, argv: &[Bytes]) -> Option<Vec<Bytes>> {
     let is = |i: usize, word: &[u8]| argv.get(i).is_some_and(|a| a.eq_ignore_ascii_case(word));
-    if !(is(0, b"client") && is(1, b"tracking")) {
+    if !is(0, b"client") {
         return None;
     }
-    let at = (2..argv.len()).find(|&i| is(i, b"redirect"))? + 1;
+    let at = if is(1, b"tracking") {
+        (2..argv.len()).find(|&i| is(i, b"redirect"))? + 1
+    } else if is(1, b"unblock") {
+        2
+    } else {
+        return None;
+    };
     let target: u64 = crate::protocol::parse_i64(argv.get(at)?)?.try_into().ok()?;
     let upstream_id = node
         .clients
-        .get(target)?
-        .upstream_id
-        .load(Ordering::Relaxed);
-    if upstream_id < 0 {
-        return None;
-    }
+        .get(target)
+        .map(|c| c.upstream_id.load(Ordering::Relaxed))
+        .filter(|&id| id >= 0)
+        .unwrap_or(i64::MAX);
     let mut sent = argv.to_vec();
     sent[at] = Bytes::from(upstream_id.to_string());
     Some(sent)

@@ -187,11 +187,18 @@ impl Proxy {
             // TRACKING and CACHING also go to the upstream, for its keys;
             // GETREDIR and TRACKINGINFO are answered here, where REDIRECT
             // names the sidecar's client ids.
-            // PAUSE and UNPAUSE are the upstream's: its clients are paused.
+            // PAUSE and UNPAUSE are the upstream's: its clients are paused;
+            // so is UNBLOCK, of the client's blocked upstream connection.
             Cmd::Client => argv.get(1).is_some_and(|sub| {
-                [&b"tracking"[..], b"caching", b"pause", b"unpause"]
-                    .iter()
-                    .any(|name| sub.eq_ignore_ascii_case(name))
+                [
+                    &b"tracking"[..],
+                    b"caching",
+                    b"pause",
+                    b"unpause",
+                    b"unblock",
+                ]
+                .iter()
+                .any(|name| sub.eq_ignore_ascii_case(name))
             }),
             _ => false,
         }
