@@ -66,7 +66,7 @@ impl From<StoreError> for CommandError {
 pub type CommandResult = Result<(), CommandError>;
 
 /// Runs one request and writes its reply. Inside MULTI, a command is
-/// checked and queued instead ([`transaction`]).
+/// checked and queued instead (`transaction.rs`).
 pub async fn execute(
     node: &Node,
     client: &mut ClientState,

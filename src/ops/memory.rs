@@ -6,8 +6,8 @@
 //! it (7.9 MB after, from 19.4 MB), and 5,000 clients sending at once leave
 //! their buffers' pages resident though the clients are idle again (12 KB
 //! per connection instead of 3.3 KB). So the arenas are trimmed when the
-//! client count has fallen by [`TRIM_AFTER`] from its peak of the last
-//! period, or when they hold more than [`TRIM_FREE`] bytes free (glibc
+//! client count has fallen by `TRIM_AFTER` from its peak of the last
+//! period, or when they hold more than `TRIM_FREE` bytes free (glibc
 //! only; other allocators return memory on their own terms).
 
 use std::sync::Arc;
