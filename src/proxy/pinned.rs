@@ -77,10 +77,19 @@ fn still_open(connection: &Connection) -> bool {
 struct Owed {
     frames: usize,
     effect: Effect,
-    /// Not relayed: a command the proxy sent on its own (a deferred MULTI).
-    swallow: bool,
-    /// Kept for the proxy instead of relayed ([`Pinned::take_captured`]).
-    capture: bool,
+    reply: Reply,
+}
+
+/// What becomes of a command's reply.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    /// Relayed to the client: its own command.
+    Relay,
+    /// Dropped: a command the proxy sent on its own account (a deferred
+    /// MULTI, a DISCARD, a HELLO).
+    Swallow,
+    /// Kept for the proxy ([`Pinned::take_captured`]): its EXEC.
+    Capture,
 }
 
 /// What a frame from the upstream is.
@@ -244,14 +253,15 @@ impl Pinned {
 
     /// Sends MULTI on the proxy's own account (its OK was already given).
     pub fn send_swallowed_multi(&mut self) {
-        encode_command(&mut self.pending, &[b"MULTI"]);
-        self.queuing = true;
-        self.owed.push_back(Owed {
-            frames: 1,
-            effect: Effect::Multi,
-            swallow: true,
-            capture: false,
-        });
+        self.send_own(&[Bytes::from_static(b"MULTI")], Reply::Swallow);
+    }
+
+    /// Sends a command on the proxy's own account; its reply is not relayed.
+    fn send_own(&mut self, argv: &[Bytes], reply: Reply) {
+        self.send(argv);
+        if let Some(owed) = self.owed.back_mut() {
+            owed.reply = reply;
+        }
     }
 
     /// Whether keys are watched on the connection.
@@ -262,10 +272,7 @@ impl Pinned {
     /// Sends one of the proxy's own commands whose reply it keeps
     /// ([`Pinned::take_captured`]) instead of relaying.
     pub fn send_captured(&mut self, argv: &[Bytes]) {
-        self.send(argv);
-        if let Some(owed) = self.owed.back_mut() {
-            owed.capture = true;
-        }
+        self.send_own(argv, Reply::Capture);
     }
 
     /// The captured reply, once it came.
@@ -276,17 +283,14 @@ impl Pinned {
     /// Ends a transaction (DISCARD) or, outside one, the watches (UNWATCH),
     /// on the proxy's own account.
     pub fn end_transaction_swallowed(&mut self) {
-        let command: &[u8] = if self.queuing {
+        let command: &'static [u8] = if self.queuing {
             b"DISCARD"
         } else if self.watching {
             b"UNWATCH"
         } else {
             return;
         };
-        self.send(&[Bytes::copy_from_slice(command)]);
-        if let Some(owed) = self.owed.back_mut() {
-            owed.swallow = true;
-        }
+        self.send_own(&[Bytes::from_static(command)], Reply::Swallow);
     }
 
     /// Makes the connection speak `protocol`, which the client switched to
@@ -295,15 +299,9 @@ impl Pinned {
         if protocol == self.protocol {
             return;
         }
-        let version = protocol.number().to_string();
-        encode_command(&mut self.pending, &[&b"HELLO"[..], version.as_bytes()]);
+        let version = Bytes::from(protocol.number().to_string());
+        self.send_own(&[Bytes::from_static(b"HELLO"), version], Reply::Swallow);
         self.protocol = protocol;
-        self.owed.push_back(Owed {
-            frames: 1,
-            effect: Effect::None,
-            swallow: true,
-            capture: false,
-        });
     }
 
     /// Queues one of the client's commands and notes what its reply will be.
@@ -367,8 +365,7 @@ impl Pinned {
         self.owed.push_back(Owed {
             frames,
             effect,
-            swallow: false,
-            capture: false,
+            reply: Reply::Relay,
         });
     }
 
@@ -404,8 +401,7 @@ impl Pinned {
             let failed = view.is_error();
             // EXEC's reply when the transaction ran (not nil, not an error).
             let ran = view.kind == b'*' && !input[..end].starts_with(b"*-1");
-            let mut relayed = true;
-            let mut captured = false;
+            let mut reply = Reply::Relay;
             if let Class::Confirmation { shard, count } = class {
                 if shard {
                     self.confirmed_shard = count;
@@ -418,18 +414,19 @@ impl Pinned {
                     return Err("a reply nobody asked for");
                 };
                 owed.frames -= 1;
-                relayed = !owed.swallow && !owed.capture;
-                captured = owed.capture;
+                reply = owed.reply;
                 if owed.frames == 0 {
                     let effect = owed.effect;
                     self.owed.pop_front();
                     self.apply(effect, failed, ran);
                 }
             }
-            if captured {
-                self.captured = Some(Bytes::copy_from_slice(&self.connection.input[..end]));
-            } else if relayed {
-                output.extend_from_slice(&self.connection.input[..end]);
+            match reply {
+                Reply::Relay => output.extend_from_slice(&self.connection.input[..end]),
+                Reply::Capture => {
+                    self.captured = Some(Bytes::copy_from_slice(&self.connection.input[..end]));
+                }
+                Reply::Swallow => {}
             }
             let _ = self.connection.input.split_to(end);
             self.scanner.consumed(end);
@@ -526,7 +523,7 @@ impl Pinned {
     pub fn fail_owed(&mut self, output: &mut BytesMut) {
         for owed in self.owed.drain(..) {
             // A captured reply's loss is the proxy's to answer.
-            if owed.swallow || owed.capture {
+            if owed.reply != Reply::Relay {
                 continue;
             }
             for _ in 0..owed.frames {
