@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
@@ -447,18 +448,30 @@ pub struct OutputLimit {
 }
 
 impl OutputLimit {
-    /// Whether a client holding `held` bytes goes over the limit;
-    /// `over_soft_since` keeps when it went over the soft limit.
-    pub fn exceeded(&self, held: u64, over_soft_since: &mut Option<std::time::Instant>) -> bool {
+    /// Whether a client holding `held` bytes goes over the limit.
+    /// `over_soft_since` keeps when it went over the soft limit (Unix ms, 0:
+    /// it is not over), shared by whoever adds to what the client holds; the
+    /// clock is read only while over it.
+    pub fn exceeded(&self, held: u64, over_soft_since: &AtomicU64) -> bool {
         if self.hard > 0 && held > self.hard {
             return true;
         }
         if self.soft == 0 || held <= self.soft {
-            *over_soft_since = None;
+            if over_soft_since.load(Ordering::Relaxed) != 0 {
+                over_soft_since.store(0, Ordering::Relaxed);
+            }
             return false;
         }
-        let since = *over_soft_since.get_or_insert_with(std::time::Instant::now);
-        since.elapsed().as_secs() >= self.soft_seconds
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| (d.as_millis() as u64).max(1));
+        // The first to find it over starts the clock.
+        let since =
+            match over_soft_since.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => now,
+                Err(since) => since,
+            };
+        now.saturating_sub(since) >= self.soft_seconds.saturating_mul(1000)
     }
 
     fn words(&self) -> String {
@@ -559,25 +572,22 @@ mod tests {
         );
         assert!(OutputLimits::parse("normal 1mb").is_err());
         assert!(OutputLimits::parse("nobody 1 1 1").is_err());
-        let mut since = None;
+        let since = AtomicU64::new(0);
         let limit = OutputLimit {
             hard: 100,
             soft: 10,
             soft_seconds: 0,
         };
-        assert!(!limit.exceeded(10, &mut since));
-        assert!(limit.exceeded(11, &mut since), "over soft for 0 s");
-        assert!(limit.exceeded(101, &mut None));
+        assert!(!limit.exceeded(10, &since));
+        assert!(limit.exceeded(11, &since), "over soft for 0 s");
+        assert!(limit.exceeded(101, &AtomicU64::new(0)));
         let patient = OutputLimit {
             soft_seconds: 60,
             ..limit
         };
-        let mut since = None;
-        assert!(
-            !patient.exceeded(50, &mut since),
-            "over soft, not for 60 s yet"
-        );
-        assert!(since.is_some());
+        let since = AtomicU64::new(0);
+        assert!(!patient.exceeded(50, &since), "over soft, not for 60 s yet");
+        assert!(since.load(Ordering::Relaxed) != 0);
     }
 
     #[test]

@@ -68,9 +68,8 @@ pub struct Subscriber {
     /// Bytes queued past this drop the subscriber as too slow
     /// (`client-output-buffer-limit pubsub`).
     limit: OutputLimit,
-    /// Since when the queue is over the soft limit.
-    over_soft_since: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
-    over_soft: Arc<std::sync::atomic::AtomicBool>,
+    /// Since when the queue is over the soft limit ([`OutputLimit::exceeded`]).
+    over_soft_since: Arc<std::sync::atomic::AtomicU64>,
     /// Bytes sent but not yet taken by the client's task.
     pub queued: Arc<AtomicUsize>,
 }
@@ -81,7 +80,6 @@ impl Subscriber {
             tx,
             limit,
             over_soft_since: Arc::default(),
-            over_soft: Arc::default(),
             overflow: CancellationToken::new(),
             queued: Arc::default(),
         }
@@ -95,19 +93,7 @@ impl Subscriber {
     pub fn deliver(&self, message: Message) -> bool {
         let size = message.size();
         let held = (self.queued.fetch_add(size, Ordering::Relaxed) + size) as u64;
-        // The soft limit's clock is only looked at while over it.
-        let over = (self.limit.hard > 0 && held > self.limit.hard)
-            || (self.limit.soft > 0 && held > self.limit.soft);
-        let watched = over || self.over_soft.load(Ordering::Relaxed);
-        if watched && {
-            let mut since = self
-                .over_soft_since
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let exceeded = self.limit.exceeded(held, &mut since);
-            self.over_soft.store(since.is_some(), Ordering::Relaxed);
-            exceeded
-        } {
+        if self.limit.exceeded(held, &self.over_soft_since) {
             self.queued.fetch_sub(size, Ordering::Relaxed);
             self.overflow.cancel();
             return false;

@@ -34,6 +34,9 @@ pub struct ReplySink {
     /// Unread replies past this close the client (`client-output-buffer-limit
     /// normal`).
     limit: OutputLimit,
+    /// Since when the backlog is over the soft limit
+    /// ([`OutputLimit::exceeded`]).
+    over_soft_since: std::sync::atomic::AtomicU64,
     state: Mutex<SinkState>,
     wake: Notify,
 }
@@ -48,8 +51,6 @@ struct SinkState {
     writing: bool,
     /// The client's task waits for every reply owed.
     waiting: bool,
-    /// Since when the backlog is over the soft limit.
-    over_soft_since: Option<std::time::Instant>,
     /// Over the limit: the backlog was dropped, replies are discarded, the
     /// client's task closes the connection.
     over_limit: bool,
@@ -76,6 +77,7 @@ impl ReplySink {
         ReplySink {
             writer,
             limit,
+            over_soft_since: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(SinkState::default()),
             wake: Notify::new(),
         }
@@ -122,10 +124,7 @@ impl ReplySink {
             state.backlog.extend_from_slice(replies);
         }
         let held = state.backlog.len() as u64;
-        let SinkState {
-            over_soft_since, ..
-        } = &mut *state;
-        if self.limit.exceeded(held, over_soft_since) {
+        if self.limit.exceeded(held, &self.over_soft_since) {
             // Its memory goes now; the client's task closes the connection.
             state.over_limit = true;
             state.backlog = BytesMut::new();
