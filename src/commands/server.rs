@@ -34,32 +34,41 @@ pub async fn info(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -
     let wanted = |section: &str| all || requested.iter().any(|s| s == section);
     // The store-wide count is the upstream's in write-through mode: ask only
     // when the section is wanted, and report -1 when it cannot be had.
-    let total = match wanted("sessions") {
-        true => node.sessions.count(now_ms()).await.map_or(-1, |n| n as i64),
-        false => -1,
+    let total = async {
+        match wanted("sessions") {
+            true => node.sessions.count(now_ms()).await.map_or(-1, |n| n as i64),
+            false => -1,
+        }
     };
     // With passthrough the data is the upstream's: so is the keyspace
     // section (the sessions are keys there too).
-    let upstream_keyspace = match (&node.proxy, wanted("keyspace")) {
-        (Some(proxy), true) => proxy.keyspace().await,
-        _ => None,
+    let upstream_keyspace = async {
+        match (&node.proxy, wanted("keyspace")) {
+            (Some(proxy), true) => proxy.keyspace().await,
+            _ => None,
+        }
     };
     // With an upstream, the upstream's own fields join the sidecar's: its
     // sections the sidecar has none of (cpu, commandstats, errorstats,
     // persistence, ...), and, in the sections both have, the fields the
     // sidecar lacks, and the ones only the upstream can know
     // ([`UPSTREAM_FIELDS`]). On a cluster, one master's.
-    let upstream_sections = match &node.proxy {
-        Some(proxy) => {
-            let mut argv: Vec<&[u8]> = vec![b"INFO"];
-            argv.extend(args_sections(&requested));
-            let reply = proxy.ask(crate::protocol::Protocol::Resp2, &argv).await;
-            crate::protocol::frame::bulk_payload(&reply)
-                .map(|text| parse_sections(&String::from_utf8_lossy(text)))
-                .unwrap_or_default()
+    let upstream_sections = async {
+        match &node.proxy {
+            Some(proxy) => {
+                let mut argv: Vec<&[u8]> = vec![b"INFO"];
+                argv.extend(args_sections(&requested));
+                let reply = proxy.ask(crate::protocol::Protocol::Resp2, &argv).await;
+                crate::protocol::frame::bulk_payload(&reply)
+                    .map(|text| parse_sections(&String::from_utf8_lossy(text)))
+                    .unwrap_or_default()
+            }
+            None => Vec::new(),
         }
-        None => Vec::new(),
     };
+    // The three round trips at once.
+    let (total, upstream_keyspace, upstream_sections) =
+        futures_util::future::join3(total, upstream_keyspace, upstream_sections).await;
     let mut text = String::new();
     for section in SECTIONS {
         if wanted(section) && (*section != "upstream" || node.upstream().is_some()) {
@@ -143,29 +152,20 @@ fn merge_fields(own: &str, theirs: &[(String, String)]) -> String {
     let mut merged = String::with_capacity(own.len());
     let mut names = Vec::new();
     for line in own.split("\r\n").filter(|l| !l.is_empty()) {
-        match line.split_once(':') {
-            Some((name, _)) if UPSTREAM_FIELDS.contains(&name) => {
-                names.push(name);
-                match theirs.iter().find(|(n, _)| n == name) {
-                    Some((_, value)) => {
-                        let _ = write!(merged, "{name}:{value}\r\n");
-                    }
-                    None => {
-                        merged.push_str(line);
-                        merged.push_str("\r\n");
-                    }
-                }
-            }
-            Some((name, _)) => {
-                names.push(name);
-                merged.push_str(line);
-                merged.push_str("\r\n");
+        let name = line.split_once(':').map(|(name, _)| name);
+        let upstream = name
+            .filter(|name| UPSTREAM_FIELDS.contains(name))
+            .and_then(|name| theirs.iter().find(|(n, _)| n == name));
+        match upstream {
+            Some((name, value)) => {
+                let _ = write!(merged, "{name}:{value}\r\n");
             }
             None => {
                 merged.push_str(line);
                 merged.push_str("\r\n");
             }
         }
+        names.extend(name);
     }
     for (name, value) in theirs {
         if !names.contains(&name.as_str()) {

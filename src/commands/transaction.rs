@@ -25,7 +25,7 @@
 //! keys are watched there too, and the sessions' versions are read from the
 //! upstream (one read per watched name at WATCH, and again at EXEC).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use bytes::Bytes;
 
@@ -165,10 +165,10 @@ pub async fn watch(
         return;
     }
     let now = now_ms();
-    let mut seen: HashMap<&Bytes, ()> = client.watched.iter().map(|w| (&w.id, ())).collect();
+    let mut seen: HashSet<&Bytes> = client.watched.iter().map(|w| &w.id).collect();
     let mut added = Vec::new();
     for id in &argv[1..] {
-        if seen.insert(id, ()).is_none() {
+        if seen.insert(id) {
             added.push(Watched {
                 id: id.clone(),
                 seen: snapshot(node, id, now).await,
