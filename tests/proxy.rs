@@ -1845,3 +1845,65 @@ fn client_unblock_ends_a_blocking_command_through_the_sidecar() {
         other => panic!("expected UNBLOCKED, got {other:?}"),
     }
 }
+
+/// HELLO reports the upstream's version, as INFO does, for the clients
+/// that gate features on it.
+#[test]
+fn hello_reports_the_upstreams_version() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let direct = parse_info(&text(&call(&mut upstream.client(), &["INFO", "server"])));
+    let expected = direct["redis_version"].clone();
+    for version in ["2", "3"] {
+        let mut con = sidecar.raw();
+        let reply = con.cmd(&["HELLO", version]);
+        let fields = match reply {
+            Resp::Map(pairs) => pairs,
+            Resp::Array(items) => items
+                .chunks(2)
+                .map(|pair| (pair[0].clone(), pair[1].clone()))
+                .collect(),
+            other => panic!("HELLO {version} answered {other:?}"),
+        };
+        let seen = fields
+            .iter()
+            .find(|(name, _)| *name == Resp::Bulk(b"version".to_vec()))
+            .map(|(_, value)| value.clone());
+        assert_eq!(seen, Some(Resp::Bulk(expected.clone().into_bytes())));
+    }
+}
+
+/// SCRIPT KILL and FUNCTION KILL reach an upstream busy with a script: they
+/// do not queue behind it on the pooled connection that carried it. Once
+/// killed, the pool serves again.
+#[test]
+fn script_kill_and_function_kill_overtake_a_busy_script() {
+    let upstream = RedisServer::start(&["--busy-reply-threshold", "100"]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut c = sidecar.client();
+    let library = "#!lua name=spinlib\nredis.register_function('spin', function() while true do end end)";
+    call(&mut c, &["FUNCTION", "LOAD", library]);
+    for (spin, kill) in [
+        (&["EVAL", "while true do end", "0"][..], &["SCRIPT", "KILL"][..]),
+        (&["FCALL", "spin", "0"][..], &["FUNCTION", "KILL"][..]),
+    ] {
+        let mut busy = sidecar.raw();
+        busy.send_cmd(spin);
+        let mut killer = sidecar.raw();
+        let killed = wait_until(Duration::from_secs(10), || {
+            killer.send_cmd(kill);
+            match killer.read_reply_within(Duration::from_secs(5)) {
+                Resp::Simple(ok) => ok == "OK",
+                // NOTBUSY: the script has not started yet.
+                Resp::Error(e) if e.starts_with("NOTBUSY") => false,
+                other => panic!("{kill:?} answered {other:?}"),
+            }
+        });
+        assert!(killed, "{kill:?} never reached the busy upstream");
+        match busy.read_reply_within(Duration::from_secs(5)) {
+            Resp::Error(e) => assert!(e.contains("killed"), "{e}"),
+            other => panic!("the killed script answered {other:?}"),
+        }
+        assert_eq!(call(&mut c, &["SET", "after", "1"]), Value::Okay);
+    }
+}

@@ -84,12 +84,13 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// HELLO [protover [AUTH username password] [SETNAME clientname]]
-pub fn hello(
+/// HELLO [protover [AUTH username password] [SETNAME clientname]]. The
+/// version is the upstream's when there is one, as INFO's.
+pub async fn hello(
     node: &Node,
     client: &mut ClientState,
-    args: &mut Args,
-    out: &mut ReplyWriter,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
 ) -> CommandResult {
     let mut protocol = client.protocol;
     if let Some(version) = args.next() {
@@ -126,13 +127,20 @@ pub fn hello(
     if let Some(name) = name {
         set_name(client, name)?;
     }
+    let upstream_version = match &node.proxy {
+        Some(proxy) => proxy.server_version().await,
+        None => None,
+    };
+    let version = upstream_version
+        .as_deref()
+        .unwrap_or(crate::commands::REDIS_VERSION);
     client.set_protocol(protocol);
     out.set_protocol(protocol);
     out.map(7);
     out.bulk(b"server");
     out.bulk(b"redis");
     out.bulk(b"version");
-    out.bulk(crate::commands::REDIS_VERSION.as_bytes());
+    out.bulk(version.as_bytes());
     out.bulk(b"proto");
     out.int(protocol.number());
     out.bulk(b"id");

@@ -177,7 +177,7 @@ async fn dispatch(
     let result = match spec.cmd {
         Cmd::Ping => connection::ping(client, &mut args, out),
         Cmd::Echo => connection::echo(&mut args, out),
-        Cmd::Hello => connection::hello(node, client, &mut args, out),
+        Cmd::Hello => connection::hello(node, client, &mut args, out).await,
         Cmd::Auth => connection::auth(node, client, &mut args, out),
         Cmd::Quit => connection::quit(client, out),
         Cmd::Reset => connection::reset(node, client, out),

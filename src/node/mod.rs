@@ -40,7 +40,7 @@ pub struct Node {
     pub metrics: Metrics,
     pub clients: ClientRegistry,
     /// Passthrough of ordinary commands, when there is an upstream.
-    pub proxy: Option<Proxy>,
+    pub proxy: Option<Arc<Proxy>>,
     pub listen_addr: SocketAddr,
     pub limits: Limits,
     pub started_ms: u64,

@@ -87,7 +87,13 @@ pub struct Proxy {
     /// ([`Proxy::ask`]).
     ask_timeout: Duration,
     pub stats: Arc<ProxyStats>,
+    /// The upstream's `redis_version` and when it was last asked for.
+    version: std::sync::Mutex<(Option<Arc<str>>, Option<std::time::Instant>)>,
 }
+
+/// How long the upstream's version is trusted before it is asked again
+/// (an upgrade of the upstream shows within this).
+const VERSION_REFRESH: Duration = Duration::from_secs(30);
 
 enum Target {
     Server {
@@ -149,6 +155,7 @@ impl Proxy {
             connect_timeout,
             ask_timeout,
             stats,
+            version: std::sync::Mutex::new((None, None)),
         })
     }
 
@@ -315,6 +322,45 @@ impl Proxy {
             Ok(()) => reply.freeze(),
             Err(_) => Bytes::from_static(UNAVAILABLE),
         }
+    }
+
+    /// The upstream's `redis_version` (one master's on a cluster), for
+    /// HELLO: asked at most every [`VERSION_REFRESH`], and not awaited again
+    /// once known, so that HELLO never waits on a slow upstream twice. None
+    /// while the upstream has not told it.
+    pub async fn server_version(self: &Arc<Self>) -> Option<Arc<str>> {
+        let (known, asked) = self
+            .version
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        if asked.is_some_and(|at| at.elapsed() < VERSION_REFRESH) {
+            return known;
+        }
+        if let Ok(mut version) = self.version.lock() {
+            version.1 = Some(std::time::Instant::now());
+        }
+        if known.is_some() {
+            let proxy = self.clone();
+            tokio::spawn(async move { proxy.ask_version().await });
+            return known;
+        }
+        self.ask_version().await
+    }
+
+    async fn ask_version(&self) -> Option<Arc<str>> {
+        let reply = self.ask(Protocol::Resp2, &[b"INFO", b"server"]).await;
+        let text = crate::protocol::frame::bulk_payload(&reply)?;
+        let version: Arc<str> = std::str::from_utf8(text)
+            .ok()?
+            .lines()
+            .find_map(|line| line.strip_prefix("redis_version:"))?
+            .trim()
+            .into();
+        if let Ok(mut cached) = self.version.lock() {
+            cached.0 = Some(version.clone());
+        }
+        Some(version)
     }
 
     /// The upstream's CONFIG GET of `patterns`, as (name, value) pairs, or
@@ -858,6 +904,10 @@ pub enum Command {
     Blocking,
     /// XREAD and XREADGROUP: blocking with a BLOCK argument.
     StreamRead,
+    /// SCRIPT, FUNCTION and SHUTDOWN: SCRIPT KILL, FUNCTION KILL and
+    /// SHUTDOWN must reach an upstream busy with a script, which a pooled
+    /// connection queued behind that script cannot do.
+    Overtaking,
     Other,
 }
 
@@ -888,6 +938,7 @@ impl Command {
             b"blpop" | b"brpop" | b"brpoplpush" | b"blmove" | b"blmpop" | b"bzpopmin"
             | b"bzpopmax" | b"bzmpop" | b"wait" | b"waitaof" => Command::Blocking,
             b"xread" | b"xreadgroup" => Command::StreamRead,
+            b"script" | b"function" | b"shutdown" => Command::Overtaking,
             _ => Command::Other,
         }
     }
@@ -897,6 +948,11 @@ impl Command {
         match self {
             Command::Other | Command::Exec | Command::Discard | Command::Unwatch => false,
             Command::StreamRead => argv.iter().any(|a| a.eq_ignore_ascii_case(b"block")),
+            // On a connection of the client's own, given back once answered.
+            Command::Overtaking => {
+                argv[0].eq_ignore_ascii_case(b"shutdown")
+                    || argv.get(1).is_some_and(|sub| sub.eq_ignore_ascii_case(b"kill"))
+            }
             _ => true,
         }
     }

@@ -230,9 +230,11 @@ impl Pinned {
     }
 
     /// Gives the connection back for another client; only once it is not
-    /// [`Pinned::in_use`].
+    /// [`Pinned::in_use`], and if its upstream id is known (CLIENT UNBLOCK
+    /// and REDIRECT need it; a connection opened while the upstream was busy
+    /// with a script does not know it).
     pub fn release(self) {
-        if !self.in_use() && self.connection.input.is_empty() {
+        if !self.in_use() && self.connection.input.is_empty() && self.connection.id.is_some() {
             self.idle.put(self.node, self.protocol, self.connection);
         }
     }

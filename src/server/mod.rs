@@ -416,7 +416,7 @@ async fn check_layout(store: &Arc<WriteThrough>, config: &Config) -> Result<(), 
 }
 
 /// The passthrough to the write-through upstream, if there is one.
-fn start_proxy(config: &Config, sessions: &Sessions) -> Option<Proxy> {
+fn start_proxy(config: &Config, sessions: &Sessions) -> Option<Arc<Proxy>> {
     let Sessions::WriteThrough(store) = sessions else {
         return None;
     };
@@ -433,7 +433,7 @@ fn start_proxy(config: &Config, sessions: &Sessions) -> Option<Proxy> {
         Duration::from_millis(config.upstream_timeout_ms),
         config.worker_threads(),
     ) {
-        Ok(proxy) => Some(proxy),
+        Ok(proxy) => Some(Arc::new(proxy)),
         Err(reason) => {
             tracing::warn!(%reason, "ordinary commands will not be forwarded to the upstream");
             None
