@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure redis-server (7 or newer), redis-cli and redis-benchmark are
-# installed, openssl (the TLS test makes its certificates with it), and
-# redis-py, which the Python client tests drive the sidecar with.
+# installed, openssl (the TLS test makes its certificates with it), redis-py,
+# which the Python client tests drive the sidecar with, and Node.js with
+# ioredis and node-redis (tests/node, from its package-lock.json), which the
+# Node client tests drive it with.
 #
 # The integration tests and the benchmark start their own redis-server on free
 # ports, so on a fresh Debian machine this installs the packages with apt-get
@@ -77,6 +79,28 @@ ensure_redis_py() {
     die "could not install redis-py and PyYAML with pip"
 }
 
+# ioredis and node-redis, the versions tests/node/package-lock.json pins,
+# into tests/node/node_modules.
+ensure_node_clients() {
+  local dir
+  dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/node"
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    command -v apt-get >/dev/null 2>&1 || die "Node.js is missing; install node and npm (Node 18 or newer)"
+    log "installing Node.js and npm"
+    apt_install nodejs npm
+  fi
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]')
+  ((major >= 18)) || die "Node.js $(node --version) is too old: 18 or newer is required"
+  if [[ -f $dir/node_modules/.package-lock.json ]] &&
+    cmp -s "$dir/package-lock.json" "$dir/node_modules/.lock-installed" 2>/dev/null; then
+    return 0
+  fi
+  log "installing ioredis and node-redis into $dir/node_modules"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed in $dir"
+  cp "$dir/package-lock.json" "$dir/node_modules/.lock-installed"
+}
+
 apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
@@ -107,6 +131,7 @@ main() {
   fi
   check_redis_version
   ensure_redis_py
+  ensure_node_clients
 }
 
 main "$@"

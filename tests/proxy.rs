@@ -1881,10 +1881,14 @@ fn script_kill_and_function_kill_overtake_a_busy_script() {
     let upstream = RedisServer::start(&["--busy-reply-threshold", "100"]);
     let sidecar = sidecar_for(&upstream.url(), &[]);
     let mut c = sidecar.client();
-    let library = "#!lua name=spinlib\nredis.register_function('spin', function() while true do end end)";
+    let library =
+        "#!lua name=spinlib\nredis.register_function('spin', function() while true do end end)";
     call(&mut c, &["FUNCTION", "LOAD", library]);
     for (spin, kill) in [
-        (&["EVAL", "while true do end", "0"][..], &["SCRIPT", "KILL"][..]),
+        (
+            &["EVAL", "while true do end", "0"][..],
+            &["SCRIPT", "KILL"][..],
+        ),
         (&["FCALL", "spin", "0"][..], &["FUNCTION", "KILL"][..]),
     ] {
         let mut busy = sidecar.raw();

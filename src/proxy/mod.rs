@@ -951,7 +951,9 @@ impl Command {
             // On a connection of the client's own, given back once answered.
             Command::Overtaking => {
                 argv[0].eq_ignore_ascii_case(b"shutdown")
-                    || argv.get(1).is_some_and(|sub| sub.eq_ignore_ascii_case(b"kill"))
+                    || argv
+                        .get(1)
+                        .is_some_and(|sub| sub.eq_ignore_ascii_case(b"kill"))
             }
             _ => true,
         }

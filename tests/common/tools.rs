@@ -99,6 +99,31 @@ pub fn run_python(script: &str, args: &[&str]) {
     );
 }
 
+/// Runs `tests/node/contract.mjs <sidecar's port> <mode>` (ioredis and
+/// node-redis; scripts/ensure-redis.sh installs them with `npm ci`) and
+/// fails with its output unless it succeeds.
+#[track_caller]
+pub fn run_node_contract(sidecar: &Sidecar, mode: &str) {
+    let dir = format!("{}/tests/node", env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        std::path::Path::new(&dir).join("node_modules").exists(),
+        "tests/node/node_modules is missing: run `npm ci --prefix tests/node` (scripts/ensure-redis.sh does)"
+    );
+    let output = Command::new("node")
+        .current_dir(&dir)
+        .arg("contract.mjs")
+        .arg(sidecar.addr.port().to_string())
+        .arg(mode)
+        .output()
+        .expect("node runs (scripts/ensure-redis.sh installs Node.js)");
+    assert!(
+        output.status.success(),
+        "contract.mjs {mode} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// A minimal HTTP/1.1 GET: (status code, headers, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     let mut stream =
