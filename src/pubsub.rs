@@ -36,6 +36,11 @@ pub enum Message {
     Invalidate {
         keys: Option<Vec<Bytes>>,
     },
+    /// Client-side caching: the client's REDIRECT target is gone, so an
+    /// invalidation was lost (`tracking-redir-broken`, RESP3 only).
+    RedirectBroken {
+        target: ClientId,
+    },
 }
 
 /// Queue depth per subscriber (messages) before it is dropped as too slow.
@@ -52,6 +57,7 @@ impl Message {
                 payload,
             } => pattern.len() + channel.len() + payload.len(),
             Message::Invalidate { keys } => keys.iter().flatten().map(|k| k.len() + 16).sum(),
+            Message::RedirectBroken { .. } => 16,
         }
     }
 }

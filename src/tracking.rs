@@ -192,14 +192,24 @@ impl Inner {
     }
 
     /// Sends to the client's redirect target, or to the client itself.
+    /// When the target is gone, the client is told the redirection broke
+    /// instead (`tracking-redir-broken`), as Redis tells it.
     fn send(&self, client: ClientId, message: Message) {
         let target = self
             .modes
             .get(&client)
             .and_then(|mode| mode.redirect)
             .unwrap_or(client);
-        if let Some(queue) = self.endpoints.get(&target) {
-            queue.deliver(message);
+        match self.endpoints.get(&target) {
+            Some(queue) => {
+                queue.deliver(message);
+            }
+            None if target != client => {
+                if let Some(queue) = self.endpoints.get(&client) {
+                    queue.deliver(Message::RedirectBroken { target });
+                }
+            }
+            None => {}
         }
     }
 }

@@ -94,10 +94,10 @@ pub fn tracking(
             }
         }
     }
-    if mode.redirect.is_none() {
-        let queue = client.subscriber();
-        node.tracking.register_endpoint(client.id(), queue);
-    }
+    // Its own queue, also when it redirects: a broken redirection is told
+    // to the client itself.
+    let queue = client.subscriber();
+    node.tracking.register_endpoint(client.id(), queue);
     node.tracking.enable(client.id(), mode.clone());
     client.tracking = Some(mode);
     Ok(())

@@ -136,6 +136,13 @@ fn encode_message(message: Message, subscribed: bool, out: &mut ReplyWriter) {
                 None => out.null(),
             }
         }
+        Message::RedirectBroken { target } => {
+            if out.protocol() == Protocol::Resp3 {
+                out.push(2);
+                out.bulk(b"tracking-redir-broken");
+                out.int(i64::try_from(target).unwrap_or(i64::MAX));
+            }
+        }
         Message::Message { channel, payload } => {
             out.push(3);
             out.bulk(b"message");
@@ -409,7 +416,7 @@ async fn serve_requests<R: ClientRead>(
                     let wanted = |message: &Message| match message {
                         Message::Message { channel, .. } => channels.contains(channel),
                         Message::PMessage { pattern, .. } => patterns.contains(pattern),
-                        Message::Invalidate { .. } => true,
+                        Message::Invalidate { .. } | Message::RedirectBroken { .. } => true,
                     };
                     subscriber.taken(&message);
                     if wanted(&message) {

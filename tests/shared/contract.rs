@@ -1988,6 +1988,28 @@ pub fn tracking_redirects_to_a_resp2_subscriber<T: Target>() {
         tracker.cmd(&["CLIENT", "TRACKING", "ON", "REDIRECT", "987654"]),
         Resp::Error("ERR The client ID you want redirect to does not exist".into())
     );
+
+    // A RESP3 tracker whose target goes is told the redirection broke, at
+    // the next change it would have been told of.
+    let mut tracker = resp3_raw(&sc);
+    assert_eq!(
+        tracker.cmd(&["CLIENT", "TRACKING", "ON", "REDIRECT", &target_id]),
+        Resp::Simple("OK".into())
+    );
+    tracker.cmd(&["SESSION.GET", "redirected"]);
+    drop(target);
+    let gone = wait_until(WAIT, || {
+        let clients = text(&call(&mut c, &["CLIENT", "LIST"]));
+        !clients.contains(&format!("id={target_id} "))
+    });
+    assert!(gone, "the target never left");
+    call(&mut c, &["SESSION.UPDATE", "redirected", "ATTR", "x", "2"]);
+    let target: i64 = target_id.parse().unwrap();
+    let broken = wait_until(WAIT, || match tracker.try_read_reply(WAIT) {
+        Ok(Resp::Push(items)) => items == [Resp::bulk("tracking-redir-broken"), Resp::Int(target)],
+        _ => false,
+    });
+    assert!(broken, "no tracking-redir-broken push");
 }
 
 pub fn tracking_bcast_prefixes_and_noloop<T: Target>() {
