@@ -1911,3 +1911,31 @@ fn script_kill_and_function_kill_overtake_a_busy_script() {
         assert_eq!(call(&mut c, &["SET", "after", "1"]), Value::Okay);
     }
 }
+
+/// CLIENT REPLY OFF and SKIP with an upstream: forwarded commands still
+/// run and their replies are not sent, as those the sidecar answers.
+#[test]
+fn client_reply_off_and_skip_cover_forwarded_commands() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut con = sidecar.raw();
+    con.send_cmd(&["SET", "before", "1"]);
+    con.send_cmd(&["CLIENT", "REPLY", "OFF"]);
+    con.send_cmd(&["SET", "quiet", "1"]);
+    con.send_cmd(&["SESSION.CREATE", "ID", "quiet"]);
+    con.send_cmd(&["INCR", "quiet"]);
+    con.send_cmd(&["BLPOP", "nothing", "0.01"]);
+    assert_eq!(con.read_reply(), Resp::Simple("OK".into()), "SET before");
+    assert_eq!(
+        con.cmd(&["CLIENT", "REPLY", "ON"]),
+        Resp::Simple("OK".into())
+    );
+    con.send_cmd(&["CLIENT", "REPLY", "SKIP"]);
+    con.send_cmd(&["INCR", "quiet"]);
+    assert_eq!(con.cmd(&["GET", "quiet"]), Resp::bulk("3"));
+    assert_eq!(con.cmd(&["SESSION.EXISTS", "quiet"]), Resp::Int(1));
+    assert!(matches!(
+        con.try_read_reply(Duration::from_millis(200)),
+        Err(ReadEnd::Timeout)
+    ));
+}

@@ -359,16 +359,11 @@ pub fn client(
         args.finish()?;
         out.int(0);
     } else if keyword.is("REPLY") {
-        // CLIENT REPLY ON|OFF|SKIP. With an upstream, forwarded commands'
-        // replies are written by the pooled connections, past the sidecar's
-        // reach: refused there rather than half done.
+        // CLIENT REPLY ON|OFF|SKIP. With an upstream, a forwarded command's
+        // reply is awaited and dropped while replies are off (see
+        // `server::connection`).
         let mode = super::args::Keyword::of(args.required()?);
         args.finish()?;
-        if node.proxy.is_some() {
-            return Err(CommandError::err(
-                "ERR CLIENT REPLY is not served through session-sidecar with an upstream",
-            ));
-        }
         if mode.is("ON") {
             client.reply = crate::node::ReplyMode::On;
             out.ok();

@@ -606,6 +606,26 @@ impl Link {
         Ok(())
     }
 
+    /// Forwards one command and waits for its reply, which lands in
+    /// `output` rather than on the client's socket: for CLIENT REPLY OFF and
+    /// SKIP, whose caller then drops it. Call [`Link::settle`] first.
+    pub async fn forward_settled(
+        &mut self,
+        proxy: &Proxy,
+        protocol: Protocol,
+        lane: usize,
+        argv: &[Bytes],
+        output: &mut BytesMut,
+    ) -> io::Result<()> {
+        let sink = self.sink.take();
+        let mut forwarded = self.forward(proxy, protocol, lane, argv, output).await;
+        if forwarded.is_ok() {
+            forwarded = self.settle(proxy, protocol, lane, output).await;
+        }
+        self.sink = sink;
+        forwarded
+    }
+
     /// The fast path for a pipeline of stateless commands: moves every
     /// complete request at the front of `input` that goes to the pool as it
     /// is (no command the sidecar answers or that pins) into the batch, byte

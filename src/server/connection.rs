@@ -185,6 +185,7 @@ async fn run_buffered(
         if let Some(proxy) = &node.proxy
             && client.authenticated
             && client.multi.is_none()
+            && client.reply == crate::node::ReplyMode::On
             && parser.is_idle()
         {
             let lane = client.id() as usize;
@@ -206,10 +207,25 @@ async fn run_buffered(
                         }
                         let redirected = crate::commands::upstream_redirect(node, argv);
                         let sent = redirected.as_deref().unwrap_or(argv);
-                        client
-                            .proxy
-                            .forward(proxy, client.protocol, lane, sent, output)
-                            .await?;
+                        if client.reply == crate::node::ReplyMode::On {
+                            client
+                                .proxy
+                                .forward(proxy, client.protocol, lane, sent, output)
+                                .await?;
+                        } else {
+                            // CLIENT REPLY OFF or SKIP: the reply is awaited
+                            // here, and dropped.
+                            let protocol = client.protocol;
+                            client.proxy.settle(proxy, protocol, lane, output).await?;
+                            let before = output.len();
+                            client
+                                .proxy
+                                .forward_settled(proxy, protocol, lane, sent, output)
+                                .await?;
+                            if client.take_reply_suppressed() {
+                                output.truncate(before);
+                            }
+                        }
                         if client.proxy.is_pinned() {
                             client.sync_subscription_counts();
                         }
