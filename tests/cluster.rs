@@ -655,6 +655,14 @@ async fn cluster_mode_clients_talk_to_the_sidecar_as_a_one_node_cluster() {
         .collect();
     assert_eq!(holders.len(), 3);
     run_python_check("redis_py_cluster.py", &sidecar, &["passthrough"]);
+    // redis-cli in cluster mode stays on the sidecar too.
+    for i in 0..10 {
+        let key = format!("cli{i}");
+        assert_eq!(sidecar.redis_cli(&["-c", "SET", &key, "v"]).trim(), "OK");
+        assert_eq!(sidecar.redis_cli(&["-c", "GET", &key]).trim(), "v");
+    }
+    let id = sidecar.redis_cli(&["-c", "SESSION.CREATE", "ID", "through-redis-cli"]);
+    assert_eq!(id.trim(), "through-redis-cli");
 }
 
 /// Through a sidecar on a cluster, a transaction mixes SESSION.* commands
