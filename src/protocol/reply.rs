@@ -89,6 +89,29 @@ impl<'a> ReplyWriter<'a> {
         self.buf.put_slice(b"\r\n");
     }
 
+    /// A bulk string that `write` appends in place, for a value whose
+    /// length is known only once written (no buffer of its own, no copy but
+    /// a shift of the value when its header is not the 6 bytes guessed).
+    pub fn bulk_with(&mut self, write: impl FnOnce(&mut BytesMut)) {
+        const GUESS: usize = 6; // `$NNN\r\n`: a value of 100 to 999 bytes
+        let start = self.buf.len();
+        self.buf.put_slice(&[0; GUESS]);
+        write(self.buf);
+        let end = self.buf.len();
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(end - start - GUESS).as_bytes();
+        let header = digits.len() + 3;
+        if header > GUESS {
+            self.buf.put_bytes(0, header - GUESS);
+        }
+        self.buf.copy_within(start + GUESS..end, start + header);
+        self.buf.truncate(end + header - GUESS);
+        self.buf[start] = b'$';
+        self.buf[start + 1..start + header - 2].copy_from_slice(digits);
+        self.buf[start + header - 2..start + header].copy_from_slice(b"\r\n");
+        self.buf.put_slice(b"\r\n");
+    }
+
     /// A bulk string, or null when absent.
     pub fn bulk_or_null(&mut self, value: Option<&[u8]>) {
         match value {
@@ -213,5 +236,23 @@ mod tests {
             encode(Protocol::Resp2, |w| w.error("ERR a\r\nb")),
             b"-ERR a  b\r\n"
         );
+    }
+
+    #[test]
+    fn bulk_written_in_place_is_a_bulk_string_of_any_length() {
+        for len in [0, 1, 9, 10, 99, 100, 999, 1000, 12345, 1_000_000] {
+            let value: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let in_place = encode(Protocol::Resp3, |w| {
+                w.int(7);
+                w.bulk_with(|buf| buf.put_slice(&value));
+                w.ok();
+            });
+            let copied = encode(Protocol::Resp3, |w| {
+                w.int(7);
+                w.bulk(&value);
+                w.ok();
+            });
+            assert!(in_place == copied, "length {len}");
+        }
     }
 }

@@ -13,7 +13,7 @@ pub async fn get(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) ->
         .sessions
         .read(id, now_ms(), |s| {
             if json {
-                out.bulk(&s.to_json(id));
+                out.bulk_with(|buf| s.write_json(id, buf));
             } else {
                 write_session(out, id, s);
             }
