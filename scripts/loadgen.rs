@@ -46,6 +46,10 @@ struct Args {
     rate: u64,
     #[arg(long, default_value_t = 100_000)]
     keyspace: u64,
+    /// The first request's `{n}` (a later run starts past an earlier one's,
+    /// so that its creates are new).
+    #[arg(long, default_value_t = 0)]
+    first: u64,
     /// A command template, words separated by spaces; repeat for a request
     /// of several commands.
     #[arg(long = "command", required = true)]
@@ -174,7 +178,7 @@ async fn client(shared: Arc<Shared>, index: usize) -> std::io::Result<Vec<u32>> 
         for i in 0..batch {
             let r = random.below(args.keyspace);
             for template in &shared.templates {
-                encode(&mut out, template, r, first + i as u64);
+                encode(&mut out, template, r, args.first + first + i as u64);
             }
         }
         let started = match interval {
