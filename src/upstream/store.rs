@@ -381,15 +381,26 @@ impl WriteThrough {
                 .call(slot, async |c| {
                     // One round trip per master: the calls of shards the
                     // master no longer serves come back MOVED, each.
-                    let values = pipeline.query_async::<Vec<Value>>(c).await?;
+                    // A pipeline answers NOSCRIPT as its error, or as every
+                    // reply: the script was flushed (SCRIPT FLUSH, a restart)
+                    // and nothing ran. Load it and run them again.
                     let unloaded =
                         |v: &Value| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT");
-                    if !values.is_empty() && values.iter().all(unloaded) {
-                        // Flushed since the link was set up: nothing ran.
-                        SCRIPT.load_async(c).await?;
-                        return pipeline.query_async::<Vec<Value>>(c).await;
+                    match pipeline.query_async::<Vec<Value>>(c).await {
+                        Ok(values) if values.is_empty() || !values.iter().all(unloaded) => {
+                            Ok(values)
+                        }
+                        Err(error)
+                            if error.kind()
+                                != redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                        {
+                            Err(error)
+                        }
+                        _ => {
+                            SCRIPT.load_async(c).await?;
+                            pipeline.query_async::<Vec<Value>>(c).await
+                        }
                     }
-                    Ok(values)
                 })
                 .await
                 .map_err(StoreError::from);

@@ -1790,3 +1790,41 @@ fn readiness_does_not_follow_the_shared_upstream() {
         "HEAD sent a body: {response}"
     );
 }
+
+/// SCRIPT FLUSH on the upstream (an operator's, or a restart without
+/// persistence of scripts) loses the session script: every path that runs
+/// it loads it again, the background sweep among them.
+#[test]
+fn a_flushed_script_is_loaded_again_by_every_path() {
+    let f = Fleet::start(&[]);
+    let mut c = f.a.client();
+    let mut upstream = f.redis.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "before"]);
+    assert_eq!(call(&mut upstream, &["SCRIPT", "FLUSH"]), Value::Okay);
+    // The sweep (a pipelined batch of script calls per master).
+    for i in 0..5 {
+        call(
+            &mut c,
+            &["SESSION.CREATE", "ID", &format!("short{i}"), "PTTL", "100"],
+        );
+    }
+    assert_eq!(call(&mut upstream, &["SCRIPT", "FLUSH"]), Value::Okay);
+    let swept = |sc: &Sidecar| {
+        let (_, _, body) = sc.http_get("/metrics");
+        metric_value(&body, "session_sidecar_expired_swept_total").unwrap_or(0.0)
+    };
+    let gone = wait_until(WAIT, || swept(&f.a) + swept(&f.b) >= 5.0);
+    assert!(
+        gone,
+        "the sweeps removed {} of 5",
+        swept(&f.a) + swept(&f.b)
+    );
+    // A single call, and a batch of deletes.
+    assert_eq!(call(&mut upstream, &["SCRIPT", "FLUSH"]), Value::Okay);
+    assert_eq!(
+        call(&mut c, &["SESSION.ATTR.SET", "before", "k", "v"]),
+        Value::Int(2)
+    );
+    assert_eq!(call(&mut upstream, &["SCRIPT", "FLUSH"]), Value::Okay);
+    assert_eq!(call(&mut c, &["SESSION.DEL", "before"]), Value::Int(1));
+}
