@@ -132,6 +132,12 @@ fn malformed_frames_are_protocol_errors() {
         b"*2\r\n$4\r\nECHO\r\n+x\r\n",
         b"-ERR Protocol error: expected '$', got '+'\r\n",
     );
+    // Any printable byte is named, as Redis names it.
+    assert_protocol_error(
+        &sc,
+        b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\nfoo\r\n",
+        b"-ERR Protocol error: expected '$', got 'f'\r\n",
+    );
     assert_protocol_error(
         &sc,
         b"PING \"open\r\n",

@@ -1939,3 +1939,43 @@ fn client_reply_off_and_skip_cover_forwarded_commands() {
         Err(ReadEnd::Timeout)
     ));
 }
+
+/// An invalidation a transaction causes comes after EXEC's reply, as Redis
+/// sends it, not inside or before it.
+#[test]
+fn invalidations_follow_the_exec_reply() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut con = sidecar.raw();
+    hello3(&mut con);
+    assert_eq!(
+        con.cmd(&["CLIENT", "TRACKING", "ON"]),
+        Resp::Simple("OK".into())
+    );
+    con.cmd(&["MSET", "a{t}", "1", "b{t}", "2"]);
+    con.cmd(&["GET", "a{t}"]);
+    for _ in 0..20 {
+        con.cmd(&["MULTI"]);
+        con.cmd(&["INCR", "a{t}"]);
+        con.cmd(&["GET", "b{t}"]);
+        match con.cmd(&["EXEC"]) {
+            Resp::Array(replies) => assert_eq!(replies.len(), 2, "{replies:?}"),
+            other => panic!("EXEC answered {other:?}"),
+        }
+        match con.read_reply() {
+            Resp::Push(items) => assert_eq!(items[0], Resp::bulk("invalidate")),
+            other => panic!("expected the invalidation after EXEC, got {other:?}"),
+        }
+        con.cmd(&["GET", "a{t}"]);
+    }
+    con.cmd(&["MULTI"]);
+    con.cmd(&["FLUSHDB"]);
+    assert_eq!(
+        con.cmd(&["EXEC"]),
+        Resp::Array(vec![Resp::Simple("OK".into())])
+    );
+    assert_eq!(
+        con.read_reply(),
+        Resp::Push(vec![Resp::bulk("invalidate"), Resp::Null])
+    );
+}

@@ -88,12 +88,15 @@ pub async fn exec(node: &Node, client: &mut ClientState, out: &mut ReplyWriter<'
         out.null_array();
         return;
     }
+    // Pushes the upstream sent right after its EXEC reply: written after
+    // this EXEC's, as Redis writes them.
+    let mut after = bytes::BytesMut::new();
     let upstream = match &node.proxy {
         Some(proxy) => {
             let (protocol, lane) = (client.protocol, client.id() as usize);
             client
                 .proxy
-                .exec_upstream(proxy, protocol, lane, out.buffer())
+                .exec_upstream(proxy, protocol, lane, out.buffer(), &mut after)
                 .await
                 .unwrap_or_else(|_| Some(Bytes::from_static(LOST)))
         }
@@ -107,6 +110,7 @@ pub async fn exec(node: &Node, client: &mut ClientState, out: &mut ReplyWriter<'
             // refused a command at queue time), or the link was lost.
             _ => {
                 out.raw(&reply);
+                out.raw(&after);
                 return;
             }
         },
@@ -121,6 +125,7 @@ pub async fn exec(node: &Node, client: &mut ClientState, out: &mut ReplyWriter<'
             Queued::Here(argv) => run_queued(node, client, &argv, out).await,
         }
     }
+    out.raw(&after);
     client.caching = None;
 }
 

@@ -224,14 +224,18 @@ pub fn complete_request(buf: &[u8], limits: Limits) -> Option<(usize, std::ops::
     Some((pos, name))
 }
 
+/// Redis's "expected '$', got 'X'", for every printable byte X (made once;
+/// the error type holds static text).
 fn expected_dollar(got: u8) -> &'static str {
-    // Redis says "expected '$', got 'X'"; the byte is not worth an allocation.
-    match got {
-        b'*' => "expected '$', got '*'",
-        b':' => "expected '$', got ':'",
-        b'+' => "expected '$', got '+'",
-        b'-' => "expected '$', got '-'",
-        _ => "expected '$', got something else",
+    static TEXTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        (0..=u8::MAX)
+            .map(|b| format!("expected '$', got '{}'", char::from(b)))
+            .collect()
+    });
+    if got.is_ascii_graphic() || got == b' ' {
+        &TEXTS[usize::from(got)]
+    } else {
+        "expected '$', got something else"
     }
 }
 

@@ -808,13 +808,16 @@ impl Link {
     /// with none but keys watched, an empty MULTI/EXEC that checks them) and
     /// returns its reply rather than relaying it. None when the upstream has
     /// no part in the transaction. Replies owed before it are relayed to
-    /// `output` first.
+    /// `output` first; what came right after it (the invalidations the
+    /// transaction caused, which Redis sends after EXEC's reply) is put in
+    /// `after`, for the caller to write after the EXEC reply it makes.
     pub async fn exec_upstream(
         &mut self,
         proxy: &Proxy,
         protocol: Protocol,
         lane: usize,
         output: &mut BytesMut,
+        after: &mut BytesMut,
     ) -> io::Result<Option<Bytes>> {
         let never_sent = std::mem::take(&mut self.deferred_multi);
         if std::mem::take(&mut self.deferred_failed) {
@@ -837,6 +840,10 @@ impl Link {
                 None => return Ok(Some(Bytes::from_static(LOST))),
                 Some(pinned) => {
                     if let Some(reply) = pinned.take_captured() {
+                        if pinned.relay(after).is_err() {
+                            self.lose_pinned(after);
+                            return Ok(Some(reply));
+                        }
                         if !pinned.in_use()
                             && let Some(pinned) = self.pinned.take()
                         {

@@ -432,6 +432,12 @@ impl Pinned {
             }
             let _ = self.connection.input.split_to(end);
             self.scanner.consumed(end);
+            if reply == Reply::Capture {
+                // What follows the captured reply (an invalidation the
+                // transaction caused) goes after what the caller makes of
+                // it: the caller relays it next.
+                return Ok(());
+            }
         }
     }
 
