@@ -517,9 +517,17 @@ fn client_kill_closes_clients_by_address_or_filters() {
         other => panic!("CLIENT ID answered {other:?}"),
     };
     let closed = |c: &mut RawConn| c.read_until_closed(Duration::from_secs(5)).1;
+    assert_eq!(
+        admin.cmd(&["CLIENT", "KILL"]),
+        Resp::Error("ERR wrong number of arguments for 'client|kill' command".into())
+    );
     // By id, on whichever event loop the client is.
     let mut by_id = sc.raw();
     let id = id_of(&mut by_id).to_string();
+    // CLIENT LIST ID lists that client only.
+    let listed = admin.cmd(&["CLIENT", "LIST", "ID", &id, "999999"]).text();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.starts_with(&format!("id={id} ")), "{listed}");
     assert_eq!(admin.cmd(&["CLIENT", "KILL", "ID", &id]), Resp::Int(1));
     assert!(closed(&mut by_id), "the client killed by id is still open");
     assert_eq!(admin.cmd(&["CLIENT", "KILL", "ID", &id]), Resp::Int(0));

@@ -452,26 +452,40 @@ pub fn client(
         args.finish().map_err(|_| arity_error())?;
         out.verbatim(&(client.info.line(now_ms()) + "\n"));
     } else if keyword.is("LIST") {
-        // CLIENT LIST [TYPE normal|pubsub|master|replica]
-        let only_pubsub = match args.keyword() {
-            None => None,
-            Some(k) if k.is("TYPE") => {
+        // CLIENT LIST [TYPE normal|pubsub|master|replica] [ID id [id ...]]
+        let mut only_pubsub = None;
+        let mut ids: Option<Vec<u64>> = None;
+        while let Some(k) = args.keyword() {
+            if k.is("TYPE") {
                 let kind = args.next().ok_or(CommandError::Syntax)?;
                 match client_type(kind)? {
-                    ClientType::Pubsub(pubsub) => Some(pubsub),
+                    ClientType::Pubsub(pubsub) => only_pubsub = Some(pubsub),
                     ClientType::Replication => {
                         out.verbatim("");
                         return Ok(());
                     }
                 }
+            } else if k.is("ID") && args.remaining() > 0 {
+                let mut wanted = Vec::new();
+                while let Some(id) = args.next() {
+                    let id = std::str::from_utf8(id)
+                        .ok()
+                        .and_then(|id| id.parse::<u64>().ok())
+                        .filter(|&id| id > 0)
+                        .ok_or_else(|| CommandError::err("ERR Invalid client ID"))?;
+                    wanted.push(id);
+                }
+                ids = Some(wanted);
+            } else {
+                return Err(CommandError::Syntax);
             }
-            Some(_) => return Err(CommandError::Syntax),
-        };
-        args.finish()?;
+        }
         let now = now_ms();
         let mut text = String::new();
         for info in node.clients.all() {
-            if only_pubsub.is_some_and(|pubsub| pubsub != info.is_pubsub()) {
+            if only_pubsub.is_some_and(|pubsub| pubsub != info.is_pubsub())
+                || ids.as_ref().is_some_and(|ids| !ids.contains(&info.id))
+            {
                 continue;
             }
             text.push_str(&info.line(now));
@@ -479,6 +493,9 @@ pub fn client(
         }
         out.verbatim(&text);
     } else if keyword.is("KILL") {
+        if args.remaining() == 0 {
+            return Err(arity_error());
+        }
         kill(node, client, args)?.reply(out);
     } else if keyword.is("NO-EVICT") || keyword.is("NO-TOUCH") {
         let mode = args.next().ok_or_else(arity_error)?;

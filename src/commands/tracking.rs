@@ -179,13 +179,19 @@ pub fn trackinginfo(node: &Node, client: &ClientState, out: &mut ReplyWriter) {
     out.bulk(b"redirect");
     getredir(client, out);
     out.bulk(b"prefixes");
-    let prefixes = client
-        .tracking
-        .as_ref()
-        .map_or(&[][..], |m| &m.prefixes[..]);
-    out.array(prefixes.len());
-    for prefix in prefixes {
-        out.bulk(prefix);
+    match client.tracking.as_ref() {
+        // BCAST without a prefix is Redis's one empty prefix.
+        Some(mode) if mode.bcast && mode.prefixes.is_empty() => {
+            out.array(1);
+            out.bulk(b"");
+        }
+        mode => {
+            let prefixes = mode.map_or(&[][..], |m| &m.prefixes[..]);
+            out.array(prefixes.len());
+            for prefix in prefixes {
+                out.bulk(prefix);
+            }
+        }
     }
 }
 

@@ -2051,6 +2051,13 @@ pub fn tracking_bcast_prefixes_and_noloop<T: Target>() {
         ])
     );
     assert_eq!(fields[2].1, Resp::Array(vec![Resp::bulk("room:")]));
+    // BCAST without a prefix has Redis's one empty prefix.
+    let mut everything = resp3_raw(&sc);
+    everything.cmd(&["CLIENT", "TRACKING", "ON", "BCAST"]);
+    let Resp::Map(fields) = everything.cmd(&["CLIENT", "TRACKINGINFO"]) else {
+        panic!("TRACKINGINFO is a map")
+    };
+    assert_eq!(fields[2].1, Resp::Array(vec![Resp::bulk("")]));
     // Modes are worded as Redis words them.
     let mut plain = sc.raw();
     assert_eq!(
