@@ -429,6 +429,32 @@ fn config_is_the_upstreams_but_for_the_sidecars_own_parameters() {
                 .into()
         )
     );
+    // Set to the value it has, it is accepted, and the other pairs go to
+    // the upstream.
+    assert_eq!(
+        con.cmd(&[
+            "CONFIG",
+            "SET",
+            "port",
+            &port,
+            "maxmemory",
+            "12345678",
+            "timeout",
+            "0"
+        ]),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(
+        call(&mut upstream.client(), &["CONFIG", "GET", "maxmemory"]),
+        redis::Value::Array(vec![bulk("maxmemory"), bulk("12345678")])
+    );
+    assert_eq!(
+        con.cmd(&["CONFIG", "SET", "maxmemory", "1", "timeout", "7"]),
+        Resp::Error(
+            "ERR CONFIG SET failed (possibly related to argument 'timeout') - can't set immutable config"
+                .into()
+        )
+    );
     let direct = RawConn::connect(upstream.addr).cmd(&["CONFIG", "SET", "nosuch", "1"]);
     assert!(matches!(&direct, Resp::Error(_)), "{direct:?}");
     assert_eq!(con.cmd(&["CONFIG", "SET", "nosuch", "1"]), direct);

@@ -565,36 +565,10 @@ fn write_args(args: &[Arg], out: &mut ReplyWriter) {
     }
 }
 
-/// CONFIG GET (the sidecar's parameters; with an upstream, the upstream's
-/// too) and CONFIG SET (only of the upstream's, forwarded before this runs).
-pub async fn config(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
-    let sub = args.required()?;
-    if !super::args::Keyword::of(sub).is("GET") {
-        if super::args::Keyword::of(sub).is("SET") {
-            let name = args
-                .rest()
-                .first()
-                .map(|n| String::from_utf8_lossy(n).into_owned())
-                .unwrap_or_default();
-            return Err(CommandError::err(match node.proxy {
-                Some(_) => format!(
-                    "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config"
-                ),
-                None => "ERR CONFIG SET is not supported: the configuration is read-only".into(),
-            }));
-        }
-        return Err(CommandError::err(format!(
-            "ERR unknown subcommand '{}'. Try CONFIG HELP.",
-            String::from_utf8_lossy(sub)
-        )));
-    }
-    if args.is_empty() {
-        return Err(CommandError::err(
-            "ERR wrong number of arguments for 'config|get' command",
-        ));
-    }
+/// The sidecar's parameters as CONFIG GET shows them.
+fn params(node: &Node) -> Vec<(&'static str, String)> {
     let c = &node.config;
-    let params: Vec<(&str, String)> = vec![
+    vec![
         ("bind", node.listen_addr.ip().to_string()),
         ("port", node.listen_addr.port().to_string()),
         ("maxclients", c.maxclients.to_string()),
@@ -624,7 +598,31 @@ pub async fn config(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>)
         ("max-name-len", c.max_name_len.to_string()),
         ("max-value-len", c.max_value_len.to_string()),
         ("max-attrs", c.max_attrs.to_string()),
-    ];
+    ]
+}
+
+/// CONFIG GET (the sidecar's parameters; with an upstream, the upstream's
+/// too) and CONFIG SET. The sidecar's own parameters are fixed at start:
+/// setting one to the value it has is accepted (as redis-server accepts it),
+/// to another refused; with an upstream, the pairs that are not the
+/// sidecar's go to the upstream, whose reply is the client's.
+pub async fn config(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
+    let sub = args.required()?;
+    if super::args::Keyword::of(sub).is("SET") {
+        return config_set(node, args.rest(), out).await;
+    }
+    if !super::args::Keyword::of(sub).is("GET") {
+        return Err(CommandError::err(format!(
+            "ERR unknown subcommand '{}'. Try CONFIG HELP.",
+            String::from_utf8_lossy(sub)
+        )));
+    }
+    if args.is_empty() {
+        return Err(CommandError::err(
+            "ERR wrong number of arguments for 'config|get' command",
+        ));
+    }
+    let params = params(node);
     let asked = args.rest();
     let patterns: Vec<Vec<u8>> = asked.iter().map(|p| p.to_ascii_lowercase()).collect();
     let mut matching: Vec<(String, String)> = params
@@ -648,6 +646,47 @@ pub async fn config(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>)
     for (name, value) in matching {
         out.bulk(name.as_bytes());
         out.bulk(value.as_bytes());
+    }
+    Ok(())
+}
+
+/// CONFIG SET name value [name value ...].
+async fn config_set(
+    node: &Node,
+    pairs: &[bytes::Bytes],
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
+    if pairs.is_empty() || !pairs.len().is_multiple_of(2) {
+        return Err(CommandError::err(
+            "ERR wrong number of arguments for 'config|set' command",
+        ));
+    }
+    let own = params(node);
+    let mut forwarded: Vec<&[u8]> = vec![b"CONFIG", b"SET"];
+    for pair in pairs.chunks_exact(2) {
+        let name = String::from_utf8_lossy(&pair[0]).to_ascii_lowercase();
+        if !crate::config::OWN_PARAMETERS.contains(&name.as_str()) {
+            forwarded.extend([&pair[0][..], &pair[1][..]]);
+            continue;
+        }
+        let current = own
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_bytes());
+        if current != Some(&pair[1][..]) {
+            return Err(CommandError::err(format!(
+                "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config"
+            )));
+        }
+    }
+    match &node.proxy {
+        _ if forwarded.len() == 2 => out.ok(),
+        Some(proxy) => out.raw(&proxy.ask(out.protocol(), &forwarded).await),
+        None => {
+            return Err(CommandError::err(
+                "ERR CONFIG SET is not supported: the configuration is read-only",
+            ));
+        }
     }
     Ok(())
 }
