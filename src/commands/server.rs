@@ -224,7 +224,7 @@ fn write_section(node: &Node, section: &str, sessions_total: i64, text: &mut Str
             field("sessions_deleted", &m.load(&stats.deleted));
             field("sessions_expired", &m.load(&stats.expired));
             field("sessions_evicted", &m.load(&stats.evicted));
-            field("tracking_total_keys", &node.tracking.tracked_sessions());
+            field("tracking_total_sessions", &node.tracking.tracked_sessions());
             field("default_ttl_ms", &sessions.default_ttl_ms());
         }
         "upstream" => {
@@ -290,6 +290,11 @@ fn write_section(node: &Node, section: &str, sessions_total: i64, text: &mut Str
             field("expired_keys", &m.load(&stats.expired));
             field("pubsub_channels", &node.pubsub.channel_count());
             field("pubsub_patterns", &node.pubsub.pattern_count());
+            // Standalone the sessions are the keys; with an upstream this is
+            // the upstream's count of tracked keys (merged in).
+            if node.proxy.is_none() {
+                field("tracking_total_keys", &node.tracking.tracked_sessions());
+            }
         }
         "memory" => {
             field("used_memory", &sessions.memory());
