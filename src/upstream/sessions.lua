@@ -212,13 +212,12 @@ end
 -- `evict` intents otherwise.
 local function user_add(user, id, deadline, max_per_user, created)
   local index = ukey(user)
-  if redis.call('ZSCORE', index, id) == false then
-    -- Scores order the index by creation: ms * 4096, plus one per session
-    -- already there from the same ms (exact in a double until the year 2500).
-    local order = created * 4096
-    while redis.call('ZCOUNT', index, order, order) > 0 do order = order + 1 end
-    redis.call('ZADD', index, order, id)
-  end
+  -- Scores order the index by creation: ms * 4096, plus one per session
+  -- already there from the same ms (exact in a double until the year 2500).
+  -- NX: a session already there keeps its place.
+  local order = created * 4096
+  while redis.call('ZCOUNT', index, order, order) > 0 do order = order + 1 end
+  redis.call('ZADD', index, 'NX', order, id)
   -- A new user's index has no expiry yet; an existing one's only grows.
   if redis.call('PEXPIREAT', index, deadline, 'NX') == 0 then
     redis.call('PEXPIREAT', index, deadline, 'GT')
@@ -259,8 +258,7 @@ end
 -- The conn's pointer (in this shard) now names `id`. A previous holder
 -- loses the conn: here if it is this shard's session, else by an intent.
 local function point(conn, id, deadline, repair_at)
-  local previous = redis.call('GET', ckey(conn))
-  redis.call('SET', ckey(conn), id, 'PXAT', deadline)
+  local previous = redis.call('SET', ckey(conn), id, 'PXAT', deadline, 'GET')
   if previous and previous ~= id then
     if redis.call('EXISTS', skey(previous)) == 1 then
       lose_conn(previous, load(previous), conn)
