@@ -148,6 +148,16 @@ fn json_optional<B: bytes::BufMut>(out: &mut B, value: Option<&[u8]>) {
 /// `bytes` as a JSON string: invalid UTF-8 becomes U+FFFD, and `"`, `\\` and
 /// control characters are escaped as serde_json escapes them.
 fn json_string<B: bytes::BufMut>(out: &mut B, bytes: &[u8]) {
+    // Most names and values are plain ASCII with nothing to escape: copied.
+    if bytes
+        .iter()
+        .all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.put_u8(b'"');
+        out.put_slice(bytes);
+        out.put_u8(b'"');
+        return;
+    }
     let text = lossy_text(bytes);
     let text = text.as_bytes();
     out.put_u8(b'"');
