@@ -657,6 +657,17 @@ fn client_reply_off_and_skip_suppress_replies() {
         con.try_read_reply(Duration::from_millis(200)),
         Err(ReadEnd::Timeout)
     ));
+    // Subscription confirmations are sent all the same, as Redis sends them.
+    con.send_cmd(&["CLIENT", "REPLY", "OFF"]);
+    con.send_cmd(&["SUBSCRIBE", "quiet-channel"]);
+    assert_eq!(
+        con.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("subscribe"),
+            Resp::bulk("quiet-channel"),
+            Resp::Int(1)
+        ])
+    );
 }
 
 /// Standalone no command blocks: CLIENT UNBLOCK unblocks nobody.

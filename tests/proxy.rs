@@ -1964,6 +1964,27 @@ fn client_reply_off_and_skip_cover_forwarded_commands() {
         con.try_read_reply(Duration::from_millis(200)),
         Err(ReadEnd::Timeout)
     ));
+    // Subscription confirmations and messages are sent all the same, as
+    // Redis sends them.
+    con.send_cmd(&["CLIENT", "REPLY", "OFF"]);
+    con.send_cmd(&["SUBSCRIBE", "quiet-channel"]);
+    assert_eq!(
+        con.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("subscribe"),
+            Resp::bulk("quiet-channel"),
+            Resp::Int(1)
+        ])
+    );
+    call(&mut sidecar.client(), &["PUBLISH", "quiet-channel", "hi"]);
+    assert_eq!(
+        con.read_reply(),
+        Resp::Array(vec![
+            Resp::bulk("message"),
+            Resp::bulk("quiet-channel"),
+            Resp::bulk("hi")
+        ])
+    );
 }
 
 /// An invalidation a transaction causes comes after EXEC's reply, as Redis

@@ -249,9 +249,27 @@ impl ClientState {
         self.info.id
     }
 
-    /// Whether the reply of the command that just ran is not to be sent
-    /// (CLIENT REPLY), moving SKIP on to the next command.
-    pub fn take_reply_suppressed(&mut self) -> bool {
+    /// Whether the reply of `argv`, which just ran, is not to be sent
+    /// (CLIENT REPLY), moving SKIP on to the next command. Subscription
+    /// confirmations are sent whatever the mode, as Redis sends them.
+    pub fn take_reply_suppressed(&mut self, argv: &[Bytes]) -> bool {
+        let suppressed = self.reply_suppressed();
+        let confirms = argv.first().is_some_and(|name| {
+            [
+                &b"subscribe"[..],
+                b"psubscribe",
+                b"ssubscribe",
+                b"unsubscribe",
+                b"punsubscribe",
+                b"sunsubscribe",
+            ]
+            .iter()
+            .any(|c| name.eq_ignore_ascii_case(c))
+        });
+        suppressed && !confirms
+    }
+
+    fn reply_suppressed(&mut self) -> bool {
         match self.reply {
             ReplyMode::On => false,
             ReplyMode::Off => true,

@@ -222,7 +222,7 @@ async fn run_buffered(
                                 .proxy
                                 .forward_settled(proxy, protocol, lane, sent, output)
                                 .await?;
-                            if client.take_reply_suppressed() {
+                            if client.take_reply_suppressed(argv) {
                                 output.truncate(before);
                             }
                         }
@@ -241,7 +241,7 @@ async fn run_buffered(
                 let mut out = ReplyWriter::new(output, client.protocol);
                 execute(node, client, argv, &mut out).await;
                 // CLIENT REPLY OFF or SKIP: the reply is not sent.
-                if client.take_reply_suppressed() {
+                if client.take_reply_suppressed(argv) {
                     output.truncate(before);
                 }
                 if client.close {
