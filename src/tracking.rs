@@ -163,6 +163,18 @@ impl Tracking {
         }
     }
 
+    /// Everything changed, and the tracking clients are told by someone
+    /// else (the upstream, of its FLUSHALL): what they read is forgotten, as
+    /// after an invalidation.
+    pub fn forget_all_reads(&self) {
+        if !self.any() {
+            return;
+        }
+        let mut inner = self.lock();
+        inner.readers.clear();
+        inner.read_by.clear();
+    }
+
     /// Everything may have changed (the upstream link dropped): every
     /// tracking client is told to flush all it cached.
     pub fn invalidate_all(&self) {

@@ -2015,6 +2015,9 @@ fn invalidations_follow_the_exec_reply() {
         }
         con.cmd(&["GET", "a{t}"]);
     }
+    // A session read too: FLUSHDB's one flush-everything covers it.
+    call(&mut sidecar.client(), &["SESSION.CREATE", "ID", "flushed"]);
+    con.cmd(&["SESSION.GET", "flushed"]);
     con.cmd(&["MULTI"]);
     con.cmd(&["FLUSHDB"]);
     assert_eq!(
@@ -2024,5 +2027,12 @@ fn invalidations_follow_the_exec_reply() {
     assert_eq!(
         con.read_reply(),
         Resp::Push(vec![Resp::bulk("invalidate"), Resp::Null])
+    );
+    assert!(
+        matches!(
+            con.try_read_reply(Duration::from_millis(300)),
+            Err(ReadEnd::Timeout)
+        ),
+        "one flush, one flush-everything"
     );
 }

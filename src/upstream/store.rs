@@ -1964,8 +1964,17 @@ impl PushHandler for Coherence {
                 }
             }
             None => {
+                // FLUSHDB or FLUSHALL upstream. On one server, the upstream
+                // tells every tracking client itself (their CLIENT TRACKING
+                // was forwarded to it): a second flush-everything from here
+                // would be one too many. A cluster's flush is one master's,
+                // which a client tracking on another does not hear of.
                 self.store.cache.flush(true);
-                self.store.tracking.invalidate_all();
+                if self.store.upstream.masters().len() == 1 {
+                    self.store.tracking.forget_all_reads();
+                } else {
+                    self.store.tracking.invalidate_all();
+                }
             }
         }
     }
