@@ -521,6 +521,10 @@ fn client_kill_closes_clients_by_address_or_filters() {
         admin.cmd(&["CLIENT", "KILL"]),
         Resp::Error("ERR wrong number of arguments for 'client|kill' command".into())
     );
+    assert_eq!(
+        admin.cmd(&["CLIENT", "KILL", "USER", "nobody"]),
+        Resp::Error("ERR No such user 'nobody'".into())
+    );
     // By id, on whichever event loop the client is.
     let mut by_id = sc.raw();
     let id = id_of(&mut by_id).to_string();

@@ -290,6 +290,13 @@ fn kill(node: &Node, client: &ClientState, args: &mut Args) -> Result<Killed, Co
         } else if filter.is("LADDR") {
             laddr = Some(value);
         } else if filter.is("USER") {
+            // The sidecar has one user, `default`, as a Redis without ACLs.
+            if value != b"default" {
+                return Err(CommandError::err(format!(
+                    "ERR No such user '{}'",
+                    String::from_utf8_lossy(value)
+                )));
+            }
             user = Some(value);
         } else if filter.is("SKIPME") {
             let answer = super::args::Keyword::of(value);
