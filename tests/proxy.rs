@@ -455,6 +455,35 @@ fn config_is_the_upstreams_but_for_the_sidecars_own_parameters() {
                 .into()
         )
     );
+    // Nothing of a refused CONFIG SET stays applied upstream.
+    let maxmemory = || call(&mut upstream.client(), &["CONFIG", "GET", "maxmemory"]);
+    assert_eq!(
+        maxmemory(),
+        redis::Value::Array(vec![bulk("maxmemory"), bulk("12345678")])
+    );
+    // The upstream checks its pairs first; its error names its argument.
+    let Resp::Error(error) = con.cmd(&[
+        "CONFIG",
+        "SET",
+        "maxmemory",
+        "10000001",
+        "maxmemory-clients",
+        "200%",
+        "client-query-buffer-limit",
+        "invalid",
+    ]) else {
+        panic!("an invalid CONFIG SET was applied")
+    };
+    assert!(error.contains("'maxmemory-clients'"), "{error}");
+    assert_eq!(
+        maxmemory(),
+        redis::Value::Array(vec![bulk("maxmemory"), bulk("12345678")])
+    );
+    // A size written with its unit is the same value.
+    assert_eq!(
+        con.cmd(&["CONFIG", "SET", "client-query-buffer-limit", "1gb"]),
+        Resp::Simple("OK".into())
+    );
     let direct = RawConn::connect(upstream.addr).cmd(&["CONFIG", "SET", "nosuch", "1"]);
     assert!(matches!(&direct, Resp::Error(_)), "{direct:?}");
     assert_eq!(con.cmd(&["CONFIG", "SET", "nosuch", "1"]), direct);

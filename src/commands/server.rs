@@ -655,7 +655,11 @@ pub async fn config(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>)
     Ok(())
 }
 
-/// CONFIG SET name value [name value ...].
+/// CONFIG SET name value [name value ...]. As Redis checks every pair
+/// before it applies any: with an upstream, its pairs are checked (set) by
+/// the upstream first, whose error, naming its argument, is the client's;
+/// when one of the sidecar's own parameters cannot change, the upstream's
+/// pairs are then put back as they were.
 async fn config_set(
     node: &Node,
     pairs: &[bytes::Bytes],
@@ -667,33 +671,107 @@ async fn config_set(
         ));
     }
     let own = params(node);
-    let mut forwarded: Vec<&[u8]> = vec![b"CONFIG", b"SET"];
+    let mut theirs: Vec<&[u8]> = Vec::new();
+    let mut refused: Option<String> = None;
     for pair in pairs.chunks_exact(2) {
         let name = String::from_utf8_lossy(&pair[0]).to_ascii_lowercase();
         if !crate::config::OWN_PARAMETERS.contains(&name.as_str()) {
-            forwarded.extend([&pair[0][..], &pair[1][..]]);
+            theirs.extend([&pair[0][..], &pair[1][..]]);
             continue;
         }
         let current = own
             .iter()
             .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_bytes());
-        if current != Some(&pair[1][..]) {
-            return Err(CommandError::err(format!(
-                "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config"
-            )));
+            .map(|(_, v)| v.as_str());
+        if !current.is_some_and(|current| same_value(current, &pair[1])) && refused.is_none() {
+            refused = Some(name);
         }
     }
-    match &node.proxy {
-        _ if forwarded.len() == 2 => out.ok(),
-        Some(proxy) => out.raw(&proxy.ask(out.protocol(), &forwarded).await),
-        None => {
-            return Err(CommandError::err(
+    let immutable = |name: &str| {
+        CommandError::err(format!(
+            "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config"
+        ))
+    };
+    let Some(proxy) = &node.proxy else {
+        return match refused {
+            Some(name) => Err(immutable(&name)),
+            None if theirs.is_empty() => {
+                out.ok();
+                Ok(())
+            }
+            None => Err(CommandError::err(
                 "ERR CONFIG SET is not supported: the configuration is read-only",
-            ));
-        }
+            )),
+        };
+    };
+    if theirs.is_empty() {
+        return match refused {
+            Some(name) => Err(immutable(&name)),
+            None => {
+                out.ok();
+                Ok(())
+            }
+        };
     }
-    Ok(())
+    let names: Vec<bytes::Bytes> = theirs
+        .iter()
+        .step_by(2)
+        .map(|n| bytes::Bytes::copy_from_slice(n))
+        .collect();
+    let before = match refused {
+        Some(_) => proxy.config_get(&names).await.ok(),
+        None => None,
+    };
+    let mut set: Vec<&[u8]> = vec![b"CONFIG", b"SET"];
+    set.extend(&theirs);
+    let reply = proxy.ask(out.protocol(), &set).await;
+    let Some(name) = refused else {
+        out.raw(&reply);
+        return Ok(());
+    };
+    if reply.first() == Some(&b'-') {
+        out.raw(&reply);
+        return Ok(());
+    }
+    // Applied upstream, refused here: the upstream's values go back.
+    if let Some(before) = before {
+        let mut restore: Vec<&[u8]> = vec![b"CONFIG", b"SET"];
+        for (name, value) in &before {
+            restore.extend([name.as_bytes(), value.as_bytes()]);
+        }
+        let _ = proxy.ask(out.protocol(), &restore).await;
+    }
+    Err(immutable(&name))
+}
+
+/// Whether CONFIG SET's `given` is the value a parameter has: the same
+/// text (case aside), or the same number of bytes (`1gb` is 1073741824).
+fn same_value(current: &str, given: &[u8]) -> bool {
+    let given = String::from_utf8_lossy(given);
+    if current.eq_ignore_ascii_case(&given) {
+        return true;
+    }
+    match (memory_bytes(current), memory_bytes(&given)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// A Redis memory amount (`100`, `64k`, `64kb`, `1gb`, ...) in bytes.
+fn memory_bytes(text: &str) -> Option<u64> {
+    let text = text.to_ascii_lowercase();
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = match &text[digits.len()..] {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(unit)
 }
 
 /// TIME: seconds and microseconds.
