@@ -298,6 +298,9 @@ fn client_subcommands() {
     assert!(info.contains("lib-name=my-lib"), "{info}");
     assert!(info.contains("lib-ver=1.2.3"), "{info}");
     assert!(info.contains("addr=127.0.0.1:"), "{info}");
+    // Redis's fields, the running subcommand named as Redis names it.
+    assert!(info.contains(" rbs=0 rbp=0 "), "{info}");
+    assert!(info.contains(" cmd=client|info "), "{info}");
 
     let list = text(&call(&mut b, &["CLIENT", "LIST"]));
     let lines: Vec<&str> = list.lines().filter(|l| !l.is_empty()).collect();

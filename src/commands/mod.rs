@@ -97,8 +97,7 @@ pub async fn execute(
     let info = &client.info;
     info.last_command_ms
         .store(crate::store::now_ms(), Ordering::Relaxed);
-    info.last_command
-        .store(spec.cmd as usize, Ordering::Relaxed);
+    info.note_command(spec.cmd, argv);
 
     if let Err(refusal) = admit(node, client, spec, argv) {
         client.flag_transaction();

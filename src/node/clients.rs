@@ -35,11 +35,78 @@ pub struct ClientInfo {
     /// The upstream's id for the client's pinned connection (-1: none).
     pub upstream_id: std::sync::atomic::AtomicI64,
     /// The last command, as its [`Cmd`] number (`usize::MAX`: none yet), for
-    /// CLIENT LIST's `cmd=`.
+    /// CLIENT LIST's `cmd=`; [`ClientInfo::note_command`] writes it.
     pub last_command: AtomicUsize,
 }
 
+/// The subcommands CLIENT LIST names as Redis does (`cmd=client|list`), of
+/// the containers the sidecar answers (CLIENT, CONFIG, CLUSTER).
+const SUBCOMMANDS: &[&str] = &[
+    "caching",
+    "get",
+    "getname",
+    "getredir",
+    "help",
+    "id",
+    "info",
+    "keyslot",
+    "kill",
+    "list",
+    "myid",
+    "no-evict",
+    "no-touch",
+    "nodes",
+    "pause",
+    "reply",
+    "resetstat",
+    "rewrite",
+    "set",
+    "setinfo",
+    "setname",
+    "shards",
+    "slots",
+    "tracking",
+    "trackinginfo",
+    "unblock",
+    "unpause",
+];
+
 impl ClientInfo {
+    /// Records `cmd` (with `argv[1]`, a container's subcommand) as the last
+    /// command, for CLIENT LIST.
+    pub fn note_command(&self, cmd: crate::protocol::command_table::Cmd, argv: &[Bytes]) {
+        use crate::protocol::command_table::Cmd;
+        let sub = match cmd {
+            Cmd::Client | Cmd::Config | Cmd::Cluster => argv.get(1).and_then(|sub| {
+                SUBCOMMANDS
+                    .iter()
+                    .position(|known| sub.eq_ignore_ascii_case(known.as_bytes()))
+            }),
+            _ => None,
+        };
+        let encoded = cmd as usize | sub.map_or(0, |i| (i + 1) << 16);
+        self.last_command.store(encoded, Ordering::Relaxed);
+    }
+
+    /// `client|list` for CLIENT LIST, as recorded by `note_command`.
+    fn last_command_name(&self) -> String {
+        let encoded = self.last_command.load(Ordering::Relaxed);
+        if encoded == usize::MAX {
+            return "NULL".into();
+        }
+        let name = COMMANDS
+            .iter()
+            .find(|c| c.cmd as usize == encoded & 0xffff)
+            .map_or("NULL", |c| c.name);
+        match (encoded >> 16)
+            .checked_sub(1)
+            .and_then(|i| SUBCOMMANDS.get(i))
+        {
+            Some(sub) => format!("{name}|{sub}"),
+            None => name.to_string(),
+        }
+    }
+
     /// Whether the client holds subscriptions.
     pub fn is_pubsub(&self) -> bool {
         self.subscriptions.load(Ordering::Relaxed)
@@ -66,17 +133,14 @@ impl ClientInfo {
             "N"
         };
         format!(
-            "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={flags} db=0 sub={subscriptions} psub={patterns} ssub={shard} multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={flags} db=0 sub={subscriptions} psub={patterns} ssub={shard} multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
             self.addr,
             self.local_addr,
             String::from_utf8_lossy(&name),
             now.saturating_sub(self.created_ms) / 1000,
             now.saturating_sub(self.last_command_ms.load(Ordering::Relaxed)) / 1000,
-            COMMANDS
-                .iter()
-                .find(|c| c.cmd as usize == self.last_command.load(Ordering::Relaxed))
-                .map_or("NULL", |c| c.name),
+            self.last_command_name(),
             self.protocol.load(Ordering::Relaxed),
             String::from_utf8_lossy(lib_name.as_deref().unwrap_or_default()),
             String::from_utf8_lossy(lib_ver.as_deref().unwrap_or_default()),
