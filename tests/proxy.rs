@@ -2065,3 +2065,23 @@ fn invalidations_follow_the_exec_reply() {
         "one flush, one flush-everything"
     );
 }
+
+/// With an upstream, REDIRECT names a client with a connection of its own
+/// to the upstream (a subscriber); one without is refused by the upstream,
+/// and the sidecar then tracks nothing for the client either.
+#[test]
+fn a_refused_redirect_leaves_tracking_off() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut target = sidecar.raw();
+    let Resp::Int(id) = target.cmd(&["CLIENT", "ID"]) else {
+        panic!("CLIENT ID is an integer")
+    };
+    let mut tracker = sidecar.raw();
+    hello3(&mut tracker);
+    assert_eq!(
+        tracker.cmd(&["CLIENT", "TRACKING", "ON", "REDIRECT", &id.to_string()]),
+        Resp::Error("ERR The client ID you want redirect to does not exist".into())
+    );
+    assert_eq!(tracker.cmd(&["CLIENT", "GETREDIR"]), Resp::Int(-1));
+}

@@ -268,6 +268,16 @@ pub fn upstream_redirect(node: &Node, argv: &[Bytes]) -> Option<Vec<Bytes>> {
     Some(sent)
 }
 
+/// Whether [`upstream_redirect`] made `sent` a CLIENT TRACKING ... REDIRECT
+/// to an id no upstream client has: the upstream refuses it, so the sidecar
+/// does not track for the client either.
+pub fn redirects_nowhere(sent: &[Bytes]) -> bool {
+    let nowhere = i64::MAX.to_string();
+    sent.get(1)
+        .is_some_and(|sub| sub.eq_ignore_ascii_case(b"tracking"))
+        && sent.iter().any(|arg| arg[..] == *nowhere.as_bytes())
+}
+
 /// With an upstream, a forwarded command that also changes what the
 /// sidecar tracks for the client (CLIENT TRACKING, CACHING).
 pub fn note_forwarded(node: &Node, client: &mut ClientState, argv: &[Bytes]) {

@@ -229,7 +229,12 @@ async fn run_buffered(
                         if client.proxy.is_pinned() {
                             client.sync_subscription_counts();
                         }
-                        crate::commands::note_forwarded(node, client, argv);
+                        if !redirected
+                            .as_deref()
+                            .is_some_and(crate::commands::redirects_nowhere)
+                        {
+                            crate::commands::note_forwarded(node, client, argv);
+                        }
                         continue;
                     }
                     client
