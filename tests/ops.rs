@@ -755,3 +755,58 @@ fn the_kubernetes_example_is_a_native_sidecar_with_its_guards() {
     let manifest = format!("{}/docker/k8s/deployment.yaml", env!("CARGO_MANIFEST_DIR"));
     run_python("k8s_manifest.py", &[&manifest]);
 }
+
+/// The buckets of one series of a histogram in /metrics: (le, count).
+fn histogram_buckets(body: &str, name: &str, labels: &str) -> Vec<(String, f64)> {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket{{")) && l.contains(labels))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?.to_string();
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Latency histograms an operator graphs: commands by family, the
+/// upstream's calls, the passthrough's queueing and round trips; each one a
+/// well-formed Prometheus histogram (cumulative buckets, +Inf = count).
+#[test]
+fn latency_histograms_are_exported() {
+    let upstream = RedisServer::start(&[]);
+    let sc = Sidecar::start(&["--upstream", &upstream.url()]);
+    sc.wait_upstream_up();
+    let mut c = sc.client();
+    call(&mut c, &["SESSION.CREATE", "ID", "timed"]);
+    call(&mut c, &["SESSION.GET", "timed"]);
+    call(&mut c, &["SET", "plain", "1"]);
+    let (_, _, body) = sc.http_get("/metrics");
+    for (name, labels) in [
+        (
+            "session_sidecar_command_duration_seconds",
+            "family=\"session_write\"",
+        ),
+        (
+            "session_sidecar_command_duration_seconds",
+            "family=\"session_read\"",
+        ),
+        ("session_sidecar_upstream_call_duration_seconds", ""),
+        ("session_sidecar_proxy_queue_seconds", ""),
+        ("session_sidecar_proxy_upstream_seconds", ""),
+    ] {
+        let buckets = histogram_buckets(&body, name, labels);
+        assert!(buckets.len() > 10, "{name} {labels}: {buckets:?}");
+        assert!(
+            buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{name} {labels} is not cumulative: {buckets:?}"
+        );
+        let (le, total) = buckets.last().unwrap();
+        assert_eq!(le, "+Inf");
+        assert!(*total >= 1.0, "{name} {labels} observed nothing");
+        let count = body
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}_count")) && l.contains(labels))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        assert_eq!(count, Some(*total), "{name} {labels}");
+    }
+    assert!(body.contains("session_sidecar_handoff_duration_seconds_count{kind=\"drain\"} 0"));
+}

@@ -65,6 +65,21 @@ impl From<StoreError> for CommandError {
 
 pub type CommandResult = Result<(), CommandError>;
 
+/// Records a command's latency when it is done, whichever way it returns.
+struct Timed<'a> {
+    node: &'a Node,
+    cmd: Cmd,
+    started: std::time::Instant,
+}
+
+impl Drop for Timed<'_> {
+    fn drop(&mut self) {
+        self.node
+            .metrics
+            .command_took(self.cmd, self.started.elapsed());
+    }
+}
+
 /// Runs one request and writes its reply. Inside MULTI, a command is
 /// checked and queued instead (`transaction.rs`).
 pub async fn execute(
@@ -94,6 +109,11 @@ pub async fn execute(
         return;
     };
     node.metrics.command(spec.cmd);
+    let _timed = Timed {
+        node,
+        cmd: spec.cmd,
+        started: std::time::Instant::now(),
+    };
     let info = &client.info;
     info.last_command_ms
         .store(crate::store::now_ms(), Ordering::Relaxed);

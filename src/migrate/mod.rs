@@ -94,6 +94,10 @@ pub struct Migration {
     pub sessions_in: AtomicU64,
     pub last_ms: AtomicU64,
     pub last_moved: AtomicU64,
+    /// How long each SESSION.MIGRATE took.
+    pub migrate_duration: crate::metrics::Histogram,
+    /// How long each drain (SESSION.DRAIN, SIGTERM) took.
+    pub drain_duration: crate::metrics::Histogram,
 }
 
 impl Migration {
@@ -108,6 +112,8 @@ impl Migration {
             sessions_in: AtomicU64::new(0),
             last_ms: AtomicU64::new(0),
             last_moved: AtomicU64::new(0),
+            migrate_duration: Default::default(),
+            drain_duration: Default::default(),
         }
     }
 
@@ -306,7 +312,9 @@ pub async fn migrate(
         .map_err(|e| e.message())?;
     ids.sort_unstable();
     ids.dedup();
-    migrate_ids(migration, target, ids, started, None).await
+    let outcome = migrate_ids(migration, target, ids, started, None).await;
+    migration.migrate_duration.observe(started.elapsed());
+    outcome
 }
 
 /// Moves `ids` to `target`; no batch starts after `deadline` (a batch in
@@ -607,6 +615,7 @@ pub async fn drain(
         }
     };
     let result = work.await;
+    migration.drain_duration.observe(started.elapsed());
     match &result {
         Ok(moved) => tracing::info!(moved, ms = started.elapsed().as_millis() as u64, "drained"),
         Err(error) => tracing::warn!(%error, "drain incomplete"),

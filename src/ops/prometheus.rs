@@ -1,8 +1,18 @@
 //! The `/metrics` page: every handle of the node rendered in Prometheus's
-//! text format.
+//! text format. The latency histograms are encoded by `prometheus-client`
+//! from snapshots of the node's atomic histograms ([`crate::metrics`]), so
+//! that observing one never takes a lock.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use prometheus_client::encoding::text::encode_registry;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::registry::Registry;
+
+use crate::metrics::{Family, HistogramSnapshot};
 use crate::node::Node;
 use crate::protocol::command_table::COMMANDS;
 use crate::store::now_ms;
@@ -363,5 +373,90 @@ pub fn render(node: &Node) -> String {
             spec.name
         );
     }
+    histograms(node, &mut out);
     out
+}
+
+/// One histogram metric: its series, each a label set and a snapshot.
+#[derive(Debug)]
+struct Series(Vec<(Vec<(&'static str, &'static str)>, HistogramSnapshot)>);
+
+impl EncodeMetric for Series {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let no_exemplars: Option<&HashMap<usize, Exemplar<NoLabelSet, f64>>> = None;
+        for (labels, snapshot) in &self.0 {
+            let (sum, count, buckets) = (snapshot.sum, snapshot.count, &snapshot.buckets);
+            if labels.is_empty() {
+                encoder.encode_histogram(sum, count, buckets, no_exemplars)?;
+            } else {
+                encoder.encode_family(labels)?.encode_histogram(
+                    sum,
+                    count,
+                    buckets,
+                    no_exemplars,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// The latency histograms, appended to `out`.
+fn histograms(node: &Node, out: &mut String) {
+    let mut registry = Registry::with_prefix("session_sidecar");
+    let m = &node.metrics;
+    registry.register(
+        "command_duration_seconds",
+        "Time to answer a command the sidecar answers itself, by command family",
+        Series(
+            Family::ALL
+                .iter()
+                .map(|f| {
+                    let labels = vec![("family", f.label())];
+                    (labels, m.command_latency[*f as usize].snapshot())
+                })
+                .collect(),
+        ),
+    );
+    let migration = &node.migration;
+    registry.register(
+        "handoff_duration_seconds",
+        "Time a SESSION.MIGRATE or a drain (SESSION.DRAIN, SIGTERM) took, whole",
+        Series(vec![
+            (
+                vec![("kind", "migrate")],
+                migration.migrate_duration.snapshot(),
+            ),
+            (vec![("kind", "drain")], migration.drain_duration.snapshot()),
+        ]),
+    );
+    if let Some(store) = node.upstream() {
+        registry.register(
+            "upstream_call_duration_seconds",
+            "Time of each call to the upstream for sessions (a command, a script call or a pipeline)",
+            Series(vec![(vec![], store.upstream.stats.latency.snapshot())]),
+        );
+        registry.register(
+            "expiry_lag_seconds",
+            "Time from a session's expiry to its removal by a sweep",
+            Series(vec![(vec![], store.stats.expiry_lag.snapshot())]),
+        );
+    }
+    if let Some(proxy) = &node.proxy {
+        registry.register(
+            "proxy_queue_seconds",
+            "Time a forwarded request waits in its pool for the batch before it: the latency the passthrough adds",
+            Series(vec![(vec![], proxy.stats.queue_latency.snapshot())]),
+        );
+        registry.register(
+            "proxy_upstream_seconds",
+            "Time from a pooled batch's write to its last reply: the upstream's part of a forwarded command's latency",
+            Series(vec![(vec![], proxy.stats.upstream_latency.snapshot())]),
+        );
+    }
+    let _ = encode_registry(out, &registry);
 }

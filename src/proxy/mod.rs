@@ -75,6 +75,11 @@ pub struct ProxyStats {
     pub unavailable: Counter,
     /// MOVED and ASK redirections followed.
     pub redirections: Counter,
+    /// How long a forwarded request waited in its pool for the batch before
+    /// it to be answered: the latency the passthrough adds to the upstream's.
+    pub queue_latency: crate::metrics::Histogram,
+    /// From a pooled batch's write to its last reply: the upstream's part.
+    pub upstream_latency: crate::metrics::Histogram,
 }
 
 /// The passthrough to the upstream: its pools and how to pin connections.

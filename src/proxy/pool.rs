@@ -193,6 +193,8 @@ struct InFlight {
     written: bool,
     /// The last request of a write.
     ends_write: bool,
+    /// When it came to the pool.
+    queued_at: Instant,
 }
 
 /// One pooled connection's task: connect when needed, batch, match replies.
@@ -218,6 +220,8 @@ async fn serve(
     // once the next batch is written: the upstream works on that batch while
     // the replies are written to the clients.
     let mut answered: Vec<(Delivery, Bytes)> = Vec::new();
+    // When each unanswered write went out, oldest first.
+    let mut written_at: VecDeque<Instant> = VecDeque::new();
     loop {
         let stalled = async {
             match settings.reply_timeout {
@@ -253,6 +257,7 @@ async fn serve(
                             connection = Some(fresh);
                             scanner.reset();
                             unanswered_writes = 0;
+                written_at.clear();
                             failed_at = None;
                         }
                         Err(reason) => {
@@ -272,11 +277,15 @@ async fn serve(
                         Ok(writes) => {
                             unanswered_writes -= writes;
                             progress = Instant::now();
+                            for at in written_at.drain(..writes.min(written_at.len())) {
+                                settings.stats.upstream_latency.observe(progress - at);
+                            }
                         }
                         Err(()) => {
                             tracing::warn!(upstream = %endpoint.addr, "upstream sent something that is not RESP; reconnecting");
                             connection = None;
                             unanswered_writes = 0;
+                written_at.clear();
                             batch.clear();
                             deliver(&mut answered);
                             fail_in_flight(&mut in_flight);
@@ -288,6 +297,7 @@ async fn serve(
                         // watched again (the next request reconnects).
                         connection = None;
                         unanswered_writes = 0;
+                written_at.clear();
                         batch.clear();
                         fail_in_flight(&mut in_flight);
                     }
@@ -297,6 +307,7 @@ async fn serve(
                 tracing::warn!(upstream = %endpoint.addr, "upstream sent no reply in time; replacing the pooled connection");
                 connection = None;
                 unanswered_writes = 0;
+                written_at.clear();
                 batch.clear();
                 fail_in_flight(&mut in_flight);
             }
@@ -319,12 +330,19 @@ async fn serve(
             if batch.is_empty() {
                 break 'write;
             }
+            let now = Instant::now();
             for request in in_flight.iter_mut().rev() {
                 if request.written {
                     break;
                 }
                 request.written = true;
+                // How long it waited here for the batch before it.
+                settings
+                    .stats
+                    .queue_latency
+                    .observe(now - request.queued_at);
             }
+            written_at.push_back(now);
             if let Some(last) = in_flight.back_mut() {
                 last.ends_write = true;
             }
@@ -359,6 +377,7 @@ async fn serve(
                 tracing::warn!(upstream = %endpoint.addr, %error, "cannot write to the pooled connection; replacing it");
                 connection = None;
                 unanswered_writes = 0;
+                written_at.clear();
                 deliver(&mut answered);
                 fail_in_flight(&mut in_flight);
             }
@@ -383,6 +402,7 @@ fn queue(request: Request, batch: &mut BytesMut, in_flight: &mut VecDeque<InFlig
         reply: request.reply,
         written: false,
         ends_write: false,
+        queued_at: Instant::now(),
     });
 }
 

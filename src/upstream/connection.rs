@@ -84,6 +84,8 @@ pub struct UpstreamStats {
     pub invalidations: Counter,
     /// Latency of the last command, in microseconds.
     pub last_latency_us: AtomicU64,
+    /// Latency of every call (a command, a script call or a pipeline).
+    pub latency: crate::metrics::Histogram,
 }
 
 pub struct Upstream {
@@ -318,9 +320,11 @@ impl Upstream {
         let started = Instant::now();
         self.stats.commands.inc();
         let result = run(&mut connection).await;
+        let took = started.elapsed();
         self.stats
             .last_latency_us
-            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+        self.stats.latency.observe(took);
         result.map_err(|error| self.classify(&link, error))
     }
 

@@ -78,6 +78,8 @@ pub struct WriteThroughStats {
     /// Expired sessions removed by this sidecar's sweeps, and the sum and
     /// maximum of their expiry lag (due to removed), in ms.
     pub expiry_lag_ms_sum: Counter,
+    /// The expiry lag of each expired session (due to removed).
+    pub expiry_lag: crate::metrics::Histogram,
     pub expiry_lag_ms_max: AtomicU64,
 }
 
@@ -1649,6 +1651,9 @@ impl WriteThrough {
             self.counts.expired.fetch_add(expired, Ordering::Relaxed);
             if expired > 0 {
                 self.stats.expiry_lag_ms_sum.add(lag * expired);
+                self.stats
+                    .expiry_lag
+                    .observe_many(Duration::from_millis(lag), expired);
                 self.stats
                     .expiry_lag_ms_max
                     .fetch_max(lag, Ordering::Relaxed);
