@@ -63,7 +63,7 @@ stop_packaged_service() {
 # redis-py from PyPI, in the project's virtual environment, for the tests
 # that check the contract as a Python user meets it.
 ensure_redis_py() {
-  if [[ -x $VENV_DIR/bin/python ]] && "$VENV_DIR/bin/python" -c 'import redis, yaml' 2>/dev/null; then
+  if [[ -x $VENV_DIR/bin/python ]] && "$VENV_DIR/bin/python" -c 'import redis, yaml, hiredis' 2>/dev/null; then
     return 0
   fi
   if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
@@ -72,10 +72,10 @@ ensure_redis_py() {
     log "installing python3-venv"
     apt_install python3-venv
   fi
-  log "installing redis-py and PyYAML (the manifest check) into $VENV_DIR"
+  log "installing redis-py (with hiredis) and PyYAML (the manifest check) into $VENV_DIR"
   rm -rf "$VENV_DIR"
   python3 -m venv "$VENV_DIR" || die "could not create a virtual environment at $VENV_DIR"
-  "$VENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check 'redis>=5' pyyaml ||
+  "$VENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check 'redis>=5' hiredis pyyaml ||
     die "could not install redis-py and PyYAML with pip"
 }
 

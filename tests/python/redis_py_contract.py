@@ -124,11 +124,42 @@ def check(protocol: int, port: int) -> None:
     r.close()
 
 
+async def check_asyncio(protocol: int, port: int) -> None:
+    """redis.asyncio, with the hiredis parser when it is installed."""
+    import redis.asyncio
+
+    r = redis.asyncio.Redis(host="127.0.0.1", port=port, protocol=protocol, decode_responses=True)
+    tag = f"async{protocol}-"
+    assert await r.ping() is True
+    sid = await r.execute_command("SESSION.CREATE", "ID", tag + "s", "USER", tag + "u", "ATTR", "n", 1)
+    assert sid == tag + "s", sid
+    async with r.pipeline() as pipe:
+        pipe.execute_command("SESSION.ATTR.INCRBY", sid, "n", 1)
+        pipe.ping()
+        pipe.execute_command("SESSION.ATTR.GET", sid, "n")
+        assert await pipe.execute() == [2, True, ["2"]]
+    async with r.pipeline(transaction=False) as pipe:
+        for i in range(50):
+            pipe.execute_command("SESSION.EXISTS", sid)
+        assert await pipe.execute() == [1] * 50
+    assert await r.execute_command("SESSION.DEL", sid) == 1
+    await r.aclose()
+
+
 def main() -> None:
+    import asyncio
+
     port = int(sys.argv[1])
     for protocol in (2, 3):
         check(protocol, port)
-    print("ok")
+        asyncio.run(check_asyncio(protocol, port))
+    try:
+        import hiredis  # noqa: F401
+
+        parser = "hiredis"
+    except ImportError:
+        parser = "the pure-Python parser"
+    print(f"ok (sync and asyncio, {parser})")
 
 
 if __name__ == "__main__":
