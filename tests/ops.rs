@@ -810,3 +810,62 @@ fn latency_histograms_are_exported() {
     }
     assert!(body.contains("session_sidecar_handoff_duration_seconds_count{kind=\"drain\"} 0"));
 }
+
+/// One response from a kept-alive HTTP connection: (status line, headers,
+/// body), the body read by its Content-Length.
+fn read_http_response(
+    stream: &mut std::net::TcpStream,
+    head_only: bool,
+) -> (String, String, String) {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "the connection closed");
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8(raw).unwrap();
+    let (status, headers) = head.split_once("\r\n").unwrap();
+    let length: usize = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; if head_only { 0 } else { length }];
+    stream.read_exact(&mut body).unwrap();
+    (
+        status.to_string(),
+        headers.to_string(),
+        String::from_utf8(body).unwrap(),
+    )
+}
+
+/// The health and metrics endpoints keep HTTP/1.1 connections alive for the
+/// next scrape, answer HEAD without a body, and close when asked.
+#[test]
+fn the_http_endpoints_keep_connections_alive() {
+    use std::io::{Read, Write};
+    let sc = Sidecar::start(&[]);
+    let mut stream = std::net::TcpStream::connect(sc.metrics_addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    for path in ["/healthz", "/metrics", "/readyz"] {
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let (status, headers, body) = read_http_response(&mut stream, false);
+        assert_eq!(status, "HTTP/1.1 200 OK", "{path}");
+        assert!(headers.contains("Connection: keep-alive"), "{headers}");
+        assert!(!body.is_empty());
+    }
+    write!(stream, "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let (status, _, body) = read_http_response(&mut stream, true);
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", ""));
+    write!(stream, "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    let (_, headers, body) = read_http_response(&mut stream, false);
+    assert!(headers.contains("Connection: close"), "{headers}");
+    assert_eq!(body, "ok\n");
+    let mut rest = Vec::new();
+    assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0, "closed after it");
+}

@@ -751,27 +751,11 @@ fn same_value(current: &str, given: &[u8]) -> bool {
     if current.eq_ignore_ascii_case(&given) {
         return true;
     }
-    match (memory_bytes(current), memory_bytes(&given)) {
-        (Some(a), Some(b)) => a == b,
+    use crate::config::parse_memory;
+    match (parse_memory(current), parse_memory(&given)) {
+        (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
-}
-
-/// A Redis memory amount (`100`, `64k`, `64kb`, `1gb`, ...) in bytes.
-fn memory_bytes(text: &str) -> Option<u64> {
-    let text = text.to_ascii_lowercase();
-    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = match &text[digits.len()..] {
-        "" | "b" => 1,
-        "k" => 1000,
-        "kb" => 1024,
-        "m" => 1000 * 1000,
-        "mb" => 1024 * 1024,
-        "g" => 1000 * 1000 * 1000,
-        "gb" => 1024 * 1024 * 1024,
-        _ => return None,
-    };
-    digits.parse::<u64>().ok()?.checked_mul(unit)
 }
 
 /// TIME: seconds and microseconds.
