@@ -869,3 +869,40 @@ fn the_http_endpoints_keep_connections_alive() {
     let mut rest = Vec::new();
     assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0, "closed after it");
 }
+
+/// The Grafana dashboard and the Prometheus rules next to the manifests
+/// name only series the sidecar exports (those of write-through mode with
+/// its passthrough, the widest set): a renamed metric fails here, not on
+/// an operator's empty panel.
+#[test]
+fn the_dashboard_and_alert_rules_name_exported_metrics() {
+    let upstream = RedisServer::start(&[]);
+    let sc = Sidecar::start(&["--upstream", &upstream.url()]);
+    sc.wait_upstream_up();
+    let (_, _, exported) = sc.http_get("/metrics");
+    let series: Vec<&str> = exported
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    for file in [
+        "docker/k8s/prometheus-rules.yaml",
+        "docker/k8s/grafana-dashboard.json",
+    ] {
+        let text =
+            std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let mut named = 0;
+        for (at, _) in text.match_indices("session_sidecar_") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            named += 1;
+            assert!(
+                series.iter().any(|s| s.starts_with(&name)),
+                "{file} names {name}, which /metrics does not export"
+            );
+        }
+        assert!(named > 20, "{file} names only {named} metrics");
+    }
+}
