@@ -87,7 +87,7 @@ pub struct Config {
     #[arg(long, env = "SESSION_SIDECAR_KEY_MARGIN", default_value_t = 300)]
     pub key_margin: u64,
 
-    /// Approximate length cap of the `<prefix>:events` stream (XADD MAXLEN ~).
+    /// Approximate length cap of each shard's events stream, `<prefix>:e:{<tag>}` (XADD MAXLEN ~).
     #[arg(long, env = "SESSION_SIDECAR_EVENTS_MAXLEN", default_value_t = 100_000)]
     pub events_maxlen: u64,
 

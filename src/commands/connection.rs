@@ -166,6 +166,11 @@ pub fn reset(node: &Node, client: &mut ClientState, out: &mut ReplyWriter) -> Co
     client.proxy.reset();
     client.multi = None;
     client.watched.clear();
+    // Tracking ends, as Redis's RESET ends it.
+    if client.tracking.take().is_some() {
+        node.tracking.disable(client.id());
+    }
+    client.caching = None;
     client.sync_subscription_counts();
     client.set_protocol(Protocol::Resp2);
     out.set_protocol(Protocol::Resp2);

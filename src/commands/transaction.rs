@@ -21,7 +21,8 @@
 //!
 //! WATCH names sessions as well as keys: EXEC answers nil when a watched
 //! session was created, changed (its version), deleted or expired since.
-//! Heartbeats (TOUCH, EXPIRE) do not count as changes. With an upstream the
+//! A TOUCH that does not extend the expiry is not a change; one that does,
+//! and EXPIRE, raise the version and count. With an upstream the
 //! keys are watched there too, and the sessions' versions are read from the
 //! upstream (one read per watched name at WATCH, and again at EXEC).
 

@@ -2058,6 +2058,9 @@ pub fn tracking_bcast_prefixes_and_noloop<T: Target>() {
         panic!("TRACKINGINFO is a map")
     };
     assert_eq!(fields[2].1, Resp::Array(vec![Resp::bulk("")]));
+    // RESET ends tracking, as Redis's does.
+    assert_eq!(everything.cmd(&["RESET"]), Resp::Simple("RESET".into()));
+    assert_eq!(everything.cmd(&["CLIENT", "GETREDIR"]), Resp::Int(-1));
     // Modes are worded as Redis words them.
     let mut plain = sc.raw();
     assert_eq!(
