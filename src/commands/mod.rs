@@ -65,33 +65,30 @@ impl From<StoreError> for CommandError {
 
 pub type CommandResult = Result<(), CommandError>;
 
-/// Records a command's latency when it is done, whichever way it returns.
-struct Timed<'a> {
-    node: &'a Node,
-    cmd: Cmd,
-    started: std::time::Instant,
-}
-
-impl Drop for Timed<'_> {
-    fn drop(&mut self) {
-        self.node
-            .metrics
-            .command_took(self.cmd, self.started.elapsed());
-    }
-}
-
 /// Runs one request and writes its reply. Inside MULTI, a command is
 /// checked and queued instead (`transaction.rs`).
+/// Returns the command's kind, when the sidecar knows it (for its latency).
 pub async fn execute(
     node: &Node,
     client: &mut ClientState,
     argv: &[Bytes],
     out: &mut ReplyWriter<'_>,
+) -> Option<Cmd> {
+    let name = argv.first()?;
+    let spec = table::lookup(name);
+    run(node, client, argv, name, spec, out).await;
+    spec.map(|spec| spec.cmd)
+}
+
+async fn run(
+    node: &Node,
+    client: &mut ClientState,
+    argv: &[Bytes],
+    name: &Bytes,
+    spec: Option<&'static table::CommandSpec>,
+    out: &mut ReplyWriter<'_>,
 ) {
-    let Some(name) = argv.first() else {
-        return;
-    };
-    let Some(spec) = table::lookup(name) else {
+    let Some(spec) = spec else {
         // Refused at queue time: the transaction is aborted, as in Redis.
         client.flag_transaction();
         if node.proxy.is_some() && client.authenticated && crate::proxy::refuses(name) {
@@ -109,11 +106,6 @@ pub async fn execute(
         return;
     };
     node.metrics.command(spec.cmd);
-    let _timed = Timed {
-        node,
-        cmd: spec.cmd,
-        started: std::time::Instant::now(),
-    };
     let info = &client.info;
     info.last_command_ms
         .store(crate::store::now_ms(), Ordering::Relaxed);

@@ -10,7 +10,7 @@
 //! the proxy keeps both kinds of replies in order.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -181,6 +181,9 @@ async fn run_buffered(
     output: &mut BytesMut,
     argv: &mut Vec<bytes::Bytes>,
 ) -> std::io::Result<Flow> {
+    // When the last command answered here ended (None: not in this cycle,
+    // or something else ran since).
+    let mut clock: Option<Instant> = None;
     loop {
         if let Some(proxy) = &node.proxy
             && client.authenticated
@@ -235,16 +238,26 @@ async fn run_buffered(
                         {
                             crate::commands::note_forwarded(node, client, argv);
                         }
+                        clock = None;
                         continue;
                     }
                     client
                         .proxy
                         .settle(proxy, client.protocol, lane, output)
                         .await?;
+                    clock = None;
                 }
                 let before = output.len();
                 let mut out = ReplyWriter::new(output, client.protocol);
-                execute(node, client, argv, &mut out).await;
+                // One clock reading per command: its end is the next one's
+                // start, within this read cycle.
+                let started = clock.unwrap_or_else(Instant::now);
+                let cmd = execute(node, client, argv, &mut out).await;
+                let ended = Instant::now();
+                if let Some(cmd) = cmd {
+                    node.metrics.command_took(cmd, ended - started);
+                }
+                clock = Some(ended);
                 // CLIENT REPLY OFF or SKIP: the reply is not sent.
                 if client.take_reply_suppressed(argv) {
                     output.truncate(before);
