@@ -223,7 +223,7 @@ impl WriteThrough {
                         now,
                     )
                     .await?;
-                self.deleted(&reply);
+                self.deleted(&reply, reason == b"evicted");
                 Ok(self.settle(shard, reply))
             }
             b"unbind" => {

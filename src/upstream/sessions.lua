@@ -57,6 +57,8 @@ local ikey = P .. ':i:' .. T
 -- Every session this call changed or removed: the caller drops its copies
 -- of them (its own writes send it no invalidations).
 local touched = {}
+-- Sessions MAXPERUSER evicted in this shard (a create's reply counts them).
+local evictions = 0
 local function done(result) return { result, touched } end
 
 -- Cross-shard work the caller must do next: { kind, fields... } each.
@@ -232,6 +234,7 @@ local function user_add(user, id, deadline, max_per_user, created)
       local other, s = others[i][1], others[i][2]
       if s then
         remove(other, s, 'deleted', 'evicted', true)
+        evictions = evictions + 1
       else
         redis.call('ZREM', index, other)
         intend(now + 5000, 'evict', other, user)
@@ -343,18 +346,18 @@ local function create_session()
   table.insert(event, 'at'); table.insert(event, stamp)
   redis.call('PUBLISH', channel, json)
   redis.call('XADD', ekey, 'MAXLEN', '~', maxlen, '*', unpack(event))
-  return 1
+  return 1 + evictions
 end
 
 if op == 'create' then
   -- <count> creations (group commit: the sidecar sends together those of
   -- one shard that arrive while earlier calls are in flight), each applied
-  -- in turn. Replies one entry each: { 1, touched, followups }, or its
-  -- error. A creation that fails does not stop the others, so each entry is
-  -- exactly what happened to that session.
+  -- in turn. Replies one entry each: { 1 + sessions evicted here, touched,
+  -- followups }, or its error. A creation that fails does not stop the
+  -- others, so each entry is exactly what happened to that session.
   local results = {}
   for i = 1, tonumber(arg()) do
-    touched, followups = {}, {}
+    touched, followups, evictions = {}, {}, 0
     local start = argi
     local ok, result = pcall(create_session)
     if not ok then
@@ -364,7 +367,7 @@ if op == 'create' then
     end
     -- Past this creation's arguments, whatever happened to it.
     argi = start + 17 + 2 * tonumber(ARGV[start + 16])
-    results[i] = result == 1 and { 1, touched, followups } or result
+    results[i] = type(result) == 'number' and { result, touched, followups } or result
   end
   return results
 end

@@ -879,6 +879,13 @@ impl WriteThrough {
             for other in &reply.touched {
                 self.cache.invalidate(other);
             }
+            // Sessions of the user's index in this shard that MAXPERUSER
+            // evicted (those of other shards go by `evict` intents): the
+            // entry's result is 1 + their number.
+            let evicted = integer(&reply.result).unwrap_or(1).max(1) - 1;
+            self.counts
+                .evicted
+                .fetch_add(evicted as u64, Ordering::Relaxed);
             self.lower_next_due(shard, expires);
             let followups = std::mem::take(&mut reply.followups);
             self.follow_up(shard, followups, Mode::Now).await;
@@ -1067,7 +1074,7 @@ impl WriteThrough {
         for ((shard, _, _), reply) in calls.iter().zip(replies) {
             match reply {
                 Ok(mut reply) => {
-                    deleted += self.deleted(&reply);
+                    deleted += self.deleted(&reply, reason == Some("evicted"));
                     let followups = std::mem::take(&mut reply.followups);
                     self.follow_up(*shard, followups, Mode::Now).await;
                 }
@@ -1130,7 +1137,7 @@ impl WriteThrough {
                 self.cache.invalidate(id);
             }
             let mut reply = reply?;
-            deleted += self.deleted(&reply);
+            deleted += self.deleted(&reply, false);
             let followups = std::mem::take(&mut reply.followups);
             self.follow_up(*shard, followups, Mode::Now).await;
         }
@@ -1139,15 +1146,19 @@ impl WriteThrough {
         Ok(deleted)
     }
 
-    /// The count a deleting call replied; our copies of what it touched go.
-    pub(crate) fn deleted(&self, reply: &Reply) -> usize {
+    /// The count a deleting call replied (counted as deleted, or as evicted
+    /// for MAXPERUSER); our copies of what it touched go.
+    pub(crate) fn deleted(&self, reply: &Reply, evicted: bool) -> usize {
         for id in &reply.touched {
             self.cache.invalidate(id);
         }
         let deleted = integer(&reply.result).unwrap_or(0).max(0) as usize;
-        self.counts
-            .deleted
-            .fetch_add(deleted as u64, Ordering::Relaxed);
+        let count = if evicted {
+            &self.counts.evicted
+        } else {
+            &self.counts.deleted
+        };
+        count.fetch_add(deleted as u64, Ordering::Relaxed);
         deleted
     }
 
@@ -1922,8 +1933,8 @@ fn reply_of(value: Value) -> Result<Reply, StoreError> {
     })
 }
 
-/// One creation's entry of the script's reply: `{ 1, touched, followups }`
-/// or its error.
+/// One creation's entry of the script's reply: `{ 1 + evicted, touched,
+/// followups }` or its error.
 fn script_entry(entry: Value) -> Result<Reply, StoreError> {
     match entry {
         Value::Array(_) => reply_of(entry),

@@ -1536,6 +1536,9 @@ pub fn maxperuser_evicts_the_oldest_sessions<T: Target>() {
         call(&mut c, &["SESSION.EXISTS", "s2", "s3", "s4"]),
         Value::Int(0)
     );
+    // Counted as evictions, in every mode.
+    let info = parse_info(&text(&call(&mut c, &["INFO", "sessions"])));
+    assert_eq!(info.get("sessions_evicted").map(String::as_str), Some("4"));
     // Other users are untouched.
     assert_eq!(byuser(&mut c, "someone-else"), ["x"]);
     assert_eq!(call(&mut c, &["SESSION.COUNT"]), Value::Int(2));
