@@ -167,12 +167,9 @@ impl Tracking {
     /// else (the upstream, of its FLUSHALL): what they read is forgotten, as
     /// after an invalidation.
     pub fn forget_all_reads(&self) {
-        if !self.any() {
-            return;
+        if self.any() {
+            self.lock().forget_all_reads();
         }
-        let mut inner = self.lock();
-        inner.readers.clear();
-        inner.read_by.clear();
     }
 
     /// Everything may have changed (the upstream link dropped): every
@@ -182,8 +179,7 @@ impl Tracking {
             return;
         }
         let mut inner = self.lock();
-        inner.readers.clear();
-        inner.read_by.clear();
+        inner.forget_all_reads();
         let clients: Vec<ClientId> = inner.modes.keys().copied().collect();
         for client in clients {
             inner.send(client, Message::Invalidate { keys: None });
@@ -192,6 +188,11 @@ impl Tracking {
 }
 
 impl Inner {
+    fn forget_all_reads(&mut self) {
+        self.readers.clear();
+        self.read_by.clear();
+    }
+
     fn forget_reads(&mut self, client: ClientId) {
         for id in self.read_by.remove(&client).unwrap_or_default() {
             if let Some(readers) = self.readers.get_mut(&id) {

@@ -809,6 +809,13 @@ fn latency_histograms_are_exported() {
         assert_eq!(count, Some(*total), "{name} {labels}");
     }
     assert!(body.contains("session_sidecar_handoff_duration_seconds_count{kind=\"drain\"} 0"));
+    // What a pod's memory limit counts, and the version.
+    let resident = metric_value(&body, "session_sidecar_resident_memory_bytes").unwrap();
+    assert!(resident > 1_000_000.0, "{resident}");
+    assert!(body.contains(&format!(
+        "session_sidecar_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
 }
 
 /// One response from a kept-alive HTTP connection: (status line, headers,
@@ -905,4 +912,33 @@ fn the_dashboard_and_alert_rules_name_exported_metrics() {
         }
         assert!(named > 20, "{file} names only {named} metrics");
     }
+}
+
+/// `tls-listen` in a config file without its certificate and key is a
+/// startup error that says so, as the flag without them is.
+#[test]
+fn tls_listen_from_a_config_file_needs_its_certificate_and_key() {
+    let dir = std::env::temp_dir().join(format!("sidecar-tls-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("sidecar.conf");
+    std::fs::write(&file, format!("tls-listen 127.0.0.1:{}\n", free_port())).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_session-sidecar"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    assert!(
+        said.contains("needs --tls-cert-file and --tls-key-file"),
+        "{said}"
+    );
 }

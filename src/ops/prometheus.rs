@@ -31,6 +31,14 @@ pub fn render(node: &Node) -> String {
         );
     };
     metric("up", "gauge", "1 while the sidecar serves.", 1);
+    if let Some(bytes) = resident_bytes() {
+        metric(
+            "resident_memory_bytes",
+            "gauge",
+            "Resident memory of the process (what a container's memory limit counts).",
+            bytes,
+        );
+    }
     metric(
         "uptime_seconds",
         "gauge",
@@ -374,6 +382,11 @@ pub fn render(node: &Node) -> String {
         );
     }
     histograms(node, &mut out);
+    let _ = write!(
+        out,
+        "# HELP session_sidecar_build_info The sidecar's version, as a label.\n# TYPE session_sidecar_build_info gauge\nsession_sidecar_build_info{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    );
     out
 }
 
@@ -459,4 +472,12 @@ fn histograms(node: &Node, out: &mut String) {
         );
     }
     let _ = encode_registry(out, &registry);
+}
+
+/// The process's resident memory (`VmRSS` of `/proc/self/status`, Linux).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }

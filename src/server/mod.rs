@@ -445,12 +445,12 @@ fn start_proxy(config: &Config, sessions: &Sessions) -> Option<Arc<Proxy>> {
 async fn tls_listener(config: &Config) -> Result<Option<(TcpListener, TlsAcceptor)>, BoxError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let (Some(addr), Some(cert), Some(key)) = (
-        config.tls_listen,
-        &config.tls_cert_file,
-        &config.tls_key_file,
-    ) else {
+    let Some(addr) = config.tls_listen else {
         return Ok(None);
+    };
+    // The flags' own check does not reach values from the config file.
+    let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) else {
+        return Err("--tls-listen (tls-listen) needs --tls-cert-file and --tls-key-file (tls-cert-file and tls-key-file)".into());
     };
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
