@@ -174,8 +174,6 @@ pub struct Metrics {
     commands: Box<[Counter]>,
     /// Time to answer a command the sidecar answers itself, per [`Family`].
     pub command_latency: [Histogram; 4],
-    /// SESSION.MIGRATE and SESSION.DRAIN (and SIGTERM's drain), whole.
-    pub handoff_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -192,7 +190,6 @@ impl Default for Metrics {
             memory_trims: Counter::default(),
             commands: COMMANDS.iter().map(|_| Counter::default()).collect(),
             command_latency: Default::default(),
-            handoff_duration: Histogram::default(),
         }
     }
 }

@@ -256,12 +256,13 @@ async fn dispatch(
 /// refused, and UNBLOCK answers 0, as Redis does for a client that is not
 /// blocked): the sidecar's id could name another client there. None when
 /// nothing changes.
-pub fn upstream_redirect(node: &Node, argv: &[Bytes]) -> Option<Vec<Bytes>> {
+pub fn upstream_redirect(node: &Node, argv: &[Bytes]) -> Option<Redirected> {
     let is = |i: usize, word: &[u8]| argv.get(i).is_some_and(|a| a.eq_ignore_ascii_case(word));
     if !is(0, b"client") {
         return None;
     }
-    let at = if is(1, b"tracking") {
+    let tracking = is(1, b"tracking");
+    let at = if tracking {
         (2..argv.len()).find(|&i| is(i, b"redirect"))? + 1
     } else if is(1, b"unblock") {
         2
@@ -273,21 +274,21 @@ pub fn upstream_redirect(node: &Node, argv: &[Bytes]) -> Option<Vec<Bytes>> {
         .clients
         .get(target)
         .map(|c| c.upstream_id.load(Ordering::Relaxed))
-        .filter(|&id| id >= 0)
-        .unwrap_or(i64::MAX);
+        .filter(|&id| id >= 0);
     let mut sent = argv.to_vec();
-    sent[at] = Bytes::from(upstream_id.to_string());
-    Some(sent)
+    sent[at] = Bytes::from(upstream_id.unwrap_or(i64::MAX).to_string());
+    Some(Redirected {
+        argv: sent,
+        refused: tracking && upstream_id.is_none(),
+    })
 }
 
-/// Whether [`upstream_redirect`] made `sent` a CLIENT TRACKING ... REDIRECT
-/// to an id no upstream client has: the upstream refuses it, so the sidecar
-/// does not track for the client either.
-pub fn redirects_nowhere(sent: &[Bytes]) -> bool {
-    let nowhere = i64::MAX.to_string();
-    sent.get(1)
-        .is_some_and(|sub| sub.eq_ignore_ascii_case(b"tracking"))
-        && sent.iter().any(|arg| arg[..] == *nowhere.as_bytes())
+/// A CLIENT command as [`upstream_redirect`] rewrote it for the upstream.
+pub struct Redirected {
+    pub argv: Vec<Bytes>,
+    /// A REDIRECT to an id no upstream client has: the upstream refuses it,
+    /// so the sidecar does not track for the client either.
+    pub refused: bool,
 }
 
 /// With an upstream, a forwarded command that also changes what the

@@ -692,18 +692,6 @@ async fn config_set(
             "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config"
         ))
     };
-    let Some(proxy) = &node.proxy else {
-        return match refused {
-            Some(name) => Err(immutable(&name)),
-            None if theirs.is_empty() => {
-                out.ok();
-                Ok(())
-            }
-            None => Err(CommandError::err(
-                "ERR CONFIG SET is not supported: the configuration is read-only",
-            )),
-        };
-    };
     if theirs.is_empty() {
         return match refused {
             Some(name) => Err(immutable(&name)),
@@ -713,6 +701,14 @@ async fn config_set(
             }
         };
     }
+    let Some(proxy) = &node.proxy else {
+        return Err(match refused {
+            Some(name) => immutable(&name),
+            None => {
+                CommandError::err("ERR CONFIG SET is not supported: the configuration is read-only")
+            }
+        });
+    };
     let names: Vec<bytes::Bytes> = theirs
         .iter()
         .step_by(2)

@@ -317,18 +317,18 @@ impl ClientState {
     /// (CLIENT REPLY), moving SKIP on to the next command. Subscription
     /// confirmations are sent whatever the mode, as Redis sends them.
     pub fn take_reply_suppressed(&mut self, argv: &[Bytes]) -> bool {
+        use crate::proxy::Command;
         let suppressed = self.reply_suppressed();
         let confirms = argv.first().is_some_and(|name| {
-            [
-                &b"subscribe"[..],
-                b"psubscribe",
-                b"ssubscribe",
-                b"unsubscribe",
-                b"punsubscribe",
-                b"sunsubscribe",
-            ]
-            .iter()
-            .any(|c| name.eq_ignore_ascii_case(c))
+            matches!(
+                Command::of(name),
+                Command::Subscribe
+                    | Command::Psubscribe
+                    | Command::Ssubscribe
+                    | Command::Unsubscribe
+                    | Command::Punsubscribe
+                    | Command::Sunsubscribe
+            )
         });
         suppressed && !confirms
     }

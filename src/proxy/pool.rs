@@ -212,7 +212,6 @@ async fn serve(
     let mut scanner = FrameScanner::default();
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut batch = BytesMut::with_capacity(16 * 1024);
-    let mut unanswered_writes = 0;
     let mut failed_at: Option<(Instant, String)> = None;
     // When the connection last showed progress (a write, or replies).
     let mut progress = Instant::now();
@@ -220,12 +219,13 @@ async fn serve(
     // once the next batch is written: the upstream works on that batch while
     // the replies are written to the clients.
     let mut answered: Vec<(Delivery, Bytes)> = Vec::new();
-    // When each unanswered write went out, oldest first.
+    // When each write whose replies are not all in went out, oldest first.
     let mut written_at: VecDeque<Instant> = VecDeque::new();
     loop {
+        let waiting = !written_at.is_empty();
         let stalled = async {
             match settings.reply_timeout {
-                Some(timeout) if unanswered_writes > 0 => {
+                Some(timeout) if waiting => {
                     tokio::time::sleep_until((progress + timeout).into()).await
                 }
                 _ => std::future::pending().await,
@@ -241,7 +241,7 @@ async fn serve(
             // While a write is unanswered the queue is not watched: senders
             // queue without waking this task, and the requests are taken
             // together when the replies are in.
-            request = requests.recv(), if unanswered_writes < MAX_UNANSWERED_WRITES => {
+            request = requests.recv(), if written_at.len() < MAX_UNANSWERED_WRITES => {
                 let Some(request) = request else { return };
                 if connection.is_none() {
                     if let Some((at, reason)) = &failed_at
@@ -256,8 +256,7 @@ async fn serve(
                             tracing::debug!(upstream = %endpoint.addr, "pooled connection up");
                             connection = Some(fresh);
                             scanner.reset();
-                            unanswered_writes = 0;
-                written_at.clear();
+                            written_at.clear();
                             failed_at = None;
                         }
                         Err(reason) => {
@@ -275,7 +274,6 @@ async fn serve(
                 match read {
                     Ok(n) if n > 0 => match hand_back(&mut live.input, &mut scanner, &mut in_flight, &mut answered) {
                         Ok(writes) => {
-                            unanswered_writes -= writes;
                             progress = Instant::now();
                             for at in written_at.drain(..writes.min(written_at.len())) {
                                 settings.stats.upstream_latency.observe(progress - at);
@@ -284,8 +282,7 @@ async fn serve(
                         Err(()) => {
                             tracing::warn!(upstream = %endpoint.addr, "upstream sent something that is not RESP; reconnecting");
                             connection = None;
-                            unanswered_writes = 0;
-                written_at.clear();
+                            written_at.clear();
                             batch.clear();
                             deliver(&mut answered);
                             fail_in_flight(&mut in_flight);
@@ -296,8 +293,7 @@ async fn serve(
                         // Nothing more can be answered on it: the queue is
                         // watched again (the next request reconnects).
                         connection = None;
-                        unanswered_writes = 0;
-                written_at.clear();
+                        written_at.clear();
                         batch.clear();
                         fail_in_flight(&mut in_flight);
                     }
@@ -306,7 +302,6 @@ async fn serve(
             _ = stalled => {
                 tracing::warn!(upstream = %endpoint.addr, "upstream sent no reply in time; replacing the pooled connection");
                 connection = None;
-                unanswered_writes = 0;
                 written_at.clear();
                 batch.clear();
                 fail_in_flight(&mut in_flight);
@@ -315,7 +310,7 @@ async fn serve(
         // Write the batch unless the last write is still unanswered: its
         // replies come first, and meanwhile more requests join the batch.
         'write: {
-            if unanswered_writes >= MAX_UNANSWERED_WRITES {
+            if written_at.len() >= MAX_UNANSWERED_WRITES {
                 break 'write;
             }
             let Some(live) = connection.as_mut() else {
@@ -342,15 +337,14 @@ async fn serve(
                     .queue_latency
                     .observe(now - request.queued_at);
             }
+            if written_at.is_empty() {
+                progress = now;
+            }
             written_at.push_back(now);
             if let Some(last) = in_flight.back_mut() {
                 last.ends_write = true;
             }
             settings.stats.batches.inc();
-            if unanswered_writes == 0 {
-                progress = Instant::now();
-            }
-            unanswered_writes += 1;
             let written = {
                 let mut write = std::pin::pin!(async {
                     live.stream.write_all(&batch).await?;
@@ -376,7 +370,6 @@ async fn serve(
             if let Err(error) = written {
                 tracing::warn!(upstream = %endpoint.addr, %error, "cannot write to the pooled connection; replacing it");
                 connection = None;
-                unanswered_writes = 0;
                 written_at.clear();
                 deliver(&mut answered);
                 fail_in_flight(&mut in_flight);

@@ -209,7 +209,8 @@ async fn run_buffered(
                             transaction.queued.push(crate::node::Queued::Upstream);
                         }
                         let redirected = crate::commands::upstream_redirect(node, argv);
-                        let sent = redirected.as_deref().unwrap_or(argv);
+                        let sent: &[bytes::Bytes] =
+                            redirected.as_ref().map_or(&argv[..], |r| &r.argv[..]);
                         if client.reply == crate::node::ReplyMode::On {
                             client
                                 .proxy
@@ -232,10 +233,7 @@ async fn run_buffered(
                         if client.proxy.is_pinned() {
                             client.sync_subscription_counts();
                         }
-                        if !redirected
-                            .as_deref()
-                            .is_some_and(crate::commands::redirects_nowhere)
-                        {
+                        if !redirected.as_ref().is_some_and(|r| r.refused) {
                             crate::commands::note_forwarded(node, client, argv);
                         }
                         clock = None;
