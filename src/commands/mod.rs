@@ -176,6 +176,22 @@ fn admit(
     Ok(())
 }
 
+/// The commands [`is_session_write`] names, as a pattern.
+macro_rules! session_writes {
+    () => {
+        Cmd::SessionCreate
+            | Cmd::SessionAttrSet
+            | Cmd::SessionAttrDel
+            | Cmd::SessionAttrIncrby
+            | Cmd::SessionUpdate
+            | Cmd::SessionTouch
+            | Cmd::SessionExpire
+            | Cmd::SessionDel
+            | Cmd::SessionBind
+            | Cmd::SessionUnbind
+    };
+}
+
 /// Runs an admitted command (at once, or queued, at EXEC).
 async fn dispatch(
     node: &Node,
@@ -213,20 +229,11 @@ async fn dispatch(
         Cmd::Psubscribe => pubsub::psubscribe(node, client, &mut args, out).await,
         Cmd::Punsubscribe => pubsub::punsubscribe(node, client, &mut args, out),
         Cmd::Publish => pubsub::publish(node, &mut args, out),
-        Cmd::SessionCreate => session::create(node, &mut args, out).await,
+        session_writes!() => session_write(node, spec.cmd, &mut args, out).await,
         Cmd::SessionGet => session::get(node, &mut args, out).await,
         Cmd::SessionExists => session::exists(node, &mut args, out).await,
-        Cmd::SessionAttrSet => session::attr_set(node, &mut args, out).await,
         Cmd::SessionAttrGet => session::attr_get(node, &mut args, out).await,
-        Cmd::SessionAttrDel => session::attr_del(node, &mut args, out).await,
-        Cmd::SessionAttrIncrby => session::attr_incrby(node, &mut args, out).await,
-        Cmd::SessionUpdate => session::update(node, &mut args, out).await,
-        Cmd::SessionTouch => session::touch(node, &mut args, out).await,
         Cmd::SessionTtl => session::ttl(node, &mut args, out).await,
-        Cmd::SessionExpire => session::expire(node, &mut args, out).await,
-        Cmd::SessionDel => session::del(node, &mut args, out).await,
-        Cmd::SessionBind => session::bind(node, &mut args, out).await,
-        Cmd::SessionUnbind => session::unbind(node, &mut args, out).await,
         Cmd::SessionByconn => session::byconn(node, &mut args, out).await,
         Cmd::SessionByuser => session::byuser(node, &mut args, out).await,
         Cmd::SessionKilluser => session::killuser(node, &mut args, out).await,
@@ -238,12 +245,62 @@ async fn dispatch(
         Cmd::SessionDrain => session::drain(node, &mut args, out).await,
         Cmd::SessionPeerauth => session::peerauth(node, client, &mut args, out),
     };
+    report(node, result, out);
+    if client.tracking.is_some() || node.tracking.any() {
+        tracking::after(node, client, spec.cmd, argv);
+    }
+}
+
+/// A command's error, as its reply (and counted).
+fn report(node: &Node, result: CommandResult, out: &mut ReplyWriter<'_>) {
     if let Err(error) = result {
         node.metrics.command_errors.inc();
         out.error(&error.message());
     }
-    if client.tracking.is_some() || node.tracking.any() {
-        tracking::after(node, client, spec.cmd, argv);
+}
+
+/// The SESSION.* writes of one session (or a list of them, DEL) that need
+/// nothing of the client: with an upstream, those EXEC sends together in
+/// one script call ([`crate::upstream::Batch`]).
+pub(crate) fn is_session_write(cmd: Cmd) -> bool {
+    matches!(cmd, session_writes!())
+}
+
+/// Runs a queued command [`is_session_write`] names, on its own reply
+/// buffer (EXEC runs several at once: see `transaction.rs`). The caller
+/// does what [`tracking::after`] does, in the order they were queued.
+pub(crate) async fn queued_session_write(
+    node: &Node,
+    cmd: Cmd,
+    argv: &[Bytes],
+    protocol: crate::protocol::Protocol,
+) -> bytes::BytesMut {
+    let mut reply = bytes::BytesMut::new();
+    let mut out = ReplyWriter::new(&mut reply, protocol);
+    let result = session_write(node, cmd, &mut Args::new(&argv[1..]), &mut out).await;
+    report(node, result, &mut out);
+    reply
+}
+
+/// Runs one of the commands [`is_session_write`] names.
+async fn session_write(
+    node: &Node,
+    cmd: Cmd,
+    args: &mut Args<'_>,
+    out: &mut ReplyWriter<'_>,
+) -> CommandResult {
+    match cmd {
+        Cmd::SessionCreate => session::create(node, args, out).await,
+        Cmd::SessionAttrSet => session::attr_set(node, args, out).await,
+        Cmd::SessionAttrDel => session::attr_del(node, args, out).await,
+        Cmd::SessionAttrIncrby => session::attr_incrby(node, args, out).await,
+        Cmd::SessionUpdate => session::update(node, args, out).await,
+        Cmd::SessionTouch => session::touch(node, args, out).await,
+        Cmd::SessionExpire => session::expire(node, args, out).await,
+        Cmd::SessionDel => session::del(node, args, out).await,
+        Cmd::SessionBind => session::bind(node, args, out).await,
+        Cmd::SessionUnbind => session::unbind(node, args, out).await,
+        _ => Err(CommandError::err("ERR unknown command")),
     }
 }
 

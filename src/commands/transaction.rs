@@ -14,8 +14,9 @@
 //!   between them;
 //! - with an upstream, the upstream's EXEC runs first (its commands atomic
 //!   among themselves, as Redis runs them); if it ran, the sidecar's
-//!   commands run next, in order, each atomic on its own; EXEC's reply has
-//!   every reply in the order the commands were queued. The two kinds touch
+//!   commands run next, in order, the session writes queued one after
+//!   another in one script call (atomic together: [`Batch`]); EXEC's reply
+//!   has every reply in the order the commands were queued. The two kinds touch
 //!   disjoint data (the sidecar's sessions, the application's keys), so the
 //!   order they run in cannot be told apart by their replies.
 //!
@@ -27,8 +28,10 @@
 //! upstream (one read per watched name at WATCH, and again at EXEC).
 
 use std::collections::HashSet;
+use std::pin::Pin;
+use std::task::Poll;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::dispatch;
 use crate::node::{ClientState, Node, Queued, Transaction, Watched};
@@ -38,6 +41,7 @@ use crate::protocol::frame::split_aggregate;
 use crate::proxy::{EXECABORT, LOST};
 use crate::sessions::Sessions;
 use crate::store::now_ms;
+use crate::upstream::{Batch, WriteThrough};
 
 pub fn multi(node: &Node, client: &mut ClientState, out: &mut ReplyWriter) {
     if client.multi.is_some() {
@@ -117,17 +121,148 @@ pub async fn exec(node: &Node, client: &mut ClientState, out: &mut ReplyWriter<'
         },
     };
     out.array(transaction.queued.len());
-    for queued in transaction.queued {
-        match queued {
-            Queued::Upstream => match upstream_replies.next() {
-                Some(reply) => out.raw(&reply),
-                None => out.error("ERR the upstream's EXEC reply lacks this command's reply"),
-            },
-            Queued::Here(argv) => run_queued(node, client, &argv, out).await,
+    match &node.sessions {
+        Sessions::WriteThrough(store) => {
+            let queued = &transaction.queued;
+            run_batched(node, store, client, queued, &mut upstream_replies, out).await;
+        }
+        Sessions::Standalone(_) => {
+            for queued in &transaction.queued {
+                match queued {
+                    Queued::Upstream => upstream_reply(upstream_replies.next(), out),
+                    Queued::Here(argv) => run_queued(node, client, argv, out).await,
+                }
+            }
         }
     }
     out.raw(&after);
     client.caching = None;
+}
+
+fn upstream_reply(reply: Option<Bytes>, out: &mut ReplyWriter<'_>) {
+    match reply {
+        Some(reply) => out.raw(&reply),
+        None => out.error("ERR the upstream's EXEC reply lacks this command's reply"),
+    }
+}
+
+/// A queued session write, started, waiting for its batch's call.
+type Waiting<'a> = (usize, Pin<Box<dyn Future<Output = BytesMut> + Send + 'a>>);
+
+/// With an upstream, the queued commands' replies in order, with the
+/// session writes that follow one another sent in one script call
+/// ([`Batch`]): atomic together. Any other command of the sidecar's sends
+/// the writes before it first, and runs after them, so every command sees
+/// what the commands queued before it did.
+async fn run_batched(
+    node: &Node,
+    store: &WriteThrough,
+    client: &mut ClientState,
+    queued: &[Queued],
+    upstream_replies: &mut impl Iterator<Item = Bytes>,
+    out: &mut ReplyWriter<'_>,
+) {
+    let mut protocol = out.protocol();
+    let mut run = Batched {
+        node,
+        store,
+        queued,
+        batch: Batch::new(),
+        waiting: Vec::new(),
+        replies: Vec::with_capacity(queued.len()),
+    };
+    for (i, command) in queued.iter().enumerate() {
+        run.replies.push(BytesMut::new());
+        let argv = match command {
+            Queued::Upstream => {
+                let mut reply = writer(&mut run.replies[i], protocol);
+                upstream_reply(upstream_replies.next(), &mut reply);
+                continue;
+            }
+            Queued::Here(argv) => argv,
+        };
+        let spec = argv.first().and_then(|name| table::lookup(name));
+        if let Some(spec) = spec.filter(|spec| super::is_session_write(spec.cmd)) {
+            let joined = run.batch.len();
+            let write = super::queued_session_write(node, spec.cmd, argv, protocol);
+            let mut write: Pin<Box<dyn Future<Output = BytesMut> + Send>> =
+                Box::pin(run.batch.scope(write));
+            match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+                Poll::Ready(reply) => run.done(client, i, reply),
+                Poll::Pending if run.batch.len() > joined => run.waiting.push((i, write)),
+                // It talks to the upstream before it writes (a lock): what
+                // joined before it goes first, then it runs on its own.
+                Poll::Pending => {
+                    run.send(client).await;
+                    let reply = write.await;
+                    run.done(client, i, reply);
+                }
+            }
+            continue;
+        }
+        run.send(client).await;
+        let mut reply = writer(&mut run.replies[i], protocol);
+        run_queued(node, client, argv, &mut reply).await;
+        protocol = reply.protocol();
+    }
+    run.send(client).await;
+    for reply in &run.replies {
+        out.raw(reply);
+    }
+}
+
+fn writer(buf: &mut BytesMut, protocol: crate::protocol::Protocol) -> ReplyWriter<'_> {
+    ReplyWriter::new(buf, protocol)
+}
+
+/// EXEC's run of the sidecar's commands with an upstream: the batch being
+/// filled, the writes waiting for it, and every command's reply so far.
+struct Batched<'a> {
+    node: &'a Node,
+    store: &'a WriteThrough,
+    queued: &'a [Queued],
+    batch: std::sync::Arc<Batch>,
+    waiting: Vec<Waiting<'a>>,
+    replies: Vec<BytesMut>,
+}
+
+impl Batched<'_> {
+    /// Sends the batch and finishes the writes waiting for it; the next
+    /// writes join a new batch.
+    async fn send(&mut self, client: &mut ClientState) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let writes = self
+            .waiting
+            .drain(..)
+            .map(|(i, write)| async move { (i, write.await) });
+        let (_, done) = futures_util::future::join(
+            self.store.send_batch(&self.batch),
+            futures_util::future::join_all(writes),
+        )
+        .await;
+        self.batch = Batch::new();
+        for (i, reply) in done {
+            self.done(client, i, reply);
+        }
+    }
+
+    /// A write's reply; then what the connection does after a command
+    /// (CLIENT TRACKING), in the order they were queued.
+    fn done(&mut self, client: &mut ClientState, i: usize, reply: BytesMut) {
+        self.replies[i] = reply;
+        after(self.node, client, &self.queued[i]);
+    }
+}
+
+fn after(node: &Node, client: &mut ClientState, queued: &Queued) {
+    if let Queued::Here(argv) = queued
+        && (client.tracking.is_some() || node.tracking.any())
+        && let Some(spec) = argv.first().and_then(|name| table::lookup(name))
+    {
+        super::tracking::after(node, client, spec.cmd, argv);
+    }
 }
 
 /// One of the sidecar's queued commands, at EXEC.

@@ -219,6 +219,12 @@ impl Upstream {
         (servers, cluster, self.tls_ca.clone())
     }
 
+    /// Whether the upstream is a Redis Cluster: a script call can then
+    /// change the keys of one hash slot only.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
+    }
+
     /// The masters' addresses (the URL's, before the first connect).
     pub fn address(&self) -> String {
         let topology = self.current();

@@ -39,6 +39,8 @@ local maxlen = ARGV[5]
 local margin = tonumber(ARGV[6])
 local T = ARGV[7]
 local argi = 8
+-- The last argument of the operation being applied (a `multi` entry's).
+local argn = #ARGV
 
 local function arg()
   local v = ARGV[argi]
@@ -50,9 +52,13 @@ local channel = P .. ':events'
 local function skey(id) return P .. ':s:' .. T .. ':' .. id end
 local function ukey(user) return P .. ':u:' .. T .. ':' .. user end
 local function ckey(conn) return P .. ':c:' .. T .. ':' .. conn end
-local xkey = P .. ':x:' .. T
-local ekey = P .. ':e:' .. T
-local ikey = P .. ':i:' .. T
+local xkey, ekey, ikey
+-- The shard being changed, by its hash tag: a `multi` call changes several.
+local function use_tag(tag)
+  T = tag
+  xkey, ekey, ikey = P .. ':x:' .. T, P .. ':e:' .. T, P .. ':i:' .. T
+end
+use_tag(T)
 
 -- Every session this call changed or removed: the caller drops its copies
 -- of them (its own writes send it no invalidations).
@@ -349,7 +355,19 @@ local function create_session()
   return 1 + evictions
 end
 
-if op == 'create' then
+-- The operations, by name. Each replies { result, touched, followups } or
+-- an error.
+local ops = {}
+local function finish(result) return { result, touched, followups } end
+
+-- A failed redis.call raises the upstream's error text (with its code):
+-- the error reply Redis would have given.
+local function raised(failure)
+  local text = tostring(type(failure) == 'table' and failure.err or failure)
+  return redis.error_reply(string.match(text, '^%u+ ') and text or 'ERR ' .. text)
+end
+
+ops.create = function()
   -- <count> creations (group commit: the sidecar sends together those of
   -- one shard that arrive while earlier calls are in flight), each applied
   -- in turn. Replies one entry each: { 1 + sessions evicted here, touched,
@@ -360,11 +378,7 @@ if op == 'create' then
     touched, followups, evictions = {}, {}, 0
     local start = argi
     local ok, result = pcall(create_session)
-    if not ok then
-      -- A failed redis.call raises the upstream's error text (with its code).
-      result = tostring(result)
-      result = redis.error_reply(string.match(result, '^%u+ ') and result or 'ERR ' .. result)
-    end
+    if not ok then result = raised(result) end
     -- Past this creation's arguments, whatever happened to it.
     argi = start + 17 + 2 * tonumber(ARGV[start + 16])
     results[i] = type(result) == 'number' and { result, touched, followups } or result
@@ -372,15 +386,12 @@ if op == 'create' then
   return results
 end
 
--- Every other operation replies { result, touched, followups }.
-local function finish(result) return { result, touched, followups } end
-
-if op == 'attr_set' then
+ops.attr_set = function()
   local id, max_attrs = arg(), tonumber(arg())
   local s = must_load(id)
   if not s then return nosession() end
   local fields = {}
-  while argi <= #ARGV do
+  while argi <= argn do
     table.insert(fields, 'a:' .. arg())
     table.insert(fields, arg())
   end
@@ -396,18 +407,20 @@ if op == 'attr_set' then
   end
   bump(id, s)
   return finish(reply(id))
+end
 
-elseif op == 'attr_del' then
+ops.attr_del = function()
   local id = arg()
   local s = must_load(id)
   if not s then return finish({ 0, false }) end
   local fields = {}
-  while argi <= #ARGV do table.insert(fields, 'a:' .. arg()) end
+  while argi <= argn do table.insert(fields, 'a:' .. arg()) end
   local removed = redis.call('HDEL', skey(id), unpack(fields))
   if removed > 0 then bump(id, s) end
   return finish({ removed, reply(id) })
+end
 
-elseif op == 'attr_incrby' then
+ops.attr_incrby = function()
   -- The increment stays a string: Lua numbers are doubles, exact only to 2^53.
   local id, name, increment, max_attrs = arg(), arg(), arg(), tonumber(arg())
   local s = must_load(id)
@@ -429,8 +442,9 @@ elseif op == 'attr_incrby' then
   bump(id, s)
   -- The new value as Redis stores it (a string, exact).
   return finish({ redis.call('HGET', skey(id), 'a:' .. name), reply(id) })
+end
 
-elseif op == 'update' then
+ops.update = function()
   local id, if_version, user, conn, status, ttl = arg(), arg(), arg(), arg(), arg(), arg()
   local has_user, has_conn = arg() == '1', arg() == '1'
   local new_user_here, conn_here, repair_at = arg() == '1', arg() == '1', arg()
@@ -446,7 +460,7 @@ elseif op == 'update' then
     table.insert(sets, arg())
   end
   local dels = {}
-  while argi <= #ARGV do table.insert(dels, 'a:' .. arg()) end
+  while argi <= argn do table.insert(dels, 'a:' .. arg()) end
   -- The attribute limit is checked before anything changes.
   local names = {}
   for _, field in ipairs(redis.call('HKEYS', skey(id))) do
@@ -490,8 +504,9 @@ elseif op == 'update' then
   bump(id, s)
   if has_conn then publish('bound', id, s, nil) end
   return finish(reply(id))
+end
 
-elseif op == 'touch' then
+ops.touch = function()
   -- The heartbeat that may extend: slides the expiry only when less than
   -- half the ttl remains; otherwise only last_active moves.
   local id = arg()
@@ -505,8 +520,9 @@ elseif op == 'touch' then
     redis.call('HSET', skey(id), 'last_active', now)
   end
   return finish(reply(id))
+end
 
-elseif op == 'expire' then
+ops.expire = function()
   local id, ttl = arg(), tonumber(arg())
   local s = must_load(id)
   if not s then return finish(false) end
@@ -514,14 +530,15 @@ elseif op == 'expire' then
   set_expiry(id, s, now + ttl)
   bump(id, s)
   return finish(reply(id))
+end
 
-elseif op == 'delete' then
+ops.delete = function()
   -- <reason> <user> then ids; `user` (may be empty): delete only the
   -- sessions that are still that user's (evictions, KILLUSER elsewhere).
   local reason, only_user = arg(), arg()
   if reason == '' then reason = nil end
   local deleted = 0
-  while argi <= #ARGV do
+  while argi <= argn do
     local id = arg()
     local s = load(id)
     if live(s) and (only_user == '' or s.user == only_user) then
@@ -532,8 +549,9 @@ elseif op == 'delete' then
     end
   end
   return finish(deleted)
+end
 
-elseif op == 'killuser' then
+ops.killuser = function()
   -- The user's index is here: this shard's sessions go now; the others'
   -- ids are handed back, for deletion in their shards.
   -- Those leave the index now, each with an intent: a sidecar killed
@@ -551,8 +569,9 @@ elseif op == 'killuser' then
     end
   end
   return finish({ deleted, elsewhere })
+end
 
-elseif op == 'bind' then
+ops.bind = function()
   local id, conn, conn_here, repair_at = arg(), arg(), arg() == '1', arg()
   local s = must_load(id)
   if not s then return nosession() end
@@ -563,8 +582,9 @@ elseif op == 'bind' then
   bump(id, s)
   publish('bound', id, s, nil)
   return finish(reply(id))
+end
 
-elseif op == 'unbind' then
+ops.unbind = function()
   local id, grace = arg(), arg()
   local s = must_load(id)
   if not s then return nosession() end
@@ -581,8 +601,9 @@ elseif op == 'unbind' then
   end
   bump(id, s)
   return finish(reply(id))
+end
 
-elseif op == 'point' then
+ops.point = function()
   -- The conn's shard: the pointer to `id`, unless the session no longer has
   -- the conn (the caller checked it an instant ago; a rebind since then
   -- wrote its own intent). The previous holder, if another session, must
@@ -594,76 +615,87 @@ elseif op == 'point' then
     intend(repair_at, 'unbind', previous, conn)
   end
   return finish(previous or false)
+end
 
-elseif op == 'unlock' then
+ops.unlock = function()
   -- The conn's shard: releases the bind lock if this caller still holds it.
   local conn, token = arg(), arg()
   local lock = P .. ':l:' .. T .. ':' .. conn
   if redis.call('GET', lock) == token then redis.call('DEL', lock) end
   return finish(1)
+end
 
-elseif op == 'unpoint' then
+ops.unpoint = function()
   -- The conn's shard: drops the pointer if it still names `id`.
   local id, conn = arg(), arg()
   if redis.call('GET', ckey(conn)) == id then redis.call('DEL', ckey(conn)) end
   return finish(1)
+end
 
-elseif op == 'unbind_if' then
+ops.unbind_if = function()
   -- The session's shard: `conn` went to another session; this one loses it
   -- if it still has it (its version moves, an `unbound` event says why).
   local id, conn, pointer_moved = arg(), arg(), arg()
   if pointer_moved == '1' and lose_conn(id, load(id), conn) then return finish(1) end
   return finish(0)
+end
 
-elseif op == 'user_add' then
+ops.user_add = function()
   -- The user's shard: `id` (a session of another shard) joins the index, if
   -- that session is still the user's (the caller checked it).
   local user, id, deadline, max_per_user, created = arg(), arg(), tonumber(arg()), tonumber(arg()), tonumber(arg())
   user_add(user, id, deadline, max_per_user, created)
   return finish(1)
+end
 
-elseif op == 'user_rem' then
+ops.user_rem = function()
   -- The user's shard: drops entries the caller found gone.
   local user = arg()
   local removed = 0
-  while argi <= #ARGV do removed = removed + redis.call('ZREM', ukey(user), arg()) end
+  while argi <= argn do removed = removed + redis.call('ZREM', ukey(user), arg()) end
   return finish(removed)
+end
 
-elseif op == 'keep' then
+ops.keep = function()
   -- The shard of a user's index or a conn's pointer: kept alive with its
   -- session's new expiry (<user> and <conn> may be empty).
   local id, user, conn, expires = arg(), arg(), arg(), tonumber(arg())
   if user ~= '' and redis.call('ZSCORE', ukey(user), id) then keep(ukey(user), expires) end
   if conn ~= '' and redis.call('GET', ckey(conn)) == id then keep(ckey(conn), expires) end
   return finish(1)
+end
 
-elseif op == 'done' then
+ops.done = function()
   -- Intents the sidecar finished: removed.
   local removed = 0
-  while argi <= #ARGV do removed = removed + redis.call('ZREM', ikey, arg()) end
+  while argi <= argn do removed = removed + redis.call('ZREM', ikey, arg()) end
   return finish(removed)
+end
 
-elseif op == 'due_intents' then
+ops.due_intents = function()
   -- Intents due for repair; each is pushed back, so that a sidecar that
   -- dies while repairing leaves it to the next.
   local limit, retry_at = arg(), arg()
   local due = redis.call('ZRANGEBYSCORE', ikey, '-inf', now, 'LIMIT', 0, limit)
   for _, intent in ipairs(due) do redis.call('ZADD', ikey, retry_at, intent) end
   return finish(due)
+end
 
-elseif op == 'session_of' then
+ops.session_of = function()
   -- What cross-shard work needs to know of a session: { user, conn,
   -- expires } if it is live, else false.
   local id = arg()
   local s = load(id)
   if not live(s) then return finish(false) end
   return finish({ s.user or false, s.conn or false, s.expires })
+end
 
-elseif op == 'pointer' then
+ops.pointer = function()
   local conn = arg()
   return finish(redis.call('GET', ckey(conn)))
+end
 
-elseif op == 'byuser' then
+ops.byuser = function()
   -- Oldest first: { id, 1 } for a session of this shard (checked), { id, 0 }
   -- for another shard's (the caller checks it).
   local user = arg()
@@ -672,11 +704,13 @@ elseif op == 'byuser' then
     table.insert(ids, { entry[1], entry[2] and 1 or 0 })
   end
   return finish(ids)
+end
 
-elseif op == 'count' then
+ops.count = function()
   return finish(redis.call('ZCOUNT', xkey, '(' .. now, '+inf'))
+end
 
-elseif op == 'sweep' then
+ops.sweep = function()
   -- Claims what is due and removes it, publishing one `expired` event each:
   -- atomic, so across all sidecars each expiry is acted on once. Replies
   -- { expired, lag } (lag: the longest due-to-removed time, ms).
@@ -698,8 +732,9 @@ elseif op == 'sweep' then
     end
   end
   return finish({ expired, lag })
+end
 
-elseif op == 'audit' then
+ops.audit = function()
   -- Walks the expiry index a page at a time and drops entries whose session
   -- hash is gone (deleted behind the sidecars' back), so COUNT converges.
   local cursor, page = arg(), arg()
@@ -713,8 +748,9 @@ elseif op == 'audit' then
     end
   end
   return finish({ scanned[1], repaired })
+end
 
-elseif op == 'owned' then
+ops.owned = function()
   -- A page of the expiry index, keeping the live sessions owned by the
   -- calling sidecar: how a drain finds those it does not hold hot.
   local cursor, page = arg(), arg()
@@ -727,8 +763,9 @@ elseif op == 'owned' then
     end
   end
   return finish({ scanned[1], owned })
+end
 
-elseif op == 'migrate' then
+ops.migrate = function()
   -- Hands sessions to the calling sidecar (`node`), as SESSION.IMPORT does on
   -- the sidecar taking them: each one that is live, still owned by `from` and
   -- still at the version the sender copied moves (node changed, version + 1,
@@ -736,7 +773,7 @@ elseif op == 'migrate' then
   -- not move (changed meanwhile, gone, or not the sender's).
   local from = arg()
   local results = {}
-  while argi <= #ARGV do
+  while argi <= argn do
     local id, version = arg(), arg()
     local s = must_load(id)
     if s and s.node == node then
@@ -753,10 +790,11 @@ elseif op == 'migrate' then
     end
   end
   return finish(results)
+end
 
-elseif op == 'heartbeat' then
+ops.heartbeat = function()
   -- Batched last_active of heartbeats answered from memory: never moves it back.
-  while argi <= #ARGV do
+  while argi <= argn do
     local id, at = arg(), arg()
     local current = redis.call('HGET', skey(id), 'last_active')
     if current and tonumber(current) < tonumber(at) then
@@ -766,4 +804,38 @@ elseif op == 'heartbeat' then
   return finish(1)
 end
 
-return redis.error_reply('ERR unknown session-sidecar script operation ' .. tostring(op))
+local function unknown(name)
+  return redis.error_reply('ERR unknown session-sidecar script operation ' .. tostring(name))
+end
+
+if op == 'multi' then
+  -- The queued SESSION.* writes of one transaction (EXEC), all applied in
+  -- this one call, atomically, in the order given: <count> entries, each
+  -- <op> <tag> <now> <nargs> <args...>, the args as that operation takes
+  -- them (a `create` entry: one creation's, without the count). Replies one
+  -- entry each: { result, touched, followups } or its error. An entry that
+  -- fails does not stop the others, as a command that fails inside Redis's
+  -- EXEC does not.
+  local results = {}
+  for i = 1, tonumber(arg()) do
+    local name, tag, at, nargs = arg(), arg(), tonumber(arg()), tonumber(arg())
+    local start = argi
+    argn = start + nargs - 1
+    use_tag(tag)
+    now = at
+    touched, followups, evictions = {}, {}, 0
+    local run = ops[name]
+    if name == 'create' then run = create_session end
+    local ok, result
+    if run then ok, result = pcall(run) else ok, result = true, unknown(name) end
+    if not ok then result = raised(result) end
+    if type(result) == 'number' then result = finish(result) end
+    results[i] = result
+    argi = start + nargs
+  end
+  return results
+end
+
+local run = ops[op]
+if run then return run() end
+return unknown(op)

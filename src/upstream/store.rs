@@ -23,6 +23,7 @@ use redis::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::batch::{self, Batch, Operation};
 use super::cache::{HotCache, Suspect, Ticket};
 use super::connection::{CallError, PushHandler, Upstream};
 use super::intents::{Mode, REPAIR_AFTER_MS, REPAIR_INTERVAL};
@@ -321,6 +322,10 @@ impl WriteThrough {
         args: &[&[u8]],
         now: u64,
     ) -> Result<Reply, StoreError> {
+        let batched = || args.iter().map(|a| a.to_vec()).collect();
+        if let Some(replied) = Batch::join(op, shard, key, batched, now) {
+            return batch::joined(replied).await;
+        }
         let call = self.script_call(op, shard, key, args, now);
         let value: Value = self
             .upstream
@@ -365,6 +370,15 @@ impl WriteThrough {
         calls: &[ShardCall],
         now: u64,
     ) -> Vec<Result<Reply, StoreError>> {
+        let joined: Vec<_> = calls
+            .iter()
+            .map_while(|(shard, key, args)| Batch::join(op, *shard, key, || args.clone(), now))
+            .collect();
+        if !joined.is_empty() {
+            // Inside a transaction's batch: every call joined it.
+            let replies = joined.into_iter().map(batch::joined);
+            return futures_util::future::join_all(replies).await;
+        }
         let mut results: Vec<Option<Result<Reply, StoreError>>> =
             calls.iter().map(|_| None).collect();
         let groups = self.by_master(0..calls.len(), |&i| calls[i].0);
@@ -434,6 +448,72 @@ impl WriteThrough {
             .into_iter()
             .map(|r| r.unwrap_or(Err(StoreError::Unavailable)))
             .collect()
+    }
+
+    /// Closes `batch` and sends the operations that joined it: one call of
+    /// the script's `multi` operation with them all, or on a cluster one per
+    /// hash slot (in parallel); answers each operation.
+    pub async fn send_batch(&self, batch: &Batch) {
+        let operations = batch.close();
+        let cluster = self.upstream.is_cluster();
+        let mut groups: Vec<(u16, Vec<Operation>)> = Vec::new();
+        for operation in operations {
+            let slot = self.layout.slot(operation.shard);
+            match groups.iter_mut().find(|(s, _)| !cluster || *s == slot) {
+                Some((_, group)) => group.push(operation),
+                None => groups.push((slot, vec![operation])),
+            }
+        }
+        let calls = groups.into_iter().map(|(slot, group)| async move {
+            let span = tracing::debug_span!("upstream_transaction", count = group.len());
+            let call = self.multi_call(&group);
+            let replies = self
+                .upstream
+                .call(slot, async |c| eval_loading(c, &call).await)
+                .instrument(span)
+                .await;
+            answer_each(replies, group.into_iter().map(|operation| operation.reply));
+        });
+        futures_util::future::join_all(calls).await;
+    }
+
+    /// EVALSHA of the script's `multi` operation with `group`, declaring
+    /// every shard's keys it changes.
+    fn multi_call(&self, group: &[Operation]) -> redis::Cmd {
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for operation in group {
+            let shard = operation.shard;
+            let shard_keys = [
+                self.layout.expiry_key(shard),
+                self.layout.stream_key(shard),
+                self.layout.intents_key(shard),
+            ];
+            let key = (!operation.key.is_empty()).then(|| operation.key.clone());
+            for key in key.into_iter().chain(shard_keys) {
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+        }
+        let first = group.first().map_or(0, |o| o.shard);
+        let mut call = redis::cmd("EVALSHA");
+        call.arg(SCRIPT.get_hash()).arg(keys.len()).arg(keys);
+        call.arg("multi")
+            .arg(&self.config.prefix)
+            .arg(crate::store::now_ms())
+            .arg(&self.config.node[..])
+            .arg(self.config.stream_maxlen)
+            .arg(self.config.key_margin_ms)
+            .arg(self.layout.tag(first))
+            .arg(group.len());
+        for operation in group {
+            call.arg(&operation.op)
+                .arg(self.layout.tag(operation.shard))
+                .arg(operation.now)
+                .arg(operation.args.len())
+                .arg(&operation.args);
+        }
+        call
     }
 
     /// `items` in groups, one per master serving their shards (`shard` says
@@ -875,7 +955,11 @@ impl WriteThrough {
         }
         let ticket = self.ticket(&id);
         let apply = async || {
-            let mut reply = self.creations.submit(shard, args).await?;
+            let joined = Batch::join("create", shard, &[], || simple_args(&args), now);
+            let mut reply = match joined {
+                Some(replied) => batch::joined(replied).await?,
+                None => self.creations.submit(shard, args).await?,
+            };
             for other in &reply.touched {
                 self.cache.invalidate(other);
             }
@@ -1859,27 +1943,47 @@ impl Creations {
             })
             .instrument(span)
             .await;
-        match replies {
-            Ok(Value::Array(entries)) if entries.len() == batch.len() => {
-                for (creation, entry) in batch.into_iter().zip(entries) {
-                    let _ = creation.reply.send(script_entry(entry));
-                }
+        answer_each(replies, batch.into_iter().map(|creation| creation.reply));
+    }
+}
+
+/// Answers each entry of a script call that applied several (creations, or
+/// a transaction's writes) with its own entry of the reply, or with the
+/// call's failure.
+fn answer_each(
+    replies: Result<Value, CallError>,
+    waiting: impl ExactSizeIterator<Item = tokio::sync::oneshot::Sender<Result<Reply, StoreError>>>,
+) {
+    match replies {
+        Ok(Value::Array(entries)) if entries.len() == waiting.len() => {
+            for (reply, entry) in waiting.zip(entries) {
+                let _ = reply.send(script_entry(entry));
             }
-            // The script ran, and replied something else: what it applied
-            // cannot be told.
-            Ok(_) => {
-                for creation in batch {
-                    let _ = creation.reply.send(Err(StoreError::OutcomeUnknown));
-                }
+        }
+        // The script ran, and replied something else: what it applied
+        // cannot be told.
+        Ok(_) => {
+            for reply in waiting {
+                let _ = reply.send(Err(StoreError::OutcomeUnknown));
             }
-            Err(error) => {
-                let error = StoreError::from(error);
-                for creation in batch {
-                    let _ = creation.reply.send(Err(error.clone()));
-                }
+        }
+        Err(error) => {
+            let error = StoreError::from(error);
+            for reply in waiting {
+                let _ = reply.send(Err(error.clone()));
             }
         }
     }
+}
+
+/// A packed command's arguments, each on its own.
+fn simple_args(cmd: &redis::Cmd) -> Vec<Vec<u8>> {
+    cmd.args_iter()
+        .filter_map(|arg| match arg {
+            redis::Arg::Simple(arg) => Some(arg.to_vec()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Runs a script call, loading the script first if the upstream does not

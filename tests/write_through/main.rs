@@ -1192,6 +1192,132 @@ fn evalsha_calls(redis: &mut redis::Connection) -> usize {
         .map_or(0, |calls| calls.parse().unwrap())
 }
 
+/// The SESSION.* writes queued in one transaction go to the upstream in one
+/// script call, atomic together: transfers between two sessions (in
+/// different shards), in transactions through both sidecars, never show a
+/// reader of the upstream a total other than zero. Reads queued between
+/// writes see the writes before them.
+#[test]
+fn queued_session_writes_are_one_script_call_atomic_together() {
+    const TRANSFERS: usize = 150;
+    let f = Fleet::start(&["--shards", "16"]);
+    let layout = session_sidecar::upstream::layout::Layout::new("session", 16).unwrap();
+    let shard = |id: &str| layout.shard_of(id.as_bytes());
+    let skey = |id: &str| key_text(layout.session_key(id.as_bytes()));
+    let mut c = f.a.client();
+    // Two sessions in different shards.
+    let from = "tx-from";
+    let to = (0..)
+        .map(|i| format!("tx-to-{i}"))
+        .find(|id| shard(id) != shard(from))
+        .unwrap();
+    let to = to.as_str();
+    for id in [from, to] {
+        call(&mut c, &["SESSION.CREATE", "ID", id, "ATTR", "n", "0"]);
+    }
+    let mut redis = f.redis.client();
+    let before = evalsha_calls(&mut redis);
+    let replies = transaction(
+        &mut c,
+        &[
+            &["SESSION.ATTR.INCRBY", from, "n", "-1"],
+            &["SESSION.ATTR.INCRBY", to, "n", "1"],
+            &["SESSION.ATTR.SET", from, "k", "1"],
+            &["SESSION.EXPIRE", to, "600"],
+        ],
+    );
+    assert_eq!(replies[..2], [Value::Int(-1), Value::Int(1)]);
+    assert_eq!(
+        evalsha_calls(&mut redis),
+        before + 1,
+        "one call for the four writes"
+    );
+    let replies = transaction(
+        &mut c,
+        &[
+            &["SESSION.ATTR.SET", from, "k", "2"],
+            &["SESSION.ATTR.GET", from, "k"],
+            &["SESSION.ATTR.SET", from, "k", "3"],
+            &["SESSION.ATTR.GET", from, "k"],
+        ],
+    );
+    assert_eq!(array(&replies[1]), [bulk("2")]);
+    assert_eq!(array(&replies[3]), [bulk("3")]);
+    // A write that must take a lock upstream first (a connection of another
+    // shard) runs after the writes queued before it.
+    let conn = (0..)
+        .map(|i| format!("tx-conn-{i}"))
+        .find(|conn| shard(conn) != shard("tx-bound"))
+        .unwrap();
+    let replies = transaction(
+        &mut c,
+        &[
+            &["SESSION.ATTR.SET", from, "k", "4"],
+            &["SESSION.CREATE", "ID", "tx-bound", "CONN", &conn],
+            &["SESSION.ATTR.GET", from, "k"],
+        ],
+    );
+    assert_eq!(replies[1], bulk("tx-bound"));
+    assert_eq!(array(&replies[2]), [bulk("4")]);
+    assert_eq!(call(&mut c, &["SESSION.BYCONN", &conn]), bulk("tx-bound"));
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        let (kf, kt) = (skey(from), skey(to));
+        let mut redis = f.redis.client();
+        thread::spawn(move || {
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (a, b): (i64, i64) = redis::pipe()
+                    .atomic()
+                    .hget(&kf, "a:n")
+                    .hget(&kt, "a:n")
+                    .query(&mut redis)
+                    .unwrap();
+                assert_eq!(a + b, 0, "a transfer seen half done: {a} + {b}");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let movers: Vec<_> = [f.a.client(), f.b.client()]
+        .into_iter()
+        .map(|mut c| {
+            let to = to.to_string();
+            thread::spawn(move || {
+                for _ in 0..TRANSFERS {
+                    transaction(
+                        &mut c,
+                        &[
+                            &["SESSION.ATTR.INCRBY", from, "n", "-1"],
+                            &["SESSION.ATTR.INCRBY", &to, "n", "1"],
+                        ],
+                    );
+                }
+            })
+        })
+        .collect();
+    for mover in movers {
+        mover.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    let moved = 1 + 2 * TRANSFERS as i64;
+    assert!(wait_until(WAIT, || attr(&mut c, to, "n") == bulk(moved.to_string())));
+    assert_eq!(attr(&mut c, from, "n"), bulk((-moved).to_string()));
+}
+
+/// MULTI, the commands, EXEC, through the `redis` crate: EXEC's replies.
+fn transaction(c: &mut redis::Connection, commands: &[&[&str]]) -> Vec<Value> {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for command in commands {
+        pipe.cmd(command[0]).arg(&command[1..]);
+    }
+    pipe.query(c).unwrap()
+}
+
 /// Concurrent CREATEs of one shard share script calls (group commit), and
 /// each still gets its own outcome. While the upstream is paused, creations
 /// pile up and then travel together, mixing ones that must fail (EXISTS)
