@@ -706,3 +706,89 @@ fn transactions_mix_session_and_ordinary_commands_on_a_cluster() {
         Value::Int(1)
     );
 }
+
+/// One key per master of the 3-master cluster (its slots are 0-5460,
+/// 5461-10922 and 10923-16383), named `<prefix><n>`.
+fn key_per_master(prefix: &str) -> Vec<String> {
+    let master = |key: &str| match session_sidecar::protocol::slot::slot_of(key.as_bytes()) {
+        0..=5460 => 0,
+        5461..=10922 => 1,
+        _ => 2,
+    };
+    let mut keys: Vec<Option<String>> = vec![None; 3];
+    for n in 0.. {
+        let key = format!("{prefix}{n}");
+        keys[master(&key)].get_or_insert(key);
+        if keys.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    keys.into_iter().flatten().collect()
+}
+
+/// CLIENT TRACKING of ordinary keys in front of a cluster: one RESP3
+/// connection to the sidecar reads keys on all three masters (pipelined,
+/// the replies in order), and a write to any of them reaches it as an
+/// invalidation; BCAST hears every master; OFF ends it everywhere.
+#[test]
+fn client_tracking_covers_keys_on_every_master() {
+    let cluster = Cluster::start();
+    let sidecar = sidecar(&cluster, "tracking");
+    let keys = key_per_master("tracked:");
+    let mut writer = sidecar.client();
+    for (i, key) in keys.iter().enumerate() {
+        call(&mut writer, &["SET", key, &i.to_string()]);
+    }
+    let mut tracked = sidecar.raw();
+    assert!(matches!(tracked.cmd(&["HELLO", "3"]), Resp::Map(_)));
+    assert_eq!(
+        tracked.cmd(&["CLIENT", "TRACKING", "ON"]),
+        Resp::Simple("OK".into())
+    );
+    for key in &keys {
+        tracked.send_cmd(&["GET", key]);
+    }
+    tracked.send_cmd(&["PING"]);
+    for i in 0..keys.len() {
+        assert_eq!(tracked.read_reply(), Resp::bulk(i.to_string()));
+    }
+    assert_eq!(tracked.read_reply(), Resp::Simple("PONG".into()));
+    for key in &keys {
+        call(&mut writer, &["SET", key, "changed"]);
+        assert_eq!(
+            tracked.read_reply(),
+            Resp::Push(vec![Resp::bulk("invalidate"), Resp::bulks(&[key])]),
+            "the write of {key} invalidates it"
+        );
+    }
+    // Read again, then tracking off: later writes send nothing.
+    for key in &keys {
+        assert_eq!(tracked.cmd(&["GET", key]), Resp::bulk("changed"));
+    }
+    assert_eq!(
+        tracked.cmd(&["CLIENT", "TRACKING", "OFF"]),
+        Resp::Simple("OK".into())
+    );
+    for key in &keys {
+        call(&mut writer, &["SET", key, "after"]);
+    }
+    assert_eq!(tracked.cmd(&["GET", &keys[0]]), Resp::bulk("after"));
+
+    // BCAST: a prefix's writes on every master.
+    let mut broadcast = sidecar.raw();
+    assert!(matches!(broadcast.cmd(&["HELLO", "3"]), Resp::Map(_)));
+    assert_eq!(
+        broadcast.cmd(&["CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", "b:"]),
+        Resp::Simple("OK".into())
+    );
+    // The trackers are opened with the command: PING makes sure they are.
+    assert_eq!(broadcast.cmd(&["PING"]), Resp::Simple("PONG".into()));
+    for key in key_per_master("b:") {
+        call(&mut writer, &["SET", &key, "1"]);
+        assert_eq!(
+            broadcast.read_reply(),
+            Resp::Push(vec![Resp::bulk("invalidate"), Resp::bulks(&[&key])]),
+            "BCAST hears {key}'s master"
+        );
+    }
+}

@@ -552,6 +552,12 @@ impl Router {
         Self::node_of(&topology, route(argv), 0).map(|n| n.endpoint.clone())
     }
 
+    /// Every master's endpoint.
+    pub async fn endpoints(&self) -> Vec<Endpoint> {
+        let topology = self.topology().await;
+        topology.nodes.iter().map(|n| n.endpoint.clone()).collect()
+    }
+
     /// Sends a client's batch, each command to its slot's node, following
     /// redirections; the replies come back in the batch's order.
     pub async fn call(

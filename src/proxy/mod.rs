@@ -29,6 +29,7 @@ pub mod endpoint;
 pub mod pinned;
 pub mod pool;
 pub mod sink;
+pub mod tracking;
 
 use std::io;
 use std::sync::{Arc, OnceLock};
@@ -46,6 +47,7 @@ use endpoint::{Endpoint, encode_command};
 use pinned::{IdleConnections, Pinned};
 use pool::{Delivery, Pool, PoolSettings};
 use sink::ReplySink;
+use tracking::Trackers;
 
 /// The reply to a command that could not be sent.
 pub const UNAVAILABLE: &[u8] = b"-TRYAGAIN upstream unavailable\r\n";
@@ -287,6 +289,11 @@ impl Proxy {
                 .await
                 .ok_or("no cluster node serves the key's slot")?,
         };
+        self.pin_at(protocol, endpoint).await
+    }
+
+    /// A connection of the client's own to `endpoint`.
+    async fn pin_at(&self, protocol: Protocol, endpoint: Endpoint) -> Result<Pinned, String> {
         let connection = match self.idle.take(&endpoint.addr, protocol) {
             Some(connection) => connection,
             None => endpoint.connect(protocol, self.connect_timeout).await?,
@@ -485,6 +492,16 @@ pub struct Link {
     /// The last command name found to go to the pool as it is, byte for
     /// byte: a pipeline of one command is looked up once.
     plain_name: PlainName,
+    /// In front of a cluster, a tracking client's connections to the
+    /// masters other than its pinned one's ([`tracking`]).
+    trackers: Option<Box<Trackers>>,
+}
+
+/// What [`Link::readable`] read, and from which connection: the pinned
+/// one, or a tracker.
+pub struct PinnedRead {
+    tracker: Option<usize>,
+    read: io::Result<usize>,
 }
 
 /// A command name of up to 16 bytes.
@@ -588,6 +605,15 @@ impl Link {
             self.batch.push(true, argv);
             return self.send_batch(proxy, protocol, lane, output).await;
         }
+        // A tracking client's key on another master: on its tracker there.
+        if pinned_outside_transaction
+            && !self.deferred_multi
+            && let Some(endpoint) = self.tracker_for(proxy, command, argv).await
+        {
+            return self
+                .forward_to_tracker(proxy, protocol, lane, endpoint, argv, output)
+                .await;
+        }
         // The replies to what was batched before come first.
         self.settle_pool(proxy, protocol, lane, output).await?;
         if self.pinned.is_none() {
@@ -608,7 +634,131 @@ impl Link {
             }
             pinned.send(argv);
         }
+        if proxy.is_cluster() && self.pinned.is_some() {
+            self.track_on_every_master(proxy, protocol, argv).await;
+        }
         Ok(())
+    }
+
+    /// The master `argv` goes to when that is not the pinned connection's
+    /// and the client tracks keys there through a tracker.
+    async fn tracker_for(
+        &self,
+        proxy: &Proxy,
+        command: Command,
+        argv: &[Bytes],
+    ) -> Option<Endpoint> {
+        let pinned = self.pinned.as_ref()?;
+        self.trackers.as_ref()?;
+        if command != Command::Other || !matches!(cluster::route(argv), cluster::Route::Slot(_)) {
+            return None;
+        }
+        let Target::Cluster(router) = &proxy.target else {
+            return None;
+        };
+        let endpoint = router.endpoint_for(argv).await?;
+        (endpoint.addr != pinned.node).then_some(endpoint)
+    }
+
+    /// Sends `argv` on the client's tracker on `endpoint` (opened if need
+    /// be) once every reply owed before it is relayed, and relays its reply.
+    async fn forward_to_tracker(
+        &mut self,
+        proxy: &Proxy,
+        protocol: Protocol,
+        lane: usize,
+        endpoint: Endpoint,
+        argv: &[Bytes],
+        output: &mut BytesMut,
+    ) -> io::Result<()> {
+        self.settle(proxy, protocol, lane, output).await?;
+        let Some(trackers) = self.trackers.as_mut() else {
+            output.extend_from_slice(UNAVAILABLE);
+            return Ok(());
+        };
+        if trackers.on(&endpoint.addr).is_none() {
+            match proxy.pin_at(protocol, endpoint.clone()).await {
+                Ok(tracker) => {
+                    trackers.add(tracker);
+                }
+                Err(reason) => {
+                    tracing::warn!(%reason, "cannot open a tracking connection");
+                    proxy.stats.unavailable.inc();
+                    output.extend_from_slice(UNAVAILABLE);
+                    return Ok(());
+                }
+            }
+        }
+        trackers.send(&endpoint.addr, argv);
+        let index = trackers.all().iter().position(|t| t.node == endpoint.addr);
+        let Some(index) = index else {
+            output.extend_from_slice(UNAVAILABLE);
+            return Ok(());
+        };
+        let flushed = trackers.all()[index].flush().await;
+        if flushed.is_err() {
+            let lost = trackers.relay(index, Ok(0), output);
+            self.lost_state |= !lost;
+            return Ok(());
+        }
+        while let Some(tracker) = trackers.all().get_mut(index)
+            && tracker.owes_replies()
+        {
+            let read = tracker.read().await;
+            if !trackers.relay(index, read, output) {
+                self.lost_state = true;
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// In front of a cluster, after `argv` went to the pinned connection:
+    /// CLIENT TRACKING ON opens a tracker on every other master with the
+    /// same command, and any CLIENT TRACKING goes to the trackers there
+    /// are; a CLIENT CACHING is kept for the next command.
+    async fn track_on_every_master(&mut self, proxy: &Proxy, protocol: Protocol, argv: &[Bytes]) {
+        if !Trackers::is_tracking_command(argv) {
+            if let Some(trackers) = self.trackers.as_mut() {
+                trackers.note(argv);
+            }
+            return;
+        }
+        if let Some(trackers) = self.trackers.as_mut() {
+            trackers.send_to_all(argv);
+        } else if Trackers::turns_on(argv)
+            && let Some(mut trackers) = Trackers::for_command(argv)
+            && let Target::Cluster(router) = &proxy.target
+        {
+            let pinned_node = self.pinned.as_ref().map(|p| p.node.clone());
+            for endpoint in router.endpoints().await {
+                if Some(&endpoint.addr) == pinned_node.as_ref() {
+                    continue;
+                }
+                match proxy.pin_at(protocol, endpoint).await {
+                    Ok(tracker) => {
+                        trackers.add(tracker);
+                    }
+                    // Opened when a command needs it.
+                    Err(reason) => tracing::warn!(%reason, "cannot open a tracking connection"),
+                }
+            }
+            self.trackers = Some(Box::new(trackers));
+        }
+        let mut lost = Vec::new();
+        if let Some(trackers) = self.trackers.as_mut() {
+            for (i, tracker) in trackers.all().iter_mut().enumerate() {
+                if tracker.flush().await.is_err() {
+                    lost.push(i);
+                }
+            }
+        }
+        for i in lost.into_iter().rev() {
+            let mut output = BytesMut::new();
+            if let Some(trackers) = self.trackers.as_mut() {
+                trackers.relay(i, Ok(0), &mut output);
+            }
+        }
     }
 
     /// Forwards one command and waits for its reply, which lands in
@@ -761,15 +911,54 @@ impl Link {
 
     /// Resolves when the pinned connection has something to relay (never,
     /// without one); [`Link::relay`] then relays it.
-    pub async fn readable(&mut self) -> std::io::Result<usize> {
-        match self.pinned.as_mut() {
-            Some(pinned) => pinned.read().await,
-            None => std::future::pending().await,
+    pub async fn readable(&mut self) -> PinnedRead {
+        let Some(pinned) = self.pinned.as_mut() else {
+            return std::future::pending().await;
+        };
+        let trackers = match self.trackers.as_mut() {
+            Some(trackers) if !trackers.is_empty() => trackers.all(),
+            _ => {
+                let read = pinned.read().await;
+                return PinnedRead {
+                    tracker: None,
+                    read,
+                };
+            }
+        };
+        type Read<'a> = std::pin::Pin<Box<dyn Future<Output = PinnedRead> + Send + 'a>>;
+        let mut reads: Vec<Read> = Vec::with_capacity(1 + trackers.len());
+        reads.push(Box::pin(async {
+            let read = pinned.read().await;
+            PinnedRead {
+                tracker: None,
+                read,
+            }
+        }));
+        for (i, tracker) in trackers.iter_mut().enumerate() {
+            reads.push(Box::pin(async move {
+                let read = tracker.read().await;
+                PinnedRead {
+                    tracker: Some(i),
+                    read,
+                }
+            }));
         }
+        futures_util::future::select_all(reads).await.0
     }
 
-    /// Relays what the pinned connection received, after [`Link::readable`].
-    pub fn relay(&mut self, read: std::io::Result<usize>, output: &mut BytesMut) {
+    /// Relays what the pinned connection (or a tracker) received, after
+    /// [`Link::readable`].
+    pub fn relay(&mut self, read: PinnedRead, output: &mut BytesMut) {
+        let PinnedRead { tracker, read } = read;
+        if let Some(index) = tracker {
+            if let Some(trackers) = self.trackers.as_mut()
+                && !trackers.relay(index, read, output)
+            {
+                self.lost_state = true;
+            }
+            self.release_trackers();
+            return;
+        }
         let Some(pinned) = self.pinned.as_mut() else {
             return;
         };
@@ -788,6 +977,18 @@ impl Link {
             // The state is over: give the connection back.
             pinned.release();
         }
+        self.release_trackers();
+    }
+
+    /// Gives the trackers back once the client's tracking is over.
+    fn release_trackers(&mut self) {
+        let tracking = self.pinned.as_ref().is_some_and(|p| p.tracking());
+        if !tracking
+            && let Some(trackers) = self.trackers.as_mut()
+            && trackers.release_if_done()
+        {
+            self.trackers = None;
+        }
     }
 
     async fn read_pinned(&mut self, output: &mut BytesMut) {
@@ -800,6 +1001,7 @@ impl Link {
             pinned.fail_owed(output);
             self.lost_state |= pinned.holds_state();
         }
+        self.trackers = None;
     }
 
     /// MULTI: the upstream's transaction starts with the first command
@@ -882,6 +1084,7 @@ impl Link {
     /// Drops the pinned connection and its state (RESET).
     pub fn reset(&mut self) {
         self.pinned = None;
+        self.trackers = None;
         self.deferred_multi = false;
         self.deferred_failed = false;
     }

@@ -266,6 +266,17 @@ impl Pinned {
         }
     }
 
+    /// Whether key tracking is on for the connection.
+    pub fn tracking(&self) -> bool {
+        self.tracking
+    }
+
+    /// Sends a command whose reply is not relayed (a tracker's replayed
+    /// CLIENT TRACKING or CACHING).
+    pub fn send_swallowed(&mut self, argv: &[Bytes]) {
+        self.send_own(argv, Reply::Swallow);
+    }
+
     /// Whether keys are watched on the connection.
     pub fn watching(&self) -> bool {
         self.watching
