@@ -33,6 +33,12 @@ main() {
 
   log "cargo build"
   cargo build
+  # tests/gateway_drain.rs runs the example gateway and its load client as
+  # processes; cargo names binaries to tests (CARGO_BIN_EXE_*), not
+  # examples, so they are built here, before the tests look for them (the
+  # runner builds them too when no test target is named).
+  log "cargo build --examples"
+  cargo build --examples
 
   # In CI, report every failing test rather than stop at the first one.
   local runner_args=("$@")
