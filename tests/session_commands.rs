@@ -8,7 +8,9 @@ mod common;
 #[path = "shared/contract.rs"]
 mod contract;
 
+use std::collections::BTreeMap;
 use std::ops::Deref;
+use std::time::Duration;
 
 use common::*;
 use contract::{NODE, Target};
@@ -170,4 +172,93 @@ fn exec_is_atomic_against_other_clients() {
 #[test]
 fn tracking_redirects_to_a_resp2_subscriber() {
     contract::tracking_redirects_to_a_resp2_subscriber::<Standalone>()
+}
+
+/// `--keep-json yes`: a session's JSON is kept from a read until its next
+/// change. Every read still shows what SESSION.GET shows, through changes
+/// and heartbeats (which move `last_active` without a change), and the kept
+/// forms count in `used_memory`; without the option reads hold nothing.
+#[test]
+fn kept_json_follows_every_change_and_counts_in_memory() {
+    let kept = Sidecar::start(&["--keep-json", "yes"]);
+    let plain = Sidecar::start(&[]);
+    let used = |sc: &Sidecar| -> i64 { sc.info("memory")["used_memory"].parse().unwrap() };
+    let json = |c: &mut redis::Connection| -> serde_json::Value {
+        match call(c, &["SESSION.GET", "j", "JSON"]) {
+            Value::Nil => serde_json::Value::Null,
+            v => serde_json::from_slice(&bytes(&v)).unwrap(),
+        }
+    };
+    // The JSON matches the map SESSION.GET answers.
+    let check = |c: &mut redis::Connection| {
+        let read = json(c);
+        let s = get_session(c, "j", false).expect("the session is there");
+        assert_eq!(read["version"], s.version, "{read}");
+        assert_eq!(read["last_active"], s.last_active, "{read}");
+        assert_eq!(read["expires"], s.expires, "{read}");
+        assert_eq!(read["status"], s.status.as_str(), "{read}");
+        let conn = s.conn.map(|c| String::from_utf8(c).unwrap());
+        assert_eq!(read["conn"].as_str(), conn.as_deref(), "{read}");
+        let attrs: BTreeMap<String, String> = s
+            .attrs
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap()))
+            .collect();
+        assert_eq!(read["attrs"], serde_json::json!(attrs), "{read}");
+    };
+    for sc in [&kept, &plain] {
+        let mut c = sc.client();
+        let args = [
+            "SESSION.CREATE",
+            "ID",
+            "j",
+            "USER",
+            "u",
+            "TTL",
+            "600",
+            "ATTR",
+            "a",
+            "1",
+        ];
+        call(&mut c, &args);
+        let before = used(sc);
+        let first = json(&mut c).to_string();
+        let grew = used(sc) - before;
+        if std::ptr::eq(sc, &kept) {
+            // All but last_active's value (written at each read).
+            let digits = first.len() as i64 - 20;
+            assert!(grew >= digits, "kept {} bytes, counted {grew}", first.len());
+        } else {
+            assert_eq!(grew, 0, "nothing is kept without --keep-json");
+        }
+    }
+    let mut c = kept.client();
+    check(&mut c);
+    call(&mut c, &["SESSION.ATTR.SET", "j", "a", "2", "b", "3"]);
+    check(&mut c);
+    // A heartbeat: last_active moves, the version does not.
+    let before = json(&mut c)["last_active"].as_i64().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        call(&mut c, &["SESSION.TOUCH", "j"]);
+        json(&mut c)["last_active"].as_i64().unwrap() > before
+    }));
+    check(&mut c);
+    for change in [
+        &["SESSION.BIND", "j", "ws-1"][..],
+        &["SESSION.UNBIND", "j"],
+        &["SESSION.UPDATE", "j", "STATUS", "active", "DEL", "a"],
+        &["SESSION.EXPIRE", "j", "900"],
+        &["SESSION.ATTR.INCRBY", "j", "n", "5"],
+        &["SESSION.ATTR.DEL", "j", "b"],
+    ] {
+        call(&mut c, change);
+        check(&mut c);
+    }
+    let before = used(&kept);
+    call(&mut c, &["SESSION.DEL", "j"]);
+    assert_eq!(json(&mut c), serde_json::Value::Null);
+    assert!(
+        used(&kept) < before,
+        "a deleted session's kept JSON is freed"
+    );
 }

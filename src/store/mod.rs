@@ -33,7 +33,7 @@ use dashmap::DashMap;
 pub use attributes::Attributes;
 pub use expiry::ExpiryIndex;
 pub use indexes::Indexes;
-pub use session::{FIELD_COUNT, Key, Session, Status, lossy_text};
+pub use session::{FIELD_COUNT, JSON_CACHE_BYTES, JsonCache, Key, Session, Status, lossy_text};
 
 /// Limits on what a session may hold (commands.md, configurable).
 #[derive(Clone, Copy, Debug)]
@@ -285,9 +285,9 @@ impl SessionStore {
         self.default_ttl_ms
     }
 
-    /// Approximate bytes held by sessions.
+    /// Approximate bytes held by sessions, their kept JSON forms included.
     pub fn memory(&self) -> usize {
-        self.memory.load(Ordering::Relaxed)
+        self.memory.load(Ordering::Relaxed) + session::JSON_CACHE_BYTES.load(Ordering::Relaxed)
     }
 
     fn lock_indexes(&self) -> MutexGuard<'_, Indexes> {
@@ -563,6 +563,7 @@ impl SessionStore {
                 .then(|| Event::of(EventKind::Unbound, &holder, &session, now, Some("rebound")));
             session.conn = None;
             session.status = Status::Disconnected;
+            session.json.clear();
             if live {
                 session.mutated(now);
             }
@@ -643,6 +644,7 @@ impl SessionStore {
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
             moving: false,
             attrs: Attributes::from_pairs(request.attrs.iter().map(|(n, v)| (&n[..], &v[..]))),
+            json: Default::default(),
         };
         events.push(Event::of(EventKind::Created, &id, &session, now, None));
         self.insert_locked(&mut indexes, id.clone(), session);
@@ -1007,6 +1009,7 @@ impl SessionStore {
                 seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
                 moving: false,
                 attrs: t.attrs,
+                json: Default::default(),
             };
             if let Some(conn) = &session.conn {
                 self.take_conn_locked(&mut indexes, conn, &id, now, &mut events);

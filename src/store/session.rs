@@ -1,7 +1,7 @@
 //! One session: its fields, its size, and its JSON form.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::attributes::Attributes;
 
@@ -54,6 +54,42 @@ pub struct Session {
     /// with TRYAGAIN until the move is acknowledged or abandoned.
     pub moving: bool,
     pub attrs: Attributes,
+    /// Its JSON form, kept from a read until its next change.
+    pub json: JsonCache,
+}
+
+/// Bytes held by every session's [`JsonCache`] in the process: counted in
+/// the sessions' memory (INFO, `maxmemory`).
+pub static JSON_CACHE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// A session's encoded JSON (`SESSION.GET id JSON`), kept from its first
+/// read until the session changes: most reads of a session repeat, and
+/// building the object touches every separately allocated part of the
+/// session (user, conn, node, attributes), a cache miss each on a large
+/// store, where the kept form is one. `last_active`, which heartbeats move
+/// without a change, is left out and written at each read.
+#[derive(Debug, Default)]
+pub struct JsonCache(std::sync::OnceLock<CachedJson>);
+
+#[derive(Debug)]
+struct CachedJson {
+    /// The object without `last_active`'s value...
+    bytes: Box<[u8]>,
+    /// ...which goes here.
+    hole: usize,
+}
+
+impl Drop for CachedJson {
+    fn drop(&mut self) {
+        JSON_CACHE_BYTES.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+    }
+}
+
+impl JsonCache {
+    /// Forgets the kept form: the session changed.
+    pub fn clear(&mut self) {
+        self.0.take();
+    }
 }
 
 impl Session {
@@ -69,6 +105,7 @@ impl Session {
     pub fn mutated(&mut self, now: u64) {
         self.version += 1;
         *self.last_active.get_mut() = now;
+        self.json.clear();
     }
 
     pub fn attr(&self, name: &[u8]) -> Option<&[u8]> {
@@ -105,6 +142,38 @@ impl Session {
     /// object (a test holds the two equal), in a third of its time on the
     /// hottest read there is.
     pub fn write_json<B: bytes::BufMut>(&self, id: &[u8], out: &mut B) {
+        let last_active = self.last_active();
+        self.write_json_with(id, out, |out| {
+            out.put_slice(itoa::Buffer::new().format(last_active).as_bytes())
+        });
+    }
+
+    /// [`Session::write_json`] from the kept form ([`JsonCache`]), made
+    /// and kept at the first read after a change.
+    pub fn write_json_kept<B: bytes::BufMut>(&self, id: &[u8], out: &mut B) {
+        let kept = self.json.0.get_or_init(|| {
+            let mut bytes = Vec::with_capacity(256);
+            let mut hole = 0;
+            self.write_json_with(id, &mut bytes, |bytes| hole = bytes.len());
+            JSON_CACHE_BYTES.fetch_add(bytes.len(), Ordering::Relaxed);
+            CachedJson {
+                bytes: bytes.into_boxed_slice(),
+                hole,
+            }
+        });
+        let (before, after) = kept.bytes.split_at(kept.hole.min(kept.bytes.len()));
+        out.put_slice(before);
+        out.put_slice(itoa::Buffer::new().format(self.last_active()).as_bytes());
+        out.put_slice(after);
+    }
+
+    /// The JSON object, with `last_active`'s value written by `last_active`.
+    fn write_json_with<B: bytes::BufMut>(
+        &self,
+        id: &[u8],
+        out: &mut B,
+        last_active: impl FnOnce(&mut B),
+    ) {
         let mut numbers = itoa::Buffer::new();
         let mut number = |out: &mut B, name: &[u8], n: u64| {
             out.put_slice(name);
@@ -121,7 +190,8 @@ impl Session {
         out.put_slice(b"\",\"node\":");
         json_string(out, &self.node);
         number(out, b",\"created\":", self.created);
-        number(out, b",\"last_active\":", self.last_active());
+        out.put_slice(b",\"last_active\":");
+        last_active(out);
         number(out, b",\"expires\":", self.expires);
         number(out, b",\"ttl\":", self.ttl);
         number(out, b",\"version\":", self.version);
@@ -273,13 +343,31 @@ mod tests {
                 seq: 0,
                 moving: false,
                 attrs: attributes,
+                json: JsonCache::default(),
             };
-            let expected = serde_json::to_vec(&JsonView { id: &id, session: &session }).unwrap();
+            let mut session = session;
+            let serde = |s: &Session| serde_json::to_vec(&JsonView { id: &id, session: s }).unwrap();
+            let kept = |s: &Session| {
+                let mut out = Vec::new();
+                s.write_json_kept(&id, &mut out);
+                out
+            };
+            let expected = serde(&session);
             let written = session.to_json(&id);
             prop_assert_eq!(
                 String::from_utf8_lossy(&written),
                 String::from_utf8_lossy(&expected)
             );
+            // The kept form: the same, twice; with a heartbeat's last_active;
+            // and again after a change.
+            for _ in 0..2 {
+                prop_assert_eq!(&kept(&session), &expected);
+            }
+            session.last_active.store(numbers[1] / 2, Ordering::Relaxed);
+            prop_assert_eq!(kept(&session), serde(&session));
+            session.attrs.set(b"changed", &id);
+            session.mutated(numbers[0]);
+            prop_assert_eq!(kept(&session), serde(&session));
         }
     }
 }

@@ -187,6 +187,7 @@ mod tests {
             seq: 6,
             moving: false,
             attrs: Attributes::from_pairs([(&b"k"[..], &b"v\r\n\0"[..]), (b"", b"")]),
+            json: Default::default(),
         }
     }
 

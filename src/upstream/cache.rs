@@ -246,8 +246,9 @@ impl HotCache {
         self.map.is_empty()
     }
 
+    /// Bytes held by the copies, their kept JSON forms included.
     pub fn memory(&self) -> usize {
-        self.memory.load(Ordering::Relaxed)
+        self.memory.load(Ordering::Relaxed) + crate::store::JSON_CACHE_BYTES.load(Ordering::Relaxed)
     }
 
     /// Evicts copies until under budget. The upstream holds everything, so

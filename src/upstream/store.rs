@@ -992,6 +992,7 @@ impl WriteThrough {
             seq: 0,
             moving: false,
             attrs: Attributes::from_pairs(request.attrs.iter().map(|(n, v)| (&n[..], &v[..]))),
+            json: Default::default(),
         };
         self.install(id.clone(), session, ticket);
         self.counts.created.fetch_add(1, Ordering::Relaxed);
@@ -2177,6 +2178,7 @@ pub fn parse_session(value: &Value) -> Option<(Key, Session)> {
         seq: 0,
         moving: false,
         attrs: Attributes::default(),
+        json: Default::default(),
     };
     let mut attrs: Vec<(&[u8], &[u8])> = Vec::new();
     for pair in fields.chunks(2) {

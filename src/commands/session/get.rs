@@ -9,10 +9,18 @@ use crate::store::now_ms;
 pub async fn get(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) -> CommandResult {
     let id = args.required()?;
     let json = args.trailing_flag("JSON")?;
+    // With --keep-json, the JSON is kept for the next read unless memory
+    // is short: kept forms count in the sessions' memory.
+    let maxmemory = node.config.maxmemory as usize;
+    let keep = json
+        && node.config.keep_json
+        && (maxmemory == 0 || node.sessions.memory() < maxmemory / 10 * 9);
     let found = node
         .sessions
         .read(id, now_ms(), |s| {
-            if json {
+            if json && keep {
+                out.bulk_with(|buf| s.write_json_kept(id, buf));
+            } else if json {
                 out.bulk_with(|buf| s.write_json(id, buf));
             } else {
                 write_session(out, id, s);
