@@ -3,7 +3,8 @@
 # installed, openssl (the TLS test makes its certificates with it), redis-py,
 # which the Python client tests drive the sidecar with, and Node.js with
 # ioredis and node-redis (tests/node, from its package-lock.json), which the
-# Node client tests drive it with.
+# Node client tests drive it with, and Go with redigo and go-redis (Debian's
+# packages), which the Go client tests drive it with.
 #
 # The integration tests and the benchmark start their own redis-server on free
 # ports, so on a fresh Debian machine this installs the packages with apt-get
@@ -101,6 +102,19 @@ ensure_node_clients() {
   cp "$dir/package-lock.json" "$dir/node_modules/.lock-installed"
 }
 
+# Go with redigo and go-redis from Debian's packages (tests/go, built in
+# GOPATH mode: the Go module proxy may be out of reach).
+ensure_go_clients() {
+  if command -v go >/dev/null 2>&1 && [[ -d /usr/share/gocode/src/gopkg.in/redis.v5 ]] &&
+    [[ -d /usr/share/gocode/src/github.com/gomodule/redigo ]]; then
+    return 0
+  fi
+  command -v apt-get >/dev/null 2>&1 ||
+    die "Go and its Redis clients are missing; install golang-go, golang-gopkg-redis.v5-dev and golang-github-gomodule-redigo-dev"
+  log "installing Go, go-redis (v5) and redigo"
+  apt_install golang-go golang-gopkg-redis.v5-dev golang-github-gomodule-redigo-dev
+}
+
 apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
@@ -132,6 +146,7 @@ main() {
   check_redis_version
   ensure_redis_py
   ensure_node_clients
+  ensure_go_clients
 }
 
 main "$@"

@@ -124,6 +124,39 @@ pub fn run_node_contract(sidecar: &Sidecar, mode: &str) {
     );
 }
 
+/// Runs `tests/go/contract.go` against `sidecar` in `mode` (standalone,
+/// upstream or cluster): redigo and go-redis, from Debian's packages, in
+/// GOPATH mode (scripts/ensure-redis.sh installs them).
+pub fn run_go_contract(sidecar: &Sidecar, mode: &str) {
+    let dir = format!("{}/tests/go", env!("CARGO_MANIFEST_DIR"));
+    let gopath = "/usr/share/gocode";
+    assert!(
+        std::path::Path::new(gopath)
+            .join("src/gopkg.in/redis.v5")
+            .exists(),
+        "go-redis is missing: scripts/ensure-redis.sh installs golang-go, \
+         golang-gopkg-redis.v5-dev and golang-github-gomodule-redigo-dev"
+    );
+    let output = Command::new("go")
+        .current_dir(&dir)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", gopath)
+        .env("GOFLAGS", "")
+        .env(
+            "GOCACHE",
+            format!("{}/target/go-cache", env!("CARGO_MANIFEST_DIR")),
+        )
+        .args(["run", "contract.go", &sidecar.addr.port().to_string(), mode])
+        .output()
+        .expect("go runs (scripts/ensure-redis.sh installs golang-go)");
+    assert!(
+        output.status.success(),
+        "contract.go {mode} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// A minimal HTTP/1.1 GET: (status code, headers, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     let mut stream =
