@@ -38,6 +38,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Semaphore;
 use tokio::time::{MissedTickBehavior, timeout};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +49,8 @@ use crate::protocol::{ClientMessage, ServerMessage, TokenKey, close};
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Errors kept per client in the report (all are counted).
 const ERRORS_KEPT: usize = 10;
+/// Retries logged per client (all are counted).
+const RETRIES_LOGGED: u64 = 3;
 
 type WebSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -105,8 +108,11 @@ struct Stats {
     heartbeats: AtomicU64,
     /// Messages the gateway said it did not apply (sent again).
     refused: AtomicU64,
-    /// Replies that contradict what the client wrote, sessions not given
-    /// back, connections that failed: what must not happen.
+    /// Connections that failed (refused, broken, no reply in time, closed
+    /// with 1011) and were tried again.
+    retries: AtomicU64,
+    /// What must never happen: replies that contradict what the client
+    /// wrote, sessions not given back, frames outside the protocol.
     errors: AtomicU64,
     /// Close frames with code 1012 received.
     restarts: AtomicU64,
@@ -128,6 +134,7 @@ struct Status {
     reads: u64,
     heartbeats: u64,
     refused: u64,
+    retries: u64,
     errors: u64,
     restarts: u64,
     resumed: u64,
@@ -147,6 +154,7 @@ impl Stats {
             reads: get(&self.reads),
             heartbeats: get(&self.heartbeats),
             refused: get(&self.refused),
+            retries: get(&self.retries),
             errors: get(&self.errors),
             restarts: get(&self.restarts),
             resumed: get(&self.resumed),
@@ -173,6 +181,8 @@ struct ClientRecord {
     acks: u64,
     /// Messages refused (not applied) and sent again.
     refusals: u64,
+    /// Connections tried again after a failure.
+    retries: u64,
     sessions_created: u64,
     resumes: Vec<Resume>,
     errors: Vec<String>,
@@ -183,6 +193,9 @@ struct ClientRecord {
     unanswered: Option<ClientMessage>,
     #[serde(skip)]
     seq: u64,
+    /// A resume after a 1012 close awaits its first acknowledged write.
+    #[serde(skip)]
+    resumed_unacked: bool,
 }
 
 /// One resume after a 1012 close.
@@ -208,8 +221,10 @@ enum Ended {
     Stopped,
     /// The gateway closed it: the code and reason.
     Closed(u16, String),
-    /// It broke, or a reply did not come.
+    /// It broke, or a reply did not come: tried again.
     Broken(String),
+    /// The gateway broke the protocol.
+    Violation(String),
 }
 
 #[tokio::main]
@@ -306,7 +321,7 @@ async fn run_client(
             Ok(mut ws) => {
                 drop(starting.take());
                 failures = 0;
-                let ended = match welcome(&mut ws, &mut record, &stats, restarted.take()).await {
+                let ended = match welcome(&mut ws, &mut record, &stats, &mut restarted).await {
                     Ok(()) => {
                         stats.connected.fetch_add(1, Ordering::Relaxed);
                         let ended = converse(&mut ws, &mut record, &stats, &config, &stop).await;
@@ -345,11 +360,19 @@ async fn run_client(
                 record.error(&stats, "the gateway ended the session".into());
                 record.session = None;
             }
+            Ended::Closed(code, reason) if code == u16::from(CloseCode::Error) => {
+                record.retry(&stats, format!("closed with {code} {reason:?}"));
+                failures += 1;
+            }
             Ended::Closed(code, reason) => {
                 record.error(&stats, format!("closed with {code} {reason:?}"));
                 failures += 1;
             }
             Ended::Broken(why) => {
+                record.retry(&stats, why);
+                failures += 1;
+            }
+            Ended::Violation(why) => {
                 record.error(&stats, why);
                 failures += 1;
             }
@@ -386,12 +409,13 @@ async fn connect(
 }
 
 /// Reads the welcome and checks it against the record: after a 1012 close
-/// (`restarted`), the same session with the same attributes.
+/// (`restarted`, recorded as a resume once the welcome arrives), the same
+/// session with the same attributes.
 async fn welcome(
     ws: &mut WebSocket,
     record: &mut ClientRecord,
     stats: &Stats,
-    restarted: Option<(String, String, u64)>,
+    restarted: &mut Option<(String, String, u64)>,
 ) -> Result<(), Ended> {
     let (session, resumed, version, attrs) = match next_message(ws).await? {
         ServerMessage::Welcome {
@@ -400,7 +424,10 @@ async fn welcome(
             version,
             attrs,
         } => (session, resumed, version, attrs),
-        other => return Err(Ended::Broken(format!("expected a welcome, got {other:?}"))),
+        other => {
+            let why = format!("expected a welcome, got {other:?}");
+            return Err(Ended::Violation(why));
+        }
     };
     let back_at_ms = unix_ms();
     let presented = record.session.clone();
@@ -419,7 +446,8 @@ async fn welcome(
         record.sessions_created += 1;
         record.attrs.clear();
     }
-    if let Some((told, from, closed_at_ms)) = restarted {
+    if let Some((told, from, closed_at_ms)) = restarted.take() {
+        record.resumed_unacked = true;
         record.resumes.push(Resume {
             told,
             from,
@@ -455,7 +483,6 @@ async fn converse(
 ) -> Ended {
     let mut ticks = tokio::time::interval(Duration::from_millis(config.interval_ms.max(1)));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut acked_since_welcome = false;
     loop {
         tokio::select! {
             biased;
@@ -464,7 +491,7 @@ async fn converse(
             // Nothing is sent unasked, but a close frame may come.
             unasked = ws.next() => return match unasked {
                 Some(Ok(Message::Close(frame))) => closed(frame),
-                Some(Ok(other)) => Ended::Broken(format!("unasked frame {other:?}")),
+                Some(Ok(other)) => Ended::Violation(format!("unasked frame {other:?}")),
                 Some(Err(e)) => Ended::Broken(e.to_string()),
                 None => Ended::Broken("connection closed".into()),
             },
@@ -474,7 +501,7 @@ async fn converse(
             None => record.next_message(),
         };
         let Ok(text) = serde_json::to_string(&message) else {
-            return Ended::Broken("cannot encode a message".into());
+            return Ended::Violation("cannot encode a message".into());
         };
         record.unanswered = Some(message);
         if let Err(e) = ws.send(Message::text(text)).await {
@@ -493,10 +520,10 @@ async fn converse(
                 if record.acks == 1 {
                     stats.writing.fetch_add(1, Ordering::Relaxed);
                 }
-                if !acked_since_welcome && !record.resumes.is_empty() {
+                if record.resumed_unacked {
+                    record.resumed_unacked = false;
                     stats.acked_after_resume.fetch_add(1, Ordering::Relaxed);
                 }
-                acked_since_welcome = true;
             }
             Ok(Kind::Read) => {
                 stats.reads.fetch_add(1, Ordering::Relaxed);
@@ -529,7 +556,7 @@ async fn next_message(ws: &mut WebSocket) -> Result<ServerMessage, Ended> {
         match frame {
             Message::Text(text) => {
                 return serde_json::from_str(&text)
-                    .map_err(|e| Ended::Broken(format!("unreadable frame {text:?}: {e}")));
+                    .map_err(|e| Ended::Violation(format!("unreadable frame {text:?}: {e}")));
             }
             Message::Close(frame) => return Err(closed(frame)),
             _ => {}
@@ -624,6 +651,15 @@ impl ClientRecord {
         }
     }
 
+    /// A connection failed and is tried again.
+    fn retry(&mut self, stats: &Stats, why: String) {
+        stats.retries.fetch_add(1, Ordering::Relaxed);
+        self.retries += 1;
+        if self.retries <= RETRIES_LOGGED {
+            eprintln!("client {}: retrying: {why}", self.client);
+        }
+    }
+
     fn error(&mut self, stats: &Stats, why: String) {
         stats.errors.fetch_add(1, Ordering::Relaxed);
         self.error_count += 1;
@@ -641,6 +677,7 @@ struct Summary {
     sessions_created: u64,
     acks: u64,
     refusals: u64,
+    retries: u64,
     errors: u64,
     resumes: usize,
     resumed_same_session: usize,
@@ -670,6 +707,7 @@ fn summary(records: &[ClientRecord]) -> Summary {
         sessions_created: records.iter().map(|r| r.sessions_created).sum(),
         acks: records.iter().map(|r| r.acks).sum(),
         refusals: records.iter().map(|r| r.refusals).sum(),
+        retries: records.iter().map(|r| r.retries).sum(),
         errors: records.iter().map(|r| r.error_count).sum(),
         resumes: resumes.len(),
         resumed_same_session: resumes.iter().filter(|r| r.same_session).count(),

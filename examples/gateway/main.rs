@@ -69,6 +69,10 @@ struct Config {
     /// The sidecar's password (--requirepass), when not in the URL.
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     redis_password: Option<String>,
+    /// Connections to the sidecar, shared by the clients' sessions (the
+    /// sidecar runs each connection's commands one after the other).
+    #[arg(long, env = "GATEWAY_SIDECAR_CONNECTIONS", default_value_t = 16)]
+    sidecar_connections: usize,
     /// The secret the users' tokens are signed with.
     #[arg(long, env = "GATEWAY_TOKEN_SECRET", hide_env_values = true)]
     token_secret: String,
@@ -115,7 +119,7 @@ struct Config {
 
 /// What every connection shares.
 struct Gateway {
-    sidecar: Sidecar,
+    sidecar: Arc<Sidecar>,
     tokens: TokenKey,
     settings: Settings,
     shutdown: Shutdown,
@@ -182,7 +186,8 @@ fn print_token(secret: &str, user: &str) -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let sidecar = Sidecar::connect(&config.redis_url, config.redis_password.as_deref())
+    let password = config.redis_password.as_deref();
+    let sidecar = Sidecar::connect(&config.redis_url, password, config.sidecar_connections)
         .await
         .map_err(|e| format!("cannot reach the sidecar at {}: {e}", config.redis_url))?;
     // A socket per client: room for --max-connections, up to the hard limit.

@@ -1,10 +1,17 @@
 //! The gateway's side of its session sidecar: the `SESSION.*` commands it
-//! sends, typed, over one multiplexed connection that reconnects by itself
-//! (the redis crate's `ConnectionManager`: a native sidecar container can
-//! restart without the gateway). Every connection task shares it; their
-//! commands are pipelined on it.
+//! sends, typed, over a few multiplexed connections that reconnect by
+//! themselves (the redis crate's `ConnectionManager`: a native sidecar
+//! container can restart without the gateway). Every WebSocket connection
+//! shares them.
+//!
+//! Why several: the sidecar runs each connection's commands in order, and
+//! with an upstream a session write waits for the upstream's reply before
+//! the next command on that connection runs. One connection would put every
+//! client's writes in one line; a handful let them overlap.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -33,18 +40,24 @@ pub struct Session {
 }
 
 /// The sidecar beside this gateway.
-#[derive(Clone)]
 pub struct Sidecar {
     client: Client,
-    connection: ConnectionManager,
+    connections: Vec<ConnectionManager>,
+    /// The connection the next command goes to (round robin).
+    next: AtomicUsize,
     /// Its node id (`--node-id`), as sessions name their holder.
     node: String,
 }
 
 impl Sidecar {
-    /// Connects to the sidecar at `url` (`redis://[:password@]host:port`),
-    /// with `password` when it is given apart from the URL.
-    pub async fn connect(url: &str, password: Option<&str>) -> RedisResult<Sidecar> {
+    /// Opens `connections` connections to the sidecar at `url`
+    /// (`redis://[:password@]host:port`), with `password` when it is given
+    /// apart from the URL.
+    pub async fn connect(
+        url: &str,
+        password: Option<&str>,
+        connections: usize,
+    ) -> RedisResult<Arc<Sidecar>> {
         let mut info = url.into_connection_info()?;
         if let Some(password) = password {
             let settings = info.redis_settings().clone().set_password(password);
@@ -54,14 +67,22 @@ impl Sidecar {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let connection = client.get_connection_manager_with_config(config).await?;
+        let mut opened = Vec::with_capacity(connections);
+        for _ in 0..connections.max(1) {
+            opened.push(
+                client
+                    .get_connection_manager_with_config(config.clone())
+                    .await?,
+            );
+        }
         let mut sidecar = Sidecar {
             client,
-            connection,
+            connections: opened,
+            next: AtomicUsize::new(0),
             node: String::new(),
         };
         sidecar.node = sidecar.node_id().await?;
-        Ok(sidecar)
+        Ok(Arc::new(sidecar))
     }
 
     pub fn node(&self) -> &str {
@@ -189,11 +210,14 @@ impl Sidecar {
             })
     }
 
-    /// Sends `cmd`, retrying `-TRYAGAIN` with backoff.
+    /// Sends `cmd` on the next connection, retrying `-TRYAGAIN` with
+    /// backoff.
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> RedisResult<T> {
+        let next = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut connection = self.connections[next % self.connections.len()].clone();
         let mut delay = Duration::from_millis(20);
         for _ in 0..TRYAGAIN_RETRIES {
-            match cmd.query_async(&mut self.connection.clone()).await {
+            match cmd.query_async(&mut connection).await {
                 Err(e) if e.code() == Some("TRYAGAIN") => {
                     tokio::time::sleep(delay).await;
                     delay *= 2;
@@ -201,7 +225,7 @@ impl Sidecar {
                 result => return result,
             }
         }
-        cmd.query_async(&mut self.connection.clone()).await
+        cmd.query_async(&mut connection).await
     }
 }
 
