@@ -33,10 +33,13 @@
 #   BENCH_SIDECAR_ARGS        extra flags for the sidecar, e.g. "--threads 1"
 #   BENCH_PASSTHROUGH_ARGS    extra flags for the passthrough sidecar
 #   BENCH_IDLE_CONNECTIONS    idle connections opened to each server (5000)
+#   BENCH_RECONNECT_CLIENTS   WebSocket clients of the reconnect section (10000)
+#   BENCH_RECONNECT_ROUNDS    its rounds of each variant, medians kept (3)
 #   BENCH_SECTIONS            sections to run, of: memory reads passthrough
 #                             write_through latency cluster migration
-#                             idle_connections (default: all, in order;
-#                             migration alone starts only its own sidecars)
+#                             idle_connections reconnect (default: all, in
+#                             order; migration and reconnect start only their
+#                             own servers)
 #   BENCH_KEEP_LOGS=1         keep the servers' logs instead of deleting them
 set -euo pipefail
 
@@ -1057,6 +1060,209 @@ section_migration() {
   kill "$from_pid" 2>/dev/null || true
 }
 
+# --- reconnect: the example gateway's drain ----------------------------------
+
+readonly RECONNECT_CLIENTS=${BENCH_RECONNECT_CLIENTS:-10000}
+readonly RECONNECT_ROUNDS=${BENCH_RECONNECT_ROUNDS:-3}
+GATEWAY_BIN=
+GATEWAY_LOAD_BIN=
+
+# The example gateway and its load client (examples/gateway/,
+# examples/gateway_load.rs), built with the release profile.
+build_gateway_examples() {
+  log "cargo build --release --example gateway --example gateway_load"
+  cargo build --release --example gateway --example gateway_load
+  GATEWAY_BIN=${CARGO_TARGET_DIR:-target}/release/examples/gateway
+  GATEWAY_LOAD_BIN=${CARGO_TARGET_DIR:-target}/release/examples/gateway_load
+  [[ -x $GATEWAY_BIN && -x $GATEWAY_LOAD_BIN ]] || die "no gateway examples after the build"
+}
+
+# wait_for_line NAME PID PATTERN: waits until NAME's log has a line matching
+# PATTERN (grep -E), or dies when the process exits or the start-up
+# deadline passes.
+wait_for_line() {
+  local name=$1 pid=$2 pattern=$3 deadline=$((SECONDS + START_TIMEOUT_SECONDS))
+  until grep -qE "$pattern" "$WORK_DIR/$name.log" 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null || die "$name exited"
+    ((SECONDS < deadline)) || die "$name: no line matching '$pattern' within ${START_TIMEOUT_SECONDS}s"
+    sleep 0.05
+  done
+}
+
+# load_field NAME KIND FIELD: FIELD of the last KIND line (status or
+# summary) the load client NAME printed; empty when absent.
+load_field() {
+  { grep "^{\"$2\"" "$WORK_DIR/$1.log" 2>/dev/null || true; } | tail -n 1 |
+    { grep -oE "\"$3\":[0-9]+" || true; } | cut -d: -f2
+}
+
+# wait_for_load NAME PID WHAT CONDITION: waits until CONDITION (an awk
+# expression over the status fields connected, writing and resumed) holds
+# for the load client's last status line; dies at the first error the load
+# client counts.
+wait_for_load() {
+  local name=$1 pid=$2 what=$3 condition=$4 deadline=$((SECONDS + 120)) fields
+  while :; do
+    fields="$(load_field "$name" status connected) $(load_field "$name" status writing)"
+    fields+=" $(load_field "$name" status resumed) $(load_field "$name" status errors)"
+    if [[ $fields =~ ^[0-9]+\ [0-9]+\ [0-9]+\ ([0-9]+)$ ]]; then
+      ((BASH_REMATCH[1] == 0)) || die "the load client counted errors while waiting for $what (see $name.log)"
+      awk -v f="$fields" "BEGIN { split(f, v, \" \"); connected = v[1]; writing = v[2];
+        resumed = v[3]; exit !($condition) }" && return
+    fi
+    kill -0 "$pid" 2>/dev/null || die "the load client exited while waiting for $what"
+    ((SECONDS < deadline)) || die "waiting for $what: $(tail -n 1 "$WORK_DIR/$name.log")"
+    sleep 0.05
+  done
+}
+
+# reconnect_round VARIANT ROUND: two gateways, each beside its sidecar
+# (write-through on one redis-server, or standalone with each other as
+# --peers), RECONNECT_CLIENTS load clients spread over both; gateway A gets
+# SIGTERM and drains (VARIANT drain, standalone) or not (no_drain). Sets
+# RECONNECT_P50/P99 (close frame to welcome on B, ms), RECONNECT_LAST (A's
+# SIGTERM to the last welcome, ms) and RECONNECT_READS (B's cache misses
+# during the storm per resumed session; n/a standalone).
+reconnect_round() {
+  local variant=$1 round=$2 tag="reconnect-$1-$2" redis_port='' sidecar_a sidecar_b
+  local saved_redis_pid=$REDIS_PID
+  local -a sidecar_flags=(--peer-secret bench-peers) flags_a=() round_pids=()
+  if [[ $variant != standalone ]]; then
+    START_ON_CPU=$CLIENT_CPU start_redis_server redis_port "$tag-redis"
+    REDIS_PID=$saved_redis_pid
+    round_pids+=("$LAST_PID")
+    sidecar_flags+=(--upstream "redis://127.0.0.1:$redis_port" --registry-interval-ms 100)
+  fi
+  claim_port sidecar_a
+  claim_port sidecar_b
+  if [[ $variant == standalone ]]; then
+    flags_a=(--peers "127.0.0.1:$sidecar_b")
+  fi
+  START_ON_CPU=$SERVER_CPU start_process "$tag-sidecar-b" "$SIDECAR_BIN" --listen "127.0.0.1:$sidecar_b" \
+    --metrics-listen 127.0.0.1:0 --node-id sidecar-b "${sidecar_flags[@]}"
+  local sidecar_b_pid=$LAST_PID
+  round_pids+=("$LAST_PID")
+  wait_for_ping "$tag-sidecar-b" "$sidecar_b_pid" "$sidecar_b"
+  START_ON_CPU=$CLIENT_CPU start_process "$tag-sidecar-a" "$SIDECAR_BIN" --listen "127.0.0.1:$sidecar_a" \
+    --metrics-listen 127.0.0.1:0 --node-id sidecar-a "${sidecar_flags[@]}" "${flags_a[@]}"
+  local sidecar_a_pid=$LAST_PID
+  round_pids+=("$LAST_PID")
+  wait_for_ping "$tag-sidecar-a" "$sidecar_a_pid" "$sidecar_a"
+  local deadline=$((SECONDS + START_TIMEOUT_SECONDS))
+  until [[ $(cli "$sidecar_a" SESSION.NODES 2>/dev/null) == *sidecar-b* ]]; do
+    ((SECONDS < deadline)) || die "sidecar-a never saw sidecar-b among its peers"
+    sleep 0.05
+  done
+
+  local gateway_a gateway_b drain_ms=15000
+  [[ $variant == no_drain ]] && drain_ms=0
+  claim_port gateway_a
+  claim_port gateway_b
+  local -a gateway_flags=(--token-secret bench-tokens --max-connections "$((RECONNECT_CLIENTS + 100))")
+  START_ON_CPU=$SERVER_CPU start_process "$tag-gateway-b" "$GATEWAY_BIN" --listen "127.0.0.1:$gateway_b" \
+    --redis-url "redis://127.0.0.1:$sidecar_b" "${gateway_flags[@]}"
+  round_pids+=("$LAST_PID")
+  wait_for_line "$tag-gateway-b" "$LAST_PID" 'gateway listening'
+  START_ON_CPU=$CLIENT_CPU start_process "$tag-gateway-a" "$GATEWAY_BIN" --listen "127.0.0.1:$gateway_a" \
+    --redis-url "redis://127.0.0.1:$sidecar_a" "${gateway_flags[@]}" --drain-timeout-ms "$drain_ms" \
+    --reconnect-url "ws://127.0.0.1:$gateway_b/?node={node}"
+  local gateway_a_pid=$LAST_PID
+  wait_for_line "$tag-gateway-a" "$gateway_a_pid" 'gateway listening'
+
+  START_ON_CPU=$CLIENT_CPU start_process "$tag-load" "$GATEWAY_LOAD_BIN" --token-secret bench-tokens \
+    --url "ws://127.0.0.1:$gateway_a/" --url "ws://127.0.0.1:$gateway_b/" \
+    --clients "$RECONNECT_CLIENTS" --clients-per-user 4 --interval-ms 5000 --status-ms 20
+  local load_pid=$LAST_PID
+  wait_for_load "$tag-load" "$load_pid" "every client connected and writing" \
+    "connected == $RECONNECT_CLIENTS && writing == $RECONNECT_CLIENTS"
+
+  local misses_before=0 misses_after=0 sigterm_at displaced=$((RECONNECT_CLIENTS / 2))
+  [[ $variant == standalone ]] || misses_before=$(info_field "$sidecar_b" upstream cache_misses)
+  sigterm_at=$(date +%s%3N)
+  kill -TERM "$gateway_a_pid"
+  wait_for_load "$tag-load" "$load_pid" "gateway A's clients back on gateway B" \
+    "resumed == $displaced && connected == $RECONNECT_CLIENTS"
+  [[ $variant == standalone ]] || misses_after=$(info_field "$sidecar_b" upstream cache_misses)
+  wait "$gateway_a_pid" || die "gateway A did not exit 0"
+  kill -TERM "$load_pid"
+  wait "$load_pid" || die "the load client did not exit 0"
+
+  local last_back errors
+  errors=$(load_field "$tag-load" summary errors)
+  [[ $errors == 0 ]] || die "the load client counted $errors errors (see $tag-load.log)"
+  RECONNECT_P50=$(load_field "$tag-load" summary reconnect_p50_ms)
+  RECONNECT_P99=$(load_field "$tag-load" summary reconnect_p99_ms)
+  last_back=$(load_field "$tag-load" summary last_back_at_ms)
+  RECONNECT_LAST=$((last_back - sigterm_at))
+  if [[ $variant == standalone ]]; then
+    RECONNECT_READS=n/a
+  else
+    RECONNECT_READS=$(awk -v d="$((misses_after - misses_before))" -v n="$displaced" \
+      'BEGIN { printf "%.3f", d / n }')
+  fi
+  # This round's servers go; the script's cleanup would stop them anyway.
+  local pid
+  for pid in "${round_pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${round_pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+
+# The example gateway's shutdown under load: RECONNECT_CLIENTS WebSocket
+# clients over two gateways, each beside its sidecar; one gateway gets
+# SIGTERM and its half of the clients reconnects to the other and resumes.
+# Variants: write-through with the gateway's SESSION.DRAIN, write-through
+# without it (every resume reads its session through the upstream), and
+# standalone (the drain alone carries the sessions). Gateway B and its
+# sidecar, the pod that takes the storm, run on the server CPU; the load
+# client, redis-server and the pod that shuts down on the other. Each client
+# sends a message every 5 s (set, get, heartbeat in turn).
+section_reconnect() {
+  heading "Reconnect: $RECONNECT_CLIENTS WebSocket clients over two gateways, one gets SIGTERM"
+  pinning_note
+  build_gateway_examples
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  local -a variants=(drain no_drain standalone)
+  local -A p50 p99 last reads
+  local variant round
+  for variant in "${variants[@]}"; do p50[$variant]='' p99[$variant]='' last[$variant]='' reads[$variant]=''; done
+  for ((round = 0; round < RECONNECT_ROUNDS; round++)); do
+    for variant in "${variants[@]}"; do
+      log "reconnect round $((round + 1))/$RECONNECT_ROUNDS: $variant"
+      reconnect_round "$variant" "$round"
+      p50[$variant]+=" $RECONNECT_P50" p99[$variant]+=" $RECONNECT_P99"
+      last[$variant]+=" $RECONNECT_LAST" reads[$variant]+=" $RECONNECT_READS"
+    done
+  done
+
+  local row='%-36s %8s %8s %14s %18s\n' label reads_drain reads_none
+  # shellcheck disable=SC2059 # the format is the row layout above
+  printf "\n$row" variant p50_ms p99_ms last_back_ms "upstream reads/resume"
+  for variant in "${variants[@]}"; do
+    case $variant in
+      drain) label="write-through, SESSION.DRAIN" ;;
+      no_drain) label="write-through, no drain" ;;
+      standalone) label="standalone, SESSION.DRAIN" ;;
+    esac
+    local median_reads=n/a
+    # shellcheck disable=SC2086 # space-separated numbers
+    [[ $variant == standalone ]] || median_reads=$(median ${reads[$variant]})
+    # shellcheck disable=SC2059,SC2086
+    printf "$row" "$label" "$(median ${p50[$variant]})" "$(median ${p99[$variant]})" \
+      "$(median ${last[$variant]})" "$median_reads"
+  done
+  printf '\np50, p99: a resumed client'"'"'s close frame (1012) to its welcome on the other gateway;\n'
+  printf 'last_back: the SIGTERM to the last welcome; upstream reads: the other sidecar'"'"'s cache\n'
+  printf 'misses during the storm per resumed session. Medians of %s rounds.\n' "$RECONNECT_ROUNDS"
+  # shellcheck disable=SC2086
+  reads_drain=$(median ${reads[drain]}) reads_none=$(median ${reads[no_drain]})
+  # shellcheck disable=SC2086
+  summary_row "reconnect: upstream reads/resume, drain / none" "" "$(ratio "$reads_drain" "$reads_none")" \
+    "" "" "" "" "$reads_drain / $reads_none; last back $(median ${last[drain]}) / $(median ${last[no_drain]}) ms"
+}
+
 main() {
   trap cleanup EXIT
   trap 'exit 130' INT
@@ -1065,10 +1271,15 @@ main() {
   check_setup
   setup_pinning
   build_sidecar
-  local sections=${BENCH_SECTIONS:-memory reads passthrough write_through latency cluster migration idle_connections}
-  if [[ $sections == migration ]]; then
-    # Its own sidecars only: no prefill needed.
-    section_migration
+  local sections=${BENCH_SECTIONS:-memory reads passthrough write_through latency cluster migration idle_connections reconnect}
+  local section own_servers_only=1
+  for section in $sections; do
+    [[ $section == migration || $section == reconnect ]] || own_servers_only=0
+  done
+  if ((own_servers_only)); then
+    # Their own servers only: no prefill needed.
+    for section in $sections; do "section_$section"; done
+    print_summary
     return
   fi
   START_ON_CPU=$SERVER_CPU start_redis_server REDIS_PORT redis-server
@@ -1081,10 +1292,9 @@ main() {
   print_environment
   # The memory section stores the sessions as hashes in redis-server, which
   # the hot-read section then reads with HGETALL.
-  local section
   for section in $sections; do
     case $section in
-      memory | reads | write_through | passthrough | latency | cluster | migration | idle_connections) "section_$section" ;;
+      memory | reads | write_through | passthrough | latency | cluster | migration | idle_connections | reconnect) "section_$section" ;;
       *) die "unknown section in BENCH_SECTIONS: $section" ;;
     esac
   done
