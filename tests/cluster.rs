@@ -147,7 +147,8 @@ fn expiry_on_a_cluster_is_published_exactly_once() {
     assert_eq!(expired, expected, "each expiry exactly once");
 }
 
-/// Per-master `calls` of EVALSHA (INFO commandstats), in node order.
+/// Per-master `calls` of the session library (FCALL, INFO commandstats), in
+/// node order.
 fn script_calls(cluster: &Cluster) -> Vec<i64> {
     cluster
         .nodes
@@ -158,7 +159,7 @@ fn script_calls(cluster: &Cluster) -> Vec<i64> {
                 .query(&mut node.client())
                 .unwrap_or_default();
             info.lines()
-                .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+                .find_map(|line| line.strip_prefix("cmdstat_fcall:calls="))
                 .and_then(|rest| rest.split(',').next())
                 .map_or(0, |calls| calls.parse().unwrap_or(0))
         })

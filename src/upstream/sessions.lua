@@ -1,8 +1,11 @@
--- session-sidecar's server-side library: every change to a shard's keys
--- happens in one call of this script, atomically, on the master of the
--- shard's hash slot.
+-- session-sidecar's server-side library (a Redis Function library): every
+-- change to a shard's keys happens in one call of it, atomically, on the
+-- master of the shard's hash slot. The sidecar loads it with FUNCTION LOAD,
+-- named session_sidecar_<hash of this source> (SESSION_SIDECAR_FUNCTION
+-- below becomes that name), so that sidecars of different versions on one
+-- upstream each call their own.
 --
--- Call: EVALSHA <sha> <numkeys> <keys...> <op> <prefix> <now> <node> <stream-maxlen> <margin> <tag> <args...>
+-- Call: FCALL <name> <numkeys> <keys...> <op> <prefix> <now> <node> <stream-maxlen> <margin> <tag> <args...>
 -- The keys declared are those the operation is routed by (all in the shard's
 -- slot); the operation reads the rest of its arguments itself. Key layout
 -- (prefix P, {t} the shard's hash tag, given as <tag>; see layout.rs):
@@ -31,16 +34,12 @@
 -- Every key carries a PEXPIREAT of its session's expiry plus a margin, so the
 -- upstream cleans itself if every sidecar is gone.
 
-local op = ARGV[1]
-local P = ARGV[2]
-local now = tonumber(ARGV[3])
-local node = ARGV[4]
-local maxlen = ARGV[5]
-local margin = tonumber(ARGV[6])
-local T = ARGV[7]
-local argi = 8
--- The last argument of the operation being applied (a `multi` entry's).
-local argn = #ARGV
+-- The call's arguments and header, set at each call (see the entry point
+-- at the end): the library is loaded once, its functions defined once.
+local ARGV, op, P, now, node, maxlen, margin, T
+-- The next argument to read, and the last one of the operation being
+-- applied (a `multi` entry's).
+local argi, argn
 
 local function arg()
   local v = ARGV[argi]
@@ -48,7 +47,7 @@ local function arg()
   return v
 end
 
-local channel = P .. ':events'
+local channel
 local function skey(id) return P .. ':s:' .. T .. ':' .. id end
 local function ukey(user) return P .. ':u:' .. T .. ':' .. user end
 local function ckey(conn) return P .. ':c:' .. T .. ':' .. conn end
@@ -58,17 +57,16 @@ local function use_tag(tag)
   T = tag
   xkey, ekey, ikey = P .. ':x:' .. T, P .. ':e:' .. T, P .. ':i:' .. T
 end
-use_tag(T)
 
 -- Every session this call changed or removed: the caller drops its copies
 -- of them (its own writes send it no invalidations).
-local touched = {}
+local touched
 -- Sessions MAXPERUSER evicted in this shard (a create's reply counts them).
-local evictions = 0
+local evictions
 local function done(result) return { result, touched } end
 
 -- Cross-shard work the caller must do next: { kind, fields... } each.
-local followups = {}
+local followups
 
 local function encode(kind, ...)
   local parts = { kind }
@@ -808,34 +806,47 @@ local function unknown(name)
   return redis.error_reply('ERR unknown session-sidecar script operation ' .. tostring(name))
 end
 
-if op == 'multi' then
-  -- The queued SESSION.* writes of one transaction (EXEC), all applied in
-  -- this one call, atomically, in the order given: <count> entries, each
-  -- <op> <tag> <now> <nargs> <args...>, the args as that operation takes
-  -- them (a `create` entry: one creation's, without the count). Replies one
-  -- entry each: { result, touched, followups } or its error. An entry that
-  -- fails does not stop the others, as a command that fails inside Redis's
-  -- EXEC does not.
-  local results = {}
-  for i = 1, tonumber(arg()) do
-    local name, tag, at, nargs = arg(), arg(), tonumber(arg()), tonumber(arg())
-    local start = argi
-    argn = start + nargs - 1
-    use_tag(tag)
-    now = at
-    touched, followups, evictions = {}, {}, 0
-    local run = ops[name]
-    if name == 'create' then run = create_session end
-    local ok, result
-    if run then ok, result = pcall(run) else ok, result = true, unknown(name) end
-    if not ok then result = raised(result) end
-    if type(result) == 'number' then result = finish(result) end
-    results[i] = result
-    argi = start + nargs
-  end
-  return results
-end
+-- The entry point: FCALL <name> <numkeys> <keys...> <op> <prefix> <now>
+-- <node> <stream-maxlen> <margin> <tag> <args...>. The keys are declared
+-- for routing; the operation reads the rest of its arguments itself.
+redis.register_function('SESSION_SIDECAR_FUNCTION', function(_, args)
+  ARGV = args
+  op, P, now, node = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+  maxlen, margin = ARGV[5], tonumber(ARGV[6])
+  argi, argn = 8, #ARGV
+  channel = P .. ':events'
+  use_tag(ARGV[7])
+  touched, followups, evictions = {}, {}, 0
 
-local run = ops[op]
-if run then return run() end
-return unknown(op)
+  if op == 'multi' then
+    -- The queued SESSION.* writes of one transaction (EXEC), all applied in
+    -- this one call, atomically, in the order given: <count> entries, each
+    -- <op> <tag> <now> <nargs> <args...>, the args as that operation takes
+    -- them (a `create` entry: one creation's, without the count). Replies one
+    -- entry each: { result, touched, followups } or its error. An entry that
+    -- fails does not stop the others, as a command that fails inside Redis's
+    -- EXEC does not.
+    local results = {}
+    for i = 1, tonumber(arg()) do
+      local name, tag, at, nargs = arg(), arg(), tonumber(arg()), tonumber(arg())
+      local start = argi
+      argn = start + nargs - 1
+      use_tag(tag)
+      now = at
+      touched, followups, evictions = {}, {}, 0
+      local run = ops[name]
+      if name == 'create' then run = create_session end
+      local ok, result
+      if run then ok, result = pcall(run) else ok, result = true, unknown(name) end
+      if not ok then result = raised(result) end
+      if type(result) == 'number' then result = finish(result) end
+      results[i] = result
+      argi = start + nargs
+    end
+    return results
+  end
+
+  local run = ops[op]
+  if run then return run() end
+  return unknown(op)
+end)

@@ -1183,11 +1183,11 @@ fn a_timed_out_write_is_not_reported_as_retryable() {
     assert!(back, "the sidecar did not reconnect after the timeout");
 }
 
-/// Calls of EVALSHA the upstream has run so far.
-fn evalsha_calls(redis: &mut redis::Connection) -> usize {
+/// Calls of the session library (FCALL) the upstream has run so far.
+fn library_calls(redis: &mut redis::Connection) -> usize {
     text(&call(redis, &["INFO", "commandstats"]))
         .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .find_map(|line| line.strip_prefix("cmdstat_fcall:calls="))
         .and_then(|rest| rest.split(',').next())
         .map_or(0, |calls| calls.parse().unwrap())
 }
@@ -1216,7 +1216,7 @@ fn queued_session_writes_are_one_script_call_atomic_together() {
         call(&mut c, &["SESSION.CREATE", "ID", id, "ATTR", "n", "0"]);
     }
     let mut redis = f.redis.client();
-    let before = evalsha_calls(&mut redis);
+    let before = library_calls(&mut redis);
     let replies = transaction(
         &mut c,
         &[
@@ -1228,7 +1228,7 @@ fn queued_session_writes_are_one_script_call_atomic_together() {
     );
     assert_eq!(replies[..2], [Value::Int(-1), Value::Int(1)]);
     assert_eq!(
-        evalsha_calls(&mut redis),
+        library_calls(&mut redis),
         before + 1,
         "one call for the four writes"
     );
@@ -1337,7 +1337,7 @@ fn creations_sharing_a_call_each_get_their_own_outcome() {
         call(&mut c, &["SESSION.CREATE", "ID", &format!("taken-{w}")]);
     }
     let mut direct = redis.client();
-    let calls_before = evalsha_calls(&mut direct);
+    let calls_before = library_calls(&mut direct);
     // Writes wait for the end of the pause (within the command timeout).
     call(&mut direct, &["CLIENT", "PAUSE", "300", "WRITE"]);
     let barrier = Arc::new(Barrier::new(CLIENTS));
@@ -1373,7 +1373,7 @@ fn creations_sharing_a_call_each_get_their_own_outcome() {
         .flat_map(|w| w.join().unwrap())
         .collect();
     let creations = CLIENTS * ROUNDS * 3;
-    let calls = evalsha_calls(&mut direct) - calls_before;
+    let calls = library_calls(&mut direct) - calls_before;
     assert!(
         calls < creations / 2,
         "{creations} creations took {calls} script calls: they did not travel together"
@@ -1917,16 +1917,16 @@ fn readiness_does_not_follow_the_shared_upstream() {
     );
 }
 
-/// SCRIPT FLUSH on the upstream (an operator's, or a restart without
-/// persistence of scripts) loses the session script: every path that runs
-/// it loads it again, the background sweep among them.
+/// FUNCTION FLUSH on the upstream (an operator's, or a restart without
+/// persistence) loses the session library: every path that calls it loads
+/// it again, the background sweep among them.
 #[test]
-fn a_flushed_script_is_loaded_again_by_every_path() {
+fn a_flushed_library_is_loaded_again_by_every_path() {
     let f = Fleet::start(&[]);
     let mut c = f.a.client();
     let mut upstream = f.redis.client();
     call(&mut c, &["SESSION.CREATE", "ID", "before"]);
-    assert_eq!(call(&mut upstream, &["SCRIPT", "FLUSH"]), Value::Okay);
+    assert_eq!(call(&mut upstream, &["FUNCTION", "FLUSH"]), Value::Okay);
     // The sweep (a pipelined batch of script calls per master).
     for i in 0..5 {
         call(
@@ -1934,7 +1934,7 @@ fn a_flushed_script_is_loaded_again_by_every_path() {
             &["SESSION.CREATE", "ID", &format!("short{i}"), "PTTL", "100"],
         );
     }
-    assert_eq!(call(&mut upstream, &["SCRIPT", "FLUSH"]), Value::Okay);
+    assert_eq!(call(&mut upstream, &["FUNCTION", "FLUSH"]), Value::Okay);
     let swept = |sc: &Sidecar| {
         let (_, _, body) = sc.http_get("/metrics");
         metric_value(&body, "session_sidecar_expired_swept_total").unwrap_or(0.0)
@@ -1946,11 +1946,11 @@ fn a_flushed_script_is_loaded_again_by_every_path() {
         swept(&f.a) + swept(&f.b)
     );
     // A single call, and a batch of deletes.
-    assert_eq!(call(&mut upstream, &["SCRIPT", "FLUSH"]), Value::Okay);
+    assert_eq!(call(&mut upstream, &["FUNCTION", "FLUSH"]), Value::Okay);
     assert_eq!(
         call(&mut c, &["SESSION.ATTR.SET", "before", "k", "v"]),
         Value::Int(2)
     );
-    assert_eq!(call(&mut upstream, &["SCRIPT", "FLUSH"]), Value::Okay);
+    assert_eq!(call(&mut upstream, &["FUNCTION", "FLUSH"]), Value::Okay);
     assert_eq!(call(&mut c, &["SESSION.DEL", "before"]), Value::Int(1));
 }
