@@ -13,8 +13,8 @@ use tokio::time::timeout;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request};
 use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{debug, warn};
 
@@ -26,6 +26,9 @@ use crate::sidecar::is_no_session;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A close frame's reason is at most 123 bytes.
 const MAX_CLOSE_REASON: usize = 123;
+/// The largest message a client may send (tungstenite's default, 64 MiB,
+/// is far more than a session's attributes need).
+const MAX_MESSAGE: usize = 64 * 1024;
 
 type WebSocket = WebSocketStream<TcpStream>;
 
@@ -55,15 +58,19 @@ enum Ending {
 /// one of them before it drains the sidecar.
 pub async fn serve(stream: TcpStream, gateway: Arc<Gateway>, released: mpsc::Sender<()>) {
     let mut credentials = None;
+    let limits = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
     // The callback's error type (an HTTP response) is tungstenite's.
     #[allow(clippy::result_large_err)]
-    let handshake = tokio_tungstenite::accept_hdr_async(stream, |request: &Request, response| {
+    let check = |request: &Request, response| {
         credentials = authenticate(request, &gateway);
         match credentials {
             Some(_) => Ok(response),
             None => Err(unauthorized()),
         }
-    });
+    };
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(limits));
     let handshake = tokio::select! {
         // Shutting down: a connection without a session yet is dropped.
         () = gateway.shutdown.quiesce.cancelled() => return,
@@ -85,6 +92,7 @@ pub async fn serve(stream: TcpStream, gateway: Arc<Gateway>, released: mpsc::Sen
     };
     if gateway.shutdown.quiesce.is_cancelled() {
         // Accepted just before the shutdown: no session taken here.
+        drop(released);
         return close_with(&mut ws, close::RESTART, "", &gateway).await;
     }
 
@@ -97,40 +105,36 @@ pub async fn serve(stream: TcpStream, gateway: Arc<Gateway>, released: mpsc::Sen
         Ok(opened) => opened,
         Err(e) => {
             warn!(error = %e, %user, "cannot open a session");
+            drop(released);
             return close_with(&mut ws, CloseCode::Error, "sidecar unavailable", &gateway).await;
         }
     };
-    if send(&mut ws, &welcome).await.is_err() {
-        release(&gateway, &id).await;
-        return;
-    }
+    let ending = match send(&mut ws, &welcome).await {
+        Ok(()) => converse(&mut ws, &gateway, &id).await,
+        Err(()) => Ending::ClientLeft,
+    };
 
-    match converse(&mut ws, &gateway, &id).await {
-        Ending::ClientLeft => {
-            release(&gateway, &id).await;
-            let _ = ws.close(None).await;
-        }
-        Ending::Idle => {
-            release(&gateway, &id).await;
-            close_with(&mut ws, close::IDLE, "idle", &gateway).await;
-        }
-        Ending::SessionEnded => {
-            close_with(&mut ws, close::SESSION_ENDED, "session ended", &gateway).await;
-        }
-        Ending::Failed => {
-            release(&gateway, &id).await;
-            close_with(&mut ws, CloseCode::Error, "sidecar error", &gateway).await;
-        }
-        Ending::Restart => {
-            // Released like any close: the session stays resumable for the
-            // grace period, wherever the drain takes it.
-            release(&gateway, &id).await;
-            drop(released);
-            gateway.shutdown.restart.cancelled().await;
-            let url = reconnect_url(&gateway, &id).await;
-            close_with(&mut ws, close::RESTART, &url, &gateway).await;
-        }
+    // Released like any close, shutdown included: the session stays
+    // resumable for the grace period, wherever the drain takes it.
+    if !matches!(ending, Ending::SessionEnded) {
+        release(&gateway, &id).await;
     }
+    drop(released);
+    let (code, reason) = match ending {
+        Ending::ClientLeft => {
+            let _ = ws.close(None).await;
+            return;
+        }
+        Ending::Idle => (close::IDLE.into(), "idle".to_string()),
+        Ending::SessionEnded => (close::SESSION_ENDED.into(), "session ended".to_string()),
+        Ending::Failed => (CloseCode::Error, "sidecar error".to_string()),
+        Ending::Restart => {
+            // Once the drain is over: where the session went.
+            gateway.shutdown.restart.cancelled().await;
+            (close::RESTART.into(), reconnect_url(&gateway, &id).await)
+        }
+    };
+    close_with(&mut ws, code, &reason, &gateway).await;
 }
 
 /// The user the upgrade request's `token` names, and the `session` it
@@ -247,43 +251,23 @@ async fn answer(
     message: ClientMessage,
 ) -> Result<ServerMessage, Ending> {
     let sidecar = &gateway.sidecar;
-    let (seq, result) = match message {
-        ClientMessage::Set { seq, attrs } if attrs.is_empty() => {
-            let message = "set names no attribute".to_string();
-            return Ok(ServerMessage::Error {
-                seq: Some(seq),
-                message,
-            });
-        }
-        ClientMessage::Set { seq, attrs } => {
-            let result = sidecar.set_attrs(id, &attrs).await;
-            (
-                seq,
-                result.map(|version| Some(ServerMessage::Ack { seq, version })),
-            )
-        }
-        ClientMessage::Get { seq, names } if names.is_empty() => {
-            let attrs = Default::default();
-            return Ok(ServerMessage::Attrs { seq, attrs });
-        }
-        ClientMessage::Get { seq, names } => {
-            let result = sidecar.get_attrs(id, &names).await.map(|values| {
-                values.map(|values| ServerMessage::Attrs {
-                    seq,
-                    attrs: names.into_iter().zip(values).collect(),
-                })
-            });
-            (seq, result)
-        }
-        ClientMessage::Heartbeat { seq } => {
-            let result = sidecar.touch(id).await;
-            (
-                seq,
-                result.map(|left| left.map(|ttl_ms| ServerMessage::Heartbeat { seq, ttl_ms })),
-            )
-        }
+    let seq = message.seq();
+    // Ok(None): the session is gone.
+    let reply = match message {
+        ClientMessage::Set { attrs, .. } => sidecar
+            .set_attrs(id, &attrs)
+            .await
+            .map(|version| Some(ServerMessage::Ack { seq, version })),
+        ClientMessage::Get { names, .. } => sidecar.get_attrs(id, &names).await.map(|values| {
+            let attrs = names.into_iter().zip(values?).collect();
+            Some(ServerMessage::Attrs { seq, attrs })
+        }),
+        ClientMessage::Heartbeat { .. } => sidecar
+            .touch(id)
+            .await
+            .map(|left| Some(ServerMessage::Heartbeat { seq, ttl_ms: left? })),
     };
-    match result {
+    match reply {
         Ok(Some(reply)) => Ok(reply),
         Ok(None) => Err(Ending::SessionEnded),
         Err(e) if is_no_session(&e) => Err(Ending::SessionEnded),

@@ -310,9 +310,10 @@ async fn shut_down(
     } else {
         match gateway.sidecar.drain(drain_timeout).await {
             Ok(moved) => info!(moved, "sessions drained to the peer sidecars"),
-            Err(e) => {
-                warn!(error = %e, "drain incomplete: sessions left behind are resumed by reading them through the upstream (standalone: lost)")
-            }
+            // The sessions left here are read through the upstream when
+            // their clients resume elsewhere (standalone: they are lost,
+            // unless the sidecar's own SIGTERM drain moves them).
+            Err(e) => warn!(error = %e, "drain incomplete"),
         }
     }
 

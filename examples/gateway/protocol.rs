@@ -33,6 +33,17 @@ pub enum ClientMessage {
     Heartbeat { seq: u64 },
 }
 
+impl ClientMessage {
+    /// The number the reply carries back.
+    pub fn seq(&self) -> u64 {
+        match self {
+            ClientMessage::Set { seq, .. }
+            | ClientMessage::Get { seq, .. }
+            | ClientMessage::Heartbeat { seq } => *seq,
+        }
+    }
+}
+
 /// A frame the gateway sends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
