@@ -1260,7 +1260,7 @@ section_reconnect() {
   reads_drain=$(median ${reads[drain]}) reads_none=$(median ${reads[no_drain]})
   # shellcheck disable=SC2086
   summary_row "reconnect: upstream reads/resume, drain / none" "" "$(ratio "$reads_drain" "$reads_none")" \
-    "" "" "" "" "$reads_drain / $reads_none; last back $(median ${last[drain]}) / $(median ${last[no_drain]}) ms"
+    "" "" "" "" "$reads_drain / $reads_none; last back $(median ${last[drain]}) / $(median ${last[no_drain]}) ms ($RECONNECT_ROUNDS rounds)"
 }
 
 main() {
