@@ -66,12 +66,24 @@ pub static JSON_CACHE_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// read until the session changes: most reads of a session repeat, and
 /// building the object touches every separately allocated part of the
 /// session (user, conn, node, attributes), a cache miss each on a large
-/// store, where the kept form is one. `last_active`, which heartbeats move
+/// store, where the kept form is two. `last_active`, which heartbeats move
 /// without a change, is left out and written at each read.
-#[derive(Debug, Default)]
-pub struct JsonCache(std::sync::OnceLock<CachedJson>);
+///
+/// One pointer wide, so that a sidecar without `--keep-json` pays 8 bytes
+/// per session for it.
+#[derive(Default)]
+pub struct JsonCache(once_cell::race::OnceBox<CachedJson>);
 
-#[derive(Debug)]
+impl std::fmt::Debug for JsonCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "JsonCache(kept)"
+        } else {
+            "JsonCache"
+        })
+    }
+}
+
 struct CachedJson {
     /// The object without `last_active`'s value...
     bytes: Box<[u8]>,
@@ -79,16 +91,25 @@ struct CachedJson {
     hole: usize,
 }
 
+impl CachedJson {
+    /// Bytes it holds: its own and the object's.
+    fn size(&self) -> usize {
+        std::mem::size_of::<Self>() + self.bytes.len()
+    }
+}
+
 impl Drop for CachedJson {
     fn drop(&mut self) {
-        JSON_CACHE_BYTES.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+        JSON_CACHE_BYTES.fetch_sub(self.size(), Ordering::Relaxed);
     }
 }
 
 impl JsonCache {
     /// Forgets the kept form: the session changed.
     pub fn clear(&mut self) {
-        self.0.take();
+        if self.0.get().is_some() {
+            self.0 = once_cell::race::OnceBox::new();
+        }
     }
 }
 
@@ -155,11 +176,14 @@ impl Session {
             let mut bytes = Vec::with_capacity(256);
             let mut hole = 0;
             self.write_json_with(id, &mut bytes, |bytes| hole = bytes.len());
-            JSON_CACHE_BYTES.fetch_add(bytes.len(), Ordering::Relaxed);
-            CachedJson {
+            let kept = CachedJson {
                 bytes: bytes.into_boxed_slice(),
                 hole,
-            }
+            };
+            // Two readers may make it at once; the one not kept is dropped,
+            // and counted out again.
+            JSON_CACHE_BYTES.fetch_add(kept.size(), Ordering::Relaxed);
+            Box::new(kept)
         });
         let (before, after) = kept.bytes.split_at(kept.hole.min(kept.bytes.len()));
         out.put_slice(before);
