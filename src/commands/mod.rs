@@ -246,8 +246,14 @@ async fn dispatch(
         Cmd::SessionPeerauth => session::peerauth(node, client, &mut args, out),
     };
     report(node, result, out);
+    after_command(node, client, spec.cmd, argv);
+}
+
+/// What CLIENT TRACKING notes after a command ran: the sessions it read or
+/// changed.
+fn after_command(node: &Node, client: &mut ClientState, cmd: Cmd, argv: &[Bytes]) {
     if client.tracking.is_some() || node.tracking.any() {
-        tracking::after(node, client, spec.cmd, argv);
+        tracking::after(node, client, cmd, argv);
     }
 }
 
@@ -268,7 +274,7 @@ pub(crate) fn is_session_write(cmd: Cmd) -> bool {
 
 /// Runs a queued command [`is_session_write`] names, on its own reply
 /// buffer (EXEC runs several at once: see `transaction.rs`). The caller
-/// does what [`tracking::after`] does, in the order they were queued.
+/// calls [`after_command`] for each, in the order they were queued.
 pub(crate) async fn queued_session_write(
     node: &Node,
     cmd: Cmd,

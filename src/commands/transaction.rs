@@ -146,8 +146,13 @@ fn upstream_reply(reply: Option<Bytes>, out: &mut ReplyWriter<'_>) {
     }
 }
 
-/// A queued session write, started, waiting for its batch's call.
-type Waiting<'a> = (usize, Pin<Box<dyn Future<Output = BytesMut> + Send + 'a>>);
+/// A queued session write (its place and command), started, waiting for
+/// its batch's call.
+type Waiting<'a> = (
+    usize,
+    Cmd,
+    Pin<Box<dyn Future<Output = BytesMut> + Send + 'a>>,
+);
 
 /// With an upstream, the queued commands' replies in order, with the
 /// session writes that follow one another sent in one script call
@@ -188,14 +193,14 @@ async fn run_batched(
             let mut write: Pin<Box<dyn Future<Output = BytesMut> + Send>> =
                 Box::pin(run.batch.scope(write));
             match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-                Poll::Ready(reply) => run.done(client, i, reply),
-                Poll::Pending if run.batch.len() > joined => run.waiting.push((i, write)),
+                Poll::Ready(reply) => run.done(client, i, spec.cmd, reply),
+                Poll::Pending if run.batch.len() > joined => run.waiting.push((i, spec.cmd, write)),
                 // It talks to the upstream before it writes (a lock): what
                 // joined before it goes first, then it runs on its own.
                 Poll::Pending => {
                     run.send(client).await;
                     let reply = write.await;
-                    run.done(client, i, reply);
+                    run.done(client, i, spec.cmd, reply);
                 }
             }
             continue;
@@ -228,40 +233,37 @@ struct Batched<'a> {
 
 impl Batched<'_> {
     /// Sends the batch and finishes the writes waiting for it; the next
-    /// writes join a new batch.
+    /// writes join a new batch. With none waiting, the batch is closed all
+    /// the same: a write already started (one that takes a lock first)
+    /// must not join a batch nobody will send.
     async fn send(&mut self, client: &mut ClientState) {
         if self.waiting.is_empty() {
+            self.batch.close();
+            self.batch = Batch::new();
             return;
         }
         let writes = self
             .waiting
             .drain(..)
-            .map(|(i, write)| async move { (i, write.await) });
+            .map(|(i, cmd, write)| async move { (i, cmd, write.await) });
         let (_, done) = futures_util::future::join(
             self.store.send_batch(&self.batch),
             futures_util::future::join_all(writes),
         )
         .await;
         self.batch = Batch::new();
-        for (i, reply) in done {
-            self.done(client, i, reply);
+        for (i, cmd, reply) in done {
+            self.done(client, i, cmd, reply);
         }
     }
 
     /// A write's reply; then what the connection does after a command
     /// (CLIENT TRACKING), in the order they were queued.
-    fn done(&mut self, client: &mut ClientState, i: usize, reply: BytesMut) {
+    fn done(&mut self, client: &mut ClientState, i: usize, cmd: Cmd, reply: BytesMut) {
         self.replies[i] = reply;
-        after(self.node, client, &self.queued[i]);
-    }
-}
-
-fn after(node: &Node, client: &mut ClientState, queued: &Queued) {
-    if let Queued::Here(argv) = queued
-        && (client.tracking.is_some() || node.tracking.any())
-        && let Some(spec) = argv.first().and_then(|name| table::lookup(name))
-    {
-        super::tracking::after(node, client, spec.cmd, argv);
+        if let Queued::Here(argv) = &self.queued[i] {
+            super::after_command(self.node, client, cmd, argv);
+        }
     }
 }
 

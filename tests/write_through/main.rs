@@ -1260,6 +1260,19 @@ fn queued_session_writes_are_one_script_call_atomic_together() {
     assert_eq!(replies[1], bulk("tx-bound"));
     assert_eq!(array(&replies[2]), [bulk("4")]);
     assert_eq!(call(&mut c, &["SESSION.BYCONN", &conn]), bulk("tx-bound"));
+    // The same write first in its transaction, with nothing joined before it.
+    let conn = (0..)
+        .map(|i| format!("tx-first-conn-{i}"))
+        .find(|conn| shard(conn) != shard("tx-first"))
+        .unwrap();
+    let replies = transaction(
+        &mut c,
+        &[
+            &["SESSION.CREATE", "ID", "tx-first", "CONN", &conn],
+            &["SESSION.ATTR.SET", "tx-first", "k", "1"],
+        ],
+    );
+    assert_eq!(replies, [bulk("tx-first"), Value::Int(2)]);
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
