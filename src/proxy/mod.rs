@@ -676,29 +676,22 @@ impl Link {
             output.extend_from_slice(UNAVAILABLE);
             return Ok(());
         };
-        if trackers.on(&endpoint.addr).is_none() {
-            match proxy.pin_at(protocol, endpoint.clone()).await {
-                Ok(tracker) => {
-                    trackers.add(tracker);
-                }
+        let index = match trackers.index_of(&endpoint.addr) {
+            Some(index) => index,
+            None => match proxy.pin_at(protocol, endpoint).await {
+                Ok(tracker) => trackers.add(tracker),
                 Err(reason) => {
                     tracing::warn!(%reason, "cannot open a tracking connection");
                     proxy.stats.unavailable.inc();
                     output.extend_from_slice(UNAVAILABLE);
                     return Ok(());
                 }
-            }
-        }
-        trackers.send(&endpoint.addr, argv);
-        let index = trackers.all().iter().position(|t| t.node == endpoint.addr);
-        let Some(index) = index else {
-            output.extend_from_slice(UNAVAILABLE);
-            return Ok(());
+            },
         };
-        let flushed = trackers.all()[index].flush().await;
-        if flushed.is_err() {
-            let lost = trackers.relay(index, Ok(0), output);
-            self.lost_state |= !lost;
+        trackers.send(index, argv);
+        if trackers.all()[index].flush().await.is_err() {
+            trackers.lose(index, output);
+            self.lost_state = true;
             return Ok(());
         }
         while let Some(tracker) = trackers.all().get_mut(index)
@@ -745,19 +738,21 @@ impl Link {
             }
             self.trackers = Some(Box::new(trackers));
         }
+        // A tracker lost here takes the client's tracking with it, as one
+        // lost while relaying does. It owes no reply to relay: the client's
+        // own commands on a tracker are answered before the next is read.
+        let Some(trackers) = self.trackers.as_mut() else {
+            return;
+        };
         let mut lost = Vec::new();
-        if let Some(trackers) = self.trackers.as_mut() {
-            for (i, tracker) in trackers.all().iter_mut().enumerate() {
-                if tracker.flush().await.is_err() {
-                    lost.push(i);
-                }
+        for (i, tracker) in trackers.all().iter_mut().enumerate() {
+            if tracker.flush().await.is_err() {
+                lost.push(i);
             }
         }
         for i in lost.into_iter().rev() {
-            let mut output = BytesMut::new();
-            if let Some(trackers) = self.trackers.as_mut() {
-                trackers.relay(i, Ok(0), &mut output);
-            }
+            trackers.lose(i, &mut BytesMut::new());
+            self.lost_state = true;
         }
     }
 

@@ -60,18 +60,17 @@ impl Trackers {
         self.caching = client_subcommand(argv, b"caching").then(|| argv.to_vec());
     }
 
-    /// The tracker on `node`, if open.
-    pub fn on(&mut self, node: &str) -> Option<&mut Pinned> {
-        self.trackers.iter_mut().find(|t| t.node == node)
+    /// Which tracker is on `node`, if one is open.
+    pub fn index_of(&self, node: &str) -> Option<usize> {
+        self.trackers.iter().position(|t| t.node == node)
     }
 
     /// Adds a tracker just opened, with the client's tracking replayed on
     /// it (its reply not relayed).
-    pub fn add(&mut self, mut tracker: Pinned) -> &mut Pinned {
+    pub fn add(&mut self, mut tracker: Pinned) -> usize {
         tracker.send_swallowed(&self.replay);
         self.trackers.push(tracker);
-        let last = self.trackers.len() - 1;
-        &mut self.trackers[last]
+        self.trackers.len() - 1
     }
 
     /// Sends `argv` on every tracker, its reply not relayed (CLIENT
@@ -85,11 +84,11 @@ impl Trackers {
         }
     }
 
-    /// Sends the client's `argv` on `tracker`, after the CLIENT CACHING
-    /// that came before it.
-    pub fn send(&mut self, node: &str, argv: &[Bytes]) {
+    /// Sends the client's `argv` on tracker `index`, after the CLIENT
+    /// CACHING that came before it.
+    pub fn send(&mut self, index: usize, argv: &[Bytes]) {
         let caching = self.caching.take();
-        if let Some(tracker) = self.on(node) {
+        if let Some(tracker) = self.trackers.get_mut(index) {
             if let Some(caching) = caching {
                 tracker.send_swallowed(&caching);
             }
@@ -130,10 +129,18 @@ impl Trackers {
             Ok(()) => true,
             Err(reason) => {
                 tracing::debug!(reason, node = %tracker.node, "tracking connection lost");
-                let mut lost = self.trackers.swap_remove(index);
-                lost.fail_owed(output);
+                self.lose(index, output);
                 false
             }
+        }
+    }
+
+    /// Drops tracker `index`, its connection lost: the replies it owed are
+    /// failed (the client's tracking goes with it: the caller disconnects
+    /// the client).
+    pub fn lose(&mut self, index: usize, output: &mut BytesMut) {
+        if index < self.trackers.len() {
+            self.trackers.swap_remove(index).fail_owed(output);
         }
     }
 
