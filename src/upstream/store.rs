@@ -116,6 +116,20 @@ pub struct WriteThroughConfig {
     pub relay_wait: Duration,
 }
 
+impl WriteThroughConfig {
+    /// The header of every call of the library, after its keys: `op`, then
+    /// what every operation reads (see `sessions.lua`).
+    fn call_header(&self, call: &mut redis::Cmd, op: &str, now: u64, tag: &str) {
+        call.arg(op)
+            .arg(&self.prefix)
+            .arg(now)
+            .arg(&self.node[..])
+            .arg(self.stream_maxlen)
+            .arg(self.key_margin_ms)
+            .arg(tag);
+    }
+}
+
 #[derive(Default, Debug)]
 pub struct WriteThroughStats {
     pub hits: AtomicU64,
@@ -399,13 +413,8 @@ impl WriteThrough {
     ) -> redis::Cmd {
         let mut call = LIBRARY.call();
         self.layout.declare_keys(&mut call, shard, key);
-        call.arg(op)
-            .arg(&self.config.prefix)
-            .arg(now)
-            .arg(&self.config.node[..])
-            .arg(self.config.stream_maxlen)
-            .arg(self.config.key_margin_ms)
-            .arg(self.layout.tag(shard));
+        self.config
+            .call_header(&mut call, op, now, self.layout.tag(shard));
         for value in args {
             call.arg(value.as_ref());
         }
@@ -543,14 +552,10 @@ impl WriteThrough {
         let first = group.first().map_or(0, |o| o.shard);
         let mut call = LIBRARY.call();
         call.arg(keys.len()).arg(keys);
-        call.arg("multi")
-            .arg(&self.config.prefix)
-            .arg(crate::store::now_ms())
-            .arg(&self.config.node[..])
-            .arg(self.config.stream_maxlen)
-            .arg(self.config.key_margin_ms)
-            .arg(self.layout.tag(first))
-            .arg(group.len());
+        let now = crate::store::now_ms();
+        self.config
+            .call_header(&mut call, "multi", now, self.layout.tag(first));
+        call.arg(group.len());
         for operation in group {
             call.arg(&operation.op)
                 .arg(self.layout.tag(operation.shard))
@@ -1852,11 +1857,8 @@ fn score(value: &Value) -> Option<u64> {
 struct Creations {
     upstream: Arc<Upstream>,
     layout: Layout,
-    /// The script call's common header after the operation's name.
-    prefix: String,
-    node: Key,
-    stream_maxlen: u64,
-    key_margin_ms: u64,
+    /// What the calls' common header carries.
+    config: WriteThroughConfig,
     queue: std::sync::Mutex<CreationQueue>,
 }
 
@@ -1890,10 +1892,7 @@ impl Creations {
         Self {
             upstream,
             layout,
-            prefix: config.prefix.clone(),
-            node: config.node.clone(),
-            stream_maxlen: config.stream_maxlen,
-            key_margin_ms: config.key_margin_ms,
+            config: config.clone(),
             queue: std::sync::Mutex::default(),
         }
     }
@@ -1966,14 +1965,10 @@ impl Creations {
         let shard = first.shard;
         let mut call = LIBRARY.call();
         self.layout.declare_keys(&mut call, shard, &[]);
-        call.arg("create")
-            .arg(&self.prefix)
-            .arg(crate::store::now_ms())
-            .arg(&self.node[..])
-            .arg(self.stream_maxlen)
-            .arg(self.key_margin_ms)
-            .arg(self.layout.tag(shard))
-            .arg(batch.len());
+        let now = crate::store::now_ms();
+        self.config
+            .call_header(&mut call, "create", now, self.layout.tag(shard));
+        call.arg(batch.len());
         for creation in &batch {
             for arg in creation.args.args_iter() {
                 if let redis::Arg::Simple(arg) = arg {
