@@ -109,16 +109,23 @@ pub fn run_node_contract(sidecar: &Sidecar, mode: &str) {
         std::path::Path::new(&dir).join("node_modules").exists(),
         "tests/node/node_modules is missing: run `npm ci --prefix tests/node` (scripts/ensure-redis.sh does)"
     );
-    let output = Command::new("node")
-        .current_dir(&dir)
+    let mut node = Command::new("node");
+    node.current_dir(&dir)
         .arg("contract.mjs")
         .arg(sidecar.addr.port().to_string())
-        .arg(mode)
+        .arg(mode);
+    run_contract(node, &format!("contract.mjs {mode}"), "Node.js");
+}
+
+/// Runs a client contract and fails with its output unless it succeeds.
+#[track_caller]
+fn run_contract(mut command: Command, what: &str, runtime: &str) {
+    let output = command
         .output()
-        .expect("node runs (scripts/ensure-redis.sh installs Node.js)");
+        .unwrap_or_else(|e| panic!("{runtime} runs (scripts/ensure-redis.sh installs it): {e}"));
     assert!(
         output.status.success(),
-        "contract.mjs {mode} failed:\n{}\n{}",
+        "{what} failed:\n{}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
@@ -127,6 +134,7 @@ pub fn run_node_contract(sidecar: &Sidecar, mode: &str) {
 /// Runs `tests/go/contract.go` against `sidecar` in `mode` (standalone,
 /// upstream or cluster): redigo and go-redis, from Debian's packages, in
 /// GOPATH mode (scripts/ensure-redis.sh installs them).
+#[track_caller]
 pub fn run_go_contract(sidecar: &Sidecar, mode: &str) {
     let dir = format!("{}/tests/go", env!("CARGO_MANIFEST_DIR"));
     let gopath = "/usr/share/gocode";
@@ -137,8 +145,8 @@ pub fn run_go_contract(sidecar: &Sidecar, mode: &str) {
         "go-redis is missing: scripts/ensure-redis.sh installs golang-go, \
          golang-gopkg-redis.v5-dev and golang-github-gomodule-redigo-dev"
     );
-    let output = Command::new("go")
-        .current_dir(&dir)
+    let mut go = Command::new("go");
+    go.current_dir(&dir)
         .env("GO111MODULE", "off")
         .env("GOPATH", gopath)
         .env("GOFLAGS", "")
@@ -146,15 +154,8 @@ pub fn run_go_contract(sidecar: &Sidecar, mode: &str) {
             "GOCACHE",
             format!("{}/target/go-cache", env!("CARGO_MANIFEST_DIR")),
         )
-        .args(["run", "contract.go", &sidecar.addr.port().to_string(), mode])
-        .output()
-        .expect("go runs (scripts/ensure-redis.sh installs golang-go)");
-    assert!(
-        output.status.success(),
-        "contract.go {mode} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+        .args(["run", "contract.go", &sidecar.addr.port().to_string(), mode]);
+    run_contract(go, &format!("contract.go {mode}"), "Go");
 }
 
 /// A minimal HTTP/1.1 GET: (status code, headers, body).
