@@ -65,6 +65,11 @@ local touched
 local evictions
 local function done(result) return { result, touched } end
 
+-- Expiry index entries of this call's creations not added yet, { score,
+-- id, ... }: one ZADD adds them when the creations are done
+-- (`add_expiring`), and a session removed meanwhile leaves it.
+local expiring = {}
+
 -- Cross-shard work the caller must do next: { kind, fields... } each.
 local followups
 
@@ -136,6 +141,13 @@ local function remove(id, s, kind, reason, user_local)
   table.insert(touched, id)
   redis.call('DEL', skey(id))
   redis.call('ZREM', xkey, id)
+  for i = 2, #expiring, 2 do
+    if expiring[i] == id then
+      table.remove(expiring, i)
+      table.remove(expiring, i - 1)
+      break
+    end
+  end
   if s.user then
     if redis.call('ZREM', ukey(s.user), id) == 0 and not user_local then
       table.insert(followups, encode('gone', id, s.user, s.conn or ''))
@@ -212,21 +224,26 @@ local function user_entries(user)
   return entries
 end
 
--- Adds `id` (created at `created` ms) to the user's index (in this shard)
--- in creation order, then keeps at most `max_per_user` entries: the oldest
--- go, removed here when they are this shard's sessions, handed back as
--- `evict` intents otherwise.
-local function user_add(user, id, deadline, max_per_user, created)
+-- Adds `id` to the user's index (in this shard) in creation order, then
+-- keeps at most `max_per_user` entries: the oldest go, removed here when
+-- they are this shard's sessions, handed back as `evict` intents otherwise.
+-- Scores order the index by creation: ms * 4096 plus a sequence number
+-- below (exact in a double until the year 2500). A creation passes its
+-- `order` (the creating sidecar numbers its creations, see store.rs); a
+-- cross-shard addition passes only `created` (ms), and takes the first
+-- score of that ms that no session holds yet.
+local function user_add(user, id, deadline, max_per_user, created, order)
   local index = ukey(user)
-  -- Scores order the index by creation: ms * 4096, plus one per session
-  -- already there from the same ms (exact in a double until the year 2500).
+  if not order then
+    order = created * 4096
+    while redis.call('ZCOUNT', index, order, order) > 0 do order = order + 1 end
+  end
   -- NX: a session already there keeps its place.
-  local order = created * 4096
-  while redis.call('ZCOUNT', index, order, order) > 0 do order = order + 1 end
   redis.call('ZADD', index, 'NX', order, id)
-  -- A new user's index has no expiry yet; an existing one's only grows.
-  if redis.call('PEXPIREAT', index, deadline, 'NX') == 0 then
-    redis.call('PEXPIREAT', index, deadline, 'GT')
+  -- A new user's index has no expiry yet; an existing one's only grows
+  -- (GT first: an existing index is the common case, one call).
+  if redis.call('PEXPIREAT', index, deadline, 'GT') == 0 then
+    redis.call('PEXPIREAT', index, deadline, 'NX')
   end
   if max_per_user > 0 then
     -- The new session stays; the oldest of the others go.
@@ -289,8 +306,15 @@ local function bind_conn(id, s, conn, conn_here, repair_at)
   end
 end
 
+local function add_expiring()
+  if #expiring > 0 then
+    redis.call('ZADD', xkey, unpack(expiring))
+    expiring = {}
+  end
+end
+
 -- Creates one session, reading its arguments from ARGV at `argi`:
---   <created> <id> <user> <conn> <has_user> <has_conn> <ttl> <max_per_user>
+--   <created> <order> <id> <user> <conn> <has_user> <has_conn> <ttl> <max_per_user>
 --   <max_attrs> <fresh> <expires> <deadline> <user_here> <conn_here> <repair_at>
 --   <event json> <nattrs> [<name> <value>]...
 -- The sidecar passes every time as the string to store (no number formatting
@@ -298,7 +322,7 @@ end
 -- can hold yet: no EXISTS check). Replies 1; the sidecar knows the new
 -- session.
 local function create_session()
-  local stamp, id, user, conn = arg(), arg(), arg(), arg()
+  local stamp, order, id, user, conn = arg(), arg(), arg(), arg(), arg()
   local has_user, has_conn = arg() == '1', arg() == '1'
   local ttl, max_per_user, max_attrs = arg(), tonumber(arg()), tonumber(arg())
   local fresh, expires, deadline = arg() == '1', arg(), arg()
@@ -328,14 +352,15 @@ local function create_session()
   -- leave nothing behind, and Redis does not undo a script's earlier writes.
   if has_user then
     if local_user then
-      user_add(user, id, tonumber(deadline), max_per_user, tonumber(stamp))
+      user_add(user, id, tonumber(deadline), max_per_user, tonumber(stamp), order)
     else
       intend(repair_at, 'uadd', id, user, tostring(max_per_user), stamp)
     end
   end
   redis.call('HSET', key, unpack(fields))
   redis.call('PEXPIREAT', key, deadline)
-  redis.call('ZADD', xkey, expires, id)
+  expiring[#expiring + 1] = expires
+  expiring[#expiring + 1] = id
   if has_conn then
     if local_conn then
       point(conn, id, tonumber(deadline), repair_at)
@@ -378,9 +403,10 @@ ops.create = function()
     local ok, result = pcall(create_session)
     if not ok then result = raised(result) end
     -- Past this creation's arguments, whatever happened to it.
-    argi = start + 17 + 2 * tonumber(ARGV[start + 16])
+    argi = start + 18 + 2 * tonumber(ARGV[start + 17])
     results[i] = type(result) == 'number' and { result, touched, followups } or result
   end
+  add_expiring()
   return results
 end
 
@@ -817,6 +843,7 @@ redis.register_function('SESSION_SIDECAR_FUNCTION', function(_, args)
   channel = P .. ':events'
   use_tag(ARGV[7])
   touched, followups, evictions = {}, {}, 0
+  expiring = {}
 
   if op == 'multi' then
     -- The queued SESSION.* writes of one transaction (EXEC), all applied in
@@ -842,6 +869,8 @@ redis.register_function('SESSION_SIDECAR_FUNCTION', function(_, args)
       if type(result) == 'number' then result = finish(result) end
       results[i] = result
       argi = start + nargs
+      -- The next entry may be another shard's: its expiry index differs.
+      add_expiring()
     end
     return results
   end

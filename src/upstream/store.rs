@@ -754,6 +754,15 @@ impl WriteThrough {
         self.cache.ticket(id)
     }
 
+    /// A creation's score in its user's index (see `user_add` in
+    /// `sessions.lua`): its ms times 4096 plus this sidecar's creation
+    /// count modulo 4096, so that this sidecar's creations of one ms keep
+    /// their order without the library searching for a free score.
+    fn creation_order(&self, now: u64) -> u64 {
+        static CREATIONS: AtomicU64 = AtomicU64::new(0);
+        now * 4096 + CREATIONS.fetch_add(1, Ordering::Relaxed) % 4096
+    }
+
     /// Applies a mutation that replies the new session; returns its version.
     async fn mutate(
         &self,
@@ -982,8 +991,9 @@ impl WriteThrough {
         });
         // This creation's arguments for the script (see `create_session`
         // there), in one buffer until its call is built.
-        let mut args = redis::Cmd::with_capacity(17 + 2 * request.attrs.len(), 256);
+        let mut args = redis::Cmd::with_capacity(18 + 2 * request.attrs.len(), 256);
         args.arg(now)
+            .arg(self.creation_order(now))
             .arg(&id[..])
             .arg(user.as_deref().unwrap_or_default())
             .arg(conn.as_deref().unwrap_or_default())

@@ -1814,6 +1814,42 @@ fn maxperuser_keeps_the_newest_of_creations_in_one_millisecond() {
     }
     let _: Vec<String> = pipe.query(&mut c).unwrap();
     assert_eq!(byuser(&mut c, "fast"), ["ms3", "ms4"]);
+    // Creations from many clients at once share script calls (group
+    // commit), and enter the expiry index together at the end of theirs:
+    // those evicted in the same call must not (COUNT reads the index).
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            let mut c = f.a.client();
+            scope.spawn(move || {
+                for _ in 0..25 {
+                    let args = ["SESSION.CREATE", "USER", "fast", "MAXPERUSER", "2"];
+                    assert!(matches!(call(&mut c, &args), Value::BulkString(_)));
+                }
+            });
+        }
+    });
+    let kept = byuser(&mut c, "fast");
+    assert_eq!(kept.len(), 2);
+    let mut direct = f.redis.client();
+    let indexes: Vec<String> = redis::cmd("KEYS")
+        .arg("session:x:*")
+        .query(&mut direct)
+        .unwrap();
+    let mut expiring = Vec::new();
+    for index in &indexes {
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(index)
+            .arg(0)
+            .arg(-1)
+            .query(&mut direct)
+            .unwrap();
+        expiring.extend(ids);
+    }
+    expiring.sort();
+    let mut kept = kept;
+    kept.sort();
+    assert_eq!(expiring, kept);
+    assert_eq!(call(&mut c, &["SESSION.COUNT"]), Value::Int(2));
 }
 
 /// While the upstream loads its data after a restart (it answers -LOADING),
