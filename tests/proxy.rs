@@ -287,6 +287,45 @@ fn many_clients_share_pooled_connections(loops: usize) {
 
 /// INFO keyspace through the sidecar is the upstream's, where the data is
 /// (in every database), in the default INFO too.
+/// CLIENT LIST's `idle` counts from the client's last interaction, as
+/// Redis's does: commands forwarded to the upstream count too.
+#[test]
+fn client_list_idle_counts_forwarded_commands() {
+    let upstream = RedisServer::start(&[]);
+    let sidecar = sidecar_for(&upstream.url(), &[]);
+    let mut busy = sidecar.raw();
+    assert_eq!(
+        busy.cmd(&["CLIENT", "SETNAME", "busy"]),
+        Resp::Simple("OK".into())
+    );
+    let mut quiet = sidecar.raw();
+    assert_eq!(
+        quiet.cmd(&["CLIENT", "SETNAME", "quiet"]),
+        Resp::Simple("OK".into())
+    );
+    // Two seconds of forwarded commands only.
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_millis(2100) {
+        assert_eq!(busy.cmd(&["GET", "nothing"]), Resp::NullBulk);
+        thread::sleep(Duration::from_millis(50));
+    }
+    let list = quiet.cmd(&["CLIENT", "LIST"]).text();
+    let idle = |name: &str| -> u64 {
+        let line = list
+            .lines()
+            .find(|line| line.contains(&format!(" name={name} ")))
+            .unwrap_or_else(|| panic!("no client named {name}: {list}"));
+        let field = line.split(' ').find(|f| f.starts_with("idle=")).unwrap();
+        field["idle=".len()..].parse().unwrap()
+    };
+    assert_eq!(idle("busy"), 0, "{list}");
+    assert_eq!(
+        idle("quiet"),
+        0,
+        "its own CLIENT LIST is its last command: {list}"
+    );
+}
+
 #[test]
 fn info_keyspace_is_the_upstreams() {
     let upstream = RedisServer::start(&[]);

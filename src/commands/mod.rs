@@ -106,10 +106,7 @@ async fn run(
         return;
     };
     node.metrics.command(spec.cmd);
-    let info = &client.info;
-    info.last_command_ms
-        .store(crate::store::now_ms(), Ordering::Relaxed);
-    info.note_command(spec.cmd, argv);
+    client.info.note_command(spec.cmd, argv);
 
     if let Err(refusal) = admit(node, client, spec, argv) {
         client.flag_transaction();

@@ -181,6 +181,12 @@ async fn run_buffered(
     output: &mut BytesMut,
     argv: &mut Vec<bytes::Bytes>,
 ) -> std::io::Result<Flow> {
+    // The client's last interaction (CLIENT LIST's `idle`), as Redis's:
+    // when its input was read, once per read, forwarded commands included.
+    client
+        .info
+        .last_command_ms
+        .store(crate::store::now_ms(), std::sync::atomic::Ordering::Relaxed);
     // When the last command answered here ended (None: not in this cycle,
     // or something else ran since).
     let mut clock: Option<Instant> = None;
