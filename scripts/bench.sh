@@ -842,7 +842,7 @@ create_bounds() {
   }
   rounds_of ping seed
   local r upstream_bound
-  upstream_bound=$(awk -v us="$(med up floor)" 'BEGIN { printf "%.0f", us > 0 ? 1e6 / us : 0 }')
+  upstream_bound=$(awk -v us="$(med up floor)" 'BEGIN { printf "%.0f", (us > 0 ? 1e6 / us : 0) }')
   r=$(ratio "$upstream_bound" "$(med rps seed)")
   printf 'an upstream doing only that floor takes at most %s creates/s: %sx the seed'"'"'s %s creates/s at -P 1\n' \
     "$upstream_bound" "$r" "$(med rps seed)"
