@@ -104,8 +104,11 @@ impl<'a> ReplyWriter<'a> {
         if header > GUESS {
             self.buf.put_bytes(0, header - GUESS);
         }
-        self.buf.copy_within(start + GUESS..end, start + header);
-        self.buf.truncate(end + header - GUESS);
+        // The guess is mostly right: then nothing moves.
+        if header != GUESS {
+            self.buf.copy_within(start + GUESS..end, start + header);
+            self.buf.truncate(end + header - GUESS);
+        }
         self.buf[start] = b'$';
         self.buf[start + 1..start + header - 2].copy_from_slice(digits);
         self.buf[start + header - 2..start + header].copy_from_slice(b"\r\n");

@@ -239,14 +239,36 @@ fn json_optional<B: bytes::BufMut>(out: &mut B, value: Option<&[u8]>) {
     }
 }
 
+/// Whether `bytes` go into a JSON string as they are: printable ASCII
+/// (0x20 to 0x7f) but `"` and `\`. Eight bytes at a time, with the
+/// classic word tricks: a byte below `n` borrows in `x - n` per byte (its
+/// top bit set where `x`'s is not), and a byte equal to `c` is a zero byte
+/// of `x ^ c`; a borrow can only spread from a byte that matched.
+fn is_plain(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const TOPS: u64 = 0x8080_8080_8080_8080;
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x;
+    let equal = |x: u64, c: u8| below(x ^ (ONES * u64::from(c)), 1);
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(word);
+        let x = u64::from_le_bytes(eight);
+        if (x | below(x, 0x20) | equal(x, b'"') | equal(x, b'\\')) & TOPS != 0 {
+            return false;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\')
+}
+
 /// `bytes` as a JSON string: invalid UTF-8 becomes U+FFFD, and `"`, `\\` and
 /// control characters are escaped as serde_json escapes them.
 fn json_string<B: bytes::BufMut>(out: &mut B, bytes: &[u8]) {
     // Most names and values are plain ASCII with nothing to escape: copied.
-    if bytes
-        .iter()
-        .all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\')
-    {
+    if is_plain(bytes) {
         out.put_u8(b'"');
         out.put_slice(bytes);
         out.put_u8(b'"');
@@ -298,6 +320,28 @@ mod tests {
     //! The hand-written JSON against serde_json's, for any bytes.
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// The word-at-a-time check says what the byte-at-a-time one says,
+        /// for strings mostly plain with a few bytes of every kind.
+        #[test]
+        fn is_plain_is_the_bytewise_check(
+            plain in proptest::collection::vec(0x20u8..0x7f, 0..40),
+            odd in proptest::collection::vec((any::<u8>(), any::<prop::sample::Index>()), 0..3),
+        ) {
+            let mut bytes = plain;
+            for (byte, at) in odd {
+                if !bytes.is_empty() {
+                    let i = at.index(bytes.len());
+                    bytes[i] = byte;
+                }
+            }
+            let bytewise = bytes
+                .iter()
+                .all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\');
+            prop_assert_eq!(is_plain(&bytes), bytewise, "{:?}", bytes);
+        }
+    }
     use serde::ser::{Serialize, SerializeMap, Serializer};
 
     struct JsonView<'a> {
