@@ -594,7 +594,7 @@ stolen_percent() {
 }
 
 # rounds_of NAME... : runs `run_NAME` for each NAME, ROUNDS times,
-# alternating, and keeps each run's RPS, CPU_US and UPSTREAM_CPU_US in
+# alternating (ROUND set to a number unique to each run), and keeps each run's RPS, CPU_US and UPSTREAM_CPU_US in
 # RUN_RPS[NAME], RUN_CPU[NAME], RUN_UP[NAME] (space-separated), and the
 # share of the CPUs stolen during it in RUN_STEAL[NAME]. A run during which
 # the hypervisor stole more than MAX_STEAL percent of a measured CPU is run
@@ -609,7 +609,9 @@ rounds_of() {
     for name in "$@"; do
       for ((attempt = 0; ; attempt++)); do
         before=$(cpu_times)
-        ROUND=$round "run_$name"
+        # A run again is a round of its own to runs that number what they
+        # create by it (a CREATE run again must not meet its own sessions).
+        ROUND=$((round + attempt * ROUNDS)) "run_$name"
         stolen=$(stolen_percent "$before" "$(cpu_times)")
         ((stolen > MAX_STEAL && attempt < STEAL_RERUNS)) || break
         log "$name, round $((round + 1)): $stolen% of a CPU stolen by the hypervisor; running it again"
