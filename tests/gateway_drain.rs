@@ -97,6 +97,8 @@ struct Example {
     name: &'static str,
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// The stdout and stderr readers, joined once the process has exited.
+    readers: Vec<thread::JoinHandle<()>>,
 }
 
 impl Example {
@@ -110,19 +112,25 @@ impl Example {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for stream in [
             Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().expect("piped")),
         ] {
             let lines = lines.clone();
-            thread::spawn(move || {
+            readers.push(thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
                     let Ok(line) = line else { return };
                     lines.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
-        Example { name, child, lines }
+        Example {
+            name,
+            child,
+            lines,
+            readers,
+        }
     }
 
     fn lines(&self) -> Vec<String> {
@@ -147,6 +155,11 @@ impl Example {
         let end = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // The readers may lag the exit: wait for end of file so the
+                // last lines are in `lines()`.
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
                 return status;
             }
             assert!(

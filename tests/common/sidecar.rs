@@ -29,6 +29,9 @@ pub struct Sidecar {
     /// Process id of the child.
     pub pid: u32,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The stdout and stderr readers; joined once the process has exited, so
+    /// `logs()` then holds every line it wrote.
+    readers: Vec<thread::JoinHandle<()>>,
     pub(super) password: Option<String>,
 }
 
@@ -93,8 +96,10 @@ impl Sidecar {
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        spawn_log_reader(stdout, logs.clone(), Some(tx));
-        spawn_log_reader(stderr, logs.clone(), None);
+        let readers = vec![
+            spawn_log_reader(stdout, logs.clone(), Some(tx)),
+            spawn_log_reader(stderr, logs.clone(), None),
+        ];
 
         let password = args
             .iter()
@@ -113,6 +118,7 @@ impl Sidecar {
             metrics_addr: "0.0.0.0:0".parse().unwrap(),
             pid,
             logs,
+            readers,
             password,
         };
         let (mut ready, mut metrics) = (None, None);
@@ -124,6 +130,7 @@ impl Sidecar {
                 Ok(StartupEvent::Metrics(addr)) => metrics = Some(addr),
                 Err(_) => {
                     if let Ok(Some(status)) = sidecar.child.try_wait() {
+                        sidecar.join_log_readers();
                         panic!(
                             "session-sidecar exited during startup with {status}; args {full_args:?}; logs:\n{}",
                             sidecar.logs().join("\n")
@@ -266,6 +273,16 @@ impl Sidecar {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.join_log_readers();
+    }
+
+    /// After the process exited: waits for its pipes to reach end of file,
+    /// so the last lines it wrote are in `logs()` (the readers may lag the
+    /// exit by a scheduling quantum).
+    fn join_log_readers(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
     }
 
     /// Waits for the process to exit; panics after `timeout`.
@@ -273,6 +290,7 @@ impl Sidecar {
         let end = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.join_log_readers();
                 return status;
             }
             if Instant::now() >= end {
@@ -322,7 +340,7 @@ fn spawn_log_reader(
     stream: impl Read + Send + 'static,
     logs: Arc<Mutex<Vec<String>>>,
     startup: Option<mpsc::Sender<StartupEvent>>,
-) {
+) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut reader = BufReader::new(stream);
         let mut line = Vec::new();
@@ -349,7 +367,7 @@ fn spawn_log_reader(
                 let _ = tx.send(event);
             }
         }
-    });
+    })
 }
 
 /// Extracts the `addr` field of a log line, in text form (`addr=1.2.3.4:5`,
