@@ -31,16 +31,14 @@ fn main() -> ExitCode {
     // The main thread is the first event loop (accepting, background work,
     // clients); the server starts the others (`--threads`), each a
     // current-thread runtime of its own: see server::workers.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match session_sidecar::event_loop::runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "cannot start the runtime");
             return ExitCode::FAILURE;
         }
     };
+    session_sidecar::event_loop::hooked();
     match runtime.block_on(session_sidecar::server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -348,7 +348,12 @@ async fn run<R: ClientRead>(
     client: &mut ClientState,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
-    let served = serve_requests(node, reader, sink.clone(), client, shutdown).await;
+    let mut served = serve_requests(node, reader, sink.clone(), client, shutdown).await;
+    // What was left for the loop's sleep is written before the connection
+    // closes.
+    if served.is_ok() {
+        served = sink.drain().await;
+    }
     if sink.over_limit() {
         node.metrics.output_limit_disconnections.inc();
         tracing::warn!(
@@ -406,8 +411,9 @@ async fn serve_requests<R: ClientRead>(
             return Ok(());
         }
         if !output.is_empty() {
-            sink.write(&output).await?;
-            output.clear();
+            // Written when the loop runs out of work, with the replies of
+            // every client it served in this pass (see crate::event_loop).
+            sink.write_soon(&mut output).await?;
         }
         // Waiting for the client: give the buffers back, as Redis frees an
         // idle client's query buffer, so that a connection at rest costs

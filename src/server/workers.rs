@@ -91,14 +91,13 @@ impl Workers {
         let mut remote = Vec::with_capacity(count - 1);
         for index in 1..count {
             let (tx, rx) = mpsc::unbounded_channel();
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let runtime = crate::event_loop::runtime()?;
             let serving = serving.clone();
             std::thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .spawn(move || {
                     crate::event_loop::enter(index);
+                    crate::event_loop::hooked();
                     runtime.block_on(serve_handed(index, rx, serving));
                 })?;
             remote.push(tx);
