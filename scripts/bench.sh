@@ -724,7 +724,15 @@ section_passthrough() {
       run_direct() { measure "$REDIS_PORT" "$REDIS_PID" "$pipeline" "${command[@]}"; }
       run_sidecar() { MEASURE_UPSTREAM_PID=$REDIS_PID measure "$sidecar_port" "$sidecar_pid" "$pipeline" "${command[@]}"; }
       run_twemproxy() { MEASURE_UPSTREAM_PID=$REDIS_PID measure "$nutcracker_port" "$nutcracker_pid" "$pipeline" "${command[@]}"; }
-      rounds_of direct sidecar twemproxy
+      # What redis-server spends to read a request and write a reply and
+      # nothing else: the least a proxy in front of it could spend per
+      # request on the application's side of the hop.
+      run_ping() { measure "$REDIS_PORT" "$REDIS_PID" "$pipeline" PING; }
+      if ((pipeline == PIPELINE_DEPTH)); then
+        rounds_of direct sidecar twemproxy ping
+      else
+        rounds_of direct sidecar twemproxy
+      fi
       d=$(med rps direct) s=$(med rps sidecar) t=$(med rps twemproxy)
       local sc_cpu tw_cpu
       sc_cpu=$(sum "$(med cpu sidecar)" "$(med up sidecar)")
@@ -737,6 +745,14 @@ section_passthrough() {
       if ((pipeline == PIPELINE_DEPTH)); then
         summary_row "passthrough $name / twemproxy" "$pipeline" "$(ratio "$s" "$t")" 3 at-least \
           "$sc_cpu" "$tw_cpu" "twemproxy / direct $(ratio "$t" "$d")"
+        # A bound, as a CPU ratio: a proxy spending per request what
+        # redis-server spends on a PING, in front of the redis-server that
+        # the sidecar's batches leave behind it.
+        local floor_cpu
+        floor_cpu=$(sum "$(med cpu ping)" "$(med up sidecar)")
+        summary_row "passthrough $name, a proxy at a PING's cost" "$pipeline" \
+          "$(ratio "$(med cpu direct)" "$floor_cpu")" "" "" "$floor_cpu" "$(med cpu direct)" \
+          "CPU: direct / (redis PING $(med cpu ping) + redis behind $(med up sidecar)); sidecar $(med cpu sidecar)"
       else
         summary_row "passthrough $name / twemproxy" "$pipeline" "$(ratio "$s" "$t")" "" "" \
           "$sc_cpu" "$tw_cpu" "twemproxy / direct $(ratio "$t" "$d")"
