@@ -30,6 +30,8 @@ use tokio::sync::mpsc;
 const FLUSH_AT: usize = 64 * 1024;
 /// Read at least this much room per read.
 const READ_CHUNK: usize = 16 * 1024;
+/// Room made for a read's replies before they are written.
+const REPLY_ROOM: usize = 4 * 1024;
 
 /// How long a TLS client may take over its handshake.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
@@ -190,6 +192,11 @@ async fn run_buffered(
     // When the last command answered here ended (None: not in this cycle,
     // or something else ran since).
     let mut clock: Option<Instant> = None;
+    // Room for the replies at once, rather than doubling from nothing as
+    // they are written (the buffer is given back between reads).
+    if output.capacity() == 0 {
+        output.reserve(REPLY_ROOM);
+    }
     loop {
         if let Some(proxy) = &node.proxy
             && client.authenticated
