@@ -390,6 +390,8 @@ mod tests {
         fn json_is_what_serde_json_writes(
             id in any_bytes(),
             user in proptest::option::of(any_bytes()),
+            conn in proptest::option::of(any_bytes()),
+            active in any::<bool>(),
             node in any_bytes(),
             numbers in any::<[u64; 5]>(),
             attrs in proptest::collection::vec((any_bytes(), any_bytes()), 0..6),
@@ -400,9 +402,9 @@ mod tests {
             }
             let session = Session {
                 user: user.map(Key::from),
-                conn: None,
+                conn: conn.map(Key::from),
                 node: Key::from(node),
-                status: Status::Disconnected,
+                status: if active { Status::Active } else { Status::Disconnected },
                 created: numbers[0],
                 last_active: AtomicU64::new(numbers[1]),
                 expires: numbers[2],
