@@ -318,7 +318,9 @@ impl ClientState {
     /// confirmations are sent whatever the mode, as Redis sends them.
     pub fn take_reply_suppressed(&mut self, argv: &[Bytes]) -> bool {
         use crate::proxy::Command;
-        let suppressed = self.reply_suppressed();
+        if !self.reply_suppressed() {
+            return false;
+        }
         let confirms = argv.first().is_some_and(|name| {
             matches!(
                 Command::of(name),
@@ -330,7 +332,7 @@ impl ClientState {
                     | Command::Sunsubscribe
             )
         });
-        suppressed && !confirms
+        !confirms
     }
 
     fn reply_suppressed(&mut self) -> bool {
