@@ -244,7 +244,7 @@ wait_for_ping() {
 }
 
 # start_redis_server VAR NAME: starts an empty, non-persistent redis-server
-# and sets VAR to its port (and REDIS_PID).
+# and sets VAR to its port (LAST_PID to its pid).
 start_redis_server() {
   local var=$1 name=$2 port
   claim_port port
@@ -252,7 +252,6 @@ start_redis_server() {
     --save '' --appendonly no --dir "$WORK_DIR"
   wait_for_ping "$name" "$LAST_PID" "$port"
   printf -v "$var" '%s' "$port"
-  REDIS_PID=$LAST_PID
 }
 
 # start_sidecar VAR NAME [FLAG...]: starts the sidecar with NAME as node id
@@ -636,16 +635,15 @@ med() {
 # (what HGETALL is compared with), the other as the same JSON that SESSION.GET
 # ... JSON returns (what GET is compared with). Each holds only the form it
 # is read in: a redis-server holding both (20,000 keys for the sidecar's
-# 10,000 sessions) spent about 6% more CPU per GET (1.48 against 1.39 us at
-# -P 16, medians of 5 alternating rounds), which would flatter the sidecar.
+# 10,000 sessions) spends more per read, which flattered the sidecar (the same
+# binary's SESSION.GET JSON/GET at -P 16 was 1.18 against one holding both,
+# 0.88 against one holding the JSON alone).
 # Sets HASHES_PORT/HASHES_PID and JSON_PORT/JSON_PID.
 start_redis_copies() {
-  local main_pid=$REDIS_PID
   START_ON_CPU=$SERVER_CPU start_redis_server HASHES_PORT redis-hashes
-  HASHES_PID=$REDIS_PID
+  HASHES_PID=$LAST_PID
   START_ON_CPU=$SERVER_CPU start_redis_server JSON_PORT redis-json
-  JSON_PID=$REDIS_PID
-  REDIS_PID=$main_pid
+  JSON_PID=$LAST_PID
   log "storing the $SESSIONS sessions in one redis-server as hashes, in another as their JSON"
   session_hash_commands | pipe_commands "$HASHES_PORT"
   awk -v n="$SESSIONS" 'BEGIN { for (i = 0; i < n; i++) printf "SESSION.GET %012d JSON\n", i }' |
@@ -1266,11 +1264,9 @@ wait_for_load() {
 # during the storm per resumed session; n/a standalone).
 reconnect_round() {
   local variant=$1 round=$2 tag="reconnect-$1-$2" redis_port='' sidecar_a sidecar_b
-  local saved_redis_pid=$REDIS_PID
   local -a sidecar_flags=(--peer-secret bench-peers) flags_a=() round_pids=()
   if [[ $variant != standalone ]]; then
     START_ON_CPU=$CLIENT_CPU start_redis_server redis_port "$tag-redis"
-    REDIS_PID=$saved_redis_pid
     round_pids+=("$LAST_PID")
     sidecar_flags+=(--upstream "redis://127.0.0.1:$redis_port" --registry-interval-ms 100)
   fi
@@ -1424,6 +1420,7 @@ main() {
     return
   fi
   START_ON_CPU=$SERVER_CPU start_redis_server REDIS_PORT redis-server
+  REDIS_PID=$LAST_PID
   # shellcheck disable=SC2086 # the extra flags are meant to be split
   START_ON_CPU=$SERVER_CPU start_sidecar SIDECAR_PORT sidecar ${BENCH_SIDECAR_ARGS:-}
   SIDECAR_PID=$LAST_PID
