@@ -104,6 +104,23 @@ impl Sessions {
         }
     }
 
+    /// [`Sessions::read`] under the shard's write lock, for a reader that
+    /// keeps something derived in the session (its JSON form).
+    pub async fn read_mut<R>(
+        &self,
+        id: &[u8],
+        now: u64,
+        f: impl FnOnce(&mut Session) -> R,
+    ) -> Result<Option<R>> {
+        match self {
+            Sessions::Standalone(store) => match store.read_mut(id, now, f) {
+                None => missing(store, id, now, None),
+                found => Ok(found),
+            },
+            Sessions::WriteThrough(store) => store.read_mut(id, now, f).await,
+        }
+    }
+
     /// [`Sessions::read`] of the source of truth: write-through, the
     /// upstream's session rather than the hot copy.
     pub async fn read_through<R>(

@@ -312,6 +312,13 @@ impl SessionStore {
         session.is_live(now).then(|| f(&session))
     }
 
+    /// [`SessionStore::read`] under the shard's write lock, for a reader
+    /// that keeps something derived in the session (its JSON form).
+    pub fn read_mut<R>(&self, id: &[u8], now: u64, f: impl FnOnce(&mut Session) -> R) -> Option<R> {
+        let mut session = self.sessions.get_mut(id)?;
+        session.is_live(now).then(|| f(&mut session))
+    }
+
     pub fn exists(&self, id: &[u8], now: u64) -> bool {
         self.read(id, now, |_| ()).is_some()
     }

@@ -65,51 +65,54 @@ pub static JSON_CACHE_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// A session's encoded JSON (`SESSION.GET id JSON`), kept from its first
 /// read until the session changes: most reads of a session repeat, and
 /// building the object touches every separately allocated part of the
-/// session (user, conn, node, attributes), a cache miss each on a large
-/// store, where the kept form is two. `last_active`, which heartbeats move
-/// without a change, is left out and written at each read.
+/// session (user, conn, attributes), a cache miss each on a large store,
+/// where the kept form is one. `last_active`, which heartbeats move without
+/// a change, is left out and written at each read.
 ///
-/// One pointer wide, so that a sidecar without `--keep-json` pays 8 bytes
-/// per session for it.
+/// One pointer wide and without an allocation while nothing is kept, so
+/// that a sidecar without `--keep-json` pays 8 bytes per session for it.
+/// The one allocation holds its header, then where `last_active`'s value
+/// goes (4 bytes, little-endian), then the object without that value. It
+/// is made under the shard's write lock ([`crate::store::SessionStore::read_mut`]),
+/// so it needs no synchronisation of its own.
 #[derive(Default)]
-pub struct JsonCache(once_cell::race::OnceBox<CachedJson>);
+pub struct JsonCache(thin_vec::ThinVec<u8>);
 
 impl std::fmt::Debug for JsonCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() {
-            "JsonCache(kept)"
-        } else {
+        f.write_str(if self.0.is_empty() {
             "JsonCache"
+        } else {
+            "JsonCache(kept)"
         })
     }
 }
 
-struct CachedJson {
-    /// The object without `last_active`'s value...
-    bytes: Box<[u8]>,
-    /// ...which goes here.
-    hole: usize,
-}
-
-impl CachedJson {
-    /// Bytes it holds: its own and the object's.
-    fn size(&self) -> usize {
-        std::mem::size_of::<Self>() + self.bytes.len()
-    }
-}
-
-impl Drop for CachedJson {
-    fn drop(&mut self) {
-        JSON_CACHE_BYTES.fetch_sub(self.size(), Ordering::Relaxed);
-    }
-}
+/// Bytes in the kept form before the object: where the hole is.
+const HOLE: usize = 4;
 
 impl JsonCache {
+    /// Bytes it holds on the heap: the allocation's header and contents.
+    fn size(&self) -> usize {
+        if self.0.is_empty() {
+            0
+        } else {
+            2 * std::mem::size_of::<usize>() + self.0.capacity()
+        }
+    }
+
     /// Forgets the kept form: the session changed.
     pub fn clear(&mut self) {
-        if self.0.get().is_some() {
-            self.0 = once_cell::race::OnceBox::new();
+        if !self.0.is_empty() {
+            JSON_CACHE_BYTES.fetch_sub(self.size(), Ordering::Relaxed);
+            self.0 = thin_vec::ThinVec::new();
         }
+    }
+}
+
+impl Drop for JsonCache {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -171,24 +174,30 @@ impl Session {
 
     /// [`Session::write_json`] from the kept form ([`JsonCache`]), made
     /// and kept at the first read after a change.
-    pub fn write_json_kept<B: bytes::BufMut>(&self, id: &[u8], out: &mut B) {
-        let kept = self.json.0.get_or_init(|| {
+    pub fn write_json_kept<B: bytes::BufMut>(&mut self, id: &[u8], out: &mut B) {
+        if self.json.0.is_empty() {
             let mut bytes = Vec::with_capacity(256);
+            bytes.extend_from_slice(&[0; HOLE]);
             let mut hole = 0;
             self.write_json_with(id, &mut bytes, |bytes| hole = bytes.len());
-            let kept = CachedJson {
-                bytes: bytes.into_boxed_slice(),
-                hole,
+            // A session too large to say where its hole is in 4 bytes
+            // (impossible under the size limits) is written as it is.
+            let Ok(hole) = u32::try_from(hole) else {
+                return self.write_json(id, out);
             };
-            // Two readers may make it at once; the one not kept is dropped,
-            // and counted out again.
-            JSON_CACHE_BYTES.fetch_add(kept.size(), Ordering::Relaxed);
-            Box::new(kept)
-        });
-        let (before, after) = kept.bytes.split_at(kept.hole.min(kept.bytes.len()));
-        out.put_slice(before);
+            bytes[..HOLE].copy_from_slice(&hole.to_le_bytes());
+            let mut kept = thin_vec::ThinVec::with_capacity(bytes.len());
+            kept.extend_from_slice(&bytes);
+            self.json.0 = kept;
+            JSON_CACHE_BYTES.fetch_add(self.json.size(), Ordering::Relaxed);
+        }
+        let kept = &self.json.0[..];
+        let mut hole = [0; HOLE];
+        hole.copy_from_slice(&kept[..HOLE]);
+        let hole = (u32::from_le_bytes(hole) as usize).clamp(HOLE, kept.len());
+        out.put_slice(&kept[HOLE..hole]);
         out.put_slice(itoa::Buffer::new().format(self.last_active()).as_bytes());
-        out.put_slice(after);
+        out.put_slice(&kept[hole..]);
     }
 
     /// The JSON object, with `last_active`'s value written by `last_active`.
@@ -417,7 +426,7 @@ mod tests {
             };
             let mut session = session;
             let serde = |s: &Session| serde_json::to_vec(&JsonView { id: &id, session: s }).unwrap();
-            let kept = |s: &Session| {
+            let kept = |s: &mut Session| {
                 let mut out = Vec::new();
                 s.write_json_kept(&id, &mut out);
                 out
@@ -431,13 +440,13 @@ mod tests {
             // The kept form: the same, twice; with a heartbeat's last_active;
             // and again after a change.
             for _ in 0..2 {
-                prop_assert_eq!(&kept(&session), &expected);
+                prop_assert_eq!(&kept(&mut session), &expected);
             }
             session.last_active.store(numbers[1] / 2, Ordering::Relaxed);
-            prop_assert_eq!(kept(&session), serde(&session));
+            prop_assert_eq!(kept(&mut session), serde(&session));
             session.attrs.set(b"changed", &id);
             session.mutated(numbers[0]);
-            prop_assert_eq!(kept(&session), serde(&session));
+            prop_assert_eq!(kept(&mut session), serde(&session));
         }
     }
 }

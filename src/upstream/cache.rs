@@ -128,6 +128,16 @@ impl HotCache {
         (entry.session.is_live(now) && entry.servable(now)).then(|| f(&entry.session))
     }
 
+    /// [`HotCache::read`] under the shard's write lock, for a reader that
+    /// keeps something derived in the copy (its JSON form).
+    pub fn read_mut<R>(&self, id: &[u8], now: u64, f: impl FnOnce(&mut Session) -> R) -> Option<R> {
+        if !self.is_trusted() {
+            return None;
+        }
+        let mut entry = self.map.get_mut(id)?;
+        (entry.session.is_live(now) && entry.servable(now)).then(|| f(&mut entry.session))
+    }
+
     /// Installs a copy read or written under `ticket`; not at all across a
     /// flush or over a newer copy. When its key was invalidated since the
     /// ticket, the copy is installed unservable and returned as a suspect to

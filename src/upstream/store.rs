@@ -816,6 +816,25 @@ impl WriteThrough {
             .map(Option::flatten)
     }
 
+    /// [`WriteThrough::read`] with the hot copy under its shard's write
+    /// lock, for a reader that keeps something derived in it.
+    pub async fn read_mut<R>(
+        &self,
+        id: &[u8],
+        now: u64,
+        f: impl FnOnce(&mut Session) -> R,
+    ) -> Result<Option<R>, StoreError> {
+        let mut f = Some(f);
+        if let Some(result) = self.cache.read_mut(id, now, |s| f.take().map(|f| f(s))) {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(result);
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.read_through_mut(id, now, |s| f.take().map(|f| f(s)))
+            .await
+            .map(Option::flatten)
+    }
+
     /// Runs `f` on the live session as the upstream has it now, whatever
     /// the hot copy says (WATCH's snapshots: a change another sidecar made
     /// may not have reached this one's copy yet).
@@ -825,6 +844,17 @@ impl WriteThrough {
         now: u64,
         f: impl FnOnce(&Session) -> R,
     ) -> Result<Option<R>, StoreError> {
+        self.read_through_mut(id, now, |s| f(s)).await
+    }
+
+    /// [`WriteThrough::read_through`], letting `f` keep something derived
+    /// in the copy it installs.
+    async fn read_through_mut<R>(
+        &self,
+        id: &[u8],
+        now: u64,
+        f: impl FnOnce(&mut Session) -> R,
+    ) -> Result<Option<R>, StoreError> {
         let ticket = self.ticket(id);
         let key = self.session_key(id);
         let value: Value = self
@@ -833,13 +863,13 @@ impl WriteThrough {
                 redis::cmd("HGETALL").arg(&key).query_async(c).await
             })
             .await?;
-        let Some((key, session)) = parse_session(&value) else {
+        let Some((key, mut session)) = parse_session(&value) else {
             return Ok(None);
         };
         if !session.is_live(now) {
             return Ok(None);
         }
-        let result = f(&session);
+        let result = f(&mut session);
         self.install(key, session, ticket);
         Ok(Some(result))
     }

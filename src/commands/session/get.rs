@@ -15,18 +15,20 @@ pub async fn get(node: &Node, args: &mut Args<'_>, out: &mut ReplyWriter<'_>) ->
     let keep = json
         && node.config.keep_json
         && (maxmemory == 0 || node.sessions.memory() < maxmemory / 10 * 9);
-    let found = node
-        .sessions
-        .read(id, now_ms(), |s| {
-            if json && keep {
-                out.bulk_with(|buf| s.write_json_kept(id, buf));
-            } else if json {
-                out.bulk_with(|buf| s.write_json(id, buf));
-            } else {
-                write_session(out, id, s);
-            }
-        })
-        .await?;
+    let found = if keep {
+        node.sessions
+            .read_mut(id, now_ms(), |s| {
+                out.bulk_with(|buf| s.write_json_kept(id, buf))
+            })
+            .await?
+    } else {
+        node.sessions
+            .read(id, now_ms(), |s| match json {
+                true => out.bulk_with(|buf| s.write_json(id, buf)),
+                false => write_session(out, id, s),
+            })
+            .await?
+    };
     if found.is_none() {
         out.null();
     }
