@@ -663,21 +663,34 @@ start_redis_copies() {
 section_reads() {
   heading "Hot reads vs redis-server (goal: ratio >= 1.00 and no more CPU per request)"
   pinning_note
-  local HASHES_PORT HASHES_PID JSON_PORT JSON_PID
+  local HASHES_PORT HASHES_PID JSON_PORT JSON_PID KEPT_PORT KEPT_PID
   start_redis_copies
+  # The same sessions in a sidecar that keeps each session's JSON from a read
+  # to its next change (--keep-json yes), measured in the same rounds. Its
+  # node id is as long as the first's, so that its replies are too.
+  # shellcheck disable=SC2086 # the extra flags are meant to be split
+  START_ON_CPU=$SERVER_CPU start_sidecar KEPT_PORT keepjsn ${BENCH_SIDECAR_ARGS:-} --keep-json yes
+  KEPT_PID=$LAST_PID
+  log "prefilling $SESSIONS sessions into the sidecar that keeps their JSON"
+  session_create_commands | pipe_commands "$KEPT_PORT"
+  local kept_length
+  kept_length=$(cli "$KEPT_PORT" SESSION.GET 000000004242 JSON | wc -c)
+  ((kept_length == $(cli "$SIDECAR_PORT" SESSION.GET 000000004242 JSON | wc -c))) ||
+    die "the two sidecars' JSON of session 4242 differ in length"
   local pipeline row='%-34s %3s %10s %10s %7s %9s %9s\n'
   # shellcheck disable=SC2059 # the format is the row layout above
   printf "\n$row" comparison -P ours_rps base_rps ratio "ours_us" "base_us"
   for pipeline in 1 "$PIPELINE_DEPTH"; do
     run_session_get() { measure "$SIDECAR_PORT" "$SIDECAR_PID" "$pipeline" SESSION.GET __rand_int__; }
     run_session_json() { measure "$SIDECAR_PORT" "$SIDECAR_PID" "$pipeline" SESSION.GET __rand_int__ JSON; }
+    run_kept_json() { measure "$KEPT_PORT" "$KEPT_PID" "$pipeline" SESSION.GET __rand_int__ JSON; }
     run_session_touch() { measure "$SIDECAR_PORT" "$SIDECAR_PID" "$pipeline" SESSION.TOUCH __rand_int__; }
     run_hgetall() { measure "$HASHES_PORT" "$HASHES_PID" "$pipeline" HGETALL "session:__rand_int__"; }
     run_get() { measure "$JSON_PORT" "$JSON_PID" "$pipeline" GET __rand_int__; }
-    rounds_of session_get hgetall session_json get session_touch
+    rounds_of session_get hgetall session_json get kept_json session_touch
     local ours base label r
     for pair in "session_get hgetall SESSION.GET/HGETALL" "session_json get SESSION.GET_JSON/GET" \
-      "session_touch get SESSION.TOUCH/GET"; do
+      "kept_json get SESSION.GET_JSON,_--keep-json/GET" "session_touch get SESSION.TOUCH/GET"; do
       read -r ours base label <<<"$pair"
       label=${label//_/ }
       r=$(ratio "$(med rps "$ours")" "$(med rps "$base")")
@@ -688,6 +701,8 @@ section_reads() {
         "CPU ratio $(ratio "$(med cpu "$ours")" "$(med cpu "$base")") (goal <= 1.00)"
     done
   done
+  kill -TERM "$KEPT_PID" 2>/dev/null || true
+  wait "$KEPT_PID" 2>/dev/null || true
 }
 
 # Passthrough: GET and SET of 64-byte values through a sidecar in front of
