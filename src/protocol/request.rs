@@ -8,6 +8,13 @@
 //! against the configured limits when it reads the header, before buffering a
 //! byte of the payload (a client announcing a 4 GB bulk string is refused at
 //! once). Arguments are zero-copy slices of the read buffer.
+//!
+//! A request already whole in the buffer, as every request of a pipeline
+//! but maybe the last of a read is, takes a shorter way ([`take_whole`]):
+//! one pass over its headers, one split of the buffer, its arguments
+//! slices of that. Anything else, or anything it does not plainly accept,
+//! is left to the incremental parser, which words every error; a property
+//! test and the fuzz target hold the two ways to the same requests.
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -85,6 +92,13 @@ impl RequestParser {
                             // An empty line is skipped, as Redis does.
                             continue;
                         }
+                        return Ok(true);
+                    }
+                    let limits = Limits {
+                        max_args,
+                        max_bulk_len: max_bulk,
+                    };
+                    if take_whole(buf, args, limits) {
                         return Ok(true);
                     }
                     let Some(n) = read_header(buf, "too big mbulk count string")? else {
@@ -179,6 +193,23 @@ impl RequestParser {
 /// refuses it if it must. For the proxy, which forwards a request's bytes
 /// as they came.
 pub fn complete_request(buf: &[u8], limits: Limits) -> Option<(usize, std::ops::Range<usize>)> {
+    let mut name = 0..0;
+    let length = scan_request(buf, limits, |i, arg| {
+        if i == 0 {
+            name = arg;
+        }
+    })?;
+    Some((length, name))
+}
+
+/// Scans the complete multibulk request at the front of `buf` in one pass,
+/// calling `arg` with each argument's index and place: its length, or None
+/// as [`complete_request`] says.
+fn scan_request(
+    buf: &[u8],
+    limits: Limits,
+    mut arg: impl FnMut(usize, std::ops::Range<usize>),
+) -> Option<usize> {
     // `<kind><digits>\r\n`, in one pass: a non-negative number without a
     // leading zero and of at most 18 digits (anything else is left to the
     // full parser, which words the error).
@@ -206,22 +237,52 @@ pub fn complete_request(buf: &[u8], limits: Limits) -> Option<(usize, std::ops::
     if count <= 0 || count as usize > limits.max_args {
         return None;
     }
-    let mut name = 0..0;
-    for i in 0..count {
+    for i in 0..count as usize {
         let (len, start) = number(buf, pos, b'$')?;
-        if len < 0 || len as usize > limits.max_bulk_len {
+        if len as usize > limits.max_bulk_len {
             return None;
         }
         let end = start + len as usize;
         if buf.get(end..end + 2)? != b"\r\n" {
             return None;
         }
-        if i == 0 {
-            name = start..end;
-        }
+        arg(i, start..end);
         pos = end + 2;
     }
-    Some((pos, name))
+    Some(pos)
+}
+
+/// Most arguments a request may have to be taken by [`take_whole`].
+const WHOLE_MAX_ARGS: usize = 16;
+
+/// Takes the complete multibulk request at the front of `buf` at once, when
+/// it is one (every request of a pipeline but maybe the last of a read):
+/// one pass over its headers, one split of the buffer, and its arguments as
+/// slices of that. False, with nothing consumed, when it is not complete
+/// yet, has more than [`WHOLE_MAX_ARGS`] arguments or is not plainly well
+/// formed: the incremental parser then takes it, and words any error.
+fn take_whole(buf: &mut BytesMut, args: &mut Vec<Bytes>, limits: Limits) -> bool {
+    let limits = Limits {
+        max_args: limits.max_args.min(WHOLE_MAX_ARGS),
+        ..limits
+    };
+    let mut places = [(0, 0); WHOLE_MAX_ARGS];
+    let mut count = 0;
+    let Some(length) = scan_request(buf, limits, |i, arg| {
+        if let Some(place) = places.get_mut(i) {
+            *place = (arg.start, arg.end);
+        }
+        count = i + 1;
+    }) else {
+        return false;
+    };
+    let request = buf.split_to(length).freeze();
+    args.extend(
+        places[..count]
+            .iter()
+            .map(|&(start, end)| request.slice(start..end)),
+    );
+    true
 }
 
 /// Redis's "expected '$', got 'X'", for every printable byte X (made once;
@@ -527,5 +588,97 @@ mod tests {
         assert_eq!(parse_i64(b"0"), Some(0));
         assert_eq!(parse_i64(b"05"), None);
         assert_eq!(parse_i64(b"-0"), None);
+    }
+
+    /// Parses `chunks` fed one after another, as the fuzz target does:
+    /// every request, or the error that ended them.
+    fn parse_chunks(chunks: &[&[u8]], restricted: bool) -> Vec<Result<Vec<Bytes>, ProtocolError>> {
+        let limits = Limits {
+            max_bulk_len: 64,
+            max_args: 20,
+        };
+        let mut parser = RequestParser::default();
+        let mut buf = BytesMut::new();
+        let mut args = Vec::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            buf.extend_from_slice(chunk);
+            loop {
+                match parser.parse(&mut buf, &mut args, limits, restricted) {
+                    Ok(true) => out.push(Ok(args.clone())),
+                    Ok(false) => break,
+                    Err(error) => {
+                        out.push(Err(error));
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn encode(requests: &[Vec<Vec<u8>>]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for request in requests {
+            bytes.extend_from_slice(format!("*{}\r\n", request.len()).as_bytes());
+            for arg in request {
+                bytes.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+                bytes.extend_from_slice(arg);
+                bytes.extend_from_slice(b"\r\n");
+            }
+        }
+        bytes
+    }
+
+    proptest::proptest! {
+        /// Requests come out as they were sent, whole (the one-pass path
+        /// for all but requests with more arguments than it takes) or in
+        /// two pieces (the incremental path for the request cut).
+        #[test]
+        fn requests_come_out_as_sent_however_they_arrive(
+            requests in proptest::collection::vec(
+                proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..70), 1..22),
+                1..6,
+            ),
+            cut in 0usize..4096,
+            restricted: bool,
+        ) {
+            let bytes = encode(&requests);
+            let cut = cut.min(bytes.len());
+            let whole = parse_chunks(&[&bytes], restricted);
+            let pieces = parse_chunks(&[&bytes[..cut], &bytes[cut..]], restricted);
+            proptest::prop_assert_eq!(&whole, &pieces);
+            let (max_args, max_bulk) = match restricted {
+                true => (UNAUTHENTICATED_MAX_ARGS, UNAUTHENTICATED_MAX_BULK),
+                false => (20, 64),
+            };
+            for (got, sent) in whole.iter().zip(&requests) {
+                if sent.len() > max_args || sent.iter().any(|a| a.len() > max_bulk) {
+                    proptest::prop_assert!(got.is_err());
+                    break;
+                }
+                let sent: Vec<Bytes> = sent.iter().map(|a| Bytes::copy_from_slice(a)).collect();
+                proptest::prop_assert_eq!(got, &Ok(sent));
+            }
+        }
+
+        /// Any bytes: the same requests and error, whole or in two pieces.
+        #[test]
+        fn any_bytes_parse_the_same_whole_or_in_pieces(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(b"*$\r\n0123456789-".to_vec()),
+                    proptest::num::u8::ANY,
+                ],
+                0..200,
+            ),
+            cut in 0usize..200,
+            restricted: bool,
+        ) {
+            let cut = cut.min(bytes.len());
+            let whole = parse_chunks(&[&bytes], restricted);
+            let pieces = parse_chunks(&[&bytes[..cut], &bytes[cut..]], restricted);
+            proptest::prop_assert_eq!(whole, pieces);
+        }
     }
 }

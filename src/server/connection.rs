@@ -391,6 +391,12 @@ async fn serve_requests<R: ClientRead>(
     let mut argv = Vec::new();
     let query_limit = usize::try_from(node.config.client_query_buffer_limit).unwrap_or(usize::MAX);
     let idle = (node.config.timeout > 0).then(|| Duration::from_secs(node.config.timeout));
+    // Waited on for the life of the connection rather than made again at
+    // every wait: each time takes the token's and its notifier's locks.
+    let shutting_down = shutdown.cancelled();
+    tokio::pin!(shutting_down);
+    let killed = client.info.kill.clone().cancelled_owned();
+    tokio::pin!(killed);
     loop {
         // Run every complete request already buffered.
         let flow = Box::pin(run_buffered(
@@ -506,8 +512,8 @@ async fn serve_requests<R: ClientRead>(
                 tracing::debug!(client = client.id(), "closing idle client");
                 return Ok(());
             }
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = client.info.kill.cancelled() => {
+            _ = &mut shutting_down => return Ok(()),
+            _ = &mut killed => {
                 tracing::debug!(client = client.id(), "closing client killed by CLIENT KILL");
                 return Ok(());
             }
