@@ -10,7 +10,7 @@
 //! once). Arguments are zero-copy slices of the read buffer.
 //!
 //! A request already whole in the buffer, as every request of a pipeline
-//! but maybe the last of a read is, takes a shorter way ([`take_whole`]):
+//! but maybe the last of a read is, takes a shorter way (`take_whole`):
 //! one pass over its headers, one split of the buffer, its arguments
 //! slices of that. Anything else, or anything it does not plainly accept,
 //! is left to the incremental parser, which words every error; a property
