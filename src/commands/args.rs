@@ -50,7 +50,7 @@ impl<'a> Args<'a> {
 
     /// The next argument, upper-cased for keyword matching (keywords are short
     /// ASCII; anything else simply matches no keyword).
-    pub fn keyword(&mut self) -> Option<Keyword> {
+    pub fn keyword(&mut self) -> Option<Keyword<'a>> {
         self.next().map(|arg| Keyword::of(arg))
     }
 
@@ -76,29 +76,16 @@ impl<'a> Args<'a> {
     }
 }
 
-/// An argument upper-cased into a fixed buffer, compared without allocating.
-/// Arguments longer than any keyword match nothing.
-pub struct Keyword {
-    buf: [u8; 16],
-    len: Option<usize>,
-}
+/// An argument compared with keywords (upper-case ASCII) ignoring ASCII
+/// case, without allocating or copying.
+pub struct Keyword<'a>(&'a [u8]);
 
-impl Keyword {
-    pub fn of(arg: &[u8]) -> Keyword {
-        let mut buf = [0u8; 16];
-        if arg.len() > buf.len() {
-            return Keyword { buf, len: None };
-        }
-        buf[..arg.len()].copy_from_slice(arg);
-        buf.make_ascii_uppercase();
-        Keyword {
-            buf,
-            len: Some(arg.len()),
-        }
+impl<'a> Keyword<'a> {
+    pub fn of(arg: &'a [u8]) -> Keyword<'a> {
+        Keyword(arg)
     }
 
     pub fn is(&self, keyword: &str) -> bool {
-        self.len
-            .is_some_and(|len| &self.buf[..len] == keyword.as_bytes())
+        self.0.eq_ignore_ascii_case(keyword.as_bytes())
     }
 }
