@@ -72,10 +72,13 @@ impl RequestParser {
         limits: Limits,
         restricted: bool,
     ) -> Result<bool, ProtocolError> {
-        let (max_args, max_bulk) = if restricted {
-            (UNAUTHENTICATED_MAX_ARGS, UNAUTHENTICATED_MAX_BULK)
+        let limits = if restricted {
+            Limits {
+                max_args: UNAUTHENTICATED_MAX_ARGS,
+                max_bulk_len: UNAUTHENTICATED_MAX_BULK,
+            }
         } else {
-            (limits.max_args, limits.max_bulk_len)
+            limits
         };
         loop {
             match self.state {
@@ -94,17 +97,13 @@ impl RequestParser {
                         }
                         return Ok(true);
                     }
-                    let limits = Limits {
-                        max_args,
-                        max_bulk_len: max_bulk,
-                    };
                     if take_whole(buf, args, limits) {
                         return Ok(true);
                     }
                     let Some(n) = read_header(buf, "too big mbulk count string")? else {
                         return Ok(false);
                     };
-                    if n > max_args as i64 {
+                    if n > limits.max_args as i64 {
                         return Err(ProtocolError(if restricted {
                             "unauthenticated multibulk length"
                         } else {
@@ -138,7 +137,7 @@ impl RequestParser {
                             let Some(len) = read_header(buf, "too big bulk count string")? else {
                                 return Ok(false);
                             };
-                            if len < 0 || len > max_bulk as i64 {
+                            if len < 0 || len > limits.max_bulk_len as i64 {
                                 self.state = State::Idle;
                                 return Err(ProtocolError(if restricted && len >= 0 {
                                     "unauthenticated bulk length"
