@@ -48,8 +48,8 @@ impl<'a> Args<'a> {
         parse_i64(self.required()?).ok_or(CommandError::NotInteger)
     }
 
-    /// The next argument, upper-cased for keyword matching (keywords are short
-    /// ASCII; anything else simply matches no keyword).
+    /// The next argument, for matching against keywords (ignoring ASCII
+    /// case; anything else simply matches no keyword).
     pub fn keyword(&mut self) -> Option<Keyword<'a>> {
         self.next().map(|arg| Keyword::of(arg))
     }
