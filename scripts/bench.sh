@@ -309,15 +309,21 @@ session_create_commands() {
   }'
 }
 
-# The sessions as redis-server hashes with the same fields as SESSION.GET
-# replies, and their expiry.
+# session_hash_commands [indexes]: the sessions as redis-server hashes with
+# the same fields as SESSION.GET replies, and their expiry; with "indexes",
+# also the indexes the sidecar keeps for them: each user's set of session
+# ids and each connection's session id (as the seed design stores them).
 session_hash_commands() {
   local now_ms
   now_ms=$(date +%s%3N)
-  awk -v n="$SESSIONS" -v now="$now_ms" -v ttl_ms="$((SESSION_TTL_SECONDS * 1000))" 'BEGIN {
+  awk -v n="$SESSIONS" -v now="$now_ms" -v ttl_ms="$((SESSION_TTL_SECONDS * 1000))" -v indexes="${1:-}" 'BEGIN {
     for (i = 0; i < n; i++) {
       printf "HSET session:%012d id %012d user u%d conn c%d status active node sidecar created %s last_active %s expires %.0f ttl %d version 1 attr:locale en-US attr:plan free attr:gateway gw-%d\n", i, i, i, i, now, now, now + ttl_ms, ttl_ms, i % 8
       printf "PEXPIREAT session:%012d %.0f\n", i, now + ttl_ms
+      if (indexes == "indexes") {
+        printf "SADD user:u%d %012d\n", i, i
+        printf "SET conn:c%d %012d\n", i, i
+      }
     }
   }'
 }
@@ -907,6 +913,10 @@ section_latency() {
   heading "Latency at a fixed offered load (half of the slowest server's unpipelined maximum)"
   pinning_note
   local passthrough_port passthrough_pid
+  # The hashes HGETALL reads, beside the strings GET reads.
+  if [[ $(cli "$REDIS_PORT" EXISTS session:000000000000) != 1 ]]; then
+    session_hash_commands | pipe_commands "$REDIS_PORT"
+  fi
   START_ON_CPU=$SERVER_CPU start_passthrough passthrough_port latency-passthrough
   passthrough_pid=$LAST_PID
   local rate=0 requests
@@ -1100,17 +1110,27 @@ wait_for_set() {
   done
 }
 
-# The sidecar's hot-map bytes per session against what redis-server spends on
-# the same sessions stored as hashes with their expiry.
+# The sidecar's hot-map bytes per session (its indexes included) against what
+# redis-server spends on the same sessions stored as hashes with their expiry
+# and their user and connection indexes.
 section_memory() {
-  heading "Memory per session vs redis-server hash (goal: ratio <= 1.00)"
+  heading "Memory per session vs redis-server hash + indexes (goal: ratio <= 1.00)"
   local sidecar_bytes sidecar_sessions redis_before redis_after sidecar_rss_kb
   sidecar_bytes=$(info_field "$SIDECAR_PORT" memory used_memory)
   sidecar_rss_kb=$(rss_kb "$SIDECAR_PID")
   sidecar_sessions=$(cli "$SIDECAR_PORT" SESSION.COUNT LOCAL) || sidecar_sessions=
-  redis_before=$(info_field "$REDIS_PORT" memory used_memory)
-  session_hash_commands | pipe_commands "$REDIS_PORT"
-  redis_after=$(info_field "$REDIS_PORT" memory used_memory)
+  # A redis-server of its own, holding nothing else.
+  local memory_port memory_pid
+  START_ON_CPU=$SERVER_CPU start_redis_server memory_port redis-memory
+  memory_pid=$LAST_PID
+  local redis_rss_before_kb redis_rss_after_kb
+  redis_before=$(info_field "$memory_port" memory used_memory)
+  redis_rss_before_kb=$(rss_kb "$memory_pid")
+  session_hash_commands indexes | pipe_commands "$memory_port"
+  redis_after=$(info_field "$memory_port" memory used_memory)
+  redis_rss_after_kb=$(rss_kb "$memory_pid")
+  kill -TERM "$memory_pid" 2>/dev/null || true
+  wait "$memory_pid" 2>/dev/null || true
 
   local sidecar_per_session=n/a redis_per_session=n/a
   if [[ $sidecar_bytes =~ ^[0-9]+$ && $sidecar_sessions =~ ^[1-9][0-9]*$ ]]; then
@@ -1119,24 +1139,29 @@ section_memory() {
   if [[ $redis_before =~ ^[0-9]+$ && $redis_after =~ ^[0-9]+$ ]]; then
     redis_per_session=$(((redis_after - redis_before) / SESSIONS))
   fi
-  local sidecar_rss_per_session=n/a
+  local sidecar_rss_per_session=n/a redis_rss_per_session=n/a
   if [[ $sidecar_rss_kb =~ ^[0-9]+$ && $SIDECAR_RSS_EMPTY_KB =~ ^[0-9]+$ ]]; then
     sidecar_rss_per_session=$(((sidecar_rss_kb - SIDECAR_RSS_EMPTY_KB) * 1024 / SESSIONS))
+  fi
+  if [[ $redis_rss_before_kb =~ ^[0-9]+$ && $redis_rss_after_kb =~ ^[0-9]+$ ]]; then
+    redis_rss_per_session=$(((redis_rss_after_kb - redis_rss_before_kb) * 1024 / SESSIONS))
   fi
   local r=n/a r_rss=n/a
   if [[ $sidecar_per_session != n/a && $redis_per_session != n/a ]]; then
     r=$(ratio "$sidecar_per_session" "$redis_per_session")
   fi
-  if [[ $sidecar_rss_per_session != n/a && $redis_per_session != n/a ]]; then
-    r_rss=$(ratio "$sidecar_rss_per_session" "$redis_per_session")
+  if [[ $sidecar_rss_per_session != n/a && $redis_rss_per_session =~ ^[1-9][0-9]*$ ]]; then
+    r_rss=$(ratio "$sidecar_rss_per_session" "$redis_rss_per_session")
   fi
   printf '%-52s %s\n' \
     "sidecar bytes/session (INFO used_memory, counted)" "$sidecar_per_session" \
-    "sidecar bytes/session (resident memory delta)" "$sidecar_rss_per_session" \
     "redis-server bytes/session (used_memory delta)" "$redis_per_session" \
-    "ratio (counted)" "$r" \
+    "sidecar bytes/session (resident memory delta)" "$sidecar_rss_per_session" \
+    "redis-server bytes/session (resident memory delta)" "$redis_rss_per_session" \
+    "ratio (counted: used_memory)" "$r" \
     "ratio (resident)" "$r_rss" \
-    "verdict (counted)" "$(verdict "$r" 1 at-most)"
+    "verdict (counted)" "$(verdict "$r" 1 at-most)" \
+    "verdict (resident)" "$(verdict "$r_rss" 1 at-most)"
 }
 
 # Idle connections: resident memory per connection, sidecar vs
@@ -1443,8 +1468,6 @@ main() {
   check_replies
 
   print_environment
-  # The memory section stores the sessions as hashes in redis-server, which
-  # the hot-read section then reads with HGETALL.
   for section in $sections; do
     case $section in
       memory | reads | write_through | passthrough | latency | cluster | migration | idle_connections | reconnect) "section_$section" ;;

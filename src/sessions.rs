@@ -3,6 +3,10 @@
 //! write-through (the upstream is the source of truth and [`WriteThrough`]
 //! keeps a coherent hot copy). One async interface over both.
 //!
+//! A write-through write's future is boxed here: it holds the state of an
+//! upstream call (kilobytes), which would otherwise be part of every
+//! command's future, standalone reads included, and be copied with it.
+//!
 //! Layer 9 of 15 (the order is in `tests/layers.rs`). Uses `store` and
 //! `upstream`.
 
@@ -179,14 +183,14 @@ impl Sessions {
     pub async fn create(&self, request: CreateSession, now: u64) -> Result<Key> {
         match self {
             Sessions::Standalone(store) => store.create(request, now),
-            Sessions::WriteThrough(store) => store.create(request, now).await,
+            Sessions::WriteThrough(store) => Box::pin(store.create(request, now)).await,
         }
     }
 
     pub async fn attr_set(&self, id: &[u8], pairs: &[(Bytes, Bytes)], now: u64) -> Result<u64> {
         match self {
             Sessions::Standalone(store) => or_moved(store, id, now, store.attr_set(id, pairs, now)),
-            Sessions::WriteThrough(store) => store.attr_set(id, pairs, now).await,
+            Sessions::WriteThrough(store) => Box::pin(store.attr_set(id, pairs, now)).await,
         }
     }
 
@@ -196,7 +200,7 @@ impl Sessions {
                 0 => missing(store, id, now, 0),
                 removed => Ok(removed),
             },
-            Sessions::WriteThrough(store) => store.attr_del(id, names, now).await,
+            Sessions::WriteThrough(store) => Box::pin(store.attr_del(id, names, now)).await,
         }
     }
 
@@ -211,14 +215,16 @@ impl Sessions {
             Sessions::Standalone(store) => {
                 or_moved(store, id, now, store.attr_incrby(id, name, increment, now))
             }
-            Sessions::WriteThrough(store) => store.attr_incrby(id, name, increment, now).await,
+            Sessions::WriteThrough(store) => {
+                Box::pin(store.attr_incrby(id, name, increment, now)).await
+            }
         }
     }
 
     pub async fn update(&self, id: &[u8], request: &UpdateSession, now: u64) -> Result<u64> {
         match self {
             Sessions::Standalone(store) => or_moved(store, id, now, store.update(id, request, now)),
-            Sessions::WriteThrough(store) => store.update(id, request, now).await,
+            Sessions::WriteThrough(store) => Box::pin(store.update(id, request, now)).await,
         }
     }
 
@@ -239,7 +245,7 @@ impl Sessions {
                 false => missing(store, id, now, false),
                 true => Ok(true),
             },
-            Sessions::WriteThrough(store) => store.expire(id, ttl_ms, now).await,
+            Sessions::WriteThrough(store) => Box::pin(store.expire(id, ttl_ms, now)).await,
         }
     }
 
@@ -251,21 +257,21 @@ impl Sessions {
     ) -> Result<usize> {
         match self {
             Sessions::Standalone(store) => store.delete(ids, now, reason),
-            Sessions::WriteThrough(store) => store.delete(ids, now, reason).await,
+            Sessions::WriteThrough(store) => Box::pin(store.delete(ids, now, reason)).await,
         }
     }
 
     pub async fn kill_user(&self, user: &[u8], now: u64) -> Result<usize> {
         match self {
             Sessions::Standalone(store) => store.kill_user(user, now),
-            Sessions::WriteThrough(store) => store.kill_user(user, now).await,
+            Sessions::WriteThrough(store) => Box::pin(store.kill_user(user, now)).await,
         }
     }
 
     pub async fn bind(&self, id: &[u8], conn: &[u8], now: u64) -> Result<u64> {
         match self {
             Sessions::Standalone(store) => or_moved(store, id, now, store.bind(id, conn, now)),
-            Sessions::WriteThrough(store) => store.bind(id, conn, now).await,
+            Sessions::WriteThrough(store) => Box::pin(store.bind(id, conn, now)).await,
         }
     }
 
@@ -274,7 +280,7 @@ impl Sessions {
             Sessions::Standalone(store) => {
                 or_moved(store, id, now, store.unbind(id, grace_ms, now))
             }
-            Sessions::WriteThrough(store) => store.unbind(id, grace_ms, now).await,
+            Sessions::WriteThrough(store) => Box::pin(store.unbind(id, grace_ms, now)).await,
         }
     }
 }

@@ -115,9 +115,9 @@ async fn run(
     }
     match spec.cmd {
         Cmd::Multi => return transaction::multi(node, client, out),
-        Cmd::Exec => return transaction::exec(node, client, out).await,
-        Cmd::Discard => return transaction::discard(node, client, out).await,
-        Cmd::Watch => return transaction::watch(node, client, argv, out).await,
+        Cmd::Exec => return Box::pin(transaction::exec(node, client, out)).await,
+        Cmd::Discard => return Box::pin(transaction::discard(node, client, out)).await,
+        Cmd::Watch => return Box::pin(transaction::watch(node, client, argv, out)).await,
         Cmd::Quit | Cmd::Reset => {}
         _ if client.multi.is_some() => return transaction::queue(client, argv, out),
         _ => {}
@@ -207,7 +207,7 @@ async fn dispatch(
         Cmd::Reset => connection::reset(node, client, out),
         Cmd::Select => connection::select(&mut args, out),
         Cmd::Client => connection::client(node, client, &mut args, out),
-        Cmd::Info => server::info(node, &mut args, out).await,
+        Cmd::Info => Box::pin(server::info(node, &mut args, out)).await,
         Cmd::Command => match &node.proxy {
             Some(proxy) => server::command_with_upstream(proxy, &mut args, out).await,
             None => server::command(&mut args, out),
@@ -220,7 +220,7 @@ async fn dispatch(
             "ERR Command not allowed inside a transaction: '{}'",
             spec.name
         ))),
-        Cmd::Unwatch => transaction::unwatch(node, client, argv, out).await,
+        Cmd::Unwatch => Box::pin(transaction::unwatch(node, client, argv, out)).await,
         Cmd::Subscribe => pubsub::subscribe(node, client, &mut args, out).await,
         Cmd::Unsubscribe => pubsub::unsubscribe(node, client, &mut args, out),
         Cmd::Psubscribe => pubsub::psubscribe(node, client, &mut args, out).await,

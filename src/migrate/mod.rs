@@ -237,8 +237,7 @@ pub async fn connect_peer(
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
-    let mut connection = client
-        .get_multiplexed_async_connection_with_config(&config)
+    let mut connection = Box::pin(client.get_multiplexed_async_connection_with_config(&config))
         .await
         .map_err(|e| format!("cannot connect to {addr}: {}", describe(&e)))?;
     if let Some(secret) = secret {

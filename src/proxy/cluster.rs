@@ -406,7 +406,7 @@ impl Router {
             .unwrap_or_else(|p| p.into_inner())
             .is_some_and(|at| at.elapsed() < RETRY_AFTER);
         if self.version.load(Ordering::Acquire) == 0 && !failed_recently {
-            self.refresh(0).await;
+            Box::pin(self.refresh(0)).await;
         }
         self.current()
     }
@@ -471,9 +471,8 @@ impl Router {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.settings.connect_timeout))
             .set_response_timeout(Some(self.settings.connect_timeout));
-        let mut connection = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let mut connection =
+            Box::pin(client.get_multiplexed_async_connection_with_config(&config)).await?;
         let ranges: Vec<Value> = redis::cmd("CLUSTER")
             .arg("SLOTS")
             .query_async(&mut connection)
@@ -605,7 +604,7 @@ impl Router {
             }
             self.settings.stats.redirections.inc();
             if moved {
-                self.refresh(version).await;
+                Box::pin(self.refresh(version)).await;
             }
         }
         let mut replies = BytesMut::new();

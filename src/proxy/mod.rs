@@ -296,7 +296,7 @@ impl Proxy {
     async fn pin_at(&self, protocol: Protocol, endpoint: Endpoint) -> Result<Pinned, String> {
         let connection = match self.idle.take(&endpoint.addr, protocol) {
             Some(connection) => connection,
-            None => endpoint.connect(protocol, self.connect_timeout).await?,
+            None => Box::pin(endpoint.connect(protocol, self.connect_timeout)).await?,
         };
         self.stats.pinned.inc();
         Ok(Pinned::new(

@@ -251,7 +251,7 @@ async fn serve(
                         fail_queued(request, &mut requests, &reason, &settings.stats);
                         continue;
                     }
-                    match endpoint.connect(protocol, settings.connect_timeout).await {
+                    match Box::pin(endpoint.connect(protocol, settings.connect_timeout)).await {
                         Ok(fresh) => {
                             tracing::debug!(upstream = %endpoint.addr, "pooled connection up");
                             connection = Some(fresh);

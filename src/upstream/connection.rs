@@ -687,9 +687,8 @@ impl Upstream {
                 message,
             ))
         })?;
-        let mut connection = client
-            .get_multiplexed_async_connection_with_config(config)
-            .await?;
+        let mut connection =
+            Box::pin(client.get_multiplexed_async_connection_with_config(config)).await?;
         for command in setup {
             command.exec_async(&mut connection).await?;
         }
@@ -902,9 +901,8 @@ async fn ask_slots(
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
-    let mut connection = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
+    let mut connection =
+        Box::pin(client.get_multiplexed_async_connection_with_config(&config)).await?;
     let ranges: Vec<Value> = redis::cmd("CLUSTER")
         .arg("SLOTS")
         .query_async(&mut connection)
