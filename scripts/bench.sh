@@ -783,9 +783,17 @@ section_passthrough() {
         # the sidecar's batches leave behind it.
         local floor_cpu
         floor_cpu=$(sum "$(med cpu ping)" "$(med up sidecar)")
+        local bound
+        bound=$(ratio "$(med cpu direct)" "$floor_cpu")
         summary_row "passthrough $name, a proxy at a PING's cost" "$pipeline" \
-          "$(ratio "$(med cpu direct)" "$floor_cpu")" "" "" "$floor_cpu" "$(med cpu direct)" \
+          "$bound" "" "" "$floor_cpu" "$(med cpu direct)" \
           "CPU: direct / (redis PING $(med cpu ping) + redis behind $(med up sidecar)); sidecar $(med cpu sidecar)"
+        # The same bound against twemproxy: what such a proxy would do over
+        # what twemproxy does, both relative to direct.
+        summary_row "passthrough $name / twemproxy, at a PING's cost" "$pipeline" \
+          "$(awk -v c="$(med cpu direct)" -v f="$floor_cpu" -v t="$t" -v d="$d" \
+            'BEGIN { if (f > 0 && t > 0) printf "%.2f", (c / f) * (d / t); else print "n/a" }')" "" "" "" "" \
+          "the bound above over twemproxy / direct $(ratio "$t" "$d")"
       else
         summary_row "passthrough $name / twemproxy" "$pipeline" "$(ratio "$s" "$t")" "" "" \
           "$sc_cpu" "$tw_cpu" "twemproxy / direct $(ratio "$t" "$d")"
@@ -874,13 +882,24 @@ create_bounds() {
     MEASURE_UPSTREAM_PID=$REDIS_PID measure_loadgen "$REDIS_PORT" "$REDIS_PID" "$PIPELINE_DEPTH" \
       "$requests" --first "$((ROUND * requests + 400000000))" -- "${floor[@]}"
   }
-  rounds_of seed floor
+  # The same commands made atomic the cheapest way there is, without a
+  # script: MULTI ... EXEC (it cannot check anything, so it is still short
+  # of a create: no refusal of a taken id, no displaced connection).
+  run_atomic() {
+    MEASURE_UPSTREAM_PID=$REDIS_PID measure_loadgen "$REDIS_PORT" "$REDIS_PID" "$PIPELINE_DEPTH" \
+      "$requests" --first "$((ROUND * requests + 450000000))" -- MULTI "${floor[@]}" EXEC
+  }
+  rounds_of seed floor atomic
   local up
   up=$(ratio "$(med up floor)" "$(med up seed)")
   printf '\nfloor of any create (the seed + ZADD, XADD, PUBLISH; plain, -P %s): %s us of upstream CPU per create, %sx the seed'"'"'s %s us\n' \
     "$PIPELINE_DEPTH" "$(med up floor)" "$up" "$(med up seed)"
   summary_row "floor: seed + expiry, event, publish / seed" "$PIPELINE_DEPTH" "$up" 1.5 at-most \
     "$(med up floor)" "$(med up seed)" "upstream CPU ratio: bounds CREATE's from below"
+  up=$(ratio "$(med up atomic)" "$(med up seed)")
+  printf 'the same in MULTI/EXEC (atomic, no checks): %s us, %sx the seed\n' "$(med up atomic)" "$up"
+  summary_row "floor in MULTI/EXEC / seed" "$PIPELINE_DEPTH" "$up" 1.5 at-most \
+    "$(med up atomic)" "$(med up seed)" "upstream CPU ratio: the floor made atomic without a script"
 
   requests=$WRITE_REQUESTS
   run_seed() {
