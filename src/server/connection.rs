@@ -320,11 +320,21 @@ pub trait ClientRead: AsyncRead + Unpin {
     /// Resolves when a read may not block (a plain socket); at once where
     /// that cannot be told (TLS, which buffers on its own).
     fn ready(&self) -> impl Future<Output = std::io::Result<()>>;
+
+    /// Resolves once the client has sent something, or closed. A new
+    /// socket is reported readable before it has anything, so that
+    /// [`ClientRead::ready`] would let a connection that never sends hold
+    /// a read buffer for its life.
+    fn arrived(&mut self) -> impl Future<Output = std::io::Result<()>>;
 }
 
 impl ClientRead for tokio::net::tcp::OwnedReadHalf {
     async fn ready(&self) -> std::io::Result<()> {
         self.readable().await
+    }
+
+    async fn arrived(&mut self) -> std::io::Result<()> {
+        self.peek(&mut [0; 1]).await.map(drop)
     }
 }
 
@@ -332,15 +342,26 @@ impl<S: AsyncRead + tokio::io::AsyncWrite> ClientRead for tokio::io::ReadHalf<S>
     async fn ready(&self) -> std::io::Result<()> {
         Ok(())
     }
+
+    async fn arrived(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
-/// Reads what the client sent, allocating room once there is something.
+/// Reads what the client sent, allocating room once there is something
+/// (`fresh`: nothing was read from this client yet).
 async fn read_when_ready<R: ClientRead>(
     reader: &mut R,
     input: &mut BytesMut,
+    fresh: &mut bool,
 ) -> std::io::Result<usize> {
     if input.capacity() - input.len() < READ_CHUNK {
-        reader.ready().await?;
+        if *fresh {
+            reader.arrived().await?;
+            *fresh = false;
+        } else {
+            reader.ready().await?;
+        }
         input.reserve(READ_CHUNK);
     }
     reader.read_buf(input).await
@@ -388,7 +409,11 @@ async fn serve_requests<R: ClientRead>(
     // the client waits: an idle connection holds no buffer.
     let mut input = BytesMut::new();
     let mut output = BytesMut::new();
-    let mut argv = Vec::new();
+    // Made now, beside the connection's other state: made at the first
+    // request, after the first read buffer, it would keep that buffer's
+    // pages from going back to the system when the buffer is freed.
+    let mut argv = Vec::with_capacity(4);
+    let mut fresh = true;
     let query_limit = usize::try_from(node.config.client_query_buffer_limit).unwrap_or(usize::MAX);
     let idle = (node.config.timeout > 0).then(|| Duration::from_secs(node.config.timeout));
     // Waited on for the life of the connection rather than made again at
@@ -458,7 +483,7 @@ async fn serve_requests<R: ClientRead>(
         let subscribed = client.subscription_count() > 0 || client.proxy.busy();
         let overflow = client.subscriber.as_ref().map(|(s, _)| s.overflow.clone());
         tokio::select! {
-            read = read_when_ready(&mut reader, &mut input) => {
+            read = read_when_ready(&mut reader, &mut input, &mut fresh) => {
                 if read? == 0 {
                     return Ok(());
                 }
