@@ -299,7 +299,7 @@ fn client_subcommands() {
     assert!(info.contains("lib-ver=1.2.3"), "{info}");
     assert!(info.contains("addr=127.0.0.1:"), "{info}");
     // Redis's fields, the running subcommand named as Redis names it.
-    assert!(info.contains(" rbs=0 rbp=0 "), "{info}");
+    assert!(info.contains(" rbs=") && info.contains(" rbp=0 "), "{info}");
     assert!(info.contains(" cmd=client|info "), "{info}");
 
     let list = text(&call(&mut b, &["CLIENT", "LIST"]));
@@ -339,6 +339,55 @@ fn client_list_forgets_closed_connections() {
         }),
         "closed client still listed"
     );
+}
+
+/// A connection at rest holds no read buffer, whether it has sent nothing
+/// yet (a new socket is reported readable before it has anything) or its
+/// requests were all answered: CLIENT LIST shows `qbuf=0 qbuf-free=0 rbs=0`.
+#[test]
+fn idle_connections_hold_no_read_buffer() {
+    use std::io::{Read, Write};
+    let sc = Sidecar::start(&[]);
+    let mut watcher = sc.client();
+    let line_of = |watcher: &mut redis::Connection, addr: &str| {
+        text(&call(watcher, &["CLIENT", "LIST"]))
+            .lines()
+            .find(|l| l.contains(&format!(" addr={addr} ")))
+            .map(str::to_string)
+    };
+    let at_rest = |line: &Option<String>| {
+        line.as_deref()
+            .is_some_and(|l| l.contains(" qbuf=0 qbuf-free=0 ") && l.contains(" rbs=0 "))
+    };
+
+    let silent = std::net::TcpStream::connect(sc.addr).unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let mut last = None;
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            last = line_of(&mut watcher, &silent_addr);
+            at_rest(&last)
+        }),
+        "a connection that sent nothing: {last:?}"
+    );
+
+    let mut pinged = std::net::TcpStream::connect(sc.addr).unwrap();
+    let pinged_addr = pinged.local_addr().unwrap().to_string();
+    pinged.write_all(b"PING\r\n").unwrap();
+    let mut reply = [0u8; 7];
+    pinged.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"+PONG\r\n");
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            last = line_of(&mut watcher, &pinged_addr);
+            at_rest(&last)
+        }),
+        "a connection whose requests were answered: {last:?}"
+    );
+    // The watcher itself, while its CLIENT LIST runs, has one.
+    let own = text(&call(&mut watcher, &["CLIENT", "INFO"]));
+    assert!(!own.contains(" rbs=0 "), "{own}");
+    drop(silent);
 }
 
 fn info_sections(info: &str) -> Vec<String> {

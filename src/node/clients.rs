@@ -37,6 +37,11 @@ pub struct ClientInfo {
     /// The last command, as its [`Cmd`] number (`usize::MAX`: none yet), for
     /// CLIENT LIST's `cmd=`; [`ClientInfo::note_command`] writes it.
     pub last_command: AtomicUsize,
+    /// The read buffer: bytes not parsed yet and room allocated (CLIENT
+    /// LIST's `qbuf`, `qbuf-free` and `rbs`); 0 and 0 while the client is
+    /// idle, which holds no buffer.
+    pub query_buffer: AtomicUsize,
+    pub read_buffer: AtomicUsize,
 }
 
 /// The subcommands CLIENT LIST names as Redis does (`cmd=client|list`), of
@@ -127,13 +132,16 @@ impl ClientInfo {
         let subscriptions = self.subscriptions.load(Ordering::Relaxed);
         let patterns = self.patterns.load(Ordering::Relaxed);
         let shard = self.shard_subscriptions.load(Ordering::Relaxed);
+        let rbs = self.read_buffer.load(Ordering::Relaxed);
+        let qbuf = self.query_buffer.load(Ordering::Relaxed).min(rbs);
+        let qbuf_free = rbs - qbuf;
         let flags = if subscriptions + patterns + shard > 0 {
             "P"
         } else {
             "N"
         };
         format!(
-            "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={flags} db=0 sub={subscriptions} psub={patterns} ssub={shard} multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={flags} db=0 sub={subscriptions} psub={patterns} ssub={shard} multi=-1 qbuf={qbuf} qbuf-free={qbuf_free} argv-mem=0 multi-mem=0 rbs={rbs} rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
             self.addr,
             self.local_addr,
@@ -175,6 +183,8 @@ impl ClientRegistry {
             shard_subscriptions: AtomicUsize::new(0),
             kill: CancellationToken::new(),
             last_command: AtomicUsize::new(usize::MAX),
+            query_buffer: AtomicUsize::new(0),
+            read_buffer: AtomicUsize::new(0),
             upstream_id: std::sync::atomic::AtomicI64::new(-1),
         });
         self.clients.insert(id, info.clone());

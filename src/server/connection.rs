@@ -354,6 +354,7 @@ async fn read_when_ready<R: ClientRead>(
     reader: &mut R,
     input: &mut BytesMut,
     fresh: &mut bool,
+    info: &ClientInfo,
 ) -> std::io::Result<usize> {
     if input.capacity() - input.len() < READ_CHUNK {
         if *fresh {
@@ -363,8 +364,17 @@ async fn read_when_ready<R: ClientRead>(
             reader.ready().await?;
         }
         input.reserve(READ_CHUNK);
+        note_buffer(info, input);
     }
     reader.read_buf(input).await
+}
+
+/// The read buffer as CLIENT LIST shows it.
+fn note_buffer(info: &ClientInfo, input: &BytesMut) {
+    info.query_buffer
+        .store(input.len(), std::sync::atomic::Ordering::Relaxed);
+    info.read_buffer
+        .store(input.capacity(), std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Serves the client; one that went over its output buffer limit is
@@ -463,6 +473,7 @@ async fn serve_requests<R: ClientRead>(
         if input.is_empty() && input.capacity() > 0 {
             input = BytesMut::new();
         }
+        note_buffer(&client.info, &input);
         // The last request's arguments are slices of the read buffer: they
         // would keep it alive. (Not those of a request still arriving: the
         // parser goes on from them.)
@@ -483,10 +494,11 @@ async fn serve_requests<R: ClientRead>(
         let subscribed = client.subscription_count() > 0 || client.proxy.busy();
         let overflow = client.subscriber.as_ref().map(|(s, _)| s.overflow.clone());
         tokio::select! {
-            read = read_when_ready(&mut reader, &mut input, &mut fresh) => {
+            read = read_when_ready(&mut reader, &mut input, &mut fresh, &client.info) => {
                 if read? == 0 {
                     return Ok(());
                 }
+                note_buffer(&client.info, &input);
             }
             message = next_message(&mut client.subscriber) => {
                 let mut out = ReplyWriter::new(&mut output, client.protocol);
