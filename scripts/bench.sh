@@ -933,9 +933,7 @@ section_latency() {
   pinning_note
   local passthrough_port passthrough_pid
   # The hashes HGETALL reads, beside the strings GET reads.
-  if [[ $(cli "$REDIS_PORT" EXISTS session:000000000000) != 1 ]]; then
-    session_hash_commands | pipe_commands "$REDIS_PORT"
-  fi
+  session_hash_commands | pipe_commands "$REDIS_PORT"
   START_ON_CPU=$SERVER_CPU start_passthrough passthrough_port latency-passthrough
   passthrough_pid=$LAST_PID
   local rate=0 requests
